@@ -1,0 +1,3 @@
+from fewlabel.cli import main
+
+main()

@@ -1,0 +1,48 @@
+"""The command line: a thin shell over the API. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from fewlabel.errors import FewlabelError
+
+app = typer.Typer(
+    name="fewlabel",
+    help="Medical image classifiers from tens of labels, and how far those labels go.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Each module defines register(app). Order = order in --help.
+_COMMAND_MODULES = ("demo", "inspect", "train", "pretrain", "curve", "report")
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(f"fewlabel.cli.{_name}").register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: a ``FewlabelError`` becomes one line on stderr and exit code 2, never a traceback."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except FewlabelError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors carry their own exit code and message
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise
