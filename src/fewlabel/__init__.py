@@ -1,2 +1,28 @@
-"""fewlabel: medical image classifiers from tens of labels."""
+"""fewlabel: medical image classifiers from tens of labels, and how far those labels go.
+
+    import fewlabel
+    model = fewlabel.train("cells/", strategy="imagenet", labels_per_class=20, out="m")
+    fewlabel.load_model("m").predict(["new_cells/"]).save_csv("p.csv")
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["__version__", "train", "load_model", "Model", "FewlabelError"]
+
+from fewlabel.errors import FewlabelError  # noqa: E402
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import fewlabel` must stay fast (torch, MONAI load only when used).
+    if name in ("train", "load_model", "Model", "Predictions"):
+        from fewlabel import api
+
+        return getattr(api, name)
+    if name == "run_curve":
+        from fewlabel.experiments import run_curve
+
+        return run_curve
+    raise AttributeError(f"module 'fewlabel' has no attribute {name!r}")

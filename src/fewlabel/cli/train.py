@@ -1,7 +1,64 @@
-"""CLI: train (placeholder until its issue's module lands)."""
+"""CLI: ``fewlabel train`` and ``fewlabel predict`` — thin shells over ``fewlabel.api``."""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import typer
 
+from fewlabel.cli.common import print_metrics_table
+
 
 def register(app: typer.Typer) -> None:
-    del app
+    app.command("train")(train)
+    app.command("predict")(predict)
+
+
+def train(
+    data: Path = typer.Argument(..., help="Folder (one sub-folder per class), CSV manifest or .npz."),
+    out: Path = typer.Option(..., "--out", help="Model folder to write."),
+    strategy: str = typer.Option("scratch", help="scratch | imagenet | gan | segmentation | ssl"),
+    encoder: str = typer.Option(None, help="Encoder name (convnet, schouten, mobilenet_v2)."),
+    labels_per_class: int = typer.Option(None, help="Labelled images per class (default: all)."),
+    count: str = typer.Option("images", help="With groups, N counts 'images' or 'groups' (patients)."),
+    test_size: float = typer.Option(0.2, help="Test fraction (<1) or images per class (>=1)."),
+    seed: int = typer.Option(0),
+    max_epochs: int = typer.Option(None),
+    group_pattern: str = typer.Option(None, help="Regex; its first group is the patient/source id."),
+    masks: Path = typer.Option(None, help="Mask folder mirroring the image tree."),
+    encoder_weights: Path = typer.Option(None, help="Encoder file from `fewlabel pretrain` (or .pth)."),
+    semi: bool = typer.Option(False, "--semi", help="FixMatch with the unlabelled pool."),
+    unlabelled: Path = typer.Option(None, help="Folder of unlabelled images (pretraining / --semi)."),
+    image_size: int = typer.Option(None, help="Resize images to this side (default: most common)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+) -> None:
+    """Hold out a test set, fine-tune on N labels per class, print test metrics with 95% CIs."""
+    from fewlabel import api
+
+    test = int(test_size) if test_size >= 1 else test_size
+    model = api.train(data, out, strategy=strategy, encoder=encoder, labels_per_class=labels_per_class,
+                      count=count, test_size=test, seed=seed, max_epochs=max_epochs,
+                      group_pattern=group_pattern, masks=masks, encoder_weights=encoder_weights, semi=semi,
+                      unlabelled=unlabelled, image_size=image_size, device=device)
+    print_metrics_table(model.metrics, title=f"test metrics ({model.metrics.get('n_test')} images)")
+    typer.echo(f"model written to {out}  (metrics.json, split.json, model.safetensors, config.json)")
+
+
+def predict(
+    model_dir: Path = typer.Argument(..., help="Model folder written by `fewlabel train`."),
+    paths: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    out: Path = typer.Option(..., "--out", help="CSV to write: path, predicted, p_<class>..."),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Predict classes for images; unreadable files are listed and make the exit code 1."""
+    from fewlabel import api
+
+    model = api.load_model(model_dir, device=device)
+    result = model.predict(list(paths))
+    result.save_csv(out)
+    typer.echo(f"{len(result.paths)} image(s) scored -> {out}")
+    if result.errors:
+        typer.echo(f"{len(result.errors)} file(s) could not be scored:", err=True)
+        for path, problem in result.errors:
+            typer.echo(f"  {path}: {problem}", err=True)
+        raise typer.Exit(1)

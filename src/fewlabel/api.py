@@ -1,0 +1,208 @@
+"""The Python API in a few lines::
+
+    import fewlabel
+    model = fewlabel.train("cells/", strategy="imagenet", labels_per_class=20, out="m")
+    print(model.metrics["roc_auc"])
+    preds = fewlabel.load_model("m").predict(["new/"])
+
+Everything the CLI does goes through these functions.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fewlabel.errors import FewlabelError
+from fewlabel.pipeline import (
+    PRETRAINED,
+    default_spec,
+    fit_cell,
+    model_config,
+    prepare_data,
+    prepare_strategy,
+)
+from fewlabel.train.finetune import FinetuneConfig, predict_proba
+
+
+def default_cache_dir() -> Path:
+    """Where pretrained encoders are cached: ``$FEWLABEL_CACHE`` or ``~/.cache/fewlabel``."""
+    return Path(os.environ.get("FEWLABEL_CACHE", Path.home() / ".cache" / "fewlabel"))
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write to a temporary name beside the target, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@dataclass
+class Predictions:
+    """Per-image predictions, plus the files that could not be scored (never silently dropped)."""
+
+    paths: list[str]
+    proba: np.ndarray  # (N, K)
+    class_names: list[str]
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line problem)
+
+    @property
+    def predicted(self) -> list[str]:
+        return [self.class_names[i] for i in self.proba.argmax(1)] if len(self.paths) else []
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["path", "predicted", *[f"p_{c}" for c in self.class_names]])
+        for path, label, row in zip(self.paths, self.predicted, self.proba, strict=True):
+            writer.writerow([path, label, *[f"{p:.6f}" for p in row]])
+        return buf.getvalue()
+
+    def save_csv(self, path: str | Path) -> None:
+        write_text_atomic(path, self.to_csv())
+
+
+class Model:
+    """A trained classifier with the preprocessing it was trained with."""
+
+    def __init__(self, classifier: Any, config: dict[str, Any], metrics: dict[str, Any] | None = None,
+                 device: str = "auto") -> None:
+        from fewlabel.data.tensors import Preprocess
+
+        self.classifier = classifier.eval()
+        self.config = config
+        self.class_names: list[str] = list(config["class_names"])
+        self.preprocess = Preprocess.from_dict(config["preprocess"])
+        self.metrics = metrics if metrics is not None else config.get("metrics", {})
+        self.device = device
+
+    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for already-preprocessed arrays (N, C, ...)."""
+        return predict_proba(self.classifier, x, device=self.device)
+
+    def predict(self, inputs: list[str | Path] | str | Path, batch_size: int = 64) -> Predictions:
+        """Score image files; folders are searched recursively. Unreadable files end up in
+        ``errors`` with their problem; the others are still scored."""
+        from fewlabel.data.readers import read_image
+
+        paths, errors = collect_image_paths([inputs] if isinstance(inputs, (str, Path)) else inputs)
+        ok_paths: list[str] = []
+        arrays: list[np.ndarray] = []
+        for p in paths:
+            try:
+                array, meta = read_image(p)
+                arrays.append(self.preprocess.apply(array, meta))
+                ok_paths.append(str(p))
+            except FewlabelError as exc:
+                errors.append((str(p), exc.problem))
+        proba = (self.predict_arrays(np.stack(arrays)) if arrays
+                 else np.zeros((0, len(self.class_names)), np.float32))
+        return Predictions(paths=ok_paths, proba=proba, class_names=self.class_names, errors=errors)
+
+    def save(self, out: str | Path) -> Path:
+        from fewlabel.models.io import save_model_dir
+
+        out = Path(out)
+        save_model_dir(out, self.classifier, self.config)
+        return out
+
+
+def collect_image_paths(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand folders recursively into image files; what is missing or not an image is reported."""
+    from fewlabel.data.readers import discover_images
+
+    paths: list[Path] = []
+    errors: list[tuple[str, str]] = []
+    for item in inputs:
+        item = Path(item)
+        if not item.exists():
+            errors.append((str(item), "does not exist"))
+            continue
+        found, unknown = discover_images(item)
+        paths.extend(found)
+        errors.extend((str(u), "unknown file extension; not an image fewlabel can read") for u in unknown)
+    return paths, errors
+
+
+def load_model(model_dir: str | Path, device: str = "auto") -> Model:
+    """Load a model folder written by ``train``/``Model.save``. Reads safetensors + JSON only."""
+    from fewlabel.models.io import load_model_dir
+
+    classifier, config = load_model_dir(model_dir)
+    metrics_path = Path(model_dir) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+    return Model(classifier, config, metrics=metrics, device=device)
+
+
+def train(
+    data: str | Path, out: str | Path | None = None, *, strategy: str = "scratch", encoder: str | None = None,
+    labels_per_class: int | None = None, count: str = "images", test_size: float | int = 0.2, seed: int = 0,
+    max_epochs: int | None = None, group_pattern: str | None = None, masks: str | Path | None = None,
+    encoder_weights: str | Path | None = None, semi: bool = False, unlabelled: str | Path | None = None,
+    image_size: int | None = None, device: str = "auto", progress: bool | None = None,
+    finetune: FinetuneConfig | None = None, cache_dir: str | Path | None = None,
+) -> Model:
+    """Hold out a group-aware test set, draw ``labels_per_class`` labelled images per class from
+    the rest, prepare the encoder by ``strategy``, fine-tune, evaluate on the test set.
+
+    With ``out``: writes the model folder, ``metrics.json`` and ``split.json`` there.
+    """
+    from fewlabel.data import splits
+
+    prepared = prepare_data(data, masks=masks, group_pattern=group_pattern, test_size=test_size, seed=seed,
+                            image_size=image_size, unlabelled=unlabelled)
+    if labels_per_class is None:
+        labelled = list(prepared.pool_ids)
+    else:
+        labelled = list(splits.draw_labelled(prepared.catalog, prepared.pool_ids, labels_per_class,
+                                             seed=seed, count=count))
+    spec = default_spec(strategy, encoder)
+    if semi:
+        spec.semi = True
+    if encoder_weights is not None:
+        spec.encoder_weights = str(encoder_weights)
+    if strategy in PRETRAINED and not spec.encoder_weights:
+        spec = prepare_strategy(spec, prepared, cache_dir or default_cache_dir() / "pretrained", seed=seed,
+                                progress=progress)
+    config = finetune or FinetuneConfig()
+    config.device, config.progress = device, progress
+    if max_epochs is not None:
+        config.max_epochs = max_epochs
+    cell = fit_cell(prepared, labelled, spec, seed=seed, finetune_config=config)
+    cfg = model_config(prepared, spec, cell, seed)
+    metrics = {**cell.metrics, "n_test": len(prepared.test_ids), "n_train": len(cell.train_ids),
+               "n_val": len(cell.val_ids), "strategy": strategy, "labels_per_class": labels_per_class,
+               "seed": seed}
+    model = Model(cell.classifier, cfg, metrics=metrics, device=device)
+    if out is not None:
+        out = Path(out)
+        model.save(out)
+        record = splits.SplitRecord(
+            test=list(prepared.test_ids), pool=list(prepared.pool_ids), labelled=labelled,
+            train=cell.train_ids, val=cell.val_ids, seed=seed,
+            params={"test_size": test_size, "labels_per_class": labels_per_class, "count": count,
+                    "group_pattern": group_pattern})
+        record.save(out / "split.json")
+        write_text_atomic(out / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
+    return model
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return obj

@@ -1,0 +1,23 @@
+"""Small printing helpers shared by commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
+
+
+def print_metrics_table(metrics: dict[str, Any], title: str = "metrics") -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("95% CI", justify="right")
+    for name in METRIC_NAMES:
+        m = metrics.get(name)
+        if not isinstance(m, dict):
+            continue
+        table.add_row(name, f"{m['value']:.3f}", f"{m['ci_low']:.3f} – {m['ci_high']:.3f}")
+    Console().print(table)

@@ -1,0 +1,56 @@
+"""In-memory batch streams. Few-label data fits in memory; a DataLoader's workers would only add
+start-up time. Shuffling uses a private generator, so the order depends on the seed alone."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+class TensorBatches:
+    """Shuffled (x, y) mini-batches; every epoch has ``steps_per_epoch`` batches.
+
+    With very few labels one pass is a single step, which makes an "epoch" meaningless for early
+    stopping; ``min_steps`` repeats the data (fresh shuffles) so an epoch is at least that many steps.
+    """
+
+    def __init__(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor | None,
+                 batch_size: int, seed: int, min_steps: int = 1, shuffle: bool = True,
+                 drop_last: bool = False) -> None:
+        self.x = torch.as_tensor(x, dtype=torch.float32)
+        self.y = None if y is None else torch.as_tensor(y, dtype=torch.long)
+        self.batch_size = max(1, min(int(batch_size), len(self.x)))
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        per_pass = len(self.x) // self.batch_size if drop_last else math.ceil(len(self.x) / self.batch_size)
+        self.steps_per_epoch = max(min_steps, per_pass, 1)
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def _order(self) -> Iterator[int]:
+        while True:
+            idx = torch.randperm(len(self.x), generator=self.generator) if self.shuffle else torch.arange(
+                len(self.x))
+            yield from idx.tolist()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor] | torch.Tensor]:
+        order = self._order()
+        for _ in range(self.steps_per_epoch):
+            idx = torch.tensor([next(order) for _ in range(self.batch_size)])
+            yield self.x[idx] if self.y is None else (self.x[idx], self.y[idx])
+
+
+def sequential_batches(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor | None,
+                       batch_size: int) -> list:
+    """Fixed-order batches covering every sample once (validation, prediction)."""
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = None if y is None else torch.as_tensor(y, dtype=torch.long)
+    out = []
+    for i in range(0, len(xt), batch_size):
+        out.append(xt[i:i + batch_size] if yt is None else (xt[i:i + batch_size], yt[i:i + batch_size]))
+    return out
