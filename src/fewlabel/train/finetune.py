@@ -54,7 +54,8 @@ class FinetuneConfig:
 
 
 def class_weights(y: np.ndarray, num_classes: int) -> torch.Tensor:
-    """Inverse-frequency weights (mean 1) so a rare class counts as much as a common one.
+    """Inverse-frequency weights (scikit-learn's "balanced": mean 1 over the samples), so a rare class
+    counts as much as a common one.
     A class absent from ``y`` gets weight 0 (there is nothing to weigh)."""
     counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=num_classes).astype(np.float64)
     w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0.0)

@@ -303,9 +303,9 @@ def fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | N
             epoch += start_epoch
             if epoch != current_epoch:  # the previous epoch just finished
                 stop = end_epoch(current_epoch)
-                current_epoch = epoch
                 if stop:
                     break
+                current_epoch = epoch
             batch = ctx.to_device(batch)
             logs = task.training_step(batch, ctx)
             ctx.step += 1
