@@ -148,4 +148,5 @@ def create_encoder(
         from fewlabel.errors import FewlabelError
 
         raise FewlabelError(f"unknown encoder {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](in_channels=in_channels, spatial_dims=spatial_dims, image_size=image_size, **kwargs)
+    builder = _REGISTRY[name]
+    return builder(in_channels=in_channels, spatial_dims=spatial_dims, image_size=image_size, **kwargs)

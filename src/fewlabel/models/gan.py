@@ -1,8 +1,7 @@
 """DCGAN-style generator, and a discriminator whose body IS the shared encoder (TOP-GAN).
 
 The discriminator holds the encoder as ``.encoder`` (the very ``Encoder`` object, not a copy) plus a
-one-unit real/fake head on its pooled features. Pooled features are what a ``Classifier`` head
-reads too, so the features the discriminator learns are the ones fine-tuning starts from.
+one-unit real/fake head on its last stage map. Only the head is thrown away for fine-tuning.
 
 The generator mirrors a DCGAN discriminator: a projection of ``z`` to a ``size / 2**upsamples``
 map, then ``upsamples`` transposed convolutions (kernel 4, stride 2) that double the size and halve
@@ -78,15 +77,45 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Real/fake logit = ``head(encoder(x))``. ``encoder`` is the shared body, kept as-is."""
+    """Real/fake logit = ``head(encoder's last map)``. ``encoder`` is the shared body, kept as-is.
 
-    def __init__(self, encoder: Encoder) -> None:
+    With ``image_size`` the head is a linear layer over the whole flattened last map (DCGAN's final
+    full-extent conv), so it sees WHERE things are; without it, a linear layer on pooled features.
+    A pooled head is blind to layout: in trials on 32x32 blob images its generator put every object
+    at the same place. ``minibatch_std`` adds the batch's feature spread as one more input
+    (Karras et al. 2018), so a generator that makes the same image for every z is easy to spot.
+    The head is not part of the encoder file; a classifier gets its own, on pooled features.
+    """
+
+    def __init__(self, encoder: Encoder, image_size: Sequence[int] | None = None,
+                 minibatch_std: bool = True) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder.out_features, 1)
+        self.minibatch_std = bool(minibatch_std)
+        self.flatten_map = image_size is not None
+        if self.flatten_map:
+            n_in = self._last_map_numel(tuple(int(s) for s in image_size))
+        else:
+            n_in = encoder.out_features
+        self.head = nn.Linear(n_in + int(self.minibatch_std), 1)
+
+    def _last_map_numel(self, image_size: tuple[int, ...]) -> int:
+        was_training = self.encoder.training
+        self.encoder.eval()  # a dry run must not touch BatchNorm statistics
+        with torch.no_grad():
+            param = next(self.encoder.parameters())
+            x = torch.zeros(1, self.encoder.in_channels, *image_size, device=param.device)
+            numel = self.encoder.forward_features(x)[-1][0].numel()
+        self.encoder.train(was_training)
+        return int(numel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.encoder(x)).squeeze(1)
+        last = self.encoder.forward_features(x)[-1]
+        f = torch.flatten(last, 1) if self.flatten_map else self.encoder.pool(last)
+        if self.minibatch_std:
+            spread = last.float().std(0, unbiased=False).mean() if len(last) > 1 else last.new_zeros(())
+            f = torch.cat([f, spread.to(f.dtype).expand(f.shape[0], 1)], dim=1)
+        return self.head(f).squeeze(1)
 
 
 _SN_TYPES = (nn.Conv2d, nn.Conv3d, nn.Linear)

@@ -85,6 +85,11 @@ def hub_path() -> Path:
 
 def find_imagenet_weights(path: str | Path | None = None, download: bool = False) -> Path:
     """Path of a verified torchvision MobileNetV2 ImageNet file (search order in the module doc)."""
+    return _find(path, download)[0]
+
+
+def _find(path: str | Path | None, download: bool) -> tuple[Path, str]:
+    """``(file, sha256)``: the file is hashed once, for the check and for the load record."""
     if path is not None:
         found = _resolve(Path(path), "given path")
     elif os.environ.get(ENV_VAR):
@@ -107,8 +112,7 @@ def find_imagenet_weights(path: str | Path | None = None, download: bool = False
             f"{hub_path().parent}, or allow download",
             hub_path(),
         )
-    verify_hash_prefix(found)
-    return found
+    return found, verify_hash_prefix(found)
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -157,20 +161,21 @@ def load_imagenet_weights(
 
     All ``features.*`` keys must match (strict); ``classifier.*`` (the 1000-class head) is dropped;
     the first conv is adapted to ``encoder.in_channels``. Returns a record of what was loaded, for the
-    model's config: ``source``, ``sha256``, ``url``, ``in_channels``, ``first_conv``, ``dropped``, ``n_tensors``.
+    model's config: ``source``, ``sha256``, ``url``, ``in_channels``, ``first_conv``, ``dropped``,
+    ``n_tensors``.
     """
     name = encoder.config.get("name")
     if name != "mobilenet_v2":
         raise FewlabelError(f"ImageNet weights exist only for encoder 'mobilenet_v2', not {name!r}")
-    file = find_imagenet_weights(path, download=download)
-    sha = _sha256(file)
+    file, sha = _find(path, download)
     state = read_state_dict(file)
     dropped = sorted(k for k in state if k.startswith("classifier."))
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
 
     in_channels = encoder.in_channels
     rule = "as is (RGB)"
-    if _IN_CONV in state and state[_IN_CONV].dim() == 4 and state[_IN_CONV].shape[1] == 3 and in_channels != 3:
+    first = state.get(_IN_CONV)
+    if first is not None and first.dim() == 4 and first.shape[1] == 3 and in_channels != 3:
         state[_IN_CONV] = adapt_input_conv(state[_IN_CONV], in_channels)
         rule = "sum over RGB" if in_channels == 1 else f"RGB repeated cyclically x 3/{in_channels}"
 
@@ -183,7 +188,9 @@ def load_imagenet_weights(
         if encoder.config.get("width_mult", 1.0) != 1.0:
             parts.append(f"the file is for width_mult 1.0, the encoder has {encoder.config['width_mult']}")
         if missing:
-            parts.append(f"{len(missing)} missing keys ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+            parts.append(
+                f"{len(missing)} missing keys ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})"
+            )
         if unexpected:
             parts.append(
                 f"{len(unexpected)} unexpected keys ({', '.join(unexpected[:3])}"

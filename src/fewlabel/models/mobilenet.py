@@ -149,6 +149,8 @@ class MobileNetV2Encoder(Encoder):
 
 
 @register_encoder("mobilenet_v2")
-def _mobilenet_v2(in_channels: int = 3, spatial_dims: int = 2, image_size: Any = None, **kwargs: Any) -> Encoder:
+def _mobilenet_v2(
+    in_channels: int = 3, spatial_dims: int = 2, image_size: Any = None, **kwargs: Any
+) -> Encoder:
     del image_size  # fully convolutional; sides that divide by 32 keep every stage map whole
     return MobileNetV2Encoder(in_channels=in_channels, spatial_dims=spatial_dims, **kwargs)

@@ -135,4 +135,6 @@ class SchoutenEncoder(Encoder):
 def _schouten(
     in_channels: int = 1, spatial_dims: int = 2, image_size: Any = None, **kwargs: Any
 ) -> Encoder:
-    return SchoutenEncoder(in_channels=in_channels, spatial_dims=spatial_dims, image_size=image_size, **kwargs)
+    return SchoutenEncoder(
+        in_channels=in_channels, spatial_dims=spatial_dims, image_size=image_size, **kwargs
+    )

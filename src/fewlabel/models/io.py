@@ -1,0 +1,346 @@
+"""Weight files: safetensors + JSON, never pickle, so loading a file from someone else runs no code.
+
+Encoder file (one ``.safetensors``): the encoder's state dict; the safetensors header metadata key
+``fewlabel`` holds JSON ``{"format": "fewlabel-encoder", "version": 1, "encoder": <config>, "meta": {...}}``.
+The config rebuilds the encoder with ``create_encoder(**config)``.
+
+Model folder: ``model.safetensors`` (the ``Classifier`` state: ``encoder.*`` + ``head.*``, with the same
+kind of header, format ``fewlabel-model``) + ``config.json`` (encoder config, ``num_classes``,
+``dropout``, the weights' sha256, and whatever the caller adds: class names, preprocess, seed,
+metrics ...). The sha256 ties the two files together, so a config edited or paired with other weights
+is caught instead of silently mis-loading.
+
+Tensors are saved as contiguous float32 CPU copies (bf16/fp16 training state too), each its own
+storage, so tied or shared tensors save without safetensors' shared-memory error.
+Every write goes to a temporary name first and is renamed into place: never half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fewlabel.errors import FewlabelError, ModelFileError
+from fewlabel.models.encoder import Encoder, create_encoder
+from fewlabel.models.heads import Classifier
+
+ENCODER_FORMAT = "fewlabel-encoder"
+MODEL_FORMAT = "fewlabel-model"
+VERSION = 1
+HEADER_KEY = "fewlabel"
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _json_default(obj: Any) -> Any:
+    # Callers pass metrics and preprocess dicts that may hold numpy scalars/arrays or paths.
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _dumps(obj: Any, indent: int | None = None) -> str:
+    return json.dumps(obj, default=_json_default, indent=indent, sort_keys=indent is not None)
+
+
+def _state_for_saving(module: nn.Module) -> dict[str, torch.Tensor]:
+    """float32 (floating tensors), CPU, contiguous, each with its own storage."""
+    out = {}
+    for key, t in module.state_dict().items():
+        t = t.detach().to("cpu")
+        if t.is_floating_point():
+            t = t.to(torch.float32)
+        out[key] = t.contiguous().clone()  # clone: tied weights must not share memory in the file
+    return out
+
+
+def _atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, header: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={HEADER_KEY: _dumps(header)})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_header(path: str | Path) -> dict[str, Any]:
+    """The fewlabel JSON header of a safetensors file (no tensors are read)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError("file does not exist", path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except Exception as exc:  # pickle files, truncated files, random bytes
+        raise ModelFileError(f"not a safetensors file ({exc})", path) from exc
+    if HEADER_KEY not in metadata:
+        raise ModelFileError("safetensors file without a fewlabel header (not written by fewlabel)", path)
+    try:
+        header = json.loads(metadata[HEADER_KEY])
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"fewlabel header is not valid JSON ({exc})", path) from exc
+    if not isinstance(header, dict) or header.get("format") not in (ENCODER_FORMAT, MODEL_FORMAT):
+        raise ModelFileError("fewlabel header names no known format", path)
+    if header.get("version") != VERSION:
+        raise ModelFileError(
+            f"file format version {header.get('version')} is not supported (need {VERSION})", path
+        )
+    if not isinstance(header.get("encoder"), dict) or "name" not in header["encoder"]:
+        raise ModelFileError("fewlabel header holds no encoder config", path)
+    return header
+
+
+def _read_tensors(path: Path, map_location: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device=str(map_location))
+    except Exception as exc:
+        raise ModelFileError(f"tensors cannot be read ({exc})", path) from exc
+
+
+def _build_encoder(config: Mapping[str, Any], path: Path) -> Encoder:
+    try:
+        return create_encoder(**config)
+    except FewlabelError as exc:
+        raise ModelFileError(f"its encoder config cannot be built: {exc.problem}", path) from exc
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"its encoder config {dict(config)} cannot be built: {exc}", path) from exc
+
+
+def _describe_config_difference(
+    file_cfg: Mapping[str, Any], target_cfg: Mapping[str, Any], other: str = "the target's"
+) -> str | None:
+    """'encoder 'convnet' width 16 does not match the target's width 32', or None if the configs agree
+    on everything both of them state."""
+    if file_cfg.get("name") != target_cfg.get("name"):
+        return (
+            f"encoder {file_cfg.get('name')!r} does not match {other} encoder {target_cfg.get('name')!r}"
+        )
+    keys = [k for k in file_cfg if k != "name" and k in target_cfg and file_cfg[k] != target_cfg[k]]
+    if not keys:
+        return None
+    ours = ", ".join(f"{k} {file_cfg[k]}" for k in keys)
+    theirs = ", ".join(f"{k} {target_cfg[k]}" for k in keys)
+    return f"encoder {file_cfg['name']!r} {ours} does not match {other} {theirs}"
+
+
+def _key_report(state: Mapping[str, torch.Tensor], target: Mapping[str, torch.Tensor]) -> str | None:
+    """One line on missing/unexpected keys and shape mismatches; None when they fit exactly."""
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    shapes = [k for k in target if k in state and tuple(state[k].shape) != tuple(target[k].shape)]
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys ({few(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({few(unexpected)})")
+    if shapes:
+        k = shapes[0]
+        parts.append(
+            f"{len(shapes)} shape mismatches (first {k}: file {tuple(state[k].shape)} "
+            f"vs target {tuple(target[k].shape)})"
+        )
+    return "; ".join(parts) or None
+
+
+def _load_strict(
+    module: nn.Module, state: Mapping[str, torch.Tensor], path: Path, config_note: str | None
+) -> None:
+    problem = _key_report(state, module.state_dict())
+    if problem is not None:
+        # The config difference says why in the user's terms; the key report says what exactly.
+        message = f"{config_note}; {problem}" if config_note else f"weights do not fit: {problem}"
+        raise ModelFileError(message, path)
+    module.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------- encoders
+def save_encoder(path: str | Path, encoder: Encoder, meta: dict[str, Any] | None = None) -> Path:
+    """Write ``encoder`` to one ``.safetensors`` file; its config and ``meta`` (JSON-able) go in the
+    header."""
+    path = Path(path)
+    header = {"format": ENCODER_FORMAT, "version": VERSION, "encoder": encoder.config, "meta": meta or {}}
+    _atomic_save_file(_state_for_saving(encoder), path, header)
+    return path
+
+
+def encoder_state(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(state_dict, info)`` of an encoder file; ``info`` is the header (``encoder`` config, ``meta``, ...).
+
+    A model file (``model.safetensors``) works too: its ``encoder.*`` tensors are returned without the
+    prefix and the head is left out, so a fine-tuned model can seed another run.
+    """
+    path = Path(path)
+    header = read_header(path)
+    state = _read_tensors(path, map_location)
+    if header["format"] == MODEL_FORMAT:
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+    return state, header
+
+
+def load_encoder_into(encoder: Encoder, path: str | Path) -> dict[str, Any]:
+    """Load an encoder file into an existing encoder (strict); returns the file's header.
+
+    Configs that differ only in weight-free settings (e.g. activation) load; anything that changes
+    keys or shapes raises ``ModelFileError`` with one line, e.g.
+    ``x.safetensors: encoder 'convnet' width 16 does not match the target's width 32``.
+    """
+    path = Path(path)
+    state, header = encoder_state(path, map_location="cpu")
+    note = _describe_config_difference(header["encoder"], encoder.config)
+    _load_strict(encoder, state, path, note)
+    return header
+
+
+def load_encoder(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Encoder, dict[str, Any]]:
+    """Rebuild the encoder saved in ``path`` and load its weights: ``(encoder, meta)``."""
+    path = Path(path)
+    state, header = encoder_state(path, map_location=map_location)
+    encoder = _build_encoder(header["encoder"], path).to(map_location)
+    _load_strict(encoder, state, path, None)
+    return encoder, header.get("meta", {})
+
+
+# ---------------------------------------------------------------------------------------------- models
+def save_model_dir(
+    directory: str | Path, classifier: Classifier, config: dict[str, Any] | None = None
+) -> Path:
+    """Write ``directory/model.safetensors`` + ``directory/config.json`` atomically; return ``directory``.
+
+    ``config`` is the caller's (class names, preprocess, data fingerprint, seed, metrics ...); fewlabel
+    adds ``format``, ``version``, ``encoder``, ``num_classes``, ``dropout`` and ``weights_sha256``,
+    which win over caller keys of the same name (they describe the weights actually written).
+    """
+    directory = Path(directory)
+    header = {
+        "format": MODEL_FORMAT, "version": VERSION, "encoder": classifier.encoder.config,
+        "num_classes": classifier.num_classes, "dropout": classifier.dropout,
+    }
+    full = dict(config or {})
+    full.update(header)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+
+    if not directory.exists():
+        # New folder: build it complete under a temp name, then one rename makes it appear whole.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+        try:
+            _write_model_files(tmp, classifier, header, full)
+            os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+    # Existing folder (other files of the caller may live there): replace each file atomically, the
+    # weights first; a crash between the two leaves a sha256 mismatch that load_model_dir reports.
+    _write_model_files(directory, classifier, header, full)
+    return directory
+
+
+def _write_model_files(directory: Path, classifier: Classifier, header: dict, full: dict) -> None:
+    weights = directory / MODEL_FILE
+    _atomic_save_file(_state_for_saving(classifier), weights, header)
+    full["weights_sha256"] = _sha256(weights)
+    text = _dumps(full, indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, directory / CONFIG_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_model_config(directory: str | Path) -> dict[str, Any]:
+    """``config.json`` of a model folder, checked for the fields fewlabel needs."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelFileError("model folder does not exist", directory)
+    cfg_path = directory / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise ModelFileError("missing (a model folder holds config.json and model.safetensors)", cfg_path)
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"not valid JSON ({exc})", cfg_path) from exc
+    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"not a fewlabel model config (format must be {MODEL_FORMAT!r})", cfg_path)
+    if config.get("version") != VERSION:
+        raise ModelFileError(f"model format version {config.get('version')} is not supported", cfg_path)
+    for key in ("encoder", "num_classes"):
+        if key not in config:
+            raise ModelFileError(f"has no {key!r}", cfg_path)
+    if not isinstance(config["encoder"], dict) or "name" not in config["encoder"]:
+        raise ModelFileError("'encoder' is not an encoder config", cfg_path)
+    return config
+
+
+def load_model_dir(
+    directory: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild the classifier of a model folder and load its weights strictly: ``(classifier, config)``."""
+    directory = Path(directory)
+    config = read_model_config(directory)
+    weights = directory / MODEL_FILE
+    header = read_header(weights)
+    if header.get("format") != MODEL_FORMAT:
+        raise ModelFileError("holds an encoder, not a model (use load_encoder)", weights)
+    expected = config.get("weights_sha256")
+    if expected is not None and _sha256(weights) != expected:
+        raise ModelFileError(
+            f"does not match {CONFIG_FILE} (sha256 differs): the two files come from different saves", weights
+        )
+    note = _describe_config_difference(header["encoder"], config["encoder"], other=f"{CONFIG_FILE}'s")
+    if note is not None:
+        raise ModelFileError(f"weights and {CONFIG_FILE} disagree: {note}", weights)
+    if header.get("num_classes") != config.get("num_classes"):
+        raise ModelFileError(
+            f"{CONFIG_FILE} says num_classes {config.get('num_classes')}, "
+            f"the weights were saved with {header.get('num_classes')}",
+            weights,
+        )
+    encoder = _build_encoder(config["encoder"], directory / CONFIG_FILE)
+    try:
+        classifier = Classifier(encoder, int(config["num_classes"]), float(config.get("dropout", 0.0)))
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"cannot build the classifier: {exc}", directory / CONFIG_FILE) from exc
+    state = _read_tensors(weights)
+    _load_strict(classifier, state, weights, None)
+    return classifier.to(map_location), config
