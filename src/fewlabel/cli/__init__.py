@@ -27,7 +27,10 @@ for _name in _COMMAND_MODULES:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: a ``FewlabelError`` becomes one line on stderr and exit code 2, never a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        # With standalone_mode=False, typer returns a raised Exit's code instead of exiting.
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except FewlabelError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

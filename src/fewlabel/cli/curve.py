@@ -1,7 +1,94 @@
-"""CLI: curve (placeholder until its issue's module lands)."""
+"""CLI: ``fewlabel curve`` — a learning curve over strategies × labelled-set sizes × repeats, resumable.
+
+A thin shell over ``fewlabel.experiments.run_curve``: parses, calls, prints where the results are.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    del app
+    app.command("curve")(curve)
+
+
+def _parse_settings(items: list[str] | None) -> dict[str, Any]:
+    """``["max_epochs=30", "augment=strong"]`` → {"max_epochs": 30, "augment": "strong"} (JSON values)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value  # a bare word: a string
+    return out
+
+
+def curve(
+    data: Path = typer.Argument(..., help="Labelled data: folder (one sub-folder per class), CSV or .npz."),
+    out: Path = typer.Option(..., "--out", help="Run folder; re-running the same command resumes it."),
+    strategies: str = typer.Option("scratch,imagenet,ssl", help="Comma-separated: scratch, imagenet, gan, "
+                                   "segmentation, ssl, semi."),
+    sizes: str = typer.Option("1,2,5,10,20,50", help="Labelled images (or groups) per class, e.g. 2,5,20."),
+    repeats: int = typer.Option(5, help="Labelled draws per size (each a new nested draw)."),
+    unlabelled: Path = typer.Option(None, help="Folder of unlabelled images for gan / ssl / semi."),
+    masks: Path = typer.Option(None, help="Mask folder mirroring the image tree (segmentation)."),
+    group_pattern: str = typer.Option(None, help="Regex; its first group is the patient / source id."),
+    test_size: float = typer.Option(0.2, help="Test fraction (<1) or images per class (>=1)."),
+    count: str = typer.Option("images", help="Sizes count 'images' or 'groups' (e.g. patients) per class."),
+    drop_class: list[str] = typer.Option(None, "--drop-class", help="Leave a class out (repeatable)."),
+    seed: int = typer.Option(0, help="Base seed: test split, draws and training seeds derive from it."),
+    image_size: int = typer.Option(None, help="Resize images to this side (default: most common size)."),
+    max_epochs: int = typer.Option(None, help="Fine-tuning epochs at most (default: FinetuneConfig's)."),
+    device: str = typer.Option(None, help="auto | cpu | cuda (fine-tuning device)."),
+    settings: list[str] = typer.Option(None, "--set", help="Fine-tuning setting KEY=VALUE (repeatable), "
+                                       "e.g. --set batch_size=32."),
+    executor: str = typer.Option("local", help="local | ray"),
+    workers: int = typer.Option(1, help="Local: cells at once (processes). Ray: CPUs of a local cluster."),
+    ray_address: str = typer.Option(None, help="Join this Ray cluster ('auto', 'ray://host:10001')."),
+    cpus_per_cell: int = typer.Option(1, help="CPUs (torch threads) per cell; keep equal to compare runs."),
+    gpus_per_cell: float = typer.Option(0.0, help="GPUs per Ray cell; 0.25 packs 4 small cells on a GPU."),
+    keep_models: str = typer.Option("first", help="Keep models of repeat 0 (first), all, or none."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-cell lines."),
+) -> None:
+    """Run a learning curve: one fixed test set, nested labelled draws shared by all strategies,
+    one row per cell in RUN_DIR/store.sqlite and RUN_DIR/results.csv."""
+    from fewlabel.experiments import run_curve
+
+    finetune = _parse_settings(settings)
+    if max_epochs is not None:
+        finetune["max_epochs"] = max_epochs
+    if device is not None:
+        finetune["device"] = device
+    test: float | int = int(test_size) if test_size >= 1 else test_size
+    try:
+        result = run_curve(
+            data, out, strategies, sizes, repeats, unlabelled=unlabelled, masks=masks,
+            group_pattern=group_pattern, drop_classes=drop_class or (), test_size=test, seed=seed,
+            image_size=image_size, count=count, finetune=finetune, executor=executor, workers=workers,
+            ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
+            keep_models=keep_models, progress=False if quiet else None,
+            log=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
+        )
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: finished cells are saved in {out}; run the same command again to resume",
+                   err=True)
+        raise SystemExit(130) from None
+    except ValueError as exc:  # bad option values (sizes, keep_models ...): a usage error, one line
+        raise typer.BadParameter(str(exc)) from None
+    if result.rows:
+        typer.echo(result.table())
+    typer.echo(f"results: {result.results_csv}")
+    typer.echo(f"next: fewlabel report {out}")
+    if result.failed:
+        typer.echo(f"{len(result.failed)} cell(s) failed; run the same command again to retry them", err=True)
+        # SystemExit, not typer.Exit: click (standalone_mode=False in cli.main) returns an Exit's code
+        # instead of exiting, and the code would be lost.
+        raise SystemExit(1)

@@ -1,7 +1,164 @@
-"""CLI: pretrain (placeholder until its issue's module lands)."""
+"""CLI: ``fewlabel pretrain {gan,segmentation,ssl} DATA --out ENCODER_FILE`` — a thin shell over
+``fewlabel.prepare.prepare_encoder``.
+
+What DATA is:
+  * ``gan`` / ``ssl``: a folder of images, any layout, labels ignored (an unlabelled pool).
+    ``--holdout-from LABELLED`` names the labelled set you will evaluate on: its test hold-out is
+    drawn exactly as ``fewlabel train`` draws it (same ``--seed``, ``--test-size``,
+    ``--group-pattern``) and every pool image of a test group is dropped (e.g. BCCD red-cell crops
+    cut from a test smear), and the pool is normalised with the labelled set's statistics.
+  * ``segmentation``: a labelled set with masks (``images/`` + ``masks/``, or ``--masks DIR``). The
+    test hold-out of ``fewlabel train`` (same seed/test size) is removed first, so a later
+    ``fewlabel train --encoder-weights`` evaluation has never seen a test image's mask.
+    ``--no-holdout`` uses every masked image (masks from a set you will not evaluate on).
+
+The encoder file is cached by (data, method, config): asking twice trains once. Stopping
+(Ctrl-C) keeps the last checkpoint; the same command resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import typer
 
+from fewlabel.errors import FewlabelError
+
 
 def register(app: typer.Typer) -> None:
-    del app
+    app.command("pretrain")(pretrain)
+
+
+METHODS = ("gan", "segmentation", "ssl")
+
+
+def pretrain(
+    method: str = typer.Argument(..., help="gan | segmentation | ssl"),
+    data: Path = typer.Argument(..., help="Image folder (gan/ssl: any layout) or labelled set with masks."),
+    out: Path = typer.Option(..., "--out", help="Encoder file to write (.safetensors)."),
+    encoder: str = typer.Option("convnet", help="Encoder name (the shared family: convnet)."),
+    width: int = typer.Option(16, help="Channels of the first stage (doubles per stage)."),
+    depth: int = typer.Option(4, help="Stages; image sides must divide by 2**(depth-1)."),
+    image_size: int = typer.Option(None, help="Resize to this side (gan: default 64; else most common)."),
+    steps: int = typer.Option(2000, help="Training steps."),
+    batch_size: int = typer.Option(32),
+    seed: int = typer.Option(0),
+    masks: Path = typer.Option(None, help="Mask folder mirroring the image tree (segmentation)."),
+    group_pattern: str = typer.Option(None, help="Regex; its first group is the patient/source image id."),
+    holdout_from: Path = typer.Option(None, help="gan/ssl: labelled set whose test groups leave the pool."),
+    test_size: float = typer.Option(0.2, help="Test hold-out as `fewlabel train` draws it."),
+    no_holdout: bool = typer.Option(False, "--no-holdout", help="segmentation: use every masked image."),
+    colour_jitter: bool = typer.Option(False, "--colour-jitter", help="ssl: per-channel colour changes."),
+    cache_dir: Path = typer.Option(None, help="Encoder cache (default: $FEWLABEL_CACHE/pretrained)."),
+    time_budget: float = typer.Option(None, help="Stop after this many seconds (the encoder is saved)."),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+) -> None:
+    """Prepare an encoder from unlabelled images (gan, ssl) or images with masks (segmentation)."""
+    from fewlabel.prepare import PretrainConfig, prepare_encoder
+    from fewlabel.prepare.common import artefact_dir, cached_encoder_path, checkpoint_path_for
+
+    if method not in METHODS:
+        raise FewlabelError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method == "gan" and image_size is None:
+        image_size = 64
+    test = int(test_size) if test_size >= 1 else test_size
+    images, mask_arrays, fingerprint, preprocess, notes = _load(
+        method, data, masks=masks, group_pattern=group_pattern, holdout_from=holdout_from, test_size=test,
+        seed=seed, image_size=image_size, no_holdout=no_holdout)
+    enc_cfg = {"name": encoder, "in_channels": int(images.shape[1]), "spatial_dims": images.ndim - 2}
+    if encoder == "convnet":
+        enc_cfg.update(width=width, depth=depth)
+    from fewlabel.models.encoder import create_encoder
+
+    encoder_config = create_encoder(**enc_cfg, image_size=tuple(images.shape[2:])).config
+    config = PretrainConfig(steps=steps, batch_size=batch_size, seed=seed, colour_jitter=colour_jitter,
+                            time_budget_s=time_budget, device=device, progress=True)
+    cache = Path(cache_dir) if cache_dir is not None else _default_cache()
+    target = cached_encoder_path(method, encoder_config, config, cache, fingerprint)
+    shape = "x".join(str(s) for s in images.shape[1:])
+    typer.echo(f"{method}: {len(images)} image(s) of {shape}{'' if mask_arrays is None else ' with masks'}"
+               f"{notes}")
+    if target.exists():
+        typer.echo(f"cached: the same data and settings were prepared before ({target})")
+    elif checkpoint_path_for(target).exists():
+        typer.echo(f"resuming from the checkpoint {checkpoint_path_for(target)}")
+    try:
+        path = prepare_encoder(method, images, mask_arrays, encoder_config=encoder_config, config=config,
+                               cache_dir=cache, data_fingerprint=fingerprint, out=out,
+                               extra_meta={"preprocess": preprocess, "data": str(data)})
+    except KeyboardInterrupt:
+        typer.echo(f"stopped; run the same command again to resume from {checkpoint_path_for(target)}",
+                   err=True)
+        raise typer.Exit(130) from None
+    from fewlabel.models.io import read_header
+
+    meta = read_header(path).get("meta", {})
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in meta.get("final_losses", {}).items()
+                       if isinstance(v, (int, float)))
+    typer.echo(f"encoder written to {path}  ({meta.get('steps', 0)} steps{'; ' + losses if losses else ''})")
+    files = artefact_dir(path)
+    if files.is_dir():
+        typer.echo(f"pictures and history in {files}/")
+
+
+def _default_cache() -> Path:
+    from fewlabel.api import default_cache_dir
+
+    return default_cache_dir() / "pretrained"
+
+
+def _load(method: str, data: Path, *, masks: Path | None, group_pattern: str | None,
+          holdout_from: Path | None, test_size: float | int, seed: int, image_size: int | None,
+          no_holdout: bool) -> tuple[Any, Any, str, dict[str, Any], str]:
+    """(images, masks | None, data fingerprint, preprocess dict, a note for the user)."""
+    import numpy as np
+
+    from fewlabel.data import catalog as catalog_mod
+    from fewlabel.data import tensors
+    from fewlabel.pipeline import prepare_data
+
+    size = (image_size,) * 2 if image_size is not None else None
+    if method == "segmentation":
+        if holdout_from is not None:
+            raise FewlabelError("--holdout-from is for gan/ssl pools; segmentation holds out its own "
+                                "test set")
+        if no_holdout:
+            cat = catalog_mod.load_catalog(data, masks=masks, group_pattern=group_pattern, strict=False)
+            cat.issues = [i for i in cat.issues if i.kind != "one_class"]  # labels play no part here
+            cat.raise_issues()
+            ids = [s.id for s in cat.samples if s.mask is not None]
+            if not ids:
+                raise FewlabelError("no image has a mask (images/ + masks/ layout or --masks DIR)", path=data)
+            pre = tensors.fit_preprocess(cat, ids, image_size=image_size)
+            return (tensors.load_images(cat, ids, pre), tensors.load_masks(cat, ids, pre),
+                    _hash(cat.fingerprint(), pre.to_dict(), "all"), pre.to_dict(), "")
+        prepared = prepare_data(data, masks=masks, group_pattern=group_pattern, test_size=test_size,
+                                seed=seed, image_size=image_size)
+        images, mask_arrays = prepared.pretrain_masks()
+        note = (f" (test hold-out of {len(prepared.test_ids)} image(s) left out, as `fewlabel train "
+                f"--seed {seed} --test-size {test_size}` draws it)")
+        return images, mask_arrays, prepared.fingerprint(), prepared.preprocess.to_dict(), note
+    if holdout_from is not None:
+        prepared = prepare_data(holdout_from, group_pattern=group_pattern, test_size=test_size, seed=seed,
+                                image_size=image_size, unlabelled=data)
+        assert prepared.unlabelled is not None
+        kept = prepared.pool_without_test_groups()
+        if not kept:
+            raise FewlabelError("every pool image belongs to a test group; nothing left to pretrain on",
+                                path=data)
+        images = tensors.load_images(prepared.unlabelled, kept, prepared.preprocess)
+        dropped = len(prepared.unlabelled.ids) - len(kept)
+        note = f" ({dropped} pool image(s) of {len(prepared.test_groups)} test group(s) left out)"
+        return images, None, prepared.fingerprint(), prepared.preprocess.to_dict(), note
+    pool = catalog_mod.load_pool(data, group_pattern=group_pattern)
+    pre = tensors.fit_preprocess(pool, pool.ids, image_size=size)
+    images = tensors.load_images(pool, pool.ids, pre)
+    return np.asarray(images), None, _hash(pool.fingerprint(), pre.to_dict()), pre.to_dict(), ""
+
+
+def _hash(*parts: Any) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

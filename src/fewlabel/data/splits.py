@@ -1,0 +1,305 @@
+"""Splits: a fixed test set, nested labelled subsets, and validation from the labelled ids only.
+
+Why it is built this way:
+
+* **Groups stay whole.** Slices of one patient (or crops of one smear image) are near copies; a
+  group in both training and test data inflates every number. Every split here moves whole groups.
+  A group whose samples carry different labels (``inspect`` warns) is stratified by its majority
+  label (``Catalog.group_labels``) and still kept whole.
+* **Stratified at group level.** Each class is split on its own, so every class is in every part.
+* **Nested draws.** For each class there is ONE seeded permutation of its groups (``seed``, class
+  name); a draw of n takes a prefix of it. So for the same seed the n=10 draw contains the n=5 draw,
+  and a learning curve compares labelled sets that differ only by the added labels.
+* **Each random stream is independent**: ``numpy.random.default_rng([seed, purpose, class])``, so the
+  test set does not move when you change the labelled-set size, and adding a class does not change the
+  draws of the others.
+* ``count="groups"`` counts groups (patients); ``count="images"`` counts images: whole groups are taken
+  in permutation order until at least n images are reached (a group is never split, so a draw may
+  exceed n by less than one group). Without groups both are the same.
+* Validation comes out of the labelled ids only, never out of test; with one labelled group in a
+  class that class gets no validation sample (what is possible is returned, not an error).
+
+A ``SplitRecord`` holds all ids, the seed and the parameters; it is saved as JSON via a temporary file
+and ``os.replace`` (never half-written) and loads back identically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fewlabel.data.catalog import Catalog
+from fewlabel.errors import SplitError
+
+__all__ = ["holdout_test", "predefined_test", "draw_labelled", "split_validation", "SplitRecord",
+           "make_split", "group_table"]
+
+_COUNTS = ("images", "groups")
+SPLIT_FORMAT = "fewlabel-split/1"
+
+
+def _rng(seed: int, purpose: str, cls: str) -> np.random.Generator:
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SplitError(f"seed must be a non-negative integer (got {seed!r})")
+    return np.random.default_rng([int(seed), zlib.crc32(purpose.encode()), zlib.crc32(cls.encode())])
+
+
+def group_table(catalog: Catalog, ids: Iterable[str]) -> dict[str, dict[str, list[str]]]:
+    """``{class: {group: [ids]}}`` for labelled ``ids``; each group under its majority class.
+
+    Groups are listed in natural-sorted order, ids in catalog order, so the result depends only on the
+    set of ids, never on the order they were passed in.
+    """
+    from fewlabel.data.catalog import natural_key
+
+    id_set = set(ids)
+    majority = catalog.group_labels()
+    table: dict[str, dict[str, list[str]]] = {c: {} for c in catalog.classes}
+    for s in catalog.samples:
+        if s.id in id_set and s.label is not None:
+            table[majority[s.group]].setdefault(s.group, []).append(s.id)
+    return {c: dict(sorted(g.items(), key=lambda kv: natural_key(kv[0]))) for c, g in table.items()}
+
+
+def _check_count(count: str) -> None:
+    if count not in _COUNTS:
+        raise SplitError(f"count must be 'images' or 'groups' (got {count!r})")
+
+
+def _ordered(catalog: Catalog, ids: set[str]) -> list[str]:
+    return [s.id for s in catalog.samples if s.id in ids]
+
+
+def _take(groups: Sequence[tuple[str, list[str]]], n: float, count: str) -> int:
+    """How many groups (a prefix) to take so that n groups / at least n images are covered."""
+    if count == "groups":
+        return int(n)
+    total, k = 0, 0
+    while k < len(groups) and total < n:
+        total += len(groups[k][1])
+        k += 1
+    return k
+
+
+def _describe(n_groups: int, n_images: int, count: str) -> str:
+    if count == "groups":
+        return f"{n_groups} group(s) ({n_images} images)"
+    return f"{n_images} image(s)" + (f" in {n_groups} group(s)" if n_groups != n_images else "")
+
+
+def holdout_test(catalog: Catalog, test_size: float | int = 0.2, seed: int = 0,
+                 count: str = "images") -> tuple[list[str], list[str]]:
+    """(pool_ids, test_ids): a stratified, group-aware test set, fixed by ``seed``.
+
+    ``test_size`` float in (0, 1): that fraction of each class (of its images, or of its groups with
+    ``count="groups"``), at least one group, and at least one group left in the pool. int ≥ 1: that
+    many images (or groups) per class. Unlabelled samples are in neither list.
+    """
+    _check_count(count)
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float, np.integer, np.floating)):
+        raise SplitError(f"test_size must be a fraction in (0, 1) or a count per class (got {test_size!r})")
+    fraction = isinstance(test_size, (float, np.floating)) and test_size < 1
+    if fraction and test_size <= 0:
+        raise SplitError(f"test_size must be > 0 (got {test_size})")
+    test: set[str] = set()
+    pool: set[str] = set()
+    for cls, gmap in group_table(catalog, catalog.ids).items():
+        groups = list(gmap.items())
+        n_img = sum(len(v) for _, v in groups)
+        if len(groups) < 2:
+            raise SplitError(
+                f"class {cls!r} has {_describe(len(groups), n_img, 'groups')}: a test set needs at least 2 "
+                "groups per class (one for test, one for training); drop or merge the class",
+                path=catalog.root)
+        order = _rng(seed, "test", cls).permutation(len(groups))
+        groups = [groups[i] for i in order]
+        if fraction:
+            target = float(test_size) * (len(groups) if count == "groups" else n_img)
+            k = _take(groups, max(1.0, round(target)), count)
+        else:
+            n = int(test_size)
+            if n < 1:
+                raise SplitError(f"test_size must be a fraction in (0, 1) or a count ≥ 1 (got {test_size})")
+            have = len(groups) if count == "groups" else n_img
+            if n >= have:
+                raise SplitError(f"asked for {n} test {count} of class {cls!r}, which has "
+                                 f"{_describe(len(groups), n_img, count)}; leave some for training",
+                                 path=catalog.root)
+            k = _take(groups, n, count)
+        k = min(max(k, 1), len(groups) - 1)
+        for _, members in groups[:k]:
+            test.update(members)
+        for _, members in groups[k:]:
+            pool.update(members)
+    return _ordered(catalog, pool), _ordered(catalog, test)
+
+
+def predefined_test(catalog: Catalog) -> tuple[list[str], list[str]]:
+    """(pool_ids, test_ids) from the catalog's own ``split`` column (manifest / MedMNIST .npz).
+
+    A group found on both sides is an error: the given split would leak.
+    """
+    test = {s.id for s in catalog.samples if s.split == "test" and s.label is not None}
+    if not test:
+        raise SplitError("the data define no test split (no sample has split 'test')", path=catalog.root)
+    pool = {s.id for s in catalog.samples if s.split != "test" and s.label is not None}
+    leaked = set(catalog.groups(test)) & set(catalog.groups(pool))
+    if leaked:
+        g = sorted(leaked)[0]
+        raise SplitError(f"group {g!r} is in the given test split and outside it ({len(leaked)} such "
+                         "group(s)); a group must stay on one side", path=catalog.root)
+    return _ordered(catalog, pool), _ordered(catalog, test)
+
+
+def draw_labelled(catalog: Catalog, pool_ids: Iterable[str], n_per_class: int | Mapping[str, int], seed: int,
+                  count: str = "images") -> list[str]:
+    """The labelled subset: ``n_per_class`` per class from ``pool_ids``, nested in n for a fixed seed.
+
+    ``n_per_class`` may be a dict ``{class: n}``. Asking for more than a class has is a ``SplitError``
+    that names the class and how many it has.
+    """
+    _check_count(count)
+    chosen: list[str] = []
+    table = group_table(catalog, pool_ids)
+    for cls, gmap in table.items():
+        n = n_per_class.get(cls, 0) if isinstance(n_per_class, Mapping) else n_per_class
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise SplitError(f"labels per class must be a non-negative integer (got {n!r} for {cls!r})")
+        if n == 0:
+            continue
+        groups = list(gmap.items())
+        n_img = sum(len(v) for _, v in groups)
+        have = len(groups) if count == "groups" else n_img
+        if n > have:
+            raise SplitError(f"class {cls!r} has {_describe(len(groups), n_img, count)} in the training "
+                             f"pool; asked for {n} per class", path=catalog.root)
+        order = _rng(seed, "draw", cls).permutation(len(groups))
+        groups = [groups[i] for i in order]
+        for _, members in groups[: _take(groups, n, count)]:
+            chosen.extend(members)
+    return chosen
+
+
+def split_validation(catalog: Catalog, ids: Iterable[str], fraction: float = 0.2,
+                     seed: int = 0) -> tuple[list[str], list[str]]:
+    """(train_ids, val_ids) from the labelled ``ids`` only, whole groups, stratified.
+
+    Per class ``round(fraction × groups)`` groups, at least 1 and leaving at least 1 for training;
+    a class with a single group gives no validation sample. Empty val when ``fraction`` is 0.
+    """
+    if not 0 <= fraction < 1:
+        raise SplitError(f"validation fraction must be in [0, 1) (got {fraction})")
+    ids = list(ids)
+    val: set[str] = set()
+    for cls, gmap in group_table(catalog, ids).items():
+        groups = list(gmap.items())
+        if fraction == 0 or len(groups) < 2:
+            continue
+        order = _rng(seed, "val", cls).permutation(len(groups))
+        k = min(max(1, round(fraction * len(groups))), len(groups) - 1)
+        for i in order[:k]:
+            val.update(groups[i][1])
+    return [i for i in ids if i not in val], [i for i in ids if i in val]
+
+
+@dataclass
+class SplitRecord:
+    """All ids of one split, the seed and the parameters that made it; a value that saves and loads."""
+
+    test: list[str]
+    pool: list[str]
+    labelled: list[str] = field(default_factory=list)
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    seed: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("test", "pool", "labelled", "train", "val"):
+            setattr(self, name, [str(i) for i in getattr(self, name)])
+        self.seed = int(self.seed)
+        try:  # params as JSON will give them back (tuples → lists), so that load(save(r)) == r
+            self.params = json.loads(json.dumps(dict(self.params)))
+        except (TypeError, ValueError) as exc:
+            raise SplitError(f"split params must be JSON values ({exc})") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": SPLIT_FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], path: str | Path | None = None) -> SplitRecord:
+        fmt = data.get("format", SPLIT_FORMAT)
+        if fmt != SPLIT_FORMAT:
+            raise SplitError(f"not a fewlabel split file (format {fmt!r})", path=path)
+        try:
+            return cls(test=data["test"], pool=data["pool"], labelled=data.get("labelled", []),
+                       train=data.get("train", []), val=data.get("val", []), seed=data.get("seed", 0),
+                       params=dict(data.get("params", {})), fingerprint=data.get("fingerprint"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SplitError(f"split file is incomplete or malformed ({exc})", path=path) from exc
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON to a temporary file, then rename: a split file is never half-written."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SplitRecord:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise SplitError("split file does not exist", path=path) from exc
+        except (OSError, ValueError) as exc:
+            raise SplitError(f"cannot read split file: {exc}", path=path) from exc
+        if not isinstance(data, dict):
+            raise SplitError("split file does not hold a JSON object", path=path)
+        return cls.from_dict(data, path=path)
+
+    def check(self, catalog: Catalog) -> None:
+        """Raise ``SplitError`` when ids are unknown to ``catalog`` or a group spans test and the rest,
+        or train and val. Why: a split loaded from disk must still fit the data it is applied to."""
+        known = set(catalog.ids)
+        for name in ("test", "pool", "labelled", "train", "val"):
+            missing = [i for i in getattr(self, name) if i not in known]
+            if missing:
+                raise SplitError(f"{len(missing)} {name} id(s) not in the data, e.g. {missing[0]!r}",
+                                 path=catalog.root)
+        test_groups = set(catalog.groups(self.test))
+        rest = set(self.pool) | set(self.labelled) | set(self.train) | set(self.val)
+        shared = test_groups & set(catalog.groups(rest))
+        if shared or (set(self.test) & rest):
+            raise SplitError(f"test set shares {len(shared)} group(s) with training data, e.g. "
+                             f"{sorted(shared)[:1]}", path=catalog.root)
+        tv = set(catalog.groups(self.train)) & set(catalog.groups(self.val))
+        if tv:
+            raise SplitError(f"train and val share {len(tv)} group(s), e.g. {sorted(tv)[0]!r}",
+                             path=catalog.root)
+
+
+def make_split(catalog: Catalog, *, test_size: float | int = 0.2, n_per_class: int | None = None,
+               val_fraction: float = 0.2, seed: int = 0, test_seed: int | None = None,
+               count: str = "images") -> SplitRecord:
+    """The whole chain in one call: test (``test_seed``, default ``seed``), labelled draw, validation."""
+    tseed = seed if test_seed is None else test_seed
+    pool, test = holdout_test(catalog, test_size=test_size, seed=tseed, count=count)
+    labelled = (pool if n_per_class is None
+                else draw_labelled(catalog, pool, n_per_class, seed=seed, count=count))
+    train, val = split_validation(catalog, labelled, fraction=val_fraction, seed=seed)
+    return SplitRecord(test=test, pool=pool, labelled=labelled, train=train, val=val, seed=seed,
+                       params={"test_size": test_size, "n_per_class": n_per_class,
+                               "val_fraction": val_fraction, "test_seed": tseed, "count": count,
+                               "group_pattern": catalog.group_pattern},
+                       fingerprint=catalog.fingerprint())

@@ -1,0 +1,92 @@
+"""Augmentation: shapes and dtypes kept, deterministic from a seed, exact weak transforms, depth never
+flipped, image and mask moved together."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fewlabel.data.augment import make_augment, make_paired_augment, paired_spatial
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("kind", ["none", "weak", "strong"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shape_dtype_and_determinism(spatial_dims, kind, dtype):
+    shape = (4, 2) + ((6,) if spatial_dims == 3 else ()) + (12, 12)
+    x = torch.randn(shape, dtype=dtype)
+    a = make_augment(spatial_dims, kind, seed=3)(x)
+    b = make_augment(spatial_dims, kind, seed=3)(x)
+    assert a.shape == x.shape and a.dtype == dtype
+    assert torch.equal(a, b)
+    assert torch.isfinite(a).all()
+    if kind == "none":
+        assert torch.equal(a, x)
+    else:
+        c = make_augment(spatial_dims, kind, seed=4)(x)
+        assert not torch.equal(a, c)
+
+
+def test_generator_and_global_seed():
+    x = torch.randn(3, 1, 8, 8)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert torch.equal(make_augment(2, "strong", generator=g1)(x), make_augment(2, "strong", generator=g2)(x))
+    torch.manual_seed(0)
+    a = make_augment(2, "weak")(x)
+    torch.manual_seed(0)
+    assert torch.equal(a, make_augment(2, "weak")(x))
+
+
+def test_weak_without_shift_is_a_pixel_permutation():
+    x = torch.randn(8, 3, 10, 10)
+    y = make_augment(2, "weak", seed=0, shift=0.0)(x)
+    for i in range(8):
+        assert torch.equal(torch.sort(y[i].flatten()).values, torch.sort(x[i].flatten()).values)
+    assert not torch.equal(x, y)
+
+
+def test_rot90_skipped_when_not_square():
+    x = torch.randn(6, 1, 8, 12)
+    y = make_augment(2, "weak", seed=0)(x)
+    assert y.shape == x.shape
+
+
+def test_3d_depth_axis_untouched():
+    d = 7
+    x = torch.arange(d, dtype=torch.float32).view(1, 1, d, 1, 1).expand(5, 1, d, 10, 10).contiguous()
+    y = make_augment(3, "strong", seed=0, jitter=0.0, noise=0.0, erase=False, scale=(1.0, 1.0))(x)
+    # every slice stays constant at its own depth value: no flip/rotation/shift along depth
+    for z in range(d):
+        torch.testing.assert_close(y[:, :, z], torch.full_like(y[:, :, z], float(z)))
+
+
+def test_strong_changes_intensities_and_erases():
+    x = torch.ones(6, 1, 16, 16)
+    y = make_augment(2, "strong", seed=1, jitter=0.0, noise=0.0)(x)
+    assert (y == 0).any()  # a cutout box
+    z = make_augment(2, "strong", seed=1, erase=False)(x)
+    assert not torch.allclose(z, x)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_paired_weak_is_exact(spatial_dims):
+    shape = (4, 1) + ((5,) if spatial_dims == 3 else ()) + (16, 16)
+    mask = (torch.rand(shape, generator=torch.Generator().manual_seed(0)) > 0.7).long()
+    image = mask.float() * 10.0 + 1.0
+    img2, mask2 = paired_spatial(image, mask, spatial_dims, "weak", seed=2)
+    assert mask2.dtype == torch.long and img2.dtype == torch.float32
+    torch.testing.assert_close(img2, mask2.float() * 10.0 + 1.0)
+    assert not torch.equal(mask2, mask)
+
+
+def test_paired_strong_keeps_labels_and_alignment():
+    mask = torch.zeros(4, 1, 24, 24, dtype=torch.long)
+    mask[:, :, 6:18, 8:16] = 2
+    image = mask.float()
+    aug = make_paired_augment(2, "strong", seed=0)
+    img2, mask2 = aug(image, mask)
+    assert set(mask2.unique().tolist()) <= {0, 2}
+    agree = ((img2 > 1.0) == (mask2 == 2)).float().mean()
+    assert agree > 0.95
+    with pytest.raises(ValueError, match="do not match"):
+        aug(image, mask[:, :, :20])
