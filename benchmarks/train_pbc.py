@@ -17,7 +17,7 @@ import torch
 from _common import dataset_or_exit, med_iqr, print_table
 from fewlabel.data import splits
 from fewlabel.pipeline import default_spec, fit_cell, prepare_data
-from fewlabel.train.finetune import FinetuneConfig
+from fewlabel.training.finetune import FinetuneConfig
 
 
 def main() -> None:

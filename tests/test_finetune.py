@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from fewlabel.models.encoder import create_encoder
-from fewlabel.train.finetune import FinetuneConfig, class_weights, finetune, predict_proba
+from fewlabel.training.finetune import FinetuneConfig, class_weights, finetune, predict_proba
 
 
 def blobs(n_per_class: int = 12, size: int = 16, seed: int = 0):

@@ -6,8 +6,8 @@ import torch
 from torch import nn
 
 from fewlabel.models.encoder import create_encoder
-from fewlabel.train.batches import TensorBatches, sequential_batches
-from fewlabel.train.loop import LoopConfig, Task, fit, select_device
+from fewlabel.training.batches import TensorBatches, sequential_batches
+from fewlabel.training.loop import LoopConfig, Task, fit, select_device
 
 
 class ToyTask(Task):

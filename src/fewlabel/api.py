@@ -29,7 +29,7 @@ from fewlabel.pipeline import (
     prepare_data,
     prepare_strategy,
 )
-from fewlabel.train.finetune import FinetuneConfig, predict_proba
+from fewlabel.training.finetune import FinetuneConfig, predict_proba
 
 
 def default_cache_dir() -> Path:

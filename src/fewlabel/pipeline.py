@@ -23,8 +23,8 @@ from fewlabel.errors import FewlabelError
 from fewlabel.evaluate.metrics import classification_metrics
 from fewlabel.models.encoder import Encoder, create_encoder
 from fewlabel.models.heads import Classifier
-from fewlabel.train.finetune import FinetuneConfig, finetune, predict_proba
-from fewlabel.train.loop import FitResult
+from fewlabel.training.finetune import FinetuneConfig, finetune, predict_proba
+from fewlabel.training.loop import FitResult
 
 STRATEGIES = ("scratch", "imagenet", "gan", "segmentation", "ssl", "semi")
 PRETRAINED = ("gan", "segmentation", "ssl")
@@ -205,7 +205,8 @@ def build_encoder(spec: StrategySpec, data: PreparedData) -> Encoder:
     if spec.name == "imagenet":
         from fewlabel.models.imagenet import load_imagenet_weights
 
-        load_imagenet_weights(encoder, path=spec.encoder_weights)
+        # download=True: fetched into the torch hub cache when online; offline, a one-line error.
+        load_imagenet_weights(encoder, path=spec.encoder_weights, download=True)
     return encoder
 
 

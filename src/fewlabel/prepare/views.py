@@ -6,8 +6,8 @@ reproducible. Zero is the data mean after z-scoring, so "empty" pixels (padding,
 
 What keeps medical meaning, and why:
   * flips and 90-degree turns: cells on a slide and cross-sections have no canonical orientation,
-    and the turns are exact (no interpolation), so texture and intensities are untouched. 3D turns
-    stay in the (H, W) plane, because depth spacing is often coarser than in-plane spacing.
+    and the turns are exact (no interpolation), so texture and intensities are untouched. In 3D
+    they stay in the (H, W) plane: slice order carries anatomy and depth spacing is often coarser.
   * mild crops/shifts: the object stays in view (area >= ``scale[0]``).
   * blur and noise of a few percent of a standard deviation: scanner and focus variation.
   * intensity scale/shift applied to ALL channels alike: exposure changes. Per-channel changes
@@ -30,12 +30,12 @@ def _per_sample(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def random_dihedral(*tensors: torch.Tensor, rotate: bool = True) -> tuple[torch.Tensor, ...]:
-    """Same random flips (each spatial axis) and 90-degree turns (H-W plane, square images only)
-    per sample for all ``tensors`` (e.g. image and mask). Exact: no interpolation."""
+    """Same random flips of H and W and 90-degree turns in the H-W plane (square images only)
+    per sample for all ``tensors`` (e.g. image and mask). Exact: no interpolation. Depth is never
+    flipped: slice order carries anatomy (as in ``fewlabel.data.augment``)."""
     ref = tensors[0]
     out = list(tensors)
-    n_spatial = ref.dim() - 2
-    for axis in range(2, 2 + n_spatial):
+    for axis in (ref.dim() - 2, ref.dim() - 1):
         flag = _per_sample(ref, 0.5)
         out = [torch.where(flag, t.flip(axis), t) for t in out]
     if rotate and ref.shape[-1] == ref.shape[-2]:
@@ -110,17 +110,20 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     conv = F.conv2d if n == 2 else F.conv3d if n == 3 else F.conv1d
     r = (k.numel() - 1) // 2
     for axis in range(n):
-        shape = [c, 1] + [1] * n
+        shape = [1, 1] + [1] * n
         shape[2 + axis] = k.numel()
         pad = [0, 0] * n
         pad[2 * (n - 1 - axis)] = pad[2 * (n - 1 - axis) + 1] = r  # F.pad lists the last axis first
         mode = "reflect" if min(x.shape[2:]) > r else "replicate"
-        x = conv(F.pad(x, pad, mode=mode), k.view(shape), groups=c)
+        weight = k.view(shape).expand(c, *shape[1:])  # one kernel per channel (depthwise)
+        x = conv(F.pad(x, pad, mode=mode), weight, groups=c)
     return x
 
 
 def random_blur(x: torch.Tensor, p: float = 0.5, sigma: tuple[float, float] = (0.1, 1.0)) -> torch.Tensor:
     """Blur a random ``p`` of the samples with one sigma drawn for the batch."""
+    if p <= 0:
+        return x
     s = float(sigma[0] + (sigma[1] - sigma[0]) * torch.rand(()).item())
     return torch.where(_per_sample(x, p), gaussian_blur(x, s), x)
 

@@ -13,8 +13,8 @@ from torch import nn
 
 from fewlabel.models.encoder import Encoder
 from fewlabel.models.heads import Classifier
-from fewlabel.train.batches import TensorBatches, sequential_batches
-from fewlabel.train.loop import FitResult, Loop, LoopConfig, Task, fit, select_device
+from fewlabel.training.batches import TensorBatches, sequential_batches
+from fewlabel.training.loop import FitResult, Loop, LoopConfig, Task, fit, select_device
 
 
 @dataclass
@@ -148,7 +148,7 @@ def finetune(
     weights = class_weights(y_train, num_classes) if config.balance == "loss_weights" else torch.ones(
         num_classes)
     if config.semi and x_unlabelled is not None and len(x_unlabelled):
-        from fewlabel.train.semi import FixMatchTask
+        from fewlabel.training.semi import FixMatchTask
 
         task: Task = FixMatchTask(classifier, config, weights, x_unlabelled, seed=seed)
     else:

@@ -1,0 +1,142 @@
+"""End to end: `fewlabel train` / `predict` and the Python API on tiny generated data."""
+
+from __future__ import annotations
+
+import csv
+import re
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from factory import GROUP_PATTERN, corrupt_file, make_class_folder
+
+import fewlabel
+from fewlabel.cli import main
+from fewlabel.data.splits import SplitRecord
+from fewlabel.training.finetune import FinetuneConfig
+
+FAST = FinetuneConfig(max_epochs=3, batch_size=8, min_steps_per_epoch=2, augment="none", progress=False)
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cells")
+    # 2 images per patient: the split must keep each patient on one side.
+    return make_class_folder(root / "data", {"healthy": 16, "cancer": 16}, size=(16, 16), channels=3,
+                             images_per_group=2, seed=0)
+
+
+def run_cli(*args: str) -> int:
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_train_writes_model_metrics_and_split(cells: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    model = fewlabel.train(cells, out, labels_per_class=5, group_pattern=GROUP_PATTERN, seed=1,
+                           test_size=0.25, finetune=FinetuneConfig(**{**FAST.to_dict()}))
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in METRICS:
+        m = metrics[key]
+        assert m["ci_low"] <= m["value"] <= m["ci_high"], key
+    assert model.metrics["n_test"] == metrics["n_test"] > 0
+    split = SplitRecord.load(out / "split.json")
+    assert not set(split.test) & set(split.labelled)
+    assert not set(split.val) & set(split.test)
+    assert set(split.train) | set(split.val) == set(split.labelled)
+    def patients(ids):
+        return {re.search(GROUP_PATTERN, i).group(1) for i in ids}
+
+    assert not patients(split.test) & patients(split.labelled)
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+
+
+def test_same_seed_same_numbers(cells: Path) -> None:
+    a = fewlabel.train(cells, labels_per_class=4, seed=3, finetune=FinetuneConfig(**FAST.to_dict()))
+    b = fewlabel.train(cells, labels_per_class=4, seed=3, finetune=FinetuneConfig(**FAST.to_dict()))
+    assert a.metrics["roc_auc"] == b.metrics["roc_auc"]
+
+
+def test_predict_new_process_identical_and_corrupt_file_named(cells: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    fewlabel.train(cells, out, labels_per_class=4, seed=0, finetune=FinetuneConfig(**FAST.to_dict()))
+    new = make_class_folder(tmp_path / "new", {"x": 3, "y": 2}, size=(20, 20), channels=3, seed=5)
+    bad = sorted(new.rglob("*.png"))[0]
+    corrupt_file(bad)
+    (new / "x" / "notes.xyz").write_text("not an image")
+    csv_path = tmp_path / "p.csv"
+    code = run_cli("predict", out, new, "--out", csv_path)
+    assert code == 1  # some files could not be scored
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 4  # 5 images, one corrupt; the .xyz is not an image
+    assert set(rows[0]) == {"path", "predicted", "p_cancer", "p_healthy"}
+    assert all(abs(float(r["p_cancer"]) + float(r["p_healthy"]) - 1) < 1e-4 for r in rows)
+    assert bad.name not in {Path(r["path"]).name for r in rows}
+
+    # the same model loaded in a fresh process gives the same probabilities, to the bit
+    script = (
+        "import sys, fewlabel, numpy as np;"
+        "p = fewlabel.load_model(sys.argv[1]).predict([sys.argv[2]]);"
+        "np.save(sys.argv[3], p.proba)"
+    )
+    good = [Path(r["path"]) for r in rows]
+    again = tmp_path / "again.npy"
+    subprocess.run([sys.executable, "-c", script, str(out), str(good[0]), str(again)], check=True)
+    here = fewlabel.load_model(out).predict([good[0]]).proba
+    np.testing.assert_array_equal(np.load(again), here)
+
+
+def test_predict_error_names_file_on_stderr(cells: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "m"
+    fewlabel.train(cells, out, labels_per_class=3, seed=0, finetune=FinetuneConfig(**FAST.to_dict()))
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    code = run_cli("predict", out, bad, "--out", tmp_path / "p.csv")
+    err = capsys.readouterr().err
+    assert code == 1 and "broken.png" in err and "Traceback" not in err
+
+
+def test_cli_train_and_bad_input_is_one_line(cells: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli_m"
+    code = run_cli("train", cells, "--out", out, "--labels-per-class", "3", "--max-epochs", "2")
+    assert code == 0 and (out / "metrics.json").is_file()
+    code = run_cli("train", cells, "--out", out, "--labels-per-class", "500")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "error:" in err[0] and "Traceback" not in err[0]
+
+
+def _fake_imagenet_file(folder: Path) -> Path:
+    from fewlabel.models import create_encoder
+
+    torch.manual_seed(0)
+    state = {f"features.{k}": v for k, v in create_encoder("mobilenet_v2", in_channels=3).features.state_dict()
+             .items()}
+    state["classifier.1.weight"] = torch.zeros(1000, 1280)
+    state["classifier.1.bias"] = torch.zeros(1000)
+    tmp = folder / "w.pth"
+    torch.save(state, tmp)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
+    path = folder / f"mobilenet_v2-{digest}.pth"
+    tmp.rename(path)
+    return path
+
+
+def test_float32_single_channel_tiff_trains_with_imagenet(tmp_path: Path, monkeypatch) -> None:
+    data = make_class_folder(tmp_path / "phase", {"a": 8, "b": 8}, size=(32, 32), channels=1,
+                             dtype="float32", fmt="tif", seed=2)
+    weights = _fake_imagenet_file(tmp_path)
+    monkeypatch.setenv("FEWLABEL_IMAGENET_WEIGHTS", str(weights))
+    model = fewlabel.train(data, tmp_path / "m", strategy="imagenet", labels_per_class=4,
+                           finetune=FinetuneConfig(**{**FAST.to_dict(), "max_epochs": 1}))
+    assert model.config["preprocess"]["channels"] == 1
+    assert model.classifier.encoder.in_channels == 1
+    assert json.loads((tmp_path / "m" / "metrics.json").read_text())["strategy"] == "imagenet"
