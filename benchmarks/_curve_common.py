@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, dataset_or_exit, print_table
-
 from fewlabel.experiments import run_curve, summarise
+
+from _common import REPO, dataset_or_exit, print_table
 
 
 def parser(doc: str, name: str, *, strategies: str, sizes: str, repeats: int) -> argparse.ArgumentParser:

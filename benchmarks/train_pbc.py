@@ -4,7 +4,8 @@
 
 Strategies: scratch with the shared convnet, scratch with the Schouten et al. CNN, imagenet
 (MobileNetV2). Schouten's six valid-conv stages need >= 190 px; PBC crops are 96 px, so
-``schouten5`` drops the last stage (filters 4-8-8-8-16, dense 32) rather than upsampling the cells 2x. Prints accuracy and macro ROC-AUC as median [IQR] over seeds, and training images/s.
+``schouten5`` drops the last stage (filters 4-8-8-8-16, dense 32) rather than upsampling the cells 2x.
+Prints accuracy and macro ROC-AUC as median [IQR] over seeds, and training images/s.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ import time
 
 import torch
 
-from _common import dataset_or_exit, med_iqr, print_table
 from fewlabel.data import splits
 from fewlabel.pipeline import default_spec, fit_cell, prepare_data
 from fewlabel.training.finetune import FinetuneConfig
+
+from _common import dataset_or_exit, med_iqr, print_table
 
 
 def main() -> None:

@@ -29,7 +29,8 @@ def test_finetune_learns_a_separable_task():
     x, y = blobs()
     xt, yt = blobs(seed=1)
     torch.manual_seed(0)
-    clf, result = finetune(x, y, None, None, 2, tiny_encoder(), FinetuneConfig(**{**FAST, "max_epochs": 15, "lr": 3e-3}), seed=0)
+    config = FinetuneConfig(**{**FAST, "max_epochs": 15, "lr": 3e-3})
+    clf, result = finetune(x, y, None, None, 2, tiny_encoder(), config, seed=0)
     acc = (predict_proba(clf, xt).argmax(1) == yt).mean()
     assert acc >= 0.9, acc
     assert result.stopped_because == "max_epochs"  # no validation: fixed epochs

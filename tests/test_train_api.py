@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
-import re
 import hashlib
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from factory import GROUP_PATTERN, corrupt_file, make_class_folder
 
 import fewlabel
 from fewlabel.cli import main
 from fewlabel.data.splits import SplitRecord
 from fewlabel.training.finetune import FinetuneConfig
+
+from factory import GROUP_PATTERN, corrupt_file, make_class_folder
 
 FAST = FinetuneConfig(max_epochs=3, batch_size=8, min_steps_per_epoch=2, augment="none", progress=False)
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
@@ -118,8 +119,8 @@ def _fake_imagenet_file(folder: Path) -> Path:
     from fewlabel.models import create_encoder
 
     torch.manual_seed(0)
-    state = {f"features.{k}": v for k, v in create_encoder("mobilenet_v2", in_channels=3).features.state_dict()
-             .items()}
+    features = create_encoder("mobilenet_v2", in_channels=3).features.state_dict()
+    state = {f"features.{k}": v for k, v in features.items()}
     state["classifier.1.weight"] = torch.zeros(1000, 1280)
     state["classifier.1.bias"] = torch.zeros(1000)
     tmp = folder / "w.pth"
