@@ -11,6 +11,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
 
+def use_shared_imagenet_weights() -> None:
+    """Point fewlabel at ../shared/weights (offline copy of torchvision's file) unless the user did."""
+    import os
+
+    path = REPO.parent / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
+    if path.is_file():
+        os.environ.setdefault("FEWLABEL_IMAGENET_WEIGHTS", str(path))
+
+
 def dataset_or_exit(name: str) -> Path:
     path = SHARED_DATASETS / name
     if not path.is_dir():

@@ -19,7 +19,7 @@ from fewlabel.data import splits
 from fewlabel.pipeline import default_spec, fit_cell, prepare_data
 from fewlabel.training.finetune import FinetuneConfig
 
-from _common import dataset_or_exit, med_iqr, print_table
+from _common import dataset_or_exit, med_iqr, print_table, use_shared_imagenet_weights
 
 
 def main() -> None:
@@ -36,6 +36,7 @@ def main() -> None:
     sizes = [int(s) for s in args.sizes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     data_dir = dataset_or_exit("pbc_leukocytes_8class")
+    use_shared_imagenet_weights()
     t0 = time.perf_counter()
     data = prepare_data(data_dir, test_size=100, seed=0)
     print(f"data: {len(data.pool_ids)} pool / {len(data.test_ids)} test images, "

@@ -57,7 +57,7 @@ class ConvEncoder(Encoder):
         self,
         in_channels: int = 1,
         spatial_dims: int = 2,
-        width: int = 32,
+        width: int = 16,
         depth: int = 4,
         norm: str = "batch",
         act: str = "relu",
