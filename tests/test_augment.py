@@ -90,3 +90,17 @@ def test_paired_strong_keeps_labels_and_alignment():
     assert agree > 0.95
     with pytest.raises(ValueError, match="do not match"):
         aug(image, mask[:, :, :20])
+
+
+def test_strong_jitter_keeps_colour_balance_unless_asked() -> None:
+    """Stain colour carries meaning: by default gain/offset are the same for all channels."""
+    import torch
+
+    from fewlabel.data.augment import Augment
+
+    x = torch.zeros(4, 3, 8, 8)
+    kw = dict(flips=False, rot90=False, shift=0.0, rotate_deg=0.0, scale=(1.0, 1.0), noise=0.0, erase=False)
+    shared = Augment(2, "strong", seed=0, **kw)(x + 1.0)
+    assert torch.allclose(shared[:, 0], shared[:, 1]) and torch.allclose(shared[:, 1], shared[:, 2])
+    per_channel = Augment(2, "strong", seed=0, colour_jitter=True, **kw)(x + 1.0)
+    assert not torch.allclose(per_channel[:, 0], per_channel[:, 1])

@@ -141,3 +141,16 @@ def test_float32_single_channel_tiff_trains_with_imagenet(tmp_path: Path, monkey
     assert model.config["preprocess"]["channels"] == 1
     assert model.classifier.encoder.in_channels == 1
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["strategy"] == "imagenet"
+
+
+def test_same_seed_same_numbers_across_processes(cells: Path, tmp_path: Path) -> None:
+    """torch's start-up seed is random per process: every random start must come from our seed."""
+    script = (
+        "import sys, fewlabel; from fewlabel.training.finetune import FinetuneConfig as F;"
+        "m = fewlabel.train(sys.argv[1], labels_per_class=3, seed=4, finetune=F(max_epochs=1,"
+        " min_steps_per_epoch=1, augment='weak', progress=False));"
+        "print(repr(sum(float(v.double().sum()) for v in m.classifier.state_dict().values())))"
+    )
+    outs = [subprocess.run([sys.executable, "-c", script, str(cells)], check=True, capture_output=True,
+                           text=True).stdout.strip().splitlines()[-1] for _ in range(2)]
+    assert outs[0] == outs[1]

@@ -186,8 +186,11 @@ def default_spec(name: str, encoder: str | None = None, **overrides: Any) -> Str
     return spec
 
 
-def build_encoder(spec: StrategySpec, data: PreparedData) -> Encoder:
-    """A fresh encoder with the strategy's first weights."""
+def build_encoder(spec: StrategySpec, data: PreparedData, seed: int = 0) -> Encoder:
+    """A fresh encoder with the strategy's first weights; a random start depends on ``seed`` only."""
+    import torch
+
+    torch.manual_seed(seed)
     if spec.encoder_weights and spec.name != "imagenet":
         from fewlabel.models.io import load_encoder
 
@@ -272,7 +275,7 @@ def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, se
     train_ids, val_ids = split_labelled(data, labelled_ids, seed)
     x_train, y_train = data.arrays(train_ids)
     x_val, y_val = data.arrays(val_ids) if val_ids else (None, None)
-    encoder = build_encoder(spec, data)
+    encoder = build_encoder(spec, data, seed=seed)
     x_pool = data.unlabelled_arrays() if spec.semi else None
     if spec.semi and x_pool is None:
         # No separate pool: the labelled pool minus this draw plays the unlabelled part.

@@ -12,7 +12,8 @@ Kinds:
   when H == W), and a small random shift of whole pixels (up to 1/8 of the side, reflection padding, so
   it is exact). FixMatch's weak view.
 * ``strong``: weak + a small affine (rotation ±15° in-plane, scale 0.9-1.1, via ``affine_grid`` /
-  ``grid_sample``) + intensity jitter in normalised space (per-channel gain and offset ±0.2, gaussian
+  ``grid_sample``) + intensity jitter in normalised space (gain and offset ±0.2, the same for every
+  channel so stain colour balance is kept; ``colour_jitter=True`` varies them per channel), gaussian
   noise with σ up to 0.1) + one random erased box (cutout, filled with 0 = the mean after z-scoring).
   FixMatch's strong view and SimCLR-style views.
 * ``none``: identity.
@@ -51,7 +52,8 @@ class Augment:
                  generator: torch.Generator | None = None, *, flips: bool | None = None,
                  rot90: bool | None = None, shift: float | None = None, rotate_deg: float | None = None,
                  scale: tuple[float, float] | None = None, jitter: float | None = None,
-                 noise: float | None = None, erase: bool | None = None) -> None:
+                 noise: float | None = None, erase: bool | None = None,
+                 colour_jitter: bool = False) -> None:
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3 (got {spatial_dims})")
         if kind not in KINDS:
@@ -67,6 +69,8 @@ class Augment:
         self.jitter = (0.2 if strong else 0.0) if jitter is None else jitter
         self.noise = (0.1 if strong else 0.0) if noise is None else noise
         self.erase = strong if erase is None else erase
+        # Per-channel gain changes the hue of stained RGB images, whose colour carries diagnosis.
+        self.colour_jitter = colour_jitter
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         self.generator = generator
@@ -147,8 +151,9 @@ class Augment:
         view = (b, c) + (1,) * self.spatial_dims
         out = x
         if self.jitter > 0:
-            gain = 1 + (self._rand(b, c) * 2 - 1) * self.jitter
-            offset = (self._rand(b, c) * 2 - 1) * self.jitter
+            cj = c if self.colour_jitter else 1
+            gain = (1 + (self._rand(b, cj) * 2 - 1) * self.jitter).expand(b, c)
+            offset = ((self._rand(b, cj) * 2 - 1) * self.jitter).expand(b, c)
             out = out * gain.view(view).to(x) + offset.view(view).to(x)
         if self.noise > 0:
             sigma = (self._rand(b) * self.noise).view((b,) + (1,) * (x.ndim - 1)).to(x)

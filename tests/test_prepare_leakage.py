@@ -1,0 +1,74 @@
+"""No leakage: pretraining never sees test groups (pool) or test masks (segmentation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fewlabel.data.catalog import load_catalog, load_pool
+from fewlabel.errors import SplitError
+from fewlabel.pipeline import prepare_data
+from fewlabel.prepare.leakage import check_disjoint, exclude_groups, leak_free_ids, training_mask_ids
+
+PATTERN = r"BloodImage_\d+"
+
+
+def bccd_like(root: Path, n_smears: int = 10, crops: int = 3) -> tuple[Path, Path]:
+    """labelled/<class>/BloodImage_000NN.png (one white cell per smear) and
+    unlabelled/BloodImage_000NN_rK.png (red-cell crops cut from the same smears)."""
+    labelled, pool = root / "labelled", root / "unlabelled"
+    for i in range(n_smears):
+        cls = "lymphocyte" if i % 2 else "neutrophil"
+        (labelled / cls).mkdir(parents=True, exist_ok=True)
+        value = np.full((16, 16), 10 * i + 5, np.uint8)
+        Image.fromarray(value).save(labelled / cls / f"BloodImage_{i:05d}.png")
+        pool.mkdir(parents=True, exist_ok=True)
+        for k in range(crops):
+            Image.fromarray(value).save(pool / f"BloodImage_{i:05d}_r{k}.png")
+    return labelled, pool
+
+
+def test_pool_loses_every_crop_of_a_test_smear(tmp_path):
+    labelled, pool_dir = bccd_like(tmp_path)
+    prepared = prepare_data(labelled, group_pattern=PATTERN, test_size=0.2, seed=0, unlabelled=pool_dir)
+    test_groups = prepared.test_groups
+    assert test_groups  # the hold-out is not empty
+    pool = load_pool(pool_dir, group_pattern=PATTERN)
+    kept = exclude_groups(pool, test_groups)
+    kept_groups = set(kept.groups(kept.ids))
+    assert not kept_groups & test_groups
+    assert len(kept.ids) == len(pool.ids) - 3 * len(test_groups)  # all 3 crops of each test smear
+    # The pipeline's own pool (what `train --unlabelled` and `pretrain --holdout-from` use) agrees.
+    assert sorted(prepared.pool_without_test_groups()) == sorted(kept.ids)
+    check_disjoint(kept_groups, test_groups)
+    with pytest.raises(SplitError, match="shares"):
+        check_disjoint(pool.groups(pool.ids), test_groups)
+
+
+def test_leak_free_ids_keeps_order():
+    assert leak_free_ids(["a1", "b1", "a2", "c1"], ["a", "b", "a", "c"], {"a"}) == ["b1", "c1"]
+
+
+def test_segmentation_gets_training_masks_only(tmp_path):
+    root = tmp_path / "seg"
+    for i in range(12):
+        cls = f"grade{i % 2}"
+        for sub in ("images", "masks"):
+            (root / sub / cls).mkdir(parents=True, exist_ok=True)
+        # Two slices per patient: patient = i // 2, so a patient's slices must stay together.
+        name = f"pat{i // 2}_s{i}.png"
+        Image.fromarray(np.full((8, 8), i, np.uint8)).save(root / "images" / cls / name)
+        Image.fromarray((np.eye(8) * 255).astype(np.uint8)).save(root / "masks" / cls / name)
+    cat = load_catalog(root, group_pattern=r"(pat\d+)_")
+    test_ids = [cat.ids[0]]  # one slice of one patient is a test image ...
+    patient = cat.groups(test_ids)[0]
+    rest = [i for i in cat.ids if i not in test_ids]
+    kept = training_mask_ids(cat, rest, test_ids)
+    # ... so the patient's other slice is dropped too, and everything else keeps its mask.
+    assert kept == [i for i in rest if cat.by_id[i].group != patient]
+    assert len(kept) == len(rest) - 1
+    with pytest.raises(SplitError, match="test image"):
+        training_mask_ids(cat, rest + test_ids, test_ids)
