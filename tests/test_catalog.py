@@ -9,6 +9,11 @@ import time
 
 import numpy as np
 import pytest
+
+from fewlabel.data.catalog import load_catalog, load_pool
+from fewlabel.data.readers import read_image
+from fewlabel.errors import DataError, ManifestError, MaskError, UnknownFormatError
+
 from factory import (
     GROUP_PATTERN,
     make_class_folder,
@@ -22,10 +27,6 @@ from factory import (
     write_png,
     write_tiff,
 )
-
-from fewlabel.data.catalog import load_catalog, load_pool
-from fewlabel.data.readers import read_image
-from fewlabel.errors import DataError, ManifestError, MaskError, UnknownFormatError
 
 
 def test_class_folder_basics(tmp_path):

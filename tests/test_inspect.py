@@ -9,6 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+
+from fewlabel.cli import main
+from fewlabel.data.inspect import inspect_data
+from fewlabel.errors import DataError, MaskError, UnreadableFileError
+
 from factory import (
     GROUP_PATTERN,
     corrupt_file,
@@ -20,10 +25,6 @@ from factory import (
     write_png,
     write_tiff,
 )
-
-from fewlabel.cli import main
-from fewlabel.data.inspect import inspect_data
-from fewlabel.errors import DataError, MaskError, UnreadableFileError
 
 
 def run_cli(args, capsys):

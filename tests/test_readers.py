@@ -7,6 +7,17 @@ import os
 
 import numpy as np
 import pytest
+
+from fewlabel.data.readers import discover_images, file_format, read_image, read_mask, read_meta
+from fewlabel.errors import (
+    DataError,
+    FewlabelError,
+    InvalidImageError,
+    MaskError,
+    UnknownFormatError,
+    UnreadableFileError,
+)
+
 from factory import (
     corrupt_file,
     synthetic_image,
@@ -21,16 +32,6 @@ from factory import (
     write_png,
     write_png16,
     write_tiff,
-)
-
-from fewlabel.data.readers import discover_images, file_format, read_image, read_mask, read_meta
-from fewlabel.errors import (
-    DataError,
-    FewlabelError,
-    InvalidImageError,
-    MaskError,
-    UnknownFormatError,
-    UnreadableFileError,
 )
 
 RNG = np.random.default_rng(0)

@@ -8,12 +8,13 @@ import json
 import shutil
 
 import pytest
-from factory import corrupt_file
 
 from fewlabel.cli import main
 from fewlabel.data.catalog import load_catalog, load_pool
 from fewlabel.data.inspect import inspect_data
 from fewlabel.data.splits import draw_labelled, holdout_test, split_validation
+
+from factory import corrupt_file
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from factory import GROUP_PATTERN, make_class_folder, make_manifest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,6 +18,8 @@ from fewlabel.data.splits import (
     split_validation,
 )
 from fewlabel.errors import SplitError
+
+from factory import GROUP_PATTERN, make_class_folder, make_manifest
 
 
 def synthetic_catalog(per_class: dict[str, int], group_size: int = 1) -> Catalog:

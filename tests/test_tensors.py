@@ -7,13 +7,14 @@ import json
 
 import numpy as np
 import pytest
-from factory import make_class_folder, make_image_mask_tree, to_dtype, write_png, write_tiff
 
 from fewlabel.data import readers, tensors
 from fewlabel.data.catalog import load_catalog
 from fewlabel.data.readers import ImageMeta, read_image
 from fewlabel.data.tensors import Preprocess, fit_preprocess, load_images, load_masks
 from fewlabel.errors import ConfigMismatchError, DataError, InvalidImageError, MaskError
+
+from factory import make_class_folder, make_image_mask_tree, to_dtype, write_png, write_tiff
 
 
 @pytest.fixture(autouse=True)

@@ -154,3 +154,26 @@ def test_same_seed_same_numbers_across_processes(cells: Path, tmp_path: Path) ->
     outs = [subprocess.run([sys.executable, "-c", script, str(cells)], check=True, capture_output=True,
                            text=True).stdout.strip().splitlines()[-1] for _ in range(2)]
     assert outs[0] == outs[1]
+
+
+def test_usage_error_is_a_message_not_a_traceback(capsys) -> None:
+    code = run_cli("train", "--no-such-option")
+    err = capsys.readouterr().err
+    assert code == 2 and "No such option" in err and "Traceback" not in err
+
+
+def test_validation_threshold_counts_patients_not_slices(tmp_path: Path) -> None:
+    """2 patients x 4 slices per class is 2 independent samples: no validation split is drawn."""
+    from fewlabel.pipeline import prepare_data, split_labelled
+
+    data_dir = make_class_folder(tmp_path / "d", {"a": 40, "b": 40}, size=(8, 8), images_per_group=4)
+    data = prepare_data(data_dir, group_pattern=GROUP_PATTERN, test_size=0.25)
+    from fewlabel.data.splits import draw_labelled
+
+    two_patients = draw_labelled(data.catalog, data.pool_ids, 2, seed=0, count="groups")
+    assert len(two_patients) == 16
+    train_ids, val_ids = split_labelled(data, two_patients, seed=0)
+    assert val_ids == [] and len(train_ids) == 16
+    six = draw_labelled(data.catalog, data.pool_ids, 6, seed=0, count="groups")
+    train_ids, val_ids = split_labelled(data, six, seed=0)
+    assert val_ids and not set(data.catalog.groups(val_ids)) & set(data.catalog.groups(train_ids))

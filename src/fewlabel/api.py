@@ -159,7 +159,7 @@ def train(
     from fewlabel.data import splits
 
     prepared = prepare_data(data, masks=masks, group_pattern=group_pattern, test_size=test_size, seed=seed,
-                            image_size=image_size, unlabelled=unlabelled)
+                            image_size=image_size, unlabelled=unlabelled, count=count)
     if labels_per_class is None:
         labelled = list(prepared.pool_ids)
     else:

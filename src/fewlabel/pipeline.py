@@ -127,14 +127,17 @@ def prepare_data(
     data: str | Path | None = None, *, masks: str | Path | None = None, group_pattern: str | None = None,
     test_size: float | int = 0.2, seed: int = 0, image_size: int | tuple[int, ...] | None = None,
     unlabelled: str | Path | None = None, catalog: catalog_mod.Catalog | None = None,
-    resize: str = "resize",
+    resize: str = "resize", count: str = "images",
 ) -> PreparedData:
-    """Catalog the data, hold out a group-aware stratified test set, fit preprocessing on the rest."""
+    """Catalog the data, hold out a group-aware stratified test set, fit preprocessing on the rest.
+
+    ``count`` says what an integer ``test_size`` counts per class: ``images`` or ``groups`` (patients).
+    """
     if catalog is None:
         if data is None:
             raise FewlabelError("no data given")
         catalog = catalog_mod.load_catalog(data, masks=masks, group_pattern=group_pattern)
-    pool_ids, test_ids = splits.holdout_test(catalog, test_size=test_size, seed=seed)
+    pool_ids, test_ids = splits.holdout_test(catalog, test_size=test_size, seed=seed, count=count)
     size = (image_size,) * 2 if isinstance(image_size, int) else image_size
     pool_catalog = None
     if unlabelled is not None:
@@ -256,9 +259,17 @@ def finetune_config_for(spec: StrategySpec, base: FinetuneConfig | None = None) 
 
 
 def split_labelled(data: PreparedData, labelled_ids: list[str], seed: int) -> tuple[list[str], list[str]]:
-    """Training and validation ids, both from the labelled draw (never from test)."""
-    counts = np.bincount(data.catalog.labels(labelled_ids), minlength=data.num_classes)
-    present = counts[counts > 0]
+    """Training and validation ids, both from the labelled draw (never from test).
+
+    The threshold counts groups (patients), not images: 2 patients of 4 slices each are 2
+    independent samples, and a validation split would take half the training patients away.
+    """
+    labels = data.catalog.labels(labelled_ids)
+    groups = data.catalog.groups(labelled_ids)
+    per_class: dict[int, set[str]] = {}
+    for label, group in zip(labels, groups, strict=True):
+        per_class.setdefault(int(label), set()).add(group)
+    present = np.array([len(g) for g in per_class.values()])
     if present.size == 0 or present.min() < MIN_PER_CLASS_FOR_VALIDATION:
         return list(labelled_ids), []
     train_ids, val_ids = splits.split_validation(data.catalog, labelled_ids, fraction=0.2, seed=seed)

@@ -42,10 +42,27 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit code and message
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # Usage errors (unknown option, missing argument) carry their own message and exit code.
+        # typer >= 0.29 vendors click as typer._click; older versions use click itself.
+        if _is_click_exception(exc):
             exc.show()
             sys.exit(exc.exit_code)
         raise
+
+
+def _is_click_exception(exc: Exception) -> bool:
+    bases = []
+    try:
+        from typer._click import ClickException as Vendored
+
+        bases.append(Vendored)
+    except ImportError:
+        pass
+    try:
+        from click import ClickException
+
+        bases.append(ClickException)
+    except ImportError:
+        pass
+    return isinstance(exc, tuple(bases)) if bases else False

@@ -17,13 +17,13 @@ def register(app: typer.Typer) -> None:
     app.command("curve")(curve)
 
 
-def _parse_settings(items: list[str] | None) -> dict[str, Any]:
+def _parse_settings(items: list[str] | None, option: str) -> dict[str, Any]:
     """``["max_epochs=30", "augment=strong"]`` → {"max_epochs": 30, "augment": "strong"} (JSON values)."""
     out: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
         try:
             out[key.strip()] = json.loads(value)
         except ValueError:
@@ -50,11 +50,15 @@ def curve(
     device: str = typer.Option(None, help="auto | cpu | cuda (fine-tuning device)."),
     settings: list[str] = typer.Option(None, "--set", help="Fine-tuning setting KEY=VALUE (repeatable), "
                                        "e.g. --set batch_size=32."),
+    pretrain_settings: list[str] = typer.Option(None, "--pretrain", help="Pretraining setting KEY=VALUE "
+                                                "for gan / segmentation / ssl (repeatable), e.g. "
+                                                "--pretrain steps=300."),
     executor: str = typer.Option("local", help="local | ray"),
     workers: int = typer.Option(1, help="Local: cells at once (processes). Ray: CPUs of a local cluster."),
     ray_address: str = typer.Option(None, help="Join this Ray cluster ('auto', 'ray://host:10001')."),
     cpus_per_cell: int = typer.Option(1, help="CPUs (torch threads) per cell; keep equal to compare runs."),
-    gpus_per_cell: float = typer.Option(0.0, help="GPUs per Ray cell; 0.25 packs 4 small cells on a GPU."),
+    gpus_per_cell: float = typer.Option(None, help="GPUs per Ray cell (default 0.25 on a GPU cluster: "
+                                        "4 small cells per GPU; 0 = CPU only)."),
     keep_models: str = typer.Option("first", help="Keep models of repeat 0 (first), all, or none."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-cell lines."),
 ) -> None:
@@ -62,7 +66,7 @@ def curve(
     one row per cell in RUN_DIR/store.sqlite and RUN_DIR/results.csv."""
     from fewlabel.experiments import run_curve
 
-    finetune = _parse_settings(settings)
+    finetune = _parse_settings(settings, "--set")
     if max_epochs is not None:
         finetune["max_epochs"] = max_epochs
     if device is not None:
@@ -72,7 +76,8 @@ def curve(
         result = run_curve(
             data, out, strategies, sizes, repeats, unlabelled=unlabelled, masks=masks,
             group_pattern=group_pattern, drop_classes=drop_class or (), test_size=test, seed=seed,
-            image_size=image_size, count=count, finetune=finetune, executor=executor, workers=workers,
+            image_size=image_size, count=count, finetune=finetune,
+            pretrain=_parse_settings(pretrain_settings, "--pretrain"), executor=executor, workers=workers,
             ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
             keep_models=keep_models, progress=False if quiet else None,
             log=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),

@@ -1,0 +1,28 @@
+"""Learning curves: the pipeline over strategy × labelled-set size × repeat, resumable, local or on Ray.
+
+    from fewlabel.experiments import run_curve
+    result = run_curve("data/pbc", out="runs/pbc", strategies="scratch,ssl", sizes=[2, 5, 20], repeats=3)
+    print(result.table())
+
+Modules: ``grid`` (configuration, hash, cells, seeds), ``store`` (SQLite results store and RUN_DIR
+layout), ``cell`` (one cell as a picklable task), ``executors`` (local loop / process pool / Ray),
+``curve`` (the orchestration).
+"""
+
+from fewlabel.experiments.curve import STRATEGIES, Curve, RunResult, format_table, run_curve
+from fewlabel.experiments.grid import Cell, CurveConfig
+from fewlabel.experiments.store import CSV_COLUMNS, ResultStore, load_run, summarise
+
+__all__ = [
+    "CSV_COLUMNS",
+    "STRATEGIES",
+    "Cell",
+    "Curve",
+    "CurveConfig",
+    "ResultStore",
+    "RunResult",
+    "format_table",
+    "load_run",
+    "run_curve",
+    "summarise",
+]

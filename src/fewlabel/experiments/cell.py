@@ -1,0 +1,361 @@
+"""One grid cell as a plain, picklable task, and the function that runs it anywhere.
+
+``run_cell(task) -> CellOutput`` is what an executor runs (in-process, in a process pool or as a Ray
+task). It re-opens the data itself from ``task.data_args`` (kept per worker process, so a worker
+loads the images once), seeds itself fully, fine-tunes, evaluates and returns the row plus the
+files of the cell (bytes). It writes nothing: the driver puts the files in place and then inserts
+the row, so a worker that dies never leaves a half-finished cell behind.
+
+The pipeline is reached through a ``Backend`` (default: ``PipelineBackend`` = ``fewlabel.pipeline``
+and ``fewlabel.data``); tests pass a fake one. A backend must be picklable (it travels in the task).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import socket
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from fewlabel.experiments.grid import Cell
+from fewlabel.experiments.store import METRICS
+
+
+class Backend(Protocol):
+    """What the curve needs from the pipeline. ``data`` is whatever ``prepare_data`` returns; it must
+    have ``catalog`` (``labels(ids)``, ``groups(ids)``), ``pool_ids``, ``test_ids``, ``class_names`` and
+    ``fingerprint()``. Specs and fine-tuning configs travel as plain dicts."""
+
+    def prepare_data(self, **data_args: Any) -> Any: ...
+    def draw(self, data: Any, n_per_class: int, seed: int, count: str) -> list[str]: ...
+    def strategy_spec(self, name: str) -> dict[str, Any]: ...
+    def prepare_strategy(self, spec: dict[str, Any], data: Any, cache_dir: Path,
+                         seed: int) -> dict[str, Any]: ...
+    def fit_cell(self, data: Any, labelled_ids: list[str], spec: dict[str, Any], seed: int,
+                 finetune: dict[str, Any]) -> Any: ...
+    def save_model(self, directory: Path, result: Any, data: Any, spec: dict[str, Any],
+                   seed: int) -> None: ...
+    def finetune_config(self, overrides: dict[str, Any]) -> dict[str, Any]: ...
+    def summary(self, data: Any) -> dict[str, Any]: ...
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def fingerprint_of(obj: Any) -> str | None:
+    """``obj.fingerprint()`` or ``obj.fingerprint`` (catalogs and prepared data differ), or None."""
+    if obj is None:
+        return None
+    fp = getattr(obj, "fingerprint", None)
+    return str(fp()) if callable(fp) else (None if fp is None else str(fp))
+
+
+class PipelineBackend:
+    """The real thing: ``fewlabel.pipeline`` (prepare_data, default_spec, prepare_strategy, fit_cell,
+    model_config) and the data layer's nested ``draw_labelled``. Imported lazily, so importing
+    ``fewlabel.experiments`` stays cheap and Ray workers import torch only when they run a cell."""
+
+    def prepare_data(self, **data_args: Any) -> Any:
+        from fewlabel import pipeline
+
+        drop = tuple(data_args.pop("drop_classes", ()) or ())
+        if drop:
+            # A class with too few images (BCCD basophil: 2) is left out before anything is split.
+            from fewlabel.data.catalog import load_catalog
+
+            catalog = load_catalog(data_args["data"], masks=data_args.get("masks"),
+                                   group_pattern=data_args.get("group_pattern"))
+            unknown = sorted(set(drop) - set(catalog.classes))
+            if unknown:
+                from fewlabel.errors import DataError
+
+                raise DataError(f"--drop-class names no class here: {', '.join(unknown)} "
+                                f"(classes: {', '.join(catalog.classes)})", path=data_args["data"])
+            keep = [s.id for s in catalog.samples if _class_name(catalog, s) not in drop]
+            # subset() keeps the class list (label indices stay put); a dropped class must leave it too.
+            data_args["catalog"] = dataclasses.replace(
+                catalog.subset(keep), classes=[c for c in catalog.classes if c not in drop])
+        if isinstance(data_args.get("image_size"), list):
+            data_args["image_size"] = tuple(data_args["image_size"])
+        return pipeline.prepare_data(**data_args)
+
+    def draw(self, data: Any, n_per_class: int, seed: int, count: str) -> list[str]:
+        from fewlabel.data.splits import draw_labelled
+
+        return list(draw_labelled(data.catalog, data.pool_ids, n_per_class, seed=seed, count=count))
+
+    def strategy_spec(self, name: str) -> dict[str, Any]:
+        from fewlabel import pipeline
+
+        return _jsonable(pipeline.default_spec(name).to_dict())
+
+    def prepare_strategy(self, spec: dict[str, Any], data: Any, cache_dir: Path, seed: int) -> dict[str, Any]:
+        from fewlabel import pipeline
+
+        # progress=False: per-epoch bars from several workers would garble the curve's own bar.
+        prepared = pipeline.prepare_strategy(pipeline.StrategySpec.from_dict(spec), data, cache_dir=cache_dir,
+                                             seed=seed, progress=False)
+        return _jsonable(prepared.to_dict())
+
+    def fit_cell(self, data: Any, labelled_ids: list[str], spec: dict[str, Any], seed: int,
+                 finetune: dict[str, Any]) -> Any:
+        from fewlabel import pipeline
+        from fewlabel.training.finetune import FinetuneConfig
+
+        return pipeline.fit_cell(data, labelled_ids, pipeline.StrategySpec.from_dict(spec), seed,
+                                 FinetuneConfig.from_dict(finetune))
+
+    def save_model(self, directory: Path, result: Any, data: Any, spec: dict[str, Any], seed: int) -> None:
+        from fewlabel import pipeline
+        from fewlabel.models.io import save_model_dir
+
+        config = pipeline.model_config(data, pipeline.StrategySpec.from_dict(spec), result, seed)
+        save_model_dir(directory, result.classifier, _jsonable(config))
+
+    def finetune_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        from fewlabel.errors import FewlabelError
+        from fewlabel.training.finetune import FinetuneConfig
+
+        unknown = sorted(set(overrides) - set(FinetuneConfig.__dataclass_fields__))
+        if unknown:
+            raise FewlabelError(f"unknown fine-tuning setting {', '.join(unknown)}; known: "
+                                f"{', '.join(sorted(FinetuneConfig.__dataclass_fields__))}")
+        # No per-epoch bars inside cells (the curve has its own); constant, so the hash is unaffected.
+        config = FinetuneConfig.from_dict({**overrides, "progress": False})
+        return _jsonable(config.to_dict())
+
+    def summary(self, data: Any) -> dict[str, Any]:
+        return dataset_summary(data)
+
+
+def _class_name(catalog: Any, sample: Any) -> str:
+    label = sample.label
+    return catalog.classes[label] if isinstance(label, (int, np.integer)) else str(label)
+
+
+def dataset_summary(data: Any) -> dict[str, Any]:
+    """Classes and counts (all / pool / test), groups, image size and channels, for run.json."""
+    catalog = data.catalog
+    names = list(data.class_names)
+    pool_ids, test_ids = list(data.pool_ids), list(data.test_ids)
+
+    def counts(ids: list[str]) -> dict[str, int]:
+        labels = np.asarray(catalog.labels(ids)) if ids else np.zeros(0, int)
+        return {name: int((labels == k).sum()) for k, name in enumerate(names)}
+
+    pre = getattr(data, "preprocess", None)
+    pre_dict = pre.to_dict() if hasattr(pre, "to_dict") else {}
+    pool_cat = getattr(data, "unlabelled", None)
+    return {
+        "root": str(getattr(catalog, "root", "")),
+        "classes": names,
+        "counts": counts(pool_ids + test_ids),
+        "pool_counts": counts(pool_ids),
+        "test_counts": counts(test_ids),
+        "n_pool": len(pool_ids),
+        "n_test": len(test_ids),
+        "groups": len(set(catalog.groups(pool_ids + test_ids))),
+        "test_groups": len(set(catalog.groups(test_ids))),
+        "image_size": list(pre_dict.get("size") or []),
+        "channels": pre_dict.get("channels"),
+        "spatial_dims": pre_dict.get("spatial_dims"),
+        "n_unlabelled": len(pool_cat.samples) if pool_cat is not None else 0,
+        # What pretraining may use: the unlabelled pool minus every image of a test group.
+        "n_unlabelled_usable": (len(data.pool_without_test_groups())
+                                if pool_cat is not None and hasattr(data, "pool_without_test_groups") else 0),
+        "preprocess": _jsonable(pre_dict),
+    }
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """Everything a worker needs to run one cell; plain values only (picklable, small)."""
+
+    cell: Cell
+    seed: int
+    draw_seed: int
+    labelled_ids: tuple[str, ...]
+    spec: dict[str, Any]  # the prepared strategy spec (encoder_weights filled in)
+    finetune: dict[str, Any]
+    data_args: dict[str, Any]  # how the worker re-opens the data (paths, split seed, image size)
+    fingerprint: str  # the worker checks the data it opened is the data the run was made on
+    config_hash: str
+    keep_model: bool
+    backend: Any
+    threads: int | None = None  # torch threads in the worker; None = leave as is
+
+
+@dataclass
+class CellOutput:
+    """The row for the store and the cell's files (relative path → bytes) for the driver to write."""
+
+    row: dict[str, Any]
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrepTask:
+    """One strategy's preparation (GAN, segmentation, SSL pretraining) before its cells."""
+
+    strategy: str
+    spec: dict[str, Any]
+    cache_dir: str
+    seed: int
+    data_args: dict[str, Any]
+    fingerprint: str
+    backend: Any
+    threads: int | None = None
+
+
+# Per-process cache of opened data: a Ray or pool worker loads the images once for all its cells.
+_DATA_CACHE: dict[str, Any] = {}
+
+
+def _data_key(data_args: dict[str, Any]) -> str:
+    return json.dumps(data_args, sort_keys=True, default=str)
+
+
+def prime_data(data_args: dict[str, Any], data: Any) -> None:
+    """Give this process's cache the data the driver already opened (in-process executor)."""
+    _DATA_CACHE[_data_key(data_args)] = data
+
+
+def clear_data_cache() -> None:
+    _DATA_CACHE.clear()
+
+
+def open_data(backend: Any, data_args: dict[str, Any], fingerprint: str) -> Any:
+    key = _data_key(data_args)
+    if key not in _DATA_CACHE:
+        data = backend.prepare_data(**dict(data_args))
+        found = fingerprint_of(data)
+        if found != fingerprint:
+            # The files changed under a running sweep (or the worker sees other files): refuse to mix.
+            raise RuntimeError(f"data at {data_args.get('data')} changed since the run started "
+                               f"(fingerprint {str(found)[:8]} vs {fingerprint[:8]})")
+        _DATA_CACHE.clear()  # one data set per worker at a time: bounded memory
+        _DATA_CACHE[key] = data
+    return _DATA_CACHE[key]
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+
+
+def _seed_all(seed: int) -> None:
+    """Seed Python, NumPy and torch before the pipeline runs: weights initialised before the training
+    loop seeds itself (the encoder is built first) would otherwise depend on what this process did
+    before, and a cell would give other numbers in a Ray worker than in the driver."""
+    from fewlabel.training.loop import seed_everything
+
+    seed_everything(seed)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+def _metric_fields(metrics: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in METRICS:
+        m = metrics.get(name)
+        if isinstance(m, dict):
+            out[name] = m.get("value")
+            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = m.get("ci_low"), m.get("ci_high")
+        else:
+            out[name] = m
+    return out
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _read_tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def base_row(task: CellTask) -> dict[str, Any]:
+    cell = task.cell
+    return {"strategy": cell.strategy, "n_per_class": cell.n_per_class, "repeat": cell.repeat,
+            "seed": task.seed, "draw_seed": task.draw_seed, "config_hash": task.config_hash,
+            "worker": f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def run_cell(task: CellTask) -> CellOutput:
+    """Fine-tune and evaluate one cell. Never raises for a failure of the cell itself: that comes back
+    as a ``failed`` row with the one-line error, so one bad cell does not stop a sweep."""
+    t0 = time.perf_counter()
+    row = base_row(task)
+    try:
+        _set_threads(task.threads)
+        data = open_data(task.backend, task.data_args, task.fingerprint)
+        _seed_all(task.seed)
+        result = task.backend.fit_cell(data, list(task.labelled_ids), dict(task.spec), task.seed,
+                                       dict(task.finetune))
+        output = _ok_output(task, data, result, row)
+    except Exception as exc:  # a cell's own failure; KeyboardInterrupt still stops the sweep
+        row.update(status="failed", error=_one_line(exc), cell_seconds=time.perf_counter() - t0,
+                   extra={"traceback": traceback.format_exc(limit=8)})
+        return CellOutput(row=row)
+    output.row["cell_seconds"] = time.perf_counter() - t0
+    return output
+
+
+def _ok_output(task: CellTask, data: Any, result: Any, row: dict[str, Any]) -> CellOutput:
+    """The row and files of a cell that trained: metrics, counts, probabilities, ids and the model."""
+    fit = getattr(result, "fit", None)
+    train_ids, val_ids = list(result.train_ids), list(result.val_ids)
+    row.update(_metric_fields(result.metrics))
+    row.update(
+        status="ok",
+        train_seconds=float(result.train_seconds),
+        n_train=len(train_ids), n_val=len(val_ids), n_test=int(np.asarray(result.proba_test).shape[0]),
+        epochs=getattr(fit, "epochs", None), best_epoch=getattr(fit, "best_epoch", None),
+        stopped_because=getattr(fit, "stopped_because", None),
+        confusion_matrix=result.metrics.get("confusion_matrix"),
+        proba_path=f"cells/{task.cell.dirname}/proba_test.npy",
+        model_path=f"cells/{task.cell.dirname}" if task.keep_model else "",
+    )
+    cell_info = {"cell": task.cell._asdict(), "seed": task.seed, "draw_seed": task.draw_seed,
+                 "config_hash": task.config_hash, "spec": task.spec, "finetune": task.finetune,
+                 "labelled_ids": list(task.labelled_ids), "train_ids": train_ids, "val_ids": val_ids,
+                 "history": list(getattr(fit, "history", []) or [])}
+    files = {"proba_test.npy": _npy_bytes(result.proba_test),
+             "cell.json": (json.dumps(_jsonable(cell_info), indent=1) + "\n").encode()}
+    if task.keep_model and getattr(result, "classifier", None) is not None:
+        # Saved to a private temp folder and shipped as bytes: the driver places it with the rest.
+        with tempfile.TemporaryDirectory(prefix="fewlabel-cell-") as tmp:
+            task.backend.save_model(Path(tmp) / "model", result, data, dict(task.spec), task.seed)
+            for rel, blob in _read_tree(Path(tmp) / "model").items():
+                if rel in files:  # our names win; a clash would hide the model's own file
+                    raise RuntimeError(f"model dir writes {rel}, which the cell dir uses")
+                files[rel] = blob
+    return CellOutput(row=row, files=files)
+
+
+def run_preparation(task: PrepTask) -> dict[str, Any]:
+    """Prepare one strategy's encoder (cached by the pipeline in ``cache_dir``); returns the prepared
+    spec and the seconds it took. Raises on failure: the driver marks that strategy's cells failed."""
+    _set_threads(task.threads)
+    t0 = time.perf_counter()
+    data = open_data(task.backend, task.data_args, task.fingerprint)
+    _seed_all(task.seed)
+    spec = task.backend.prepare_strategy(dict(task.spec), data, Path(task.cache_dir), task.seed)
+    return {"strategy": task.strategy, "spec": spec, "seconds": time.perf_counter() - t0}

@@ -1,0 +1,703 @@
+"""Learning curves: the pipeline run over strategy × labelled-set size × repeat on one fixed test set.
+
+    from fewlabel.experiments import run_curve
+    result = run_curve("data/pbc", out="runs/pbc", strategies=["scratch", "ssl"], sizes=[2, 5, 20], repeats=3)
+    print(result.table())
+
+What a run does, in order:
+  1. opens the data (``pipeline.prepare_data``): one group-aware test hold-out with the base seed,
+     preprocessing fitted on the pool only;
+  2. checks RUN_DIR: the same configuration resumes, another is refused (``ConfigMismatchError``
+     naming what differs), a non-empty folder that is not a run is refused;
+  3. draws, per repeat, one nested labelled set per size (shared by all strategies: paired) and
+     saves every draw to ``split.json``; sizes larger than a class's pool are recorded as skipped;
+  4. prepares each strategy that has cells left once (GAN, segmentation, SSL pretraining on the pool
+     only, cached in ``RUN_DIR/pretrained/``);
+  5. runs the remaining cells on an executor (local loop, process pool or Ray); each finished cell's
+     files are put in place and then its row is inserted, and ``results.csv`` is re-exported.
+A cell that raises becomes a ``failed`` row (tried again on the next run); the sweep goes on.
+See ``store.py`` for the RUN_DIR layout and the row format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fewlabel.errors import ConfigMismatchError, FewlabelError, SplitError
+from fewlabel.experiments.cell import (
+    CellOutput,
+    CellTask,
+    PipelineBackend,
+    PrepTask,
+    base_row,
+    fingerprint_of,
+    prime_data,
+    run_cell,
+    run_preparation,
+)
+from fewlabel.experiments.executors import Executor, RayExecutor, make_executor
+from fewlabel.experiments.grid import Cell, CurveConfig, draw_seed, parse_names, parse_sizes, train_seed
+from fewlabel.experiments.store import (
+    CSV_FILE,
+    RUN_FILE,
+    SPLIT_FILE,
+    ResultStore,
+    atomic_write_json,
+    read_json,
+    summarise,
+)
+
+STRATEGIES = ("scratch", "imagenet", "gan", "segmentation", "ssl", "semi")
+KEEP_MODELS = ("first", "all", "none")
+_PRETRAINED = ("gan", "segmentation", "ssl")  # only for the log line: these take a while
+_OWN_FILES = {".lock"}  # what may be in RUN_DIR before run.json is written
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunResult:
+    """What ``run_curve`` returns: where the results are and how the run went."""
+
+    run_dir: Path
+    results_csv: Path
+    config_hash: str
+    rows: list[dict[str, Any]]
+    counts: dict[str, int]  # rows in the store by status: ok / failed / skipped
+    ran: int  # cells run by this call (ok + failed)
+    resumed: int  # cells already done when this call started
+    seconds: float
+    failed: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no cell failed (skipped cells are not failures)."""
+        return not self.failed
+
+    def summary(self, metric: str = "roc_auc") -> list[dict[str, Any]]:
+        """Median and IQR of ``metric`` per strategy × size over the repeats."""
+        return summarise(self.rows, metric)
+
+    def table(self, metrics: Sequence[str] = ("roc_auc", "accuracy")) -> str:
+        """A plain-text table: one line per strategy × size, ``median [q1, q3]`` per metric."""
+        return format_table(self.rows, metrics)
+
+
+def format_table(rows: Iterable[dict[str, Any]], metrics: Sequence[str] = ("roc_auc", "accuracy")) -> str:
+    rows = list(rows)
+    by_metric = {m: {(s["strategy"], s["n_per_class"]): s for s in summarise(rows, m)} for m in metrics}
+    keys = sorted({k for table in by_metric.values() for k in table}, key=lambda k: (k[0], k[1]))
+    head = f"{'strategy':<14}{'n':>5}{'reps':>6}" + "".join(f"{m + ' median [IQR]':>30}" for m in metrics)
+    lines = [head, "-" * len(head)]
+    for key in keys:
+        first = next(t[key] for t in by_metric.values() if key in t)
+        cells = []
+        for m in metrics:
+            s = by_metric[m].get(key)
+            cells.append(f"{s['median']:.3f} [{s['q1']:.3f}, {s['q3']:.3f}]" if s else "-")
+        lines.append(f"{key[0]:<14}{key[1]:>5}{first['n_repeats']:>6}" + "".join(f"{c:>30}" for c in cells))
+    return "\n".join(lines)
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _versions(extra: Iterable[str] = ()) -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("fewlabel", "torch", "numpy", "monai", "captum", *extra):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+# -- RUN_DIR guards ------------------------------------------------------------------------------
+
+def _check_out_dir(out: Path) -> None:
+    """A folder that exists, is not empty and holds no run is somebody else's: never write into it."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FewlabelError("exists and is not a folder; use a new --out", path=out)
+    if (out / RUN_FILE).exists():
+        return
+    foreign = [p.name for p in out.iterdir()
+               if p.name not in _OWN_FILES and not p.name.startswith(".run.json.tmp")]
+    if foreign:
+        raise FewlabelError(f"is not empty and holds no fewlabel run ({', '.join(sorted(foreign)[:3])} ...); "
+                            "use a new --out", path=out)
+
+
+@contextlib.contextmanager
+def _run_lock(out: Path) -> Iterator[None]:
+    """One driver per RUN_DIR. flock is released by the OS even after kill -9, so no stale locks."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, documented
+        yield
+        return
+    fh = open(out / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip() or "?"
+            raise FewlabelError(f"another fewlabel curve (pid {pid}) is writing to this run; wait for it or "
+                                "use a new --out", path=out) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def _open_run(out: Path, config: CurveConfig, config_hash: str, command: str, dataset: dict[str, Any],
+              data_args: dict[str, Any], executor_info: dict[str, Any]) -> dict[str, Any]:
+    """Create run.json, or check the stored one is this configuration and record this invocation."""
+    run_file = out / RUN_FILE
+    now = _now()
+    if run_file.exists():
+        info = read_json(run_file)
+        stored_hash = info.get("config_hash")
+        if stored_hash != config_hash:
+            diffs = config.differences(info.get("config") or {})
+            what = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+            what = what or f"config hash {stored_hash} vs {config_hash}"
+            raise ConfigMismatchError(f"holds a run of another configuration ({what}); "
+                                      "use a new --out or delete it", path=out)
+        info.setdefault("invocations", []).append({"command": command, "at": now, "executor": executor_info})
+        info["updated"] = now
+    else:
+        info = {
+            "fewlabel_run": 1,
+            "config_hash": config_hash,
+            "config": config.to_dict(),
+            # ``PipelineBackend().prepare_data(**data_args)`` re-opens the data exactly as the run did.
+            "data_args": data_args,
+            "command": command,
+            "invocations": [{"command": command, "at": now, "executor": executor_info}],
+            "dataset": dataset,
+            "versions": _versions(["ray"] if executor_info.get("kind") == "ray" else []),
+            "created": now,
+            "updated": now,
+            "preparations": {},
+            "status": {},
+        }
+    atomic_write_json(run_file, info)
+    return info
+
+
+def _make_draws(out: Path, data: Any, config: CurveConfig, backend: Any,
+                log: Log) -> dict[tuple[int, int], dict[str, Any]]:
+    """Every (size, repeat) draw, saved to split.json; checked against the stored one on resume."""
+    draws: dict[tuple[int, int], dict[str, Any]] = {}
+    for r in range(config.repeats):
+        seed = draw_seed(config.seed, r)
+        for n in config.sizes:
+            try:
+                ids = backend.draw(data, n, seed, config.count)
+                draws[(n, r)] = {"repeat": r, "n_per_class": n, "draw_seed": seed, "ids": list(ids)}
+            except SplitError as exc:
+                draws[(n, r)] = {"repeat": r, "n_per_class": n, "draw_seed": seed, "ids": [],
+                                 "skipped": exc.problem}
+    too_big = sorted({n for (n, _), d in draws.items() if "skipped" in d})
+    for n in too_big:
+        reason = next(d["skipped"] for (m, _), d in draws.items() if m == n and "skipped" in d)
+        log(f"note: n={n} per class cannot be drawn ({reason}); those cells are recorded as skipped")
+    catalog = data.catalog
+    split = {
+        "seed": config.seed, "test_size": config.test_size, "count": config.count,
+        "classes": list(data.class_names),
+        "test": list(data.test_ids),
+        "test_labels": [int(v) for v in catalog.labels(list(data.test_ids))],
+        "test_groups": [str(g) for g in catalog.groups(list(data.test_ids))],
+        "pool": list(data.pool_ids),
+        "draws": [draws[(n, r)] for r in range(config.repeats) for n in config.sizes],
+    }
+    path = out / SPLIT_FILE
+    if path.exists():
+        stored = read_json(path)
+        if stored.get("test") != split["test"] or stored.get("draws") != split["draws"]:
+            raise ConfigMismatchError("the test split or a labelled draw differs from the stored split.json "
+                                      "(data or fewlabel changed?); use a new --out", path=out)
+    else:
+        atomic_write_json(path, split)
+    return draws
+
+
+def _cleanup_partial(out: Path) -> None:
+    """Temporary files and cell folders left by a killed run: never read, safe to remove."""
+    for tmp in list(out.glob(".*.tmp-*")) + list((out / "cells").glob("*/.*.tmp-*")):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_cell_files(out: Path, cell: Cell, files: dict[str, bytes]) -> Path:
+    """Put a cell's files in place atomically: written under a temporary folder, then renamed.
+    A folder left by a killed earlier attempt (files without a row) is replaced."""
+    final = out / "cells" / cell.dirname
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel, blob in files.items():
+        target = tmp / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+    tmp.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    return final
+
+
+class _Progress:
+    """Cells done / total, seconds per cell and time left; a tqdm bar on a terminal, silent otherwise."""
+
+    def __init__(self, total: int, done: int, enabled: bool | None, log: Log | None) -> None:
+        self.total, self.done = total, done
+        self.log = log
+        self.t0 = time.perf_counter()
+        self.ran = 0
+        self.bar = None
+        if enabled or (enabled is None and sys.stderr.isatty()):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit="cell", desc="curve", dynamic_ncols=True,
+                            file=sys.stderr)
+
+    def write(self, line: str) -> None:
+        if self.log is None:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            self.log(line)
+
+    def restart_clock(self) -> None:
+        """Time per cell counts from here: preparations before the first cell are not cells."""
+        self.t0 = time.perf_counter()
+
+    def update(self, line: str) -> None:
+        self.done += 1
+        self.ran += 1
+        per_cell = (time.perf_counter() - self.t0) / self.ran
+        left = (self.total - self.done) * per_cell
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{per_cell:.1f} s/cell", refresh=False)
+            self.bar.update(1)
+        self.write(f"[{self.done}/{self.total}] {line} ({per_cell:.1f} s/cell, ~{_duration(left)} left)")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _cell_line(row: dict[str, Any]) -> str:
+    cell = f"{row['strategy']} n={row['n_per_class']} r={row['repeat']}"
+    if row["status"] != "ok":
+        return f"{cell}: {row['status'].upper()} {row.get('error') or ''}".rstrip()
+    auc = row.get("roc_auc")
+    ci = ""
+    if row.get("roc_auc_ci_low") is not None:
+        ci = f" [{row['roc_auc_ci_low']:.3f}, {row['roc_auc_ci_high']:.3f}]"
+    acc = row.get("accuracy")
+    return (f"{cell}: roc_auc {auc:.3f}{ci}" if auc is not None else f"{cell}: roc_auc -") + (
+        f", accuracy {acc:.3f}" if acc is not None else "") + f", {row.get('train_seconds') or 0:.1f} s train"
+
+
+def _failed_output(task: CellTask, error: BaseException | str) -> CellOutput:
+    row = base_row(task)
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {' '.join(str(error).split())}"
+    row.update(status="failed", error=text)
+    return CellOutput(row=row)
+
+
+def _spec(backend: Any, name: str, pretrain: dict[str, Any] | None,
+          options: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
+    """The strategy's default spec with the caller's overrides (they are part of the config hash)."""
+    spec = dict(backend.strategy_spec(name))
+    if pretrain and name in _PRETRAINED:
+        spec["pretrain"] = {**(spec.get("pretrain") or {}), **pretrain}
+    for key, value in ((options or {}).get(name) or {}).items():
+        if key not in spec:
+            raise FewlabelError(f"strategy {name} has no setting {key!r}; it has {', '.join(sorted(spec))}")
+        merge = isinstance(spec[key], dict) and isinstance(value, dict)  # nested settings: update, keep rest
+        spec[key] = {**spec[key], **value} if merge else value
+    return spec
+
+
+def run_curve(
+    data: str | Path,
+    out: str | Path,
+    strategies: str | Sequence[str] = ("scratch", "imagenet", "ssl"),
+    sizes: str | Sequence[int] = (1, 2, 5, 10, 20, 50),
+    repeats: int = 5,
+    *,
+    unlabelled: str | Path | None = None,
+    masks: str | Path | None = None,
+    group_pattern: str | None = None,
+    drop_classes: Sequence[str] = (),
+    test_size: float | int = 0.2,
+    seed: int = 0,
+    image_size: int | Sequence[int] | None = None,
+    count: str = "images",
+    finetune: dict[str, Any] | None = None,
+    pretrain: dict[str, Any] | None = None,
+    strategy_options: dict[str, dict[str, Any]] | None = None,
+    executor: str | Executor = "local",
+    workers: int = 1,
+    ray_address: str | None = None,
+    cpus_per_cell: int = 1,
+    gpus_per_cell: float | None = None,
+    prep_cpus: int | None = None,
+    keep_models: str = "first",
+    progress: bool | None = None,
+    log: Log | None = _stderr,
+    command: str | None = None,
+    backend: Any = None,
+) -> RunResult:
+    """Run (or resume) a learning curve into ``out`` and return where its results are.
+
+    ``strategies``: names from ``STRATEGIES``; ``sizes``: labelled images (``count="groups"``: groups,
+    e.g. patients) per class; ``test_size``: fraction, or an int = images per class. ``finetune``:
+    overrides of ``FinetuneConfig``; ``pretrain``: overrides of ``PretrainConfig`` for the strategies
+    that pretrain (gan, segmentation, ssl), e.g. ``{"steps": 300}``; ``strategy_options``: per
+    strategy, fields of its spec, e.g. ``{"scratch": {"encoder": "schouten"}}``. ``executor``:
+    ``"local"`` (``workers`` processes; 1 = this process) or ``"ray"`` (``ray_address`` joins a
+    cluster). Each cell runs with ``cpus_per_cell`` torch threads and each preparation with
+    ``prep_cpus`` (default: this machine's cores), on every executor, so the same seeds give the same
+    numbers wherever they run. ``keep_models``: ``first``
+    keeps the models of repeat 0 (what explanations use), ``all`` or ``none``. ``gpus_per_cell`` (Ray):
+    None = 0.25 when the cluster has GPUs, else 0. ``backend`` replaces
+    the pipeline (tests).
+    Raises ``ConfigMismatchError`` when ``out`` holds a run of another configuration.
+    """
+    t_start = time.perf_counter()
+    out = Path(out)
+    backend = backend if backend is not None else PipelineBackend()
+    strategies = parse_names(strategies)
+    sizes = parse_sizes(sizes)
+    if keep_models not in KEEP_MODELS:
+        raise ValueError(f"keep_models must be one of {KEEP_MODELS}, got {keep_models!r}")
+    if count not in ("images", "groups"):
+        raise ValueError(f"count must be 'images' or 'groups', got {count!r}")
+    known = getattr(backend, "strategies", STRATEGIES)
+    unknown = [s for s in strategies if s not in known]
+    if unknown:
+        raise FewlabelError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(known)}")
+    stray = sorted(set(strategy_options or {}) - set(strategies))
+    if stray:
+        raise FewlabelError(f"strategy_options name {', '.join(stray)}, which this curve does not run")
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    prep_cpus = prep_cpus or os.cpu_count() or 1
+    say: Log = log or (lambda line: None)
+    command = command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+    _check_out_dir(out)
+    data_args: dict[str, Any] = {
+        "data": str(Path(data).resolve()),
+        "masks": str(Path(masks).resolve()) if masks is not None else None,
+        "group_pattern": group_pattern,
+        "test_size": test_size,
+        "seed": seed,
+        "image_size": list(image_size) if image_size is not None else None,
+        "unlabelled": str(Path(unlabelled).resolve()) if unlabelled is not None else None,
+    }
+    if drop_classes:
+        data_args["drop_classes"] = sorted(drop_classes)
+    say(f"opening {data} ...")
+    prepared = backend.prepare_data(**dict(data_args))
+    if "segmentation" in strategies and not getattr(prepared.catalog, "has_masks", True):
+        # Checked before anything is written: otherwise every segmentation cell would fail the same way.
+        raise FewlabelError("strategy segmentation needs masks: pass --masks DIR (a tree mirroring the "
+                            "images) or use the images/ + masks/ layout", path=data)
+    config = CurveConfig(
+        data_fingerprint=fingerprint_of(prepared) or "",
+        unlabelled_fingerprint=fingerprint_of(getattr(prepared, "unlabelled", None)),
+        strategies=strategies,
+        strategy_specs={s: _spec(backend, s, pretrain, strategy_options) for s in strategies},
+        sizes=sizes, repeats=int(repeats), test_size=test_size, seed=int(seed),
+        image_size=tuple(image_size) if image_size is not None else None, count=count,
+        finetune=backend.finetune_config(dict(finetune or {})),
+        masks=masks is not None, group_pattern=group_pattern, drop_classes=tuple(drop_classes),
+        data=data_args["data"], unlabelled=data_args["unlabelled"], masks_dir=data_args["masks"],
+    )
+    config_hash = config.config_hash()
+    executor_info = {"kind": executor if isinstance(executor, str) else executor.name, "workers": workers,
+                     "ray_address": ray_address, "cpus_per_cell": cpus_per_cell,
+                     "gpus_per_cell": gpus_per_cell, "prep_cpus": prep_cpus}
+
+    with _run_lock(out):
+        info = _open_run(out, config, config_hash, command, backend.summary(prepared), data_args,
+                         executor_info)
+        draws = _make_draws(out, prepared, config, backend, say)
+        store = ResultStore(out)
+        try:
+            stored_hash = store.get_meta("config_hash")
+            if stored_hash is None:
+                store.set_meta("config_hash", config_hash)
+            elif stored_hash != config_hash:  # run.json was replaced by hand: the store still decides
+                raise ConfigMismatchError(f"store.sqlite holds results of config {stored_hash}, "
+                                          f"run.json says {config_hash}; use a new --out", path=out)
+            _cleanup_partial(out)
+            return _run_cells(out, store, info, config, config_hash, prepared, data_args, draws, backend,
+                              executor, workers=workers, ray_address=ray_address, cpus_per_cell=cpus_per_cell,
+                              gpus_per_cell=gpus_per_cell, prep_cpus=prep_cpus, keep_models=keep_models,
+                              progress=progress, log=log, t_start=t_start)
+        finally:
+            store.close()
+
+
+def _run_cells(out: Path, store: ResultStore, info: dict[str, Any], config: CurveConfig, config_hash: str,
+               prepared: Any, data_args: dict[str, Any], draws: dict[tuple[int, int], dict[str, Any]],
+               backend: Any, executor: str | Executor, *, workers: int, ray_address: str | None,
+               cpus_per_cell: int, gpus_per_cell: float | None, prep_cpus: int, keep_models: str,
+               progress: bool | None, log: Log | None, t_start: float) -> RunResult:
+    say: Log = log or (lambda line: None)
+    cells = config.cells()
+    done = store.done_keys()
+    resumed = sum(1 for c in cells if c in done)
+    if resumed:
+        say(f"resuming: {resumed} of {len(cells)} cells already done")
+    for cell in cells:  # sizes a class cannot supply: a row that says so, once
+        d = draws[(cell.n_per_class, cell.repeat)]
+        if "skipped" in d and cell not in done:
+            store.add({"strategy": cell.strategy, "n_per_class": cell.n_per_class, "repeat": cell.repeat,
+                       "seed": train_seed(config.seed, cell.repeat, cell.n_per_class),
+                       "draw_seed": d["draw_seed"], "status": "skipped", "error": d["skipped"],
+                       "config_hash": config_hash})
+    done = store.done_keys()
+    pending = [c for c in cells if c not in done]
+    ran = 0
+    fingerprint = config.data_fingerprint
+    threads_before = None
+    if pending:
+        import torch  # the in-process executor changes this process's threads; put them back after
+
+        threads_before = torch.get_num_threads()
+        ex = executor if not isinstance(executor, str) else make_executor(
+            executor, workers=workers, ray_address=ray_address, cpus_per_cell=cpus_per_cell,
+            gpus_per_cell=gpus_per_cell, threads=cpus_per_cell)
+        prime_data(data_args, prepared)
+        bar = _Progress(len(cells), len(cells) - len(pending), progress, log)
+        try:
+            used = {c.strategy for c in store.keys("ok")}
+            specs, prep_errors = _prepare(out, ex, config, data_args, fingerprint, backend, pending,
+                                          prep_cpus, info, used, say)
+            bar.restart_clock()
+            tasks, ready = [], []
+            for cell in pending:
+                d = draws[(cell.n_per_class, cell.repeat)]
+                task = CellTask(
+                    cell=cell, seed=train_seed(config.seed, cell.repeat, cell.n_per_class),
+                    draw_seed=d["draw_seed"], labelled_ids=tuple(d["ids"]),
+                    spec=specs.get(cell.strategy, config.strategy_specs[cell.strategy]),
+                    finetune=config.finetune, data_args=data_args, fingerprint=fingerprint,
+                    config_hash=config_hash,
+                    keep_model=keep_models == "all" or (keep_models == "first" and cell.repeat == 0),
+                    backend=backend, threads=cpus_per_cell)
+                (tasks if cell.strategy in prep_errors else ready).append(task)
+            for task in tasks:  # a strategy whose preparation failed: its cells fail with that reason
+                _record(out, store, _failed_output(task, prep_errors[task.cell.strategy]), bar)
+                ran += 1
+            for task, result in ex.map(run_cell, ready):
+                output = result if isinstance(result, CellOutput) else _failed_output(task, result)
+                _record(out, store, output, bar)
+                ran += 1
+        finally:
+            bar.close()
+            if isinstance(executor, str):  # ours to close; an executor passed in is the caller's
+                ex.close()
+            if threads_before is not None:
+                torch.set_num_threads(threads_before)
+            store.export_csv()
+            _finish_run_json(out, info, store, len(cells))
+    else:
+        store.export_csv()
+        _finish_run_json(out, info, store, len(cells))
+        say("nothing to do: every cell is done")
+
+    rows = store.rows()
+    failed = [r for r in rows if r["status"] == "failed"]
+    counts = store.counts()
+    seconds = time.perf_counter() - t_start
+    say(f"{counts['ok']} cells ok, {counts['failed']} failed, {counts['skipped']} skipped "
+        f"({ran} run now, {_duration(seconds)})")
+    for row in failed:
+        say(f"failed: {row['strategy']} n={row['n_per_class']} r={row['repeat']}: {row['error']}")
+    return RunResult(run_dir=out, results_csv=out / CSV_FILE, config_hash=config_hash, rows=rows,
+                     counts=counts, ran=ran, resumed=resumed, seconds=seconds, failed=failed)
+
+
+def _record(out: Path, store: ResultStore, output: CellOutput, bar: _Progress) -> None:
+    """Files first, then the row (one transaction), then the CSV: a kill in between loses this cell only."""
+    row = output.row
+    if row["status"] == "ok":
+        write_cell_files(out, Cell(row["strategy"], row["n_per_class"], row["repeat"]), output.files)
+    store.add(row)
+    store.export_csv()
+    bar.update(_cell_line(row))
+
+
+def _weights_rel(spec: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The spec as run.json records it: an encoder file inside RUN_DIR relative to it (the run can move)."""
+    weights = spec.get("encoder_weights")
+    if weights and Path(weights).is_absolute():
+        with contextlib.suppress(ValueError):
+            return {**spec, "encoder_weights": Path(weights).relative_to(out.resolve()).as_posix()}
+    return spec
+
+
+def _weights_abs(spec: dict[str, Any], out: Path) -> dict[str, Any]:
+    weights = spec.get("encoder_weights")
+    if weights and not Path(weights).is_absolute():
+        return {**spec, "encoder_weights": str((out / weights).resolve())}
+    return spec
+
+
+def _pinned(out: Path, info: dict[str, Any], name: str, used: set[str]) -> dict[str, Any] | None:
+    """The preparation this run recorded for ``name``, when its encoder file is still there.
+
+    Why pin: one run uses one encoder per strategy. Asking the pipeline again after a code change
+    (a new cache key) would pretrain a second encoder and mix two in one curve. A recorded file that
+    is gone while cells already used it cannot be replaced without that mixing: refused.
+    """
+    recorded = (info.get("preparations") or {}).get(name)
+    if not recorded:
+        return None
+    spec = _weights_abs(recorded["spec"], out)
+    weights = spec.get("encoder_weights")
+    if not weights or Path(weights).exists():
+        return spec
+    if name in used:
+        gone = recorded["spec"]["encoder_weights"]
+        raise ConfigMismatchError(f"the {name} encoder its finished cells used ({gone}) is gone; restore it, "
+                                  "or use a new --out", path=out)
+    return None
+
+
+def _prepare(out: Path, ex: Executor, config: CurveConfig, data_args: dict[str, Any], fingerprint: str,
+             backend: Any, pending: list[Cell], prep_cpus: int, info: dict[str, Any], used: set[str],
+             say: Log) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Prepare every strategy that has cells left, once per run; returns prepared specs and errors."""
+    names = [s for s in config.strategies if any(c.strategy == s for c in pending)]
+    cache_dir = out / "pretrained"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    specs: dict[str, dict[str, Any]] = {}
+    errors: dict[str, str] = {}
+    for name in names:
+        pinned = _pinned(out, info, name, used)
+        if pinned is not None:
+            specs[name] = pinned
+    tasks = [PrepTask(strategy=s, spec=config.strategy_specs[s], cache_dir=str(cache_dir.resolve()),
+                      seed=config.seed, data_args=data_args, fingerprint=fingerprint, backend=backend,
+                      threads=prep_cpus) for s in names if s not in specs]
+    if not tasks:
+        return specs, errors
+    heavy = [t.strategy for t in tasks if t.strategy in _PRETRAINED]
+    if heavy:
+        say(f"preparing {', '.join(heavy)} (once per strategy, cached in {cache_dir}) ...")
+    if isinstance(ex, RayExecutor):
+        # Pretraining is the heavy part: on a cluster it runs as tasks too, with a whole GPU if cells use one.
+        cpus = min(prep_cpus, int(ex._ray.cluster_resources().get("CPU", 1)))
+        tasks = [PrepTask(**{**t.__dict__, "threads": cpus}) for t in tasks]
+        results = ex.map(run_preparation, tasks, num_cpus=cpus, num_gpus=1.0 if ex.gpus_per_task else 0.0)
+    else:
+        results = _in_process(run_preparation, tasks)
+    for task, result in results:
+        if isinstance(result, BaseException):
+            reason = f"{type(result).__name__}: " + " ".join(str(result).split())
+            errors[task.strategy] = f"preparation of {task.strategy} failed: {reason}"
+            say(errors[task.strategy])
+            continue
+        specs[task.strategy] = result["spec"]
+        info.setdefault("preparations", {})[task.strategy] = {"spec": _weights_rel(result["spec"], out),
+                                                              "seconds": round(result["seconds"], 2)}
+        if result["spec"] != task.spec:  # scratch / imagenet come back unchanged: nothing to say
+            say(f"prepared {task.strategy} in {result['seconds']:.1f} s")
+        atomic_write_json(out / RUN_FILE, info)  # pinned at once: a kill later cannot lose it
+    return specs, errors
+
+
+def _in_process(fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
+    for task in tasks:
+        try:
+            yield task, fn(task)
+        except Exception as exc:
+            yield task, exc
+
+
+def _finish_run_json(out: Path, info: dict[str, Any], store: ResultStore, total: int) -> None:
+    counts = store.counts()
+    info["status"] = {**counts, "total": total, "pending": total - sum(counts.values())}
+    info["updated"] = _now()
+    atomic_write_json(out / RUN_FILE, info)
+
+
+class Curve:
+    """The same as ``run_curve``, configured once and run on data (scikit-learn style)::
+
+        curve = Curve(strategies=["scratch", "ssl"], sizes=[2, 5, 20], repeats=3)
+        result = curve.run("data/pbc", out="runs/pbc")
+        print(result.table())
+    """
+
+    def __init__(self, strategies: str | Sequence[str] = ("scratch", "imagenet", "ssl"),
+                 sizes: str | Sequence[int] = (1, 2, 5, 10, 20, 50), repeats: int = 5,
+                 **options: Any) -> None:
+        self.strategies = strategies
+        self.sizes = sizes
+        self.repeats = repeats
+        self.options = options
+        self.result_: RunResult | None = None
+
+    def run(self, data: str | Path, out: str | Path, **overrides: Any) -> RunResult:
+        self.result_ = run_curve(data, out, self.strategies, self.sizes, self.repeats,
+                                 **{**self.options, **overrides})
+        return self.result_

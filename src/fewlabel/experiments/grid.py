@@ -1,0 +1,215 @@
+"""The learning-curve grid: its configuration (with a stable hash), its cells and their seeds.
+
+A run is strategy × labelled-set size × repeat on one fixed test set. ``CurveConfig`` holds everything
+that changes the numbers; its ``config_hash()`` decides whether a RUN_DIR may be resumed, and
+``differences()`` names what differs when it may not.
+
+Seeds (all derived, stable across Python versions and machines):
+  * the test hold-out uses the base ``seed`` itself;
+  * ``draw_seed(seed, repeat)``: the labelled draw of a repeat; the data layer's draws are nested,
+    so within a repeat the n=5 draw is a subset of the n=10 draw;
+  * ``train_seed(seed, repeat, n)``: fine-tuning; the same for every strategy, so strategies are
+    compared on the same images with the same seed (paired).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple
+
+# Fields of CurveConfig that change results: the config hash covers exactly these.
+HASHED_FIELDS = (
+    "data_fingerprint",
+    "unlabelled_fingerprint",
+    "masks",
+    "group_pattern",
+    "drop_classes",
+    "strategies",
+    "strategy_specs",
+    "sizes",
+    "repeats",
+    "test_size",
+    "seed",
+    "image_size",
+    "count",
+    "finetune",
+)
+
+# How a field is named in a mismatch message.
+_FIELD_LABELS = {
+    "data_fingerprint": "data",
+    "unlabelled_fingerprint": "unlabelled pool",
+    "masks": "masks",
+    "group_pattern": "group pattern",
+    "drop_classes": "dropped classes",
+    "strategies": "strategies",
+    "strategy_specs": "strategy",
+    "sizes": "sizes",
+    "repeats": "repeats",
+    "test_size": "test size",
+    "seed": "seed",
+    "image_size": "image size",
+    "count": "count",
+    "finetune": "finetune",
+}
+
+
+def derive_seed(*parts: Any) -> int:
+    """A seed in [0, 2**31) from its parts, by SHA-256: stable everywhere, unlike ``hash()``."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def draw_seed(seed: int, repeat: int) -> int:
+    """Seed of the labelled draws of one repeat (the same for every size: draws are nested)."""
+    return derive_seed(seed, "draw", repeat)
+
+
+def train_seed(seed: int, repeat: int, n_per_class: int) -> int:
+    """Seed of fine-tuning in one (size, repeat); shared by all strategies so comparisons are paired."""
+    return derive_seed(seed, "train", repeat, n_per_class)
+
+
+class Cell(NamedTuple):
+    """One grid cell; its key in the store."""
+
+    strategy: str
+    n_per_class: int
+    repeat: int
+
+    @property
+    def dirname(self) -> str:
+        """``<strategy>/n<size>_r<repeat>`` under ``RUN_DIR/cells``."""
+        return f"{self.strategy}/n{self.n_per_class}_r{self.repeat}"
+
+    def __str__(self) -> str:
+        return f"{self.strategy} n={self.n_per_class} r={self.repeat}"
+
+
+def _jsonable(value: Any) -> Any:
+    """Canonical JSON-able form: tuples become lists, nested mappings are sorted by json.dumps."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+@dataclass
+class CurveConfig:
+    """Everything that defines a learning-curve run. Paths are kept for the record but not hashed:
+    the same data moved elsewhere is the same run; the fingerprints decide."""
+
+    data_fingerprint: str
+    strategies: tuple[str, ...]
+    strategy_specs: dict[str, dict[str, Any]]
+    sizes: tuple[int, ...]
+    repeats: int
+    test_size: float | int = 0.2
+    seed: int = 0
+    image_size: tuple[int, ...] | int | None = None
+    count: str = "images"
+    finetune: dict[str, Any] = field(default_factory=dict)
+    unlabelled_fingerprint: str | None = None
+    masks: bool = False
+    group_pattern: str | None = None
+    drop_classes: tuple[str, ...] = ()
+    # Informational only (not hashed).
+    data: str = ""
+    unlabelled: str | None = None
+    masks_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        self.strategies = tuple(self.strategies)
+        self.sizes = tuple(sorted({int(n) for n in self.sizes}))
+        self.drop_classes = tuple(sorted(self.drop_classes))
+        if isinstance(self.image_size, list):
+            self.image_size = tuple(self.image_size)
+        if not self.strategies:
+            raise ValueError("a curve needs at least one strategy")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ValueError(f"strategies repeat a name: {','.join(self.strategies)}")
+        if not self.sizes or min(self.sizes) < 1:
+            raise ValueError(f"sizes must be positive integers, got {self.sizes}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+
+    def hashed(self) -> dict[str, Any]:
+        """The part of the configuration that changes results, in canonical JSON-able form."""
+        return _jsonable({name: getattr(self, name) for name in HASHED_FIELDS})
+
+    def config_hash(self) -> str:
+        """16 hex digits of SHA-256 over ``hashed()``; equal hashes may resume each other."""
+        blob = json.dumps(self.hashed(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CurveConfig:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def cells(self) -> list[Cell]:
+        """Every cell, repeat-major then size then strategy: a stopped run has whole repeats first."""
+        return [Cell(s, n, r) for r in range(self.repeats) for n in self.sizes for s in self.strategies]
+
+    def differences(self, stored: Mapping[str, Any]) -> list[str]:
+        """What differs between a stored config (``to_dict()`` of another run) and this one, as
+        ``"<field> <stored> vs <this>"`` phrases, e.g. ``"sizes 2,5,20 vs 2,5"``."""
+        mine = self.hashed()
+        theirs = _jsonable({name: stored.get(name) for name in HASHED_FIELDS})
+        out: list[str] = []
+        for name in HASHED_FIELDS:
+            if mine[name] != theirs[name]:
+                out.extend(_describe(_FIELD_LABELS[name], theirs[name], mine[name]))
+        return out
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(_fmt(v) for v in value) or "none"
+    if isinstance(value, str) and len(value) > 12 and all(c in "0123456789abcdef" for c in value):
+        return value[:8]  # a fingerprint: the first digits are enough to tell them apart
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, sub in value.items():
+            flat.update(_flatten(sub, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: value}
+
+
+def _describe(label: str, old: Any, new: Any) -> list[str]:
+    """Dicts are compared key by key so the message names the setting that changed."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        a, b = _flatten(old), _flatten(new)
+        return [f"{label} {key} {_fmt(a.get(key))} vs {_fmt(b.get(key))}"
+                for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+    return [f"{label} {_fmt(old)} vs {_fmt(new)}"]
+
+
+def parse_sizes(text: str | Iterable[int]) -> tuple[int, ...]:
+    """``"1,2,5"`` → (1, 2, 5); a clear ValueError on anything else."""
+    if not isinstance(text, str):
+        return tuple(int(n) for n in text)
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"sizes must be comma-separated integers, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"sizes must be positive integers, got {text!r}")
+    return sizes
+
+
+def parse_names(text: str | Iterable[str]) -> tuple[str, ...]:
+    """``"scratch, ssl"`` → ("scratch", "ssl")."""
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    return tuple(p.strip() for p in parts if p.strip())

@@ -1,0 +1,304 @@
+"""The results store of a learning-curve run: one SQLite file, one row per grid cell.
+
+RUN_DIR layout (the report and explanations read it; keep it stable)::
+
+    RUN_DIR/
+      run.json          the run (written atomically); keys: fewlabel_run (format 1), config_hash,
+                        config (CurveConfig.to_dict()), data_args (``PipelineBackend().prepare_data(
+                        **data_args)`` re-opens the data as the run did), command, invocations (one per
+                        call: command, time, executor), dataset (root, classes, counts, pool_counts,
+                        test_counts, n_pool, n_test, groups, test_groups, image_size, channels,
+                        spatial_dims, n_unlabelled, n_unlabelled_usable, preprocess), versions (python,
+                        platform, fewlabel, torch, numpy, monai, captum[, ray]), created, updated,
+                        preparations ({strategy: {spec, seconds}}; encoder_weights relative to RUN_DIR),
+                        status (ok, failed, skipped, total, pending)
+      store.sqlite      WAL-mode SQLite; table ``cells``, primary key (strategy, n_per_class, repeat);
+                        table ``meta`` (schema_version, config_hash)
+      results.csv       export of ``cells``: CSV_COLUMNS first, then EXTRA_COLUMNS (rewritten atomically)
+      split.json        seed, test_size, count, classes, test (ids), test_labels, test_groups, pool (ids),
+                        draws: [{repeat, n_per_class, draw_seed, ids[, skipped: reason]}]
+      pretrained/       encoder files of the preparations (GAN, segmentation, SSL), cached by hash
+      cells/<strategy>/n<size>_r<repeat>/
+                        proba_test.npy (float32 (n_test, n_classes), rows in split.json's test order),
+                        cell.json (labelled/train/val ids, seeds, spec, finetune, history) and, when the
+                        model is kept (default: repeat 0 only), ``model.safetensors`` + ``config.json``
+                        of ``fewlabel.models.io.save_model_dir`` (the cell folder IS the model dir)
+      explanations/     written later by ``fewlabel.explain.run.explain_run`` (not by the curve)
+      .lock             held (flock) while a curve writes; the OS drops it even after kill -9
+
+API (stable; used by the report writer)::
+
+    store = ResultStore(run_dir)           # opens or creates RUN_DIR/store.sqlite
+    store.add(row) -> bool                 # one transaction; never duplicates a cell
+    store.rows(status=None) -> list[dict]  # flat dicts; confusion_matrix decoded to list[list[int]]
+    store.done_keys() -> set[Cell]         # cells that need no re-run (status ok or skipped)
+    store.export_csv(path=None) -> Path    # RUN_DIR/results.csv, atomically
+    load_run(run_dir) -> (config dict from run.json, rows)
+
+A row: ``strategy, n_per_class, repeat, seed, status ("ok" | "failed" | "skipped"), error`` (one line,
+failed/skipped only), the metrics ``roc_auc, accuracy, balanced_accuracy, macro_f1`` each with
+``<metric>_ci_low`` / ``<metric>_ci_high``, ``train_seconds, cell_seconds, n_train, n_val, n_test,
+epochs, best_epoch, stopped_because, draw_seed, model_path`` and ``proba_path`` (relative to RUN_DIR;
+model_path empty when the model was not kept), ``config_hash, worker, finished_at`` (ISO time),
+``confusion_matrix`` (rows = true class, in the run's class order) and ``extra`` (a dict).
+
+Safety: a row is inserted in one transaction after the cell's files are in place, so ``kill -9`` at
+any moment loses at most the cells in flight. A failed row is replaced when the cell is re-run; an
+``ok`` or ``skipped`` row is never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from fewlabel.experiments.grid import Cell
+
+STORE_FILE = "store.sqlite"
+RUN_FILE = "run.json"
+CSV_FILE = "results.csv"
+SPLIT_FILE = "split.json"
+SCHEMA_VERSION = 1
+
+METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "macro_f1")
+# results.csv starts with exactly these columns, in this order (issue 5).
+CSV_COLUMNS = ("strategy", "n_per_class", "repeat", "seed", *METRICS, "train_seconds")
+EXTRA_COLUMNS = (
+    *(f"{m}_{b}" for m in METRICS for b in ("ci_low", "ci_high")),
+    "status", "error", "n_train", "n_val", "n_test", "epochs", "best_epoch", "stopped_because",
+    "cell_seconds", "draw_seed", "model_path", "proba_path", "config_hash", "worker", "finished_at",
+)
+_JSON_COLUMNS = ("confusion_matrix", "extra")
+STATUSES = ("ok", "failed", "skipped")
+
+_TYPES: dict[str, str] = {
+    "strategy": "TEXT NOT NULL", "n_per_class": "INTEGER NOT NULL", "repeat": "INTEGER NOT NULL",
+    "seed": "INTEGER", "status": "TEXT NOT NULL", "error": "TEXT", "n_train": "INTEGER",
+    "n_val": "INTEGER", "n_test": "INTEGER", "epochs": "INTEGER", "best_epoch": "INTEGER",
+    "stopped_because": "TEXT", "draw_seed": "INTEGER", "model_path": "TEXT", "proba_path": "TEXT",
+    "config_hash": "TEXT", "worker": "TEXT", "finished_at": "TEXT",
+    "confusion_matrix": "TEXT", "extra": "TEXT",
+}
+COLUMNS = (*CSV_COLUMNS, *EXTRA_COLUMNS, *_JSON_COLUMNS)
+_KEY = ("strategy", "n_per_class", "repeat")
+
+
+def _column_type(name: str) -> str:
+    return _TYPES.get(name, "REAL")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, fsync, rename: readers see old or new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def _clean(value: Any) -> Any:
+    """SQLite-friendly scalars: numpy numbers become Python ones, NaN becomes NULL."""
+    if value is None:
+        return None
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+class ResultStore:
+    """SQLite store of one run. Only the driver writes (one connection); readers may open it any time."""
+
+    def __init__(self, run_dir: str | Path, *, create: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / STORE_FILE
+        if not create and not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no results store here")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we open transactions ourselves, one per row.
+        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: a committed row survives a crash of the machine, not only of the process. One
+        # commit per cell, so the cost is nothing next to a fine-tuning.
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._create()
+
+    def _create(self) -> None:
+        cols = ",\n  ".join(f'"{c}" {_column_type(c)}' for c in COLUMNS)
+        with self._transaction() as conn:
+            key = 'PRIMARY KEY (strategy, n_per_class, "repeat")'
+            conn.execute(f"CREATE TABLE IF NOT EXISTS cells (\n  {cols},\n  {key})")
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            present = {r["name"] for r in conn.execute("PRAGMA table_info(cells)")}
+            for col in COLUMNS:  # a store from an older fewlabel gains the new columns, empty
+                if col not in present:
+                    kind = _column_type(col).replace(" NOT NULL", "")
+                    conn.execute(f'ALTER TABLE cells ADD COLUMN "{col}" {kind}')
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # -- meta ---------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row["value"])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- rows ---------------------------------------------------------------------------------
+    def add(self, row: Mapping[str, Any]) -> bool:
+        """Insert one cell's row in one transaction. Returns False (and changes nothing) when the cell
+        already has an ``ok`` or ``skipped`` row; a ``failed`` row is replaced."""
+        missing = [k for k in (*_KEY, "status") if row.get(k) is None]
+        if missing:
+            raise ValueError(f"row lacks {', '.join(missing)}")
+        if row["status"] not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {row['status']!r}")
+        values = {c: _clean(row.get(c)) for c in COLUMNS if c not in _JSON_COLUMNS}
+        values["finished_at"] = values.get("finished_at") or time.strftime("%Y-%m-%dT%H:%M:%S")
+        values["confusion_matrix"] = (json.dumps(row["confusion_matrix"], default=_clean)
+                                      if row.get("confusion_matrix") is not None else None)
+        extra = dict(row.get("extra") or {})
+        extra.update({k: v for k, v in row.items() if k not in COLUMNS})  # nothing is dropped silently
+        values["extra"] = json.dumps(extra, default=str) if extra else None
+        names = ", ".join(f'"{c}"' for c in values)
+        marks = ", ".join("?" for _ in values)
+        updates = ", ".join(f'"{c}" = excluded."{c}"' for c in values if c not in _KEY)
+        sql = (f"INSERT INTO cells ({names}) VALUES ({marks}) ON CONFLICT(strategy, n_per_class, \"repeat\") "
+               f"DO UPDATE SET {updates} WHERE cells.status = 'failed'")
+        with self._transaction() as conn:
+            cursor = conn.execute(sql, tuple(values.values()))
+            return cursor.rowcount > 0
+
+    def rows(self, status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """All rows (or those of the given status), ordered by strategy, size, repeat."""
+        sql, args = "SELECT * FROM cells", ()
+        if status is not None:
+            wanted = (status,) if isinstance(status, str) else tuple(status)
+            sql += f" WHERE status IN ({', '.join('?' for _ in wanted)})"
+            args = wanted
+        sql += ' ORDER BY strategy, n_per_class, "repeat"'
+        out = []
+        for rec in self._conn.execute(sql, args):
+            row = dict(rec)
+            row["confusion_matrix"] = json.loads(row["confusion_matrix"]) if row["confusion_matrix"] else None
+            row["extra"] = json.loads(row["extra"]) if row["extra"] else {}
+            out.append(row)
+        return out
+
+    def keys(self, status: str | Iterable[str] | None = None) -> set[Cell]:
+        sql, args = 'SELECT strategy, n_per_class, "repeat" FROM cells', ()
+        if status is not None:
+            wanted = (status,) if isinstance(status, str) else tuple(status)
+            sql += f" WHERE status IN ({', '.join('?' for _ in wanted)})"
+            args = wanted
+        return {Cell(r[0], int(r[1]), int(r[2])) for r in self._conn.execute(sql, args)}
+
+    def done_keys(self) -> set[Cell]:
+        """Cells a re-run skips: ``ok`` and ``skipped``. Failed cells are tried again."""
+        return self.keys(("ok", "skipped"))
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for rec in self._conn.execute("SELECT status, COUNT(*) FROM cells GROUP BY status"):
+            counts[rec[0]] = int(rec[1])
+        return counts
+
+    def export_csv(self, path: str | Path | None = None) -> Path:
+        """Write ``results.csv`` (default ``RUN_DIR/results.csv``) atomically: CSV_COLUMNS then
+        EXTRA_COLUMNS; metric cells of failed/skipped rows are empty."""
+        target = Path(path) if path is not None else self.run_dir / CSV_FILE
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        header = (*CSV_COLUMNS, *EXTRA_COLUMNS)
+        writer.writerow(header)
+        for row in self.rows():
+            writer.writerow(["" if row.get(c) is None else _csv_value(row[c]) for c in header])
+        atomic_write_bytes(target, buf.getvalue().encode())
+        return target
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _csv_value(value: Any) -> Any:
+    # repr-exact floats: a CSV written twice from the same numbers is byte-identical.
+    return repr(value) if isinstance(value, float) else value
+
+
+def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(run.json as a dict, store rows) of a finished or partial run, for the report writer."""
+    run_dir = Path(run_dir)
+    run_file = run_dir / RUN_FILE
+    if not run_file.exists():
+        from fewlabel.errors import FewlabelError
+
+        raise FewlabelError("no fewlabel run here (run.json is missing)", path=run_dir)
+    config = read_json(run_file)
+    if not (run_dir / STORE_FILE).exists():
+        return config, []
+    with ResultStore(run_dir, create=False) as store:
+        return config, store.rows()
+
+
+def summarise(rows: Iterable[Mapping[str, Any]], metric: str = "roc_auc") -> list[dict[str, Any]]:
+    """Median and IQR of ``metric`` per (strategy, n_per_class) over the ``ok`` rows, in row order."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for row in rows:
+        if row.get("status", "ok") != "ok" or row.get(metric) is None:
+            continue
+        groups.setdefault((row["strategy"], int(row["n_per_class"])), []).append(float(row[metric]))
+    out = []
+    for (strategy, n), values in groups.items():
+        values.sort()
+        out.append({"strategy": strategy, "n_per_class": n, "metric": metric, "n_repeats": len(values),
+                    "median": _quantile(values, 0.5), "q1": _quantile(values, 0.25),
+                    "q3": _quantile(values, 0.75)})
+    return out
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolation quantile (numpy's default), without importing numpy here."""
+    pos = (len(sorted_values) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
