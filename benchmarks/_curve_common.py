@@ -29,6 +29,9 @@ def parser(doc: str, name: str, *, strategies: str, sizes: str, repeats: int) ->
     ap.add_argument("--gpus-per-cell", type=float, default=0.0)
     ap.add_argument("--device", default=None, help="auto | cpu | cuda")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pretrain-steps", type=int, default=None,
+                    help="pretraining steps for gan / segmentation / ssl (default: the house's)")
+    ap.add_argument("--pretrain-batch", type=int, default=None, help="pretraining batch size")
     ap.add_argument("--quick", action="store_true",
                     help="a tiny grid (2 strategies, sizes 1,2, one repeat, 2 epochs, small images): "
                          "proves the script works, says nothing about the methods")
@@ -51,6 +54,11 @@ def run(args: argparse.Namespace, name: str, dataset: str, *, quick: dict[str, A
         finetune["max_epochs"] = args.max_epochs
     if args.device:
         finetune["device"] = args.device
+    pretrain: dict[str, Any] = {}
+    if args.pretrain_steps is not None:
+        pretrain["steps"] = args.pretrain_steps
+    if args.pretrain_batch is not None:
+        pretrain["batch_size"] = args.pretrain_batch
     grid = {"strategies": args.strategies, "sizes": args.sizes, "repeats": args.repeats}
     if args.image_size is not None:
         protocol["image_size"] = args.image_size
@@ -61,9 +69,10 @@ def run(args: argparse.Namespace, name: str, dataset: str, *, quick: dict[str, A
     out = args.out or REPO / "runs" / f"curve_{name}{'_quick' if args.quick else ''}"
     print(f"{name}: {data} -> {out}")
     print(f"grid: strategies {grid['strategies']}, sizes {grid['sizes']}, repeats {grid['repeats']}; "
-          f"protocol {_fmt(protocol)}; finetune {_fmt(finetune)}", flush=True)
+          f"protocol {_fmt(protocol)}; finetune {_fmt(finetune)}; pretrain {_fmt(pretrain)}", flush=True)
     t0 = time.perf_counter()
-    result = run_curve(data, out, **grid, seed=args.seed, finetune=finetune, executor=args.executor,
+    result = run_curve(data, out, **grid, seed=args.seed, finetune=finetune, pretrain=pretrain or None,
+                       executor=args.executor,
                        workers=args.workers, ray_address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
                        gpus_per_cell=args.gpus_per_cell, command=" ".join(sys.argv), **protocol)
     wall = time.perf_counter() - t0

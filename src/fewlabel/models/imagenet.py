@@ -105,7 +105,9 @@ def _find(path: str | Path | None, download: bool) -> tuple[Path, str]:
             # Writes to a temp file and moves it into place only when the hash prefix matches.
             torch.hub.download_url_to_file(URL, str(found), hash_prefix=match.group(1), progress=True)
         except Exception as exc:  # offline, proxy, HTTP error, hash mismatch: one line for the user
-            raise ModelFileError(f"could not download {URL}: {exc}", found) from exc
+            raise ModelFileError(
+                f"ImageNet weights not on disk and could not download {URL} ({exc}); put {FILENAME} "
+                f"in {found.parent} or set ${ENV_VAR} to its path", found) from exc
     else:
         raise ModelFileError(
             f"ImageNet weights not found: pass a path, set ${ENV_VAR}, put {FILENAME} in "
