@@ -1,0 +1,155 @@
+"""Attribution maps for a classifier: saliency, LRP (captum) and Grad-CAM, in 2D and 3D.
+
+One batch API, ``attribute(classifier, x, target, method)``, returns one map per image with the
+spatial shape of the input (channels folded), so figures and tests treat every method alike.
+
+* ``saliency``: |d logit_target / d x| (Simonyan et al. 2014), maximum over channels.
+* ``lrp``: layer-wise relevance propagation with the epsilon rule (captum), summed over channels, so
+  the map's sum is (nearly) the target logit. ``lrp_gamma``: gamma rule in the lower convolutions.
+* ``gradcam``: Grad-CAM (Selvaraju et al. 2017) on the encoder's last stage map, the map every
+  encoder exposes through ``forward_features``, upsampled to the input size.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fewlabel.explain.rules import lrp_rules
+
+METHODS = ("saliency", "lrp", "gradcam")
+ALL_METHODS = ("saliency", "lrp", "lrp_gamma", "gradcam")
+SIGNED = {"lrp": True, "lrp_gamma": True, "saliency": False, "gradcam": False}
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _as_tensor(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x.float()
+    if t.dim() not in (4, 5):
+        raise ValueError(f"x must be a batch (B, C, H, W) or (B, C, D, H, W), got shape {tuple(t.shape)}")
+    return t.to(device)
+
+
+def _targets(model: nn.Module, x: torch.Tensor, target: int | Sequence[int] | None) -> torch.Tensor:
+    """One class index per image; ``None`` means the predicted class."""
+    if target is None:
+        with torch.no_grad():
+            return model(x).argmax(1)
+    t = torch.as_tensor(target, dtype=torch.long, device=x.device).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(x.shape[0])
+    if t.numel() != x.shape[0]:
+        raise ValueError(f"{t.numel()} targets for {x.shape[0]} images")
+    return t.clone()
+
+
+def saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    from captum.attr import Saliency
+
+    grads = Saliency(model).attribute(x, target=target, abs=True)
+    return grads.amax(1)
+
+
+def lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: str = "epsilon",
+        epsilon: float = 1e-6, gamma: float = 0.25) -> tuple[torch.Tensor, list[str]]:
+    """Relevance summed over channels, and notes on what makes it approximate for this model."""
+    from captum.attr import LRP
+
+    # captum rewrites weights and hangs hooks/attributes on the modules while it runs: work on a
+    # copy so a failure half-way can never leave the caller's model altered.
+    work = copy.deepcopy(model).eval()
+    with lrp_rules(work, composite=composite, epsilon=epsilon, gamma=gamma) as notes:
+        relevance = LRP(work).attribute(x, target=target)
+    return relevance.sum(1), notes
+
+
+@contextmanager
+def _last_stage_map(encoder: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
+    """Keep the encoder's last stage map (and its gradient) during a forward/backward pass.
+
+    Wrapping ``forward_features`` on the instance works for every registered encoder, whatever its
+    pooling (global average, or flatten + dense for ``schouten``), because ``Encoder.forward`` always
+    goes through it.
+    """
+    store: dict[str, torch.Tensor] = {}
+    original = encoder.forward_features
+
+    def wrapped(x: torch.Tensor) -> list[torch.Tensor]:
+        maps = original(x)
+        maps[-1].retain_grad()
+        store["map"] = maps[-1]
+        return maps
+
+    encoder.forward_features = wrapped  # instance attribute shadows the method
+    try:
+        yield store
+    finally:
+        del encoder.forward_features
+
+
+def gradcam(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    encoder = getattr(model, "encoder", None)
+    if encoder is None or not hasattr(encoder, "forward_features"):
+        raise ValueError("Grad-CAM needs a fewlabel Classifier (an .encoder with forward_features)")
+    with _last_stage_map(encoder) as store, torch.enable_grad():
+        logits = model(x)
+        model.zero_grad(set_to_none=True)
+        logits.gather(1, target[:, None]).sum().backward()
+        fmap, grad = store["map"].detach(), store["map"].grad
+    spatial = tuple(range(2, fmap.dim()))
+    weights = grad.mean(dim=spatial, keepdim=True)
+    cam = F.relu((weights * fmap).sum(1, keepdim=True))
+    mode = "bilinear" if cam.dim() == 4 else "trilinear"
+    cam = F.interpolate(cam, size=tuple(x.shape[2:]), mode=mode, align_corners=False)
+    return cam[:, 0]
+
+
+def attribute(classifier: nn.Module, x: np.ndarray | torch.Tensor, target: int | Sequence[int] | None = None,
+              method: str = "saliency", batch_size: int = 16, **options: Any) -> np.ndarray:
+    """Attribution maps (B, *spatial) float32 for a batch ``x`` (B, C, *spatial) of preprocessed images.
+
+    ``target``: class index (one for all, or one per image); ``None`` = each image's predicted class.
+    ``options`` go to the method (``epsilon``, ``gamma`` for LRP). The classifier is put in eval mode
+    and its weights are left untouched.
+    """
+    if method not in ALL_METHODS:
+        raise ValueError(f"unknown attribution method {method!r}: use {', '.join(ALL_METHODS)}")
+    classifier.eval()
+    device = _device(classifier)
+    xt = _as_tensor(x, device)
+    targets = _targets(classifier, xt, target)
+    out: list[np.ndarray] = []
+    for start in range(0, xt.shape[0], batch_size):
+        xb = xt[start:start + batch_size].detach().clone().requires_grad_(True)
+        tb = targets[start:start + batch_size]
+        if method == "saliency":
+            maps = saliency(classifier, xb, tb)
+        elif method == "gradcam":
+            maps = gradcam(classifier, xb, tb)
+        else:
+            composite = "gamma" if method == "lrp_gamma" else "epsilon"
+            maps, _ = lrp(classifier, xb, tb, composite=composite, **options)
+        out.append(maps.detach().cpu().numpy().astype(np.float32))
+    return np.concatenate(out) if out else np.zeros((0, *xt.shape[2:]), np.float32)
+
+
+def lrp_notes(classifier: nn.Module) -> list[str]:
+    """What makes LRP approximate for this model (for the report), without running it."""
+    from fewlabel.explain.rules import assign_rules, clear_rules
+
+    work = copy.deepcopy(classifier)
+    try:
+        return assign_rules(work)
+    finally:
+        clear_rules(work)

@@ -1,0 +1,292 @@
+"""Explanations of a learning-curve run, per strategy × size: attribution grids on a fixed set of test
+images per class and a t-SNE of the test features, from the repeat-0 models the curve kept.
+
+Writes ``RUN_DIR/explanations/<strategy>/n<size>_grid.png`` and ``..._tsne.png`` and an
+``index.json`` the report reads. A cell whose model weights (sha256), images and methods are unchanged
+is not recomputed, so ``fewlabel report`` can call this every time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fewlabel.explain.attributions import METHODS, attribute, lrp_notes
+from fewlabel.explain.embedding import extract_features, tsne_embedding
+from fewlabel.explain.figures import attribution_grid, save_png, tsne_scatter
+
+INDEX_VERSION = 1
+EXPLAIN_DIR = "explanations"
+MAX_TSNE_POINTS = 2000  # t-SNE cost grows ~ n log n; a stratified subsample keeps a report quick
+
+
+@dataclass
+class TestSet:
+    """The run's fixed test set, preprocessed exactly as the models saw it."""
+
+    x: np.ndarray  # (N, C, *spatial) float32
+    y: np.ndarray  # (N,) class index
+    ids: list[str]
+    class_names: list[str]
+
+
+def open_test_set(run_dir: str | Path) -> TestSet:
+    """Re-open the run's data as the curve did (same arguments, same split seed) and check that the
+    test ids are those of ``split.json``, so the figures show the images the metrics came from."""
+    from fewlabel.errors import FewlabelError
+    from fewlabel.experiments.cell import PipelineBackend
+
+    run_dir = Path(run_dir)
+    run = json.loads((run_dir / "run.json").read_text())
+    data_args = run.get("data_args")
+    if not data_args:
+        raise FewlabelError("run.json has no data_args: cannot re-open the test set",
+                            path=run_dir / "run.json")
+    data = PipelineBackend().prepare_data(**dict(data_args))
+    split_file = run_dir / "split.json"
+    if split_file.exists():
+        stored = json.loads(split_file.read_text()).get("test")
+        if stored is not None and list(stored) != list(data.test_ids):
+            raise FewlabelError("the data's test set differs from split.json (files changed since the run?)",
+                                path=split_file)
+    x, y = data.test_arrays
+    return TestSet(x=np.asarray(x, np.float32), y=np.asarray(y), ids=list(data.test_ids),
+                   class_names=list(data.class_names))
+
+
+def choose_examples(y: np.ndarray, n_per_class: int, seed: int = 0) -> list[int]:
+    """Indices of ``n_per_class`` test images per class, the same for every strategy and size."""
+    rng = np.random.default_rng(seed)
+    picked: list[int] = []
+    for k in np.unique(y):
+        idx = np.flatnonzero(y == k)
+        picked.extend(int(i) for i in sorted(rng.permutation(idx)[:n_per_class]))
+    return picked
+
+
+def _subsample(y: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    if len(y) <= limit:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(y == k))[: max(1, int(limit * np.mean(y == k)))]
+            for k in np.unique(y)]
+    return np.sort(np.concatenate(keep))
+
+
+def explain_model(classifier: Any, x: np.ndarray, methods: Sequence[str] = METHODS,
+                  target: Sequence[int] | None = None) -> dict[str, np.ndarray]:
+    """``{method: maps (N, *spatial)}`` for the images ``x``; ``target`` None = predicted class."""
+    return {m: attribute(classifier, x, target=target, method=m) for m in methods}
+
+
+def _model_dirs(run_dir: Path, rows: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[int, Path]]:
+    """(strategy, size) → (repeat, model dir): repeat 0 when it has a kept model, else the lowest."""
+    found: dict[tuple[str, int], tuple[int, Path]] = {}
+    for row in sorted(rows, key=lambda r: (r["strategy"], int(r["n_per_class"]), int(r["repeat"]))):
+        if row.get("status") != "ok" or not row.get("model_path"):
+            continue
+        path = run_dir / str(row["model_path"])
+        key = (str(row["strategy"]), int(row["n_per_class"]))
+        if key not in found and (path / "config.json").exists():
+            found[key] = (int(row["repeat"]), path)
+    return found
+
+
+def _weights_id(model_dir: Path) -> str:
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text())
+        return str(cfg.get("weights_sha256") or "")
+    except (OSError, ValueError):
+        return ""
+
+
+def _write_index(path: Path, index: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_index(run_dir: str | Path) -> dict[str, Any] | None:
+    """The explanations index of a run, or None when there is none (yet)."""
+    path = Path(run_dir) / EXPLAIN_DIR / "index.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str] = METHODS,
+                test_set: TestSet | None = None, seed: int = 0, tsne: bool = True,
+                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Compute (or reuse) the explanation figures of every strategy × size of a run; returns the index.
+
+    ``test_set`` defaults to ``open_test_set(run_dir)``. A cell that fails (e.g. a model file that no
+    longer loads) is recorded under ``errors`` and the others go on.
+    """
+    from fewlabel.experiments.store import load_run
+    from fewlabel.models.io import load_model_dir
+
+    run_dir = Path(run_dir)
+    _, rows = load_run(run_dir)
+    models = _model_dirs(run_dir, rows)
+    out_dir = run_dir / EXPLAIN_DIR
+    old = read_index(run_dir) or {}
+    old_cells = {(c["strategy"], c["n_per_class"]): c for c in old.get("cells", [])}
+    index: dict[str, Any] = {"version": INDEX_VERSION, "n_per_class": n_per_class, "methods": list(methods),
+                             "seed": seed, "examples": [], "cells": [], "errors": []}
+    if not models:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_index(out_dir / "index.json", index)
+        return index
+    ts = test_set if test_set is not None else open_test_set(run_dir)
+    examples = choose_examples(ts.y, n_per_class, seed=seed)
+    index["examples"] = [{"id": ts.ids[i], "label": ts.class_names[int(ts.y[i])]} for i in examples]
+    index["class_names"] = list(ts.class_names)
+    x_ex, y_ex = ts.x[examples], ts.y[examples]
+    tsne_idx = _subsample(ts.y, MAX_TSNE_POINTS, seed)
+    signature = {"methods": list(methods), "examples": [ts.ids[i] for i in examples], "tsne": tsne,
+                 "n_test": len(ts.ids)}
+    for (strategy, size), (repeat, model_dir) in sorted(models.items()):
+        rel = Path(strategy) / f"n{size}"
+        grid_path, tsne_path = out_dir / f"{rel}_grid.png", out_dir / f"{rel}_tsne.png"
+        weights = _weights_id(model_dir)
+        prev = old_cells.get((strategy, size))
+        if (prev and weights and prev.get("weights") == weights and prev.get("signature") == signature
+                and grid_path.exists() and (not tsne or tsne_path.exists())):
+            index["cells"].append(prev)
+            continue
+        t0 = time.perf_counter()
+        try:
+            classifier, _ = load_model_dir(model_dir)
+            classifier.eval()
+            maps = explain_model(classifier, x_ex, methods, target=None)
+            proba = _softmax(_logits(classifier, x_ex))
+            labels = [f"{ts.class_names[int(t)]} → {ts.class_names[int(p.argmax())]} {p.max():.2f}"
+                      for t, p in zip(y_ex, proba, strict=True)]
+            title = f"{strategy}, {size} labelled per class (repeat {repeat}); row: true → predicted p"
+            save_png(attribution_grid(x_ex, maps, labels, title=title), grid_path)
+            entry: dict[str, Any] = {
+                "strategy": strategy, "n_per_class": size, "repeat": repeat,
+                "model_dir": model_dir.relative_to(run_dir).as_posix(), "weights": weights,
+                "signature": signature, "grid": grid_path.relative_to(run_dir).as_posix(),
+                "predicted": [ts.class_names[int(p.argmax())] for p in proba],
+                "lrp_notes": lrp_notes(classifier) if any(m.startswith("lrp") for m in methods) else [],
+            }
+            if tsne:
+                feats = extract_features(classifier, ts.x[tsne_idx])
+                emb = tsne_embedding(feats, seed=seed)
+                save_png(tsne_scatter(emb, ts.y[tsne_idx], ts.class_names,
+                                      title=f"{strategy}, n={size}: test features"), tsne_path)
+                entry["tsne"] = tsne_path.relative_to(run_dir).as_posix()
+                entry["tsne_points"] = int(len(tsne_idx))
+            entry["seconds"] = round(time.perf_counter() - t0, 2)
+            index["cells"].append(entry)
+            if log:
+                log(f"explained {strategy} n={size} in {entry['seconds']:.1f} s")
+        except Exception as exc:  # one broken model must not cost the whole report its figures
+            msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+            index["errors"].append({"strategy": strategy, "n_per_class": size, "error": msg})
+            if log:
+                log(f"explanations of {strategy} n={size} failed: {msg}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_index(out_dir / "index.json", index)
+    return index
+
+
+def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    p = next(classifier.parameters())
+    with torch.no_grad():
+        return classifier(torch.as_tensor(x, dtype=torch.float32, device=p.device)).float().cpu().numpy()
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def load_for_explain(model_dir: str | Path) -> tuple[Any, Any, list[str]]:
+    """(classifier, Preprocess, class names) of a model folder.
+
+    Models written by ``train`` carry their preprocessing; a model kept by a curve borrows it from its
+    run's ``run.json`` (``RUN_DIR/cells/<strategy>/n<size>_r<repeat>``), which is what it trained on.
+    """
+    from fewlabel.data.tensors import Preprocess
+    from fewlabel.errors import ModelFileError
+    from fewlabel.models.io import load_model_dir
+
+    model_dir = Path(model_dir)
+    classifier, config = load_model_dir(model_dir)
+    pre = config.get("preprocess")
+    names = list(config.get("class_names") or [])
+    if pre is None or not names:
+        parents = model_dir.resolve().parents
+        run_file = parents[2] / "run.json" if len(parents) > 2 else None
+        if run_file is not None and run_file.exists():
+            dataset = json.loads(run_file.read_text()).get("dataset") or {}
+            pre = pre or dataset.get("preprocess")
+            names = names or list(dataset.get("classes") or [])
+    if not pre:
+        raise ModelFileError("the model records no preprocessing (config.json has no 'preprocess', and no "
+                             "run.json was found above it)", path=model_dir)
+    if not names:
+        names = [f"class {k}" for k in range(int(getattr(classifier, "num_classes", 2)))]
+    return classifier.eval(), Preprocess.from_dict(pre), names
+
+
+def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: str = "saliency",
+                  out: str | Path = "explanations", target: str | int | None = None) -> list[dict[str, Any]]:
+    """Attribution maps for image files: per image ``<name>_<method>.png`` (image + overlay) and
+    ``<name>_<method>.npy`` (the raw map, input size) in ``out``. Returns one record per image
+    (path, predicted class and probability, explained class, written files). ``target``: a class
+    name or index; None explains each image's predicted class."""
+    from fewlabel.api import collect_image_paths
+    from fewlabel.data.readers import read_image
+    from fewlabel.errors import FewlabelError
+
+    classifier, pre, names = load_for_explain(model_dir)
+    if target is not None and not isinstance(target, int):
+        if str(target) in names:
+            target = names.index(str(target))
+        elif str(target).isdigit():
+            target = int(target)
+        else:
+            raise FewlabelError(f"unknown class {target!r}; the model's classes: {', '.join(names)}")
+    if isinstance(target, int) and not 0 <= target < len(names):
+        raise FewlabelError(f"class index {target} out of range (the model has {len(names)} classes)")
+    paths, errors = collect_image_paths(list(images))
+    if errors:
+        path, problem = errors[0]
+        raise FewlabelError(problem, path=path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for path in paths:
+        array, meta = read_image(path)
+        x = pre.apply(array, meta)[None].astype(np.float32)
+        proba = _softmax(_logits(classifier, x))[0]
+        explained = int(proba.argmax()) if target is None else int(target)
+        amap = attribute(classifier, x, target=explained, method=method)
+        stem = Path(path).name.split(".")[0]
+        while stem in used:  # the same file name in two folders must not overwrite
+            stem += "_"
+        used.add(stem)
+        png, npy = out / f"{stem}_{method}.png", out / f"{stem}_{method}.npy"
+        label = f"{names[explained]} (p={proba[explained]:.2f})"
+        save_png(attribution_grid(x, {method: amap}, [label], title=Path(path).name), png)
+        tmp = npy.with_name(f".{npy.name}.tmp{os.getpid()}.npy")
+        np.save(tmp, amap[0])
+        os.replace(tmp, npy)
+        records.append({"path": str(path), "predicted": names[int(proba.argmax())],
+                        "probability": float(proba.max()), "explained": names[explained],
+                        "png": str(png), "npy": str(npy)})
+    return records

@@ -1,0 +1,191 @@
+"""The HTML report: curve statistics, size-to-target, paired comparisons, escaping, graceful
+degradation, and a render in headless Chromium (skipped when /usr/bin/chromium is absent)."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from report_fixtures import HOSTILE, make_run, make_test_set
+
+from fewlabel.report.curves import (
+    CurvePoint,
+    PowerLaw,
+    bootstrap_median_ci,
+    curves,
+    fit_power_law,
+    size_to_target,
+)
+from fewlabel.report.html import build_report, report_context
+from fewlabel.report.paired import paired_table
+
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def _row(strategy: str, n: int, repeat: int, auc: float) -> dict:
+    return {"strategy": strategy, "n_per_class": n, "repeat": repeat, "status": "ok", "roc_auc": auc}
+
+
+def _points(sizes, medians) -> list[CurvePoint]:
+    return [CurvePoint(n, [m], m, m, m, m, m) for n, m in zip(sizes, medians, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A run with 3 strategies × 4 sizes × 6 repeats, one failed cell, one missing size, kept models,
+    a hostile class name, the synthetic marker, and its explanations computed."""
+    from fewlabel.explain.run import explain_run
+
+    root = make_run(tmp_path_factory.mktemp("report") / "run", synthetic=True)
+    explain_run(root, n_per_class=1, test_set=make_test_set(["healthy", HOSTILE], n_per_class=3))
+    return root
+
+
+def test_median_ci_and_curves_from_rows() -> None:
+    lo, hi = bootstrap_median_ci([0.7, 0.8, 0.9, 0.75, 0.85], n_boot=500, seed=0)
+    assert 0.7 <= lo <= 0.8 <= hi <= 0.9
+    assert bootstrap_median_ci([0.5]) == (0.5, 0.5)
+    assert all(np.isnan(bootstrap_median_ci([])))
+    rows = [_row("a", n, r, 0.5 + 0.01 * n + 0.001 * r) for n in (5, 2) for r in range(3)]
+    rows.append({"strategy": "a", "n_per_class": 5, "repeat": 3, "status": "failed", "roc_auc": None})
+    rows.append({"strategy": "b", "n_per_class": 2, "repeat": 0, "status": "failed", "roc_auc": None})
+    cm = curves(rows, "roc_auc", n_boot=200)
+    assert [p.n_per_class for p in cm["a"]] == [2, 5] and cm["b"] == []
+    assert cm["a"][1].n_repeats == 3 and cm["a"][1].median == pytest.approx(0.551)
+
+
+def test_power_law_fit_recovers_a_known_curve_and_inverts() -> None:
+    true = PowerLaw(0.95, 0.5, 0.6)
+    sizes = [2, 5, 10, 20, 50]
+    fit = fit_power_law(_points(sizes, true(np.array(sizes))))
+    assert fit is not None
+    assert (fit.a, fit.b, fit.c) == pytest.approx((0.95, 0.5, 0.6), rel=1e-3)
+    n = fit.inverse(0.90)
+    assert true(n) == pytest.approx(0.90, abs=1e-4)
+    assert fit.inverse(0.96) is None  # above the plateau: never reached
+    assert fit_power_law(_points([2, 5], [0.6, 0.7])) is None  # 3 parameters need 3 sizes
+
+
+def test_size_to_target_reads_the_curve_and_marks_extrapolation() -> None:
+    pts = _points([2, 8, 32], [0.70, 0.80, 0.95])
+    est = size_to_target(pts, 0.90)
+    # Linear in log n between 8 and 32: 2/3 of the way from log 8 to log 32 → 8 * 4**(2/3).
+    assert est.how == "interpolated" and est.n == pytest.approx(8 * 4 ** (2 / 3))
+    assert not est.extrapolated
+    assert size_to_target(pts, 0.6).how == "reached at the smallest size"
+    low = _points([2, 5, 10], [0.6, 0.7, 0.75])
+    fit = fit_power_law(low)
+    far = size_to_target(low, 0.9, PowerLaw(1.0, 0.5, 0.5))
+    assert far.extrapolated and "EXTRAPOLATED" in far.text
+    assert size_to_target(low, 0.9, None).how == "not reached"
+    assert size_to_target(low, 0.99, fit).n is None or size_to_target(low, 0.99, fit).extrapolated
+
+
+def test_paired_table_pairs_by_repeat_and_flags_few_pairs() -> None:
+    rows = []
+    for r in range(8):
+        rows += [_row("scratch", 5, r, 0.6 + 0.01 * r), _row("ssl", 5, r, 0.7 + 0.01 * r)]
+    for r in range(3):
+        rows += [_row("scratch", 2, r, 0.5), _row("ssl", 2, r, 0.6 + 0.01 * r)]
+    rows.append(_row("ssl", 2, 5, 0.9))  # no scratch partner: left out
+    table = {t["n_per_class"]: t for t in paired_table(rows, n_boot=200)}
+    assert table[5]["mean_diff"] == pytest.approx(0.1) and table[5]["n"] == 8 and not table[5]["few_pairs"]
+    assert table[5]["p_value"] < 0.01
+    assert table[2]["n"] == 3 and table[2]["few_pairs"]
+
+
+def test_report_content_escaping_and_self_containment(run_dir: Path) -> None:
+    path = build_report(run_dir, explain=False, n_boot=300)
+    html = path.read_text()
+    assert path == run_dir / "report.html"
+    assert not [p.name for p in run_dir.iterdir() if ".tmp" in p.name]  # written atomically
+    # Every user string is escaped: class names, error messages, the command's file names.
+    assert HOSTILE not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "it&#39;s &lt;here&gt;.tif" in html
+    assert "<script" not in html.lower()
+    # Self-contained: no external loads; figures inline.
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
+    assert html.count("data:image/png;base64,") >= 2 + 11 * 2  # 2 curves + grids and t-SNE of 11 cells
+    assert "SYNTHETIC DEMO DATA" in html
+    assert "EXTRAPOLATED" in html and "too few repeats" in html
+    for heading in ("The answer in brief", "Learning curves", "Confusion matrices", "Explanations",
+                    "Exact command", "Software versions", "Seeds"):
+        assert heading in html
+    ctx = report_context(run_dir, n_boot=300)
+    assert ctx["summary"][0].startswith("With 20 labelled images per class")
+    assert any("ssl has no finished result at 20" in s for s in ctx["summary"])
+    assert [f["error"] for f in ctx["failed"]] == [f"RuntimeError: out of memory in {HOSTILE}"]
+    ssl20 = next(line for t in ctx["size_tables"] if t["n_per_class"] == 20 for line in t["lines"]
+                 if line["strategy"] == "ssl")
+    assert ssl20["metrics"]["roc_auc"] is None  # missing size: a dash, not a crash
+
+
+def test_report_degrades_without_models_explanations_or_results(tmp_path: Path) -> None:
+    root = make_run(tmp_path / "bare", strategies=("scratch",), sizes=(2, 5), repeats=2, models=False,
+                    failed=(("scratch", 5, 1),), missing=())
+    html = build_report(root, explain=True, n_boot=100).read_text()
+    assert "No explanations yet" in html and "SYNTHETIC" not in html
+    assert "No paired comparison" in html
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "run.json").write_text('{"config": {"strategies": ["scratch"], "sizes": [2], "repeats": 1}}')
+    assert "nothing to summarise" in build_report(empty, explain=False).read_text()
+
+
+def test_report_cli(run_dir: Path, tmp_path: Path, capsys) -> None:
+    from fewlabel.cli import main
+
+    out = tmp_path / "r.html"
+    main(["report", str(run_dir), "--out", str(out), "--no-explain", "--quiet", "--target", "0.8"])
+    assert capsys.readouterr().out.strip() == str(out)
+    assert out.exists() and "ROC-AUC 0.8" in out.read_text()
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(tmp_path / "nope")])
+    assert exc.value.code == 2 and "run.json is missing" in capsys.readouterr().err
+
+
+# -- headless Chromium -------------------------------------------------------------------------
+
+def _chromium(page: Path, png: Path, height: int = 3000) -> list[str]:
+    """Render ``page`` to ``png``; return the page's console lines (errors, CSP violations, logs)."""
+    profile = tempfile.mkdtemp(prefix="fewlabel-chromium-")
+    try:
+        proc = subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size=1200,{height}",
+             "--enable-logging=stderr", "--v=0", f"--screenshot={png}", page.resolve().as_uri()],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert png.exists(), proc.stderr[-2000:]
+    # Chromium logs every console message of the page as ":INFO:CONSOLE..." on stderr (dbus noise
+    # and GPU warnings are the browser's own, not the page's).
+    return [line for line in proc.stderr.splitlines() if ":CONSOLE" in line]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium (/usr/bin/chromium) is not installed")
+def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    # Control: the detector must see a broken page's errors, or passing below would prove nothing.
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!doctype html><meta http-equiv='Content-Security-Policy' content=\"img-src data:\">"
+                   "<p>x</p><img src='https://example.invalid/a.png'><script>notDefined()</script>")
+    assert len(_chromium(bad, tmp_path / "bad.png", height=400)) >= 2
+
+    report = build_report(run_dir, explain=False, n_boot=300)
+    shot = tmp_path / "report.png"
+    console = _chromium(report, shot)
+    assert console == [], console
+    img = np.asarray(Image.open(io.BytesIO(shot.read_bytes())).convert("L"), dtype=np.float32)
+    assert img.shape == (3000, 1200)
+    assert img.std() > 20  # not blank: text, tables and figures
+    # The learning-curve figure is drawn (a large non-white area, not a broken-image icon).
+    assert (img < 200).mean() > 0.05
