@@ -177,3 +177,15 @@ def test_validation_threshold_counts_patients_not_slices(tmp_path: Path) -> None
     six = draw_labelled(data.catalog, data.pool_ids, 6, seed=0, count="groups")
     train_ids, val_ids = split_labelled(data, six, seed=0)
     assert val_ids and not set(data.catalog.groups(val_ids)) & set(data.catalog.groups(train_ids))
+
+
+def test_drop_class_leaves_it_out_everywhere(tmp_path: Path) -> None:
+    data = make_class_folder(tmp_path / "d", {"a": 10, "b": 10, "rare": 2}, size=(8, 8), seed=1)
+    code = run_cli("train", data, "--out", tmp_path / "m", "--drop-class", "rare", "--max-epochs", "1",
+                   "--labels-per-class", "3")
+    assert code == 0
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["class_names"] == ["a", "b"]
+    split = SplitRecord.load(tmp_path / "m" / "split.json")
+    assert not any(i.startswith("rare/") for i in split.test + split.pool)
+    assert run_cli("train", data, "--out", tmp_path / "m2", "--drop-class", "nope") == 2

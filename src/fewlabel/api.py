@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fewlabel.errors import FewlabelError
+from fewlabel.fileio import atomic_write_text
 from fewlabel.pipeline import (
     PRETRAINED,
     default_spec,
@@ -35,15 +36,6 @@ from fewlabel.training.finetune import FinetuneConfig, predict_proba
 def default_cache_dir() -> Path:
     """Where pretrained encoders are cached: ``$FEWLABEL_CACHE`` or ``~/.cache/fewlabel``."""
     return Path(os.environ.get("FEWLABEL_CACHE", Path.home() / ".cache" / "fewlabel"))
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write to a temporary name beside the target, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -68,7 +60,7 @@ class Predictions:
         return buf.getvalue()
 
     def save_csv(self, path: str | Path) -> None:
-        write_text_atomic(path, self.to_csv())
+        atomic_write_text(path, self.to_csv())
 
 
 class Model:
@@ -150,6 +142,7 @@ def train(
     encoder_weights: str | Path | None = None, semi: bool = False, unlabelled: str | Path | None = None,
     image_size: int | None = None, device: str = "auto", progress: bool | None = None,
     finetune: FinetuneConfig | None = None, cache_dir: str | Path | None = None,
+    drop_classes: list[str] | tuple[str, ...] = (),
 ) -> Model:
     """Hold out a group-aware test set, draw ``labels_per_class`` labelled images per class from
     the rest, prepare the encoder by ``strategy``, fine-tune, evaluate on the test set.
@@ -159,7 +152,8 @@ def train(
     from fewlabel.data import splits
 
     prepared = prepare_data(data, masks=masks, group_pattern=group_pattern, test_size=test_size, seed=seed,
-                            image_size=image_size, unlabelled=unlabelled, count=count)
+                            image_size=image_size, unlabelled=unlabelled, count=count,
+                            drop_classes=drop_classes)
     if labels_per_class is None:
         labelled = list(prepared.pool_ids)
     else:
@@ -192,7 +186,7 @@ def train(
             params={"test_size": test_size, "labels_per_class": labels_per_class, "count": count,
                     "group_pattern": group_pattern})
         record.save(out / "split.json")
-        write_text_atomic(out / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
+        atomic_write_text(out / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
     return model
 
 

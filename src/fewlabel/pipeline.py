@@ -127,16 +127,19 @@ def prepare_data(
     data: str | Path | None = None, *, masks: str | Path | None = None, group_pattern: str | None = None,
     test_size: float | int = 0.2, seed: int = 0, image_size: int | tuple[int, ...] | None = None,
     unlabelled: str | Path | None = None, catalog: catalog_mod.Catalog | None = None,
-    resize: str = "resize", count: str = "images",
+    resize: str = "resize", count: str = "images", drop_classes: list[str] | tuple[str, ...] = (),
 ) -> PreparedData:
     """Catalog the data, hold out a group-aware stratified test set, fit preprocessing on the rest.
 
     ``count`` says what an integer ``test_size`` counts per class: ``images`` or ``groups`` (patients).
+    ``drop_classes``: classes left out before anything is split (e.g. BCCD's basophil, 2 images).
     """
     if catalog is None:
         if data is None:
             raise FewlabelError("no data given")
         catalog = catalog_mod.load_catalog(data, masks=masks, group_pattern=group_pattern)
+    if drop_classes:
+        catalog = without_classes(catalog, drop_classes)
     pool_ids, test_ids = splits.holdout_test(catalog, test_size=test_size, seed=seed, count=count)
     size = (image_size,) * 2 if isinstance(image_size, int) else image_size
     pool_catalog = None
@@ -147,6 +150,17 @@ def prepare_data(
         preprocess = dataclasses.replace(preprocess, size=(image_size,) * 3)
     return PreparedData(catalog=catalog, preprocess=preprocess, pool_ids=list(pool_ids),
                         test_ids=list(test_ids), seed=seed, test_size=test_size, unlabelled=pool_catalog)
+
+
+def without_classes(catalog: catalog_mod.Catalog, drop: list[str] | tuple[str, ...]) -> catalog_mod.Catalog:
+    """The catalog minus every sample of the ``drop`` classes (and those classes themselves)."""
+    unknown = sorted(set(drop) - set(catalog.classes))
+    if unknown:
+        raise FewlabelError(f"--drop-class names no class here: {', '.join(unknown)} "
+                            f"(classes: {', '.join(catalog.classes)})", path=catalog.root)
+    keep = [s.id for s in catalog.samples if s.label not in drop]
+    # subset() keeps the class list (label indices stay put); a dropped class must leave it too.
+    return dataclasses.replace(catalog.subset(keep), classes=[c for c in catalog.classes if c not in drop])
 
 
 @dataclass

@@ -31,6 +31,7 @@ def train(
     unlabelled: Path = typer.Option(None, help="Folder of unlabelled images (pretraining / --semi)."),
     image_size: int = typer.Option(None, help="Resize images to this side (default: most common)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    drop_class: list[str] = typer.Option(None, "--drop-class", help="Leave a class out (repeatable)."),
 ) -> None:
     """Hold out a test set, fine-tune on N labels per class, print test metrics with 95% CIs."""
     from fewlabel import api
@@ -39,7 +40,8 @@ def train(
     model = api.train(data, out, strategy=strategy, encoder=encoder, labels_per_class=labels_per_class,
                       count=count, test_size=test, seed=seed, max_epochs=max_epochs,
                       group_pattern=group_pattern, masks=masks, encoder_weights=encoder_weights, semi=semi,
-                      unlabelled=unlabelled, image_size=image_size, device=device)
+                      unlabelled=unlabelled, image_size=image_size, device=device,
+                      drop_classes=tuple(drop_class or ()))
     print_metrics_table(model.metrics, title=f"test metrics ({model.metrics.get('n_test')} images)")
     typer.echo(f"model written to {out}  (metrics.json, split.json, model.safetensors, config.json)")
 

@@ -54,6 +54,7 @@ from fewlabel.errors import (
     MaskError,
     UnknownFormatError,
 )
+from fewlabel.fileio import atomic_path
 
 __all__ = ["Sample", "Catalog", "Issue", "load_catalog", "load_pool", "natural_key", "DOC_SUFFIXES"]
 
@@ -212,12 +213,10 @@ class Catalog:
             row = {"path": _rel_or_abs(s.path, base), "label": s.label or "", "group": s.group,
                    "mask": _rel_or_abs(s.mask, base) if s.mask else "", "split": s.split or ""}
             rows.append(row)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as fh:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=["path", "label", "group", "mask", "split"])
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
         return path
 
     def raise_issues(self) -> None:

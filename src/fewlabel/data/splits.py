@@ -26,7 +26,6 @@ and ``os.replace`` (never half-written) and loads back identically.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,7 @@ import numpy as np
 
 from fewlabel.data.catalog import Catalog
 from fewlabel.errors import SplitError
+from fewlabel.fileio import atomic_write_json
 
 __all__ = ["holdout_test", "predefined_test", "draw_labelled", "split_validation", "SplitRecord",
            "make_split", "group_table"]
@@ -248,12 +248,7 @@ class SplitRecord:
 
     def save(self, path: str | Path) -> Path:
         """Write JSON to a temporary file, then rename: a split file is never half-written."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> SplitRecord:

@@ -23,13 +23,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from fewlabel.fileio import atomic_write_bytes
 from fewlabel.report.provenance import SYNTHETIC_MARKER, is_synthetic
 
 __all__ = ["CLASSES", "SYNTHETIC_MARKER", "SyntheticDataset", "generate_dataset", "is_synthetic",
@@ -190,9 +190,7 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     their mtimes, part of the data fingerprint) untouched, so ``fewlabel demo`` resumes its run."""
     if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data)
 
 
 def _write_tiff(path: Path, array: np.ndarray) -> None:

@@ -12,7 +12,6 @@ and ``fewlabel.data``); tests pass a fake one. A backend must be picklable (it t
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 import os
@@ -68,23 +67,6 @@ class PipelineBackend:
     def prepare_data(self, **data_args: Any) -> Any:
         from fewlabel import pipeline
 
-        drop = tuple(data_args.pop("drop_classes", ()) or ())
-        if drop:
-            # A class with too few images (BCCD basophil: 2) is left out before anything is split.
-            from fewlabel.data.catalog import load_catalog
-
-            catalog = load_catalog(data_args["data"], masks=data_args.get("masks"),
-                                   group_pattern=data_args.get("group_pattern"))
-            unknown = sorted(set(drop) - set(catalog.classes))
-            if unknown:
-                from fewlabel.errors import DataError
-
-                raise DataError(f"--drop-class names no class here: {', '.join(unknown)} "
-                                f"(classes: {', '.join(catalog.classes)})", path=data_args["data"])
-            keep = [s.id for s in catalog.samples if _class_name(catalog, s) not in drop]
-            # subset() keeps the class list (label indices stay put); a dropped class must leave it too.
-            data_args["catalog"] = dataclasses.replace(
-                catalog.subset(keep), classes=[c for c in catalog.classes if c not in drop])
         if isinstance(data_args.get("image_size"), list):
             data_args["image_size"] = tuple(data_args["image_size"])
         return pipeline.prepare_data(**data_args)
@@ -136,11 +118,6 @@ class PipelineBackend:
 
     def summary(self, data: Any) -> dict[str, Any]:
         return dataset_summary(data)
-
-
-def _class_name(catalog: Any, sample: Any) -> str:
-    label = sample.label
-    return catalog.classes[label] if isinstance(label, (int, np.integer)) else str(label)
 
 
 def dataset_summary(data: Any) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from fewlabel.experiments.store import (
     read_json,
     summarise,
 )
+from fewlabel.fileio import fsync_dir
 
 STRATEGIES = ("scratch", "imagenet", "gan", "segmentation", "ssl", "semi")
 KEEP_MODELS = ("first", "all", "none")
@@ -255,15 +256,6 @@ def _cleanup_partial(out: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_cell_files(out: Path, cell: Cell, files: dict[str, bytes]) -> Path:
     """Put a cell's files in place atomically: written under a temporary folder, then renamed.
     A folder left by a killed earlier attempt (files without a row) is replaced."""
@@ -282,7 +274,7 @@ def write_cell_files(out: Path, cell: Cell, files: dict[str, bytes]) -> Path:
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return final
 
 

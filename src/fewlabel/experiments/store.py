@@ -54,13 +54,13 @@ import csv
 import io
 import json
 import math
-import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from fewlabel import fileio
 from fewlabel.experiments.grid import Cell
 
 STORE_FILE = "store.sqlite"
@@ -96,19 +96,9 @@ def _column_type(name: str) -> str:
     return _TYPES.get(name, "REAL")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, fsync, rename: readers see old or new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
+    """A RUN_DIR JSON file (run.json, splits): fsync'd before the rename, anything else as ``str``."""
+    fileio.atomic_write_json(path, obj, indent=2, default=str, fsync=True)
 
 
 def read_json(path: Path) -> Any:
@@ -247,7 +237,7 @@ class ResultStore:
         writer.writerow(header)
         for row in self.rows():
             writer.writerow(["" if row.get(c) is None else _csv_value(row[c]) for c in header])
-        atomic_write_bytes(target, buf.getvalue().encode())
+        fileio.atomic_write_bytes(target, buf.getvalue().encode(), fsync=True)
         return target
 
     def close(self) -> None:

@@ -7,7 +7,6 @@ processes. Every figure comes back as PNG bytes; ``save_png`` writes one atomica
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fewlabel.explain.attributions import SIGNED
+from fewlabel.fileio import atomic_write_bytes
 
 METHOD_TITLES = {"saliency": "saliency", "lrp": "LRP-ε", "lrp_gamma": "LRP-γ/ε", "gradcam": "Grad-CAM"}
 PLANES = ("axial", "coronal", "sagittal")
@@ -37,12 +37,7 @@ def to_png(fig: Figure, dpi: int = 100) -> bytes:
 
 def save_png(data: bytes, path: str | Path) -> Path:
     """Write PNG bytes to a temporary name beside ``path`` and rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, data)
 
 
 def display_image(image: np.ndarray) -> np.ndarray:

@@ -9,7 +9,6 @@ is not recomputed, so ``fewlabel report`` can call this every time.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import numpy as np
 from fewlabel.explain.attributions import METHODS, attribute, lrp_notes
 from fewlabel.explain.embedding import extract_features, tsne_embedding
 from fewlabel.explain.figures import attribution_grid, save_png, tsne_scatter
+from fewlabel.fileio import atomic_path, atomic_write_json
 
 INDEX_VERSION = 1
 EXPLAIN_DIR = "explanations"
@@ -108,9 +108,7 @@ def _weights_id(model_dir: Path) -> str:
 
 
 def _write_index(path: Path, index: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(index, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_json(path, index, indent=1)
 
 
 def read_index(run_dir: str | Path) -> dict[str, Any] | None:
@@ -283,9 +281,8 @@ def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: s
         png, npy = out / f"{stem}_{method}.png", out / f"{stem}_{method}.npy"
         label = f"{names[explained]} (p={proba[explained]:.2f})"
         save_png(attribution_grid(x, {method: amap}, [label], title=Path(path).name), png)
-        tmp = npy.with_name(f".{npy.name}.tmp{os.getpid()}.npy")
-        np.save(tmp, amap[0])
-        os.replace(tmp, npy)
+        with atomic_path(npy, suffix=".npy") as tmp:  # np.save would append .npy to any other name
+            np.save(tmp, amap[0])
         records.append({"path": str(path), "predicted": names[int(proba.argmax())],
                         "probability": float(proba.max()), "explained": names[explained],
                         "png": str(png), "npy": str(npy)})

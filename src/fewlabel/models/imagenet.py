@@ -17,7 +17,6 @@ read with ``torch.load(weights_only=True)``: no code in it runs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from fewlabel.errors import FewlabelError, ModelFileError
+from fewlabel.fileio import file_sha256
 from fewlabel.models.encoder import Encoder
 
 FILENAME = "mobilenet_v2-b0353104.pth"
@@ -36,18 +36,10 @@ _HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
 _IN_CONV = "features.0.0.weight"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_hash_prefix(path: str | Path) -> str:
     """Check that the file's sha256 starts with the hex digits in its name; return the full sha256."""
     path = Path(path)
-    sha = _sha256(path)
+    sha = file_sha256(path)
     match = _HASH_IN_NAME.search(path.name)
     if match is None:
         # Without a hash in the name there is nothing to check against; refuse rather than trust.

@@ -17,12 +17,12 @@ Every write goes to a temporary name first and is renamed into place: never half
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fewlabel.errors import FewlabelError, ModelFileError
+from fewlabel.fileio import atomic_path, atomic_write_text, file_sha256
 from fewlabel.models.encoder import Encoder, create_encoder
 from fewlabel.models.heads import Classifier
 
@@ -74,23 +75,8 @@ def _state_for_saving(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, header: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={HEADER_KEY: _dumps(header)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={HEADER_KEY: _dumps(header)})
 
 
 def read_header(path: str | Path) -> dict[str, Any]:
@@ -258,14 +244,8 @@ def save_model_dir(
     directory.parent.mkdir(parents=True, exist_ok=True)
 
     if not directory.exists():
-        # New folder: build it complete under a temp name, then one rename makes it appear whole.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
-        try:
+        with _new_dir_atomically(directory) as tmp:
             _write_model_files(tmp, classifier, header, full)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
     # Existing folder (other files of the caller may live there): replace each file atomically, the
     # weights first; a crash between the two leaves a sha256 mismatch that load_model_dir reports.
@@ -273,19 +253,25 @@ def save_model_dir(
     return directory
 
 
+@contextlib.contextmanager
+def _new_dir_atomically(directory: Path) -> Iterator[Path]:
+    """A folder that does not exist yet, built complete under a temporary name beside it and renamed
+    into place by one ``os.replace``, so it appears whole; on an exception the temporary folder goes.
+    (Folders, unlike files, cannot be renamed onto an existing non-empty one: hence "new" only.)"""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".tmp", dir=directory.parent))
+    try:
+        yield tmp
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _write_model_files(directory: Path, classifier: Classifier, header: dict, full: dict) -> None:
     weights = directory / MODEL_FILE
     _atomic_save_file(_state_for_saving(classifier), weights, header)
-    full["weights_sha256"] = _sha256(weights)
-    text = _dumps(full, indent=2) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{CONFIG_FILE}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, directory / CONFIG_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    full["weights_sha256"] = file_sha256(weights)
+    atomic_write_text(directory / CONFIG_FILE, _dumps(full, indent=2) + "\n")
 
 
 def read_model_config(directory: str | Path) -> dict[str, Any]:
@@ -323,7 +309,7 @@ def load_model_dir(
     if header.get("format") != MODEL_FORMAT:
         raise ModelFileError("holds an encoder, not a model (use load_encoder)", weights)
     expected = config.get("weights_sha256")
-    if expected is not None and _sha256(weights) != expected:
+    if expected is not None and file_sha256(weights) != expected:
         raise ModelFileError(
             f"does not match {CONFIG_FILE} (sha256 differs): the two files come from different saves", weights
         )

@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from fewlabel.errors import DataError, FewlabelError, MaskError
+from fewlabel.fileio import atomic_path, atomic_write_text
 from fewlabel.models.encoder import Encoder, create_encoder
 from fewlabel.training.loop import FitResult, LoopConfig
 
@@ -296,15 +296,9 @@ def _train_and_save(method: str, images: Any, masks: Any, encoder_config: dict[s
             meta[k] = info[k]
     if "history" in info:
         files.mkdir(parents=True, exist_ok=True)
-        _write_atomic(files / "history.json", json.dumps(info["history"], indent=1, default=float))
+        atomic_write_text(files / "history.json", json.dumps(info["history"], indent=1, default=float))
     save_encoder(path, encoder.cpu(), meta)
     checkpoint.unlink(missing_ok=True)  # the finished file replaces the resume point
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def copy_encoder_file(src: str | Path, dst: str | Path) -> Path:
@@ -312,10 +306,8 @@ def copy_encoder_file(src: str | Path, dst: str | Path) -> Path:
     src, dst = Path(src), Path(dst)
     if dst.resolve() == src.resolve():
         return dst
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
     if artefact_dir(src).is_dir():
         target = dst.with_name(dst.name.removesuffix(".safetensors") + "_files")
         shutil.copytree(artefact_dir(src), target, dirs_exist_ok=True)

@@ -8,11 +8,12 @@ other channel counts show channel 0. 3D volumes show their middle slice.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from fewlabel.fileio import atomic_path
 
 _PALETTE = np.array([  # background black, then tab10-like colours for classes 1..9
     [0, 0, 0], [31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
@@ -62,10 +63,8 @@ def _save_png(array: np.ndarray, path: str | Path) -> Path:
     from PIL import Image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    Image.fromarray(array).save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:  # PIL picks the format from the extension
+        Image.fromarray(array).save(tmp)
     return path
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import math
-import os
 import platform
 import shlex
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fewlabel.fileio import atomic_write_text
 from fewlabel.report.curves import (
     METRIC_LABELS,
     CurvePoint,
@@ -309,12 +309,6 @@ def render(context: Mapping[str, Any]) -> str:
     return env.get_template("report.html.j2").render(**context)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, metric: str = "roc_auc",
                  target: float = 0.90, baseline: str = "scratch", explain: bool = True, n_per_class: int = 2,
                  n_boot: int = 2000, seed: int = 0, log: Callable[[str], None] | None = None) -> Path:
@@ -344,5 +338,5 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, metric: 
                              seed=seed, explanations=index, explain_error=error)
     path = Path(out) if out is not None else run_dir / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, render(context))
+    atomic_write_text(path, render(context))
     return path

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
-import os
 import random
 import sys
 import time
@@ -25,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from fewlabel.fileio import atomic_path
 
 
 def select_device(preference: str = "auto") -> torch.device:
@@ -181,10 +182,8 @@ def _improved(score: float, best: float | None, mode: str) -> bool:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:

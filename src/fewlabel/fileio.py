@@ -1,0 +1,102 @@
+"""Atomic file writes and file hashes: the one place that knows how fewlabel puts a file in place.
+
+Every write goes to a temporary name beside the target and is renamed onto it with ``os.replace``
+(atomic within a folder on POSIX and Windows): a reader, or a run killed half-way, sees the old file
+or the new one, never a half-written one. On an exception (KeyboardInterrupt included) the temporary
+file is removed and the target is left as it was.
+
+Temporary names are ``.<name>.tmp-<pid>-<random hex><suffix>`` in the target's folder:
+
+* hidden (leading dot), so folder scans (``data.readers`` ignores dot-names) never pick one up;
+* unique per process *and* per call, so two processes or threads writing the same target cannot
+  clobber each other's temporary file (the last ``os.replace`` wins, whole);
+* matched by ``.*.tmp-*``, the pattern ``experiments.curve`` uses to sweep leftovers of killed runs.
+
+This module imports nothing from fewlabel, so any module may import it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+CHUNK_SIZE = 1 << 20  # bytes read at a time by file_sha256
+
+
+def temp_path(path: str | Path, suffix: str | None = None) -> Path:
+    """A fresh temporary name beside ``path`` (see the module docstring); nothing is created."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}{suffix or ''}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for a writer to create; on a clean exit rename it onto
+    ``path``, on an exception remove it (the target keeps its old content). Creates missing parents.
+
+    ``suffix`` is appended to the temporary name, for writers that look at the extension:
+    ``np.save`` appends ``.npy`` unless the name ends with it, PIL and ``savefig`` pick the format
+    from it. ``torch.save``, ``safetensors`` and plain ``open`` need none.
+
+        with atomic_path(out / "scores.npy", suffix=".npy") as tmp:
+            np.save(tmp, scores)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, fsync: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically; with ``fsync`` the bytes reach the disk before the
+    rename (a power cut then leaves the old file or the new one, not an empty one). Returns ``path``."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str, *, encoding: str = "utf-8", fsync: bool = False) -> Path:
+    """Write ``text`` (encoded as is: no newline translation) to ``path`` atomically; returns ``path``."""
+    return atomic_write_bytes(path, text.encode(encoding), fsync=fsync)
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2, *, sort_keys: bool = False,
+                      default: Callable[[Any], Any] | None = None, fsync: bool = False) -> Path:
+    """``json.dumps(obj, indent=..., sort_keys=..., default=...)`` plus a final newline, written
+    atomically (UTF-8; the JSON itself is ASCII); returns ``path``."""
+    text = json.dumps(obj, indent=indent, sort_keys=sort_keys, default=default) + "\n"
+    return atomic_write_text(path, text, fsync=fsync)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def file_sha256(path: str | Path, chunk_size: int = CHUNK_SIZE) -> str:
+    """Hex sha256 of a file, read in chunks (weight files do not have to fit in memory twice)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
