@@ -189,3 +189,39 @@ def test_drop_class_leaves_it_out_everywhere(tmp_path: Path) -> None:
     split = SplitRecord.load(tmp_path / "m" / "split.json")
     assert not any(i.startswith("rare/") for i in split.test + split.pool)
     assert run_cli("train", data, "--out", tmp_path / "m2", "--drop-class", "nope") == 2
+
+
+def test_zero_labels_or_fractional_test_count_is_one_line_not_a_hang(cells: Path, tmp_path: Path,
+                                                                      capsys) -> None:
+    """--labels-per-class 0 used to train on an empty set forever; --test-size 1.5 was cut to 1."""
+    import signal
+
+    from fewlabel import pipeline
+    from fewlabel.errors import FewlabelError
+
+    def too_slow(*_):
+        raise TimeoutError("hung")
+
+    old = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(60)
+    try:
+        code = run_cli("train", cells, "--out", tmp_path / "z", "--labels-per-class", "0")
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "labels per class" in err[0]
+        prepared = pipeline.prepare_data(cells, group_pattern=GROUP_PATTERN, test_size=0.25)
+        with pytest.raises(FewlabelError, match="no labelled images"):
+            pipeline.fit_cell(prepared, [], pipeline.default_spec("scratch"), 0, FAST)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    code = run_cli("train", cells, "--out", tmp_path / "f", "--test-size", "1.5")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "1.5" in err[0]
+
+
+def test_missing_encoder_file_is_named_before_any_work(cells: Path, tmp_path: Path, capsys) -> None:
+    code = run_cli("train", cells, "--out", tmp_path / "m", "--strategy", "gan",
+                   "--encoder-weights", tmp_path / "nope.safetensors")
+    err = capsys.readouterr().err
+    assert code == 2 and "nope.safetensors" in err and "does not exist" in err
+    assert not (tmp_path / "m").exists()

@@ -150,7 +150,11 @@ def train(
     With ``out``: writes the model folder, ``metrics.json`` and ``split.json`` there.
     """
     from fewlabel.data import splits
+    from fewlabel.errors import ModelFileError
 
+    if encoder_weights is not None and not Path(encoder_weights).is_file():
+        # Say so before minutes of loading images, not after.
+        raise ModelFileError("encoder weights file does not exist", encoder_weights)
     prepared = prepare_data(data, masks=masks, group_pattern=group_pattern, test_size=test_size, seed=seed,
                             image_size=image_size, unlabelled=unlabelled, count=count,
                             drop_classes=drop_classes)
