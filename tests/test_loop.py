@@ -124,3 +124,23 @@ def test_tensor_batches_min_steps_and_determinism():
 
 def test_device_auto_is_cpu_here_or_cuda():
     assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_unusable_device_or_no_epochs_is_a_fewlabel_error():
+    """``--device cuda`` on a machine without CUDA, a typo, or ``--max-epochs 0`` (which trained
+    nothing and saved the untrained model) are user errors: one line, no torch traceback."""
+    import numpy as np
+    import pytest
+
+    from fewlabel.errors import FewlabelError
+    from fewlabel.training.finetune import FinetuneConfig, finetune
+
+    with pytest.raises(FewlabelError, match="gpu"):
+        select_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(FewlabelError, match="CUDA"):
+            select_device("cuda")
+    x, y = np.zeros((4, 1, 8, 8), np.float32), np.array([0, 1, 0, 1])
+    encoder = create_encoder("convnet", in_channels=1, width=4, depth=2)
+    with pytest.raises(FewlabelError, match="max_epochs"):
+        finetune(x, y, None, None, 2, encoder, FinetuneConfig(max_epochs=0, progress=False))

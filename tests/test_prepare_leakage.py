@@ -72,3 +72,56 @@ def test_segmentation_gets_training_masks_only(tmp_path):
     assert len(kept) == len(rest) - 1
     with pytest.raises(SplitError, match="test image"):
         training_mask_ids(cat, rest + test_ids, test_ids)
+
+
+def test_pool_holding_the_labelled_files_loses_the_test_files(tmp_path):
+    """An unlabelled folder that contains the labelled files themselves (``--unlabelled`` = the data
+    folder, or its ``images/``) must not hand test images or test masks to pretraining, even when the
+    pool's ids/groups are not comparable with the labelled ones (manifest groups, images/ + masks/)."""
+    import os
+
+    from factory import make_image_mask_tree, make_manifest
+
+    def real(p: str) -> str:
+        return os.path.realpath(p)
+
+    csv = make_manifest(tmp_path / "man", classes={"a": 8, "b": 8}, groups=True)
+    prepared = prepare_data(csv, unlabelled=tmp_path / "man" / "files", test_size=0.25, seed=0)
+    test_groups = prepared.test_groups
+    tainted = {real(s.path) for s in prepared.catalog.samples if s.group in test_groups}
+    kept = prepared.pool_without_test_groups()
+    assert kept and not {real(prepared.unlabelled.by_id[i].path) for i in kept} & tainted
+
+    root = make_image_mask_tree(tmp_path / "seg", classes={"a": 6, "b": 6})
+    for pool_dir in (root, root / "images"):
+        prepared = prepare_data(root, unlabelled=pool_dir, test_size=0.25, seed=0)
+        tainted = set()
+        for s in prepared.catalog.samples:
+            if s.group in prepared.test_groups:
+                tainted |= {real(s.path), real(s.mask)}
+        kept = prepared.pool_without_test_groups()
+        assert kept and not {real(prepared.unlabelled.by_id[i].path) for i in kept} & tainted
+
+
+def test_fingerprint_changes_only_for_pools_that_hold_labelled_files(tmp_path, monkeypatch):
+    """Encoders are cached by the data fingerprint: one pretrained on a pool that still held test files
+    (before the pool was matched by file) must not be reused; other pools keep their fingerprint."""
+    import itertools
+
+    from fewlabel import pipeline
+
+    from factory import make_manifest
+
+    csv = make_manifest(tmp_path / "man", classes={"a": 8, "b": 8}, groups=True)
+    labelled, pool_dir = bccd_like(tmp_path / "bccd")
+
+    def both() -> tuple[str, str]:
+        leaky = prepare_data(csv, unlabelled=tmp_path / "man" / "files", test_size=0.25, seed=0)
+        clean = prepare_data(labelled, group_pattern=PATTERN, test_size=0.2, seed=0, unlabelled=pool_dir)
+        return leaky.fingerprint(), clean.fingerprint()
+
+    leaky_now, clean_now = both()
+    counter = itertools.count()
+    monkeypatch.setattr(pipeline, "_real", lambda address: f"{address}#{next(counter)}")  # never matches
+    leaky_by_group, clean_by_group = both()
+    assert leaky_now != leaky_by_group and clean_now == clean_by_group

@@ -138,3 +138,26 @@ def test_user_errors_are_one_line(tmp_path, capsys):
               "--cache-dir", str(tmp_path / "c"), *SMALL])
     err = capsys.readouterr().err
     assert "divisible by 16" in err and len(err.strip().splitlines()) == 1
+
+
+def test_segmentation_holds_out_what_train_count_groups_holds_out(tmp_path, spy):
+    """``train --count groups`` draws its test set by patients; ``pretrain segmentation`` must be able
+    to draw the same one (``--count``), or it pretrains on the masks of test patients."""
+    root = tmp_path / "seg"
+    for i in range(24):  # 12 patients of 2 slices, 6 per class
+        cls = f"grade{(i // 2) % 2}"
+        for sub in ("images", "masks"):
+            (root / sub / cls).mkdir(parents=True, exist_ok=True)
+        name = f"pat{i // 2:02d}_s{i:02d}.png"
+        Image.fromarray(np.full((16, 16), 10 * i + 5, np.uint8)).save(root / "images" / cls / name)
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:12, 4:12] = 255
+        Image.fromarray(mask).save(root / "masks" / cls / name)
+    seen = spy("fewlabel.prepare.segmentation", "pretrain_segmentation")
+    out = tmp_path / "seg.safetensors"
+    main(["pretrain", "segmentation", str(root), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
+          "--group-pattern", r"(pat\d+)_", "--test-size", "2", "--count", "groups", *SMALL])
+    train_view = prepare_data(root, group_pattern=r"(pat\d+)_", test_size=2, count="groups")
+    test_index = {int(Path(i).stem.split("_s")[1]) for i in train_view.test_ids}
+    used = source_index(seen["images"], read_header(out)["meta"]["preprocess"])
+    assert len(test_index) == 8 and not set(used) & test_index

@@ -225,3 +225,17 @@ def test_missing_encoder_file_is_named_before_any_work(cells: Path, tmp_path: Pa
     err = capsys.readouterr().err
     assert code == 2 and "nope.safetensors" in err and "does not exist" in err
     assert not (tmp_path / "m").exists()
+
+
+def test_unlabelled_pool_never_holds_a_test_image(tmp_path: Path) -> None:
+    """The pool is the labelled folder's parent: other ids, the same files. Test files must go."""
+    from fewlabel.pipeline import prepare_data
+
+    root = tmp_path / "all"
+    data = make_class_folder(root / "labelled", {"a": 10, "b": 10}, size=(8, 8), seed=3)
+    prepared = prepare_data(data, unlabelled=root, test_size=0.3)
+    pool = prepared.unlabelled
+    kept = {str(Path(pool.by_id[i].path).resolve()) for i in prepared.pool_without_test_groups()}
+    test = {str(Path(prepared.catalog.by_id[i].path).resolve()) for i in prepared.test_ids}
+    assert kept and not kept & test
+    assert len(kept) == 20 - len(test)

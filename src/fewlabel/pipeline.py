@@ -9,6 +9,7 @@ unlabelled pool loses every image whose group (patient, smear) is in the test se
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -31,6 +32,14 @@ PRETRAINED = ("gan", "segmentation", "ssl")
 # With fewer labelled images per class than this, no validation split is drawn and training runs a
 # fixed number of epochs (the protocol of ../shared/anchors.md, section 6).
 MIN_PER_CLASS_FOR_VALIDATION = 5
+
+
+def _real(address: str) -> str:
+    """A sample's file address with its file part resolved (symlinks, ``..``); NPZ members kept."""
+    from fewlabel.data.readers import NPZ_SEP
+
+    file_part, sep, member = address.partition(NPZ_SEP)
+    return os.path.realpath(file_part) + sep + member
 
 
 @dataclass
@@ -79,11 +88,25 @@ class PreparedData:
         return set(self.catalog.groups(self.test_ids))
 
     def pool_without_test_groups(self) -> list[str]:
-        """Ids of the unlabelled pool whose group is not among the test set's groups."""
+        """Ids of the unlabelled pool whose group is not among the test set's groups.
+
+        A pool file that IS a labelled image or mask (the pool folder holds the labelled data, e.g.
+        ``--unlabelled`` = the manifest's folder or ``DATA/images``) takes that sample's group: pool
+        ids are relative to another root, so their own groups would not match the test groups."""
+        return list(self._kept_pool)
+
+    @cached_property
+    def _kept_pool(self) -> tuple[str, ...]:
         if self.unlabelled is None:
-            return []
-        groups = self.unlabelled.groups(self.unlabelled.ids)
-        return [i for i, g in zip(self.unlabelled.ids, groups, strict=True) if g not in self.test_groups]
+            return ()
+        owner: dict[str, str] = {}
+        for s in self.catalog.samples:
+            owner[_real(s.path)] = s.group
+            if s.mask is not None:
+                owner[_real(s.mask)] = s.group
+        test_groups = self.test_groups
+        return tuple(s.id for s in self.unlabelled.samples
+                     if s.group not in test_groups and owner.get(_real(s.path)) not in test_groups)
 
     def unlabelled_arrays(self) -> np.ndarray | None:
         """The unlabelled pool, preprocessed like the labelled images, test groups removed."""
@@ -120,6 +143,11 @@ class PreparedData:
         h.update(repr(sorted(self.preprocess.to_dict().items())).encode())
         if self.unlabelled is not None:
             h.update(self.unlabelled.fingerprint().encode())
+            by_group = tuple(s.id for s in self.unlabelled.samples if s.group not in self.test_groups)
+            if self._kept_pool != by_group:
+                # The pool holds labelled files (see pool_without_test_groups): pretraining sees a
+                # different pool than group matching alone gave, so encoders cached before must not match.
+                h.update(repr(self._kept_pool).encode())
         return h.hexdigest()[:16]
 
 
@@ -296,6 +324,9 @@ def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, se
     leaked = set(labelled_ids) & set(data.test_ids)
     if leaked:  # a guard, not a user error: it means a bug upstream
         raise AssertionError(f"{len(leaked)} test images in the labelled draw")
+    if not labelled_ids:
+        raise FewlabelError("no labelled images to fine-tune on (labels per class must be at least 1)",
+                            path=data.catalog.root)
     config = finetune_config_for(spec, finetune_config)
     train_ids, val_ids = split_labelled(data, labelled_ids, seed)
     x_train, y_train = data.arrays(train_ids)
@@ -304,7 +335,8 @@ def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, se
     x_pool = data.unlabelled_arrays() if spec.semi else None
     if spec.semi and x_pool is None:
         # No separate pool: the labelled pool minus this draw plays the unlabelled part.
-        rest = [i for i in data.pool_ids if i not in set(labelled_ids)]
+        drawn = set(labelled_ids)
+        rest = [i for i in data.pool_ids if i not in drawn]
         x_pool = tensors.load_images(data.catalog, rest, data.preprocess) if rest else None
     t0 = time.perf_counter()
     classifier, fit_result = finetune(x_train, y_train, x_val, y_val, data.num_classes, encoder, config,

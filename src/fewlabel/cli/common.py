@@ -7,6 +7,12 @@ from typing import Any
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 
 
+def test_size_value(value: float) -> float | int:
+    """``--test-size``: a fraction below 1, or a whole count per class (``5`` or ``5.0``) from 1 up.
+    ``1.5`` stays a float, so the split refuses it instead of silently holding out 1 per class."""
+    return int(value) if value >= 1 and float(value).is_integer() else value
+
+
 def print_metrics_table(metrics: dict[str, Any], title: str = "metrics") -> None:
     from rich.console import Console
     from rich.table import Table

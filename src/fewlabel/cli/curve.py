@@ -64,6 +64,7 @@ def curve(
 ) -> None:
     """Run a learning curve: one fixed test set, nested labelled draws shared by all strategies,
     one row per cell in RUN_DIR/store.sqlite and RUN_DIR/results.csv."""
+    from fewlabel.cli.common import test_size_value
     from fewlabel.experiments import run_curve
 
     finetune = _parse_settings(settings, "--set")
@@ -71,7 +72,7 @@ def curve(
         finetune["max_epochs"] = max_epochs
     if device is not None:
         finetune["device"] = device
-    test: float | int = int(test_size) if test_size >= 1 else test_size
+    test: float | int = test_size_value(test_size)
     try:
         result = run_curve(
             data, out, strategies, sizes, repeats, unlabelled=unlabelled, masks=masks,

@@ -4,11 +4,11 @@
 What DATA is:
   * ``gan`` / ``ssl``: a folder of images, any layout, labels ignored (an unlabelled pool).
     ``--holdout-from LABELLED`` names the labelled set you will evaluate on: its test hold-out is
-    drawn exactly as ``fewlabel train`` draws it (same ``--seed``, ``--test-size``,
+    drawn exactly as ``fewlabel train`` draws it (same ``--seed``, ``--test-size``, ``--count``,
     ``--group-pattern``) and every pool image of a test group is dropped (e.g. BCCD red-cell crops
     cut from a test smear), and the pool is normalised with the labelled set's statistics.
   * ``segmentation``: a labelled set with masks (``images/`` + ``masks/``, or ``--masks DIR``). The
-    test hold-out of ``fewlabel train`` (same seed/test size) is removed first, so a later
+    test hold-out of ``fewlabel train`` (same seed/test size/count) is removed first, so a later
     ``fewlabel train --encoder-weights`` evaluation has never seen a test image's mask.
     ``--no-holdout`` uses every masked image (masks from a set you will not evaluate on).
 
@@ -24,6 +24,7 @@ from typing import Any
 
 import typer
 
+from fewlabel.cli.common import test_size_value
 from fewlabel.errors import FewlabelError
 
 
@@ -49,6 +50,8 @@ def pretrain(
     group_pattern: str = typer.Option(None, help="Regex; its first group is the patient/source image id."),
     holdout_from: Path = typer.Option(None, help="gan/ssl: labelled set whose test groups leave the pool."),
     test_size: float = typer.Option(0.2, help="Test hold-out as `fewlabel train` draws it."),
+    count: str = typer.Option("images", help="As `fewlabel train --count`: the test size counts 'images' "
+                              "or 'groups' (patients)."),
     no_holdout: bool = typer.Option(False, "--no-holdout", help="segmentation: use every masked image."),
     colour_jitter: bool = typer.Option(False, "--colour-jitter", help="ssl: per-channel colour changes."),
     cache_dir: Path = typer.Option(None, help="Encoder cache (default: $FEWLABEL_CACHE/pretrained)."),
@@ -63,10 +66,10 @@ def pretrain(
         raise FewlabelError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if method == "gan" and image_size is None:
         image_size = 64
-    test = int(test_size) if test_size >= 1 else test_size
+    test = test_size_value(test_size)
     images, mask_arrays, fingerprint, preprocess, notes = _load(
         method, data, masks=masks, group_pattern=group_pattern, holdout_from=holdout_from, test_size=test,
-        seed=seed, image_size=image_size, no_holdout=no_holdout)
+        seed=seed, image_size=image_size, no_holdout=no_holdout, count=count)
     enc_cfg = {"name": encoder, "in_channels": int(images.shape[1]), "spatial_dims": images.ndim - 2}
     if encoder == "convnet":
         enc_cfg.update(width=width, depth=depth)
@@ -111,7 +114,7 @@ def _default_cache() -> Path:
 
 def _load(method: str, data: Path, *, masks: Path | None, group_pattern: str | None,
           holdout_from: Path | None, test_size: float | int, seed: int, image_size: int | None,
-          no_holdout: bool) -> tuple[Any, Any, str, dict[str, Any], str]:
+          no_holdout: bool, count: str = "images") -> tuple[Any, Any, str, dict[str, Any], str]:
     """(images, masks | None, data fingerprint, preprocess dict, a note for the user)."""
     import numpy as np
 
@@ -135,14 +138,14 @@ def _load(method: str, data: Path, *, masks: Path | None, group_pattern: str | N
             return (tensors.load_images(cat, ids, pre), tensors.load_masks(cat, ids, pre),
                     _hash(cat.fingerprint(), pre.to_dict(), "all"), pre.to_dict(), "")
         prepared = prepare_data(data, masks=masks, group_pattern=group_pattern, test_size=test_size,
-                                seed=seed, image_size=image_size)
+                                seed=seed, image_size=image_size, count=count)
         images, mask_arrays = prepared.pretrain_masks()
         note = (f" (test hold-out of {len(prepared.test_ids)} image(s) left out, as `fewlabel train "
                 f"--seed {seed} --test-size {test_size}` draws it)")
         return images, mask_arrays, prepared.fingerprint(), prepared.preprocess.to_dict(), note
     if holdout_from is not None:
         prepared = prepare_data(holdout_from, group_pattern=group_pattern, test_size=test_size, seed=seed,
-                                image_size=image_size, unlabelled=data)
+                                image_size=image_size, unlabelled=data, count=count)
         assert prepared.unlabelled is not None
         kept = prepared.pool_without_test_groups()
         if not kept:

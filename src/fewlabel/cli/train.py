@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from fewlabel.cli.common import print_metrics_table
+from fewlabel.cli.common import print_metrics_table, test_size_value
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +36,7 @@ def train(
     """Hold out a test set, fine-tune on N labels per class, print test metrics with 95% CIs."""
     from fewlabel import api
 
-    test = int(test_size) if test_size >= 1 else test_size
+    test = test_size_value(test_size)
     model = api.train(data, out, strategy=strategy, encoder=encoder, labels_per_class=labels_per_class,
                       count=count, test_size=test, seed=seed, max_epochs=max_epochs,
                       group_pattern=group_pattern, masks=masks, encoder_weights=encoder_weights, semi=semi,

@@ -108,6 +108,8 @@ def holdout_test(catalog: Catalog, test_size: float | int = 0.2, seed: int = 0,
     fraction = isinstance(test_size, (float, np.floating)) and test_size < 1
     if fraction and test_size <= 0:
         raise SplitError(f"test_size must be > 0 (got {test_size})")
+    if not fraction and not float(test_size).is_integer():
+        raise SplitError(f"test_size must be a fraction below 1 or a whole count per class (got {test_size})")
     test: set[str] = set()
     pool: set[str] = set()
     for cls, gmap in group_table(catalog, catalog.ids).items():
@@ -184,6 +186,9 @@ def draw_labelled(catalog: Catalog, pool_ids: Iterable[str], n_per_class: int | 
         groups = [groups[i] for i in order]
         for _, members in groups[: _take(groups, n, count)]:
             chosen.extend(members)
+    if not chosen:  # nothing to train on: say so here, not as a training loop with no batches
+        raise SplitError(f"labels per class must be at least 1 (got {n_per_class!r}); no labelled image "
+                         "was drawn", path=catalog.root)
     return chosen
 
 

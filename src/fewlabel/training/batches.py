@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from fewlabel.errors import DataError
+
 
 class TensorBatches:
     """Shuffled (x, y) mini-batches; every epoch has ``steps_per_epoch`` batches.
@@ -22,6 +24,8 @@ class TensorBatches:
                  drop_last: bool = False) -> None:
         self.x = torch.as_tensor(x, dtype=torch.float32)
         self.y = None if y is None else torch.as_tensor(y, dtype=torch.long)
+        if len(self.x) == 0:  # an endless stream of nothing would make the loop spin forever
+            raise DataError("no images to train on (empty training set)")
         self.batch_size = max(1, min(int(batch_size), len(self.x)))
         self.shuffle = shuffle
         self.drop_last = drop_last

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fewlabel.errors import FewlabelError
 from fewlabel.models.encoder import Encoder
 from fewlabel.models.heads import Classifier
 from fewlabel.training.batches import TensorBatches, sequential_batches
@@ -143,6 +144,8 @@ def finetune(
     With ``config.semi`` and ``x_unlabelled``: FixMatch on the pool beside the labels.
     """
     config = config or FinetuneConfig()
+    if config.max_epochs < 1:  # 0 epochs would evaluate (and save) the untrained head as if trained
+        raise FewlabelError(f"max_epochs must be at least 1 (got {config.max_epochs})")
     torch.manual_seed(seed)  # the head's initial weights depend on the seed only
     classifier = Classifier(encoder, num_classes, dropout=config.dropout)
     weights = class_weights(y_train, num_classes) if config.balance == "loss_weights" else torch.ones(

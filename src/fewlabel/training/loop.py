@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fewlabel.errors import FewlabelError
 from fewlabel.fileio import atomic_path
 
 
@@ -32,7 +33,14 @@ def select_device(preference: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else CPU (MPS left out on purpose: several 3D ops lack it)."""
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(preference)
+    try:
+        device = torch.device(preference)
+    except (RuntimeError, TypeError, ValueError):
+        raise FewlabelError(f"unknown device {preference!r}; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FewlabelError(f"device {preference!r} asked for, but CUDA is not available here; "
+                            "use auto or cpu")
+    return device
 
 
 def seed_everything(seed: int) -> None:
