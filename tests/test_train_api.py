@@ -19,7 +19,7 @@ from fewlabel.cli import main
 from fewlabel.data.splits import SplitRecord
 from fewlabel.training.finetune import FinetuneConfig
 
-from factory import GROUP_PATTERN, corrupt_file, make_class_folder
+from factory import GROUP_PATTERN, corrupt_file, make_class_folder, make_manifest
 
 FAST = FinetuneConfig(max_epochs=3, batch_size=8, min_steps_per_epoch=2, augment="none", progress=False)
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
@@ -239,3 +239,17 @@ def test_unlabelled_pool_never_holds_a_test_image(tmp_path: Path) -> None:
     test = {str(Path(prepared.catalog.by_id[i].path).resolve()) for i in prepared.test_ids}
     assert kept and not kept & test
     assert len(kept) == 20 - len(test)
+
+
+def test_a_given_test_split_is_used_and_never_trains(tmp_path: Path) -> None:
+    """A manifest's (or MedMNIST's) designated test images are the test set, not training material."""
+    from fewlabel.data.catalog import load_catalog
+    from fewlabel.pipeline import prepare_data
+
+    csv_path = make_manifest(tmp_path, {"a": 12, "b": 12}, splits=True)
+    catalog = load_catalog(csv_path)
+    given = {s.id for s in catalog.samples if s.split == "test"}
+    prepared = prepare_data(csv_path)
+    assert set(prepared.test_ids) == given and not given & set(prepared.pool_ids)
+    drawn = prepare_data(csv_path, test_split="draw", test_size=0.5, seed=1)
+    assert set(drawn.test_ids) != given

@@ -142,7 +142,7 @@ def train(
     encoder_weights: str | Path | None = None, semi: bool = False, unlabelled: str | Path | None = None,
     image_size: int | None = None, device: str = "auto", progress: bool | None = None,
     finetune: FinetuneConfig | None = None, cache_dir: str | Path | None = None,
-    drop_classes: list[str] | tuple[str, ...] = (),
+    drop_classes: list[str] | tuple[str, ...] = (), test_split: str = "auto",
 ) -> Model:
     """Hold out a group-aware test set, draw ``labels_per_class`` labelled images per class from
     the rest, prepare the encoder by ``strategy``, fine-tune, evaluate on the test set.
@@ -157,7 +157,7 @@ def train(
         raise ModelFileError("encoder weights file does not exist", encoder_weights)
     prepared = prepare_data(data, masks=masks, group_pattern=group_pattern, test_size=test_size, seed=seed,
                             image_size=image_size, unlabelled=unlabelled, count=count,
-                            drop_classes=drop_classes)
+                            drop_classes=drop_classes, test_split=test_split)
     if labels_per_class is None:
         labelled = list(prepared.pool_ids)
     else:

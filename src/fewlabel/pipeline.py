@@ -51,7 +51,7 @@ class PreparedData:
     pool_ids: list[str]
     test_ids: list[str]
     seed: int
-    test_size: float | int
+    test_size: float | int | str  # "given": the data's own test split
     unlabelled: catalog_mod.Catalog | None = None
 
     @property
@@ -156,11 +156,15 @@ def prepare_data(
     test_size: float | int = 0.2, seed: int = 0, image_size: int | tuple[int, ...] | None = None,
     unlabelled: str | Path | None = None, catalog: catalog_mod.Catalog | None = None,
     resize: str = "resize", count: str = "images", drop_classes: list[str] | tuple[str, ...] = (),
+    test_split: str = "auto",
 ) -> PreparedData:
     """Catalog the data, hold out a group-aware stratified test set, fit preprocessing on the rest.
 
     ``count`` says what an integer ``test_size`` counts per class: ``images`` or ``groups`` (patients).
     ``drop_classes``: classes left out before anything is split (e.g. BCCD's basophil, 2 images).
+    ``test_split``: ``auto`` uses the data's own test split when a manifest ``split`` column or a
+    MedMNIST ``.npz`` defines one (the designated test images must never train), else draws one;
+    ``given`` requires it; ``draw`` ignores it and draws by ``test_size``.
     """
     if catalog is None:
         if data is None:
@@ -168,7 +172,14 @@ def prepare_data(
         catalog = catalog_mod.load_catalog(data, masks=masks, group_pattern=group_pattern)
     if drop_classes:
         catalog = without_classes(catalog, drop_classes)
-    pool_ids, test_ids = splits.holdout_test(catalog, test_size=test_size, seed=seed, count=count)
+    if test_split not in ("auto", "given", "draw"):
+        raise FewlabelError(f"test_split must be auto, given or draw, not {test_split!r}")
+    has_given = any(smp.split == "test" for smp in catalog.samples)
+    if test_split == "given" or (test_split == "auto" and has_given):
+        pool_ids, test_ids = splits.predefined_test(catalog)
+        test_size = "given"
+    else:
+        pool_ids, test_ids = splits.holdout_test(catalog, test_size=test_size, seed=seed, count=count)
     size = (image_size,) * 2 if isinstance(image_size, int) else image_size
     pool_catalog = None
     if unlabelled is not None:

@@ -32,6 +32,8 @@ def train(
     image_size: int = typer.Option(None, help="Resize images to this side (default: most common)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     drop_class: list[str] = typer.Option(None, "--drop-class", help="Leave a class out (repeatable)."),
+    test_split: str = typer.Option("auto", help="auto: the data's own test split (manifest/.npz) if "
+                                   "any, else drawn | given | draw"),
 ) -> None:
     """Hold out a test set, fine-tune on N labels per class, print test metrics with 95% CIs."""
     from fewlabel import api
@@ -41,7 +43,7 @@ def train(
                       count=count, test_size=test, seed=seed, max_epochs=max_epochs,
                       group_pattern=group_pattern, masks=masks, encoder_weights=encoder_weights, semi=semi,
                       unlabelled=unlabelled, image_size=image_size, device=device,
-                      drop_classes=tuple(drop_class or ()))
+                      drop_classes=tuple(drop_class or ()), test_split=test_split)
     print_metrics_table(model.metrics, title=f"test metrics ({model.metrics.get('n_test')} images)")
     typer.echo(f"model written to {out}  (metrics.json, split.json, model.safetensors, config.json)")
 
