@@ -171,7 +171,8 @@ def train(
     if strategy in PRETRAINED and not spec.encoder_weights:
         spec = prepare_strategy(spec, prepared, cache_dir or default_cache_dir() / "pretrained", seed=seed,
                                 progress=progress)
-    config = finetune or FinetuneConfig()
+    # A copy: the caller's config object is theirs, not ours to change.
+    config = FinetuneConfig.from_dict(finetune.to_dict()) if finetune else FinetuneConfig()
     config.device, config.progress = device, progress
     if max_epochs is not None:
         config.max_epochs = max_epochs
