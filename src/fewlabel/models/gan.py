@@ -113,7 +113,10 @@ class Discriminator(nn.Module):
         last = self.encoder.forward_features(x)[-1]
         f = torch.flatten(last, 1) if self.flatten_map else self.encoder.pool(last)
         if self.minibatch_std:
-            spread = last.float().std(0, unbiased=False).mean() if len(last) > 1 else last.new_zeros(())
+            # sqrt(var + eps) as in Karras et al.: a feature with no spread across the batch (a dead
+            # ReLU) has an infinite sqrt gradient, NaN in the R1 penalty's double backward.
+            spread = ((last.float().var(0, unbiased=False) + 1e-8).sqrt().mean() if len(last) > 1
+                      else last.new_zeros(()))
             f = torch.cat([f, spread.to(f.dtype).expand(f.shape[0], 1)], dim=1)
         return self.head(f).squeeze(1)
 
