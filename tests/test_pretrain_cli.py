@@ -161,3 +161,27 @@ def test_segmentation_holds_out_what_train_count_groups_holds_out(tmp_path, spy)
     test_index = {int(Path(i).stem.split("_s")[1]) for i in train_view.test_ids}
     used = source_index(seen["images"], read_header(out)["meta"]["preprocess"])
     assert len(test_index) == 8 and not set(used) & test_index
+
+
+def test_train_refuses_an_encoder_that_saw_its_test_images(tmp_path: Path) -> None:
+    """Pretraining on the labelled folder itself (no --holdout-from) saw the future test images:
+    `train` names the encoder and refuses it; with --holdout-from the same pool is accepted."""
+    from factory import make_class_folder
+
+    def cli(*args: object) -> int:
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        return 0
+
+    data = make_class_folder(tmp_path / "d", {"a": 10, "b": 10}, size=(16, 16), seed=4)
+    leaky, clean = tmp_path / "leaky.safetensors", tmp_path / "clean.safetensors"
+    common = ["--steps", "2", "--batch-size", "4", "--width", "4", "--depth", "2",
+              "--cache-dir", tmp_path / "c"]
+    assert cli("pretrain", "ssl", data, "--out", leaky, *common) == 0
+    assert cli("pretrain", "ssl", data, "--out", clean, "--holdout-from", data, *common) == 0
+    train = ["train", data, "--strategy", "ssl", "--labels-per-class", "3", "--max-epochs", "1"]
+    assert cli(*train, "--encoder-weights", leaky, "--out", tmp_path / "m1") == 2
+    assert not (tmp_path / "m1").exists()
+    assert cli(*train, "--encoder-weights", clean, "--out", tmp_path / "m2") == 0

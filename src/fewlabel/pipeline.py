@@ -84,6 +84,13 @@ class PreparedData:
         return self.arrays(self.test_ids)
 
     @cached_property
+    def test_file_keys(self) -> set[str]:
+        """Content keys of the test images (``data.identity``): what no pretraining may have seen."""
+        from fewlabel.data.identity import file_keys
+
+        return set(file_keys(self.catalog.by_id[i].path for i in self.test_ids))
+
+    @cached_property
     def test_groups(self) -> set[str]:
         return set(self.catalog.groups(self.test_ids))
 
@@ -250,7 +257,14 @@ def build_encoder(spec: StrategySpec, data: PreparedData, seed: int = 0) -> Enco
     if spec.encoder_weights and spec.name != "imagenet":
         from fewlabel.models.io import load_encoder
 
-        encoder, _ = load_encoder(spec.encoder_weights)
+        encoder, meta = load_encoder(spec.encoder_weights)
+        seen = set(meta.get("seen_files") or ())
+        overlap = seen & data.test_file_keys if seen else set()
+        if overlap:
+            raise FewlabelError(
+                f"this encoder was pretrained on {len(overlap)} of the test images; pretrain again with "
+                "--holdout-from <this data> (same --seed, --test-size, --group-pattern) so the test "
+                "images stay unseen", path=spec.encoder_weights)
         if encoder.in_channels != data.channels or encoder.spatial_dims != data.spatial_dims:
             raise FewlabelError(
                 f"encoder has {encoder.in_channels} channel(s), {encoder.spatial_dims}D, but the data "

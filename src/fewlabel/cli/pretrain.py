@@ -59,6 +59,7 @@ def pretrain(
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
 ) -> None:
     """Prepare an encoder from unlabelled images (gan, ssl) or images with masks (segmentation)."""
+    from fewlabel.data.identity import file_keys
     from fewlabel.prepare import PretrainConfig, prepare_encoder
     from fewlabel.prepare.common import artefact_dir, cached_encoder_path, checkpoint_path_for
 
@@ -67,7 +68,7 @@ def pretrain(
     if method == "gan" and image_size is None:
         image_size = 64
     test = test_size_value(test_size)
-    images, mask_arrays, fingerprint, preprocess, notes = _load(
+    images, mask_arrays, fingerprint, preprocess, notes, seen = _load(
         method, data, masks=masks, group_pattern=group_pattern, holdout_from=holdout_from, test_size=test,
         seed=seed, image_size=image_size, no_holdout=no_holdout, count=count)
     enc_cfg = {"name": encoder, "in_channels": int(images.shape[1]), "spatial_dims": images.ndim - 2}
@@ -90,7 +91,10 @@ def pretrain(
     try:
         path = prepare_encoder(method, images, mask_arrays, encoder_config=encoder_config, config=config,
                                cache_dir=cache, data_fingerprint=fingerprint, out=out,
-                               extra_meta={"preprocess": preprocess, "data": str(data)})
+                               extra_meta={"preprocess": preprocess, "data": str(data),
+                                           # content keys of every image seen: `train` refuses this
+                                           # encoder for a test set that shares any of them
+                                           "seen_files": file_keys(seen)})
     except KeyboardInterrupt:
         typer.echo(f"stopped; run the same command again to resume from {checkpoint_path_for(target)}",
                    err=True)
@@ -114,8 +118,10 @@ def _default_cache() -> Path:
 
 def _load(method: str, data: Path, *, masks: Path | None, group_pattern: str | None,
           holdout_from: Path | None, test_size: float | int, seed: int, image_size: int | None,
-          no_holdout: bool, count: str = "images") -> tuple[Any, Any, str, dict[str, Any], str]:
-    """(images, masks | None, data fingerprint, preprocess dict, a note for the user)."""
+          no_holdout: bool, count: str = "images"
+          ) -> tuple[Any, Any, str, dict[str, Any], str, list[str]]:
+    """(images, masks | None, data fingerprint, preprocess dict, a note for the user, the file
+    addresses of the images used)."""
     import numpy as np
 
     from fewlabel.data import catalog as catalog_mod
@@ -136,13 +142,16 @@ def _load(method: str, data: Path, *, masks: Path | None, group_pattern: str | N
                 raise FewlabelError("no image has a mask (images/ + masks/ layout or --masks DIR)", path=data)
             pre = tensors.fit_preprocess(cat, ids, image_size=image_size)
             return (tensors.load_images(cat, ids, pre), tensors.load_masks(cat, ids, pre),
-                    _hash(cat.fingerprint(), pre.to_dict(), "all"), pre.to_dict(), "")
+                    _hash(cat.fingerprint(), pre.to_dict(), "all"), pre.to_dict(), "",
+                    [cat.by_id[i].path for i in ids])
         prepared = prepare_data(data, masks=masks, group_pattern=group_pattern, test_size=test_size,
                                 seed=seed, image_size=image_size, count=count)
         images, mask_arrays = prepared.pretrain_masks()
         note = (f" (test hold-out of {len(prepared.test_ids)} image(s) left out, as `fewlabel train "
                 f"--seed {seed} --test-size {test_size}` draws it)")
-        return images, mask_arrays, prepared.fingerprint(), prepared.preprocess.to_dict(), note
+        used = [prepared.catalog.by_id[i].path for i in prepared.pool_ids
+                if prepared.catalog.by_id[i].mask is not None]
+        return images, mask_arrays, prepared.fingerprint(), prepared.preprocess.to_dict(), note, used
     if holdout_from is not None:
         prepared = prepare_data(holdout_from, group_pattern=group_pattern, test_size=test_size, seed=seed,
                                 image_size=image_size, unlabelled=data, count=count)
@@ -154,11 +163,13 @@ def _load(method: str, data: Path, *, masks: Path | None, group_pattern: str | N
         images = tensors.load_images(prepared.unlabelled, kept, prepared.preprocess)
         dropped = len(prepared.unlabelled.ids) - len(kept)
         note = f" ({dropped} pool image(s) of {len(prepared.test_groups)} test group(s) left out)"
-        return images, None, prepared.fingerprint(), prepared.preprocess.to_dict(), note
+        used = [prepared.unlabelled.by_id[i].path for i in kept]
+        return images, None, prepared.fingerprint(), prepared.preprocess.to_dict(), note, used
     pool = catalog_mod.load_pool(data, group_pattern=group_pattern)
     pre = tensors.fit_preprocess(pool, pool.ids, image_size=size)
     images = tensors.load_images(pool, pool.ids, pre)
-    return np.asarray(images), None, _hash(pool.fingerprint(), pre.to_dict()), pre.to_dict(), ""
+    return (np.asarray(images), None, _hash(pool.fingerprint(), pre.to_dict()), pre.to_dict(), "",
+            [s.path for s in pool.samples])
 
 
 def _hash(*parts: Any) -> str:
