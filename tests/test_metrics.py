@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from scipy import stats
@@ -166,15 +164,10 @@ def test_group_bootstrap_widens_ci_for_correlated_slices() -> None:
     assert flat["bootstrap"]["unit"] == "sample" and flat["bootstrap"]["n_units"] == 300
 
 
-def test_bootstrap_is_fast() -> None:
+def test_all_bootstrap_resamples_are_used_when_every_class_is_present() -> None:
+    # Speed is measured in benchmarks/bootstrap_speed.py, never asserted in a test.
     y, proba = _multiclass(n=800, k=8, seed=8)
-    best = float("inf")
-    for _ in range(2):  # best of two: the CI machine is shared
-        start = time.perf_counter()
-        r = classification_metrics(y, proba, n_boot=1000)
-        best = min(best, time.perf_counter() - start)
-    assert r["roc_auc"]["n_boot_used"] == 1000
-    assert best < 1.0, f"1000 resamples took {best:.2f} s"
+    assert classification_metrics(y, proba, n_boot=1000)["roc_auc"]["n_boot_used"] == 1000
 
 
 def test_input_validation() -> None:
