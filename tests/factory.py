@@ -537,3 +537,14 @@ def corrupt_file(path: str | Path, mode: str = "garbage", seed: int = 0) -> Path
     else:
         raise ValueError(mode)
     return path
+
+
+def run_cli(*args: object) -> int:
+    """Run ``fewlabel ARGS`` in-process; return its exit code (0 when it returns normally)."""
+    from fewlabel.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0

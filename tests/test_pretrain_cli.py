@@ -167,13 +167,7 @@ def test_train_refuses_an_encoder_that_saw_its_test_images(tmp_path: Path) -> No
     """Pretraining on the labelled folder itself (no --holdout-from) saw the future test images:
     `train` names the encoder and refuses it; with --holdout-from the same pool is accepted."""
     from factory import make_class_folder
-
-    def cli(*args: object) -> int:
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            return int(exc.code or 0)
-        return 0
+    from factory import run_cli as cli
 
     data = make_class_folder(tmp_path / "d", {"a": 10, "b": 10}, size=(16, 16), seed=4)
     leaky, clean = tmp_path / "leaky.safetensors", tmp_path / "clean.safetensors"

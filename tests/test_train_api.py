@@ -15,11 +15,10 @@ import pytest
 import torch
 
 import fewlabel
-from fewlabel.cli import main
 from fewlabel.data.splits import SplitRecord
 from fewlabel.training.finetune import FinetuneConfig
 
-from factory import GROUP_PATTERN, corrupt_file, make_class_folder, make_manifest
+from factory import GROUP_PATTERN, corrupt_file, make_class_folder, make_manifest, run_cli
 
 FAST = FinetuneConfig(max_epochs=3, batch_size=8, min_steps_per_epoch=2, augment="none", progress=False)
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
@@ -31,14 +30,6 @@ def cells(tmp_path_factory) -> Path:
     # 2 images per patient: the split must keep each patient on one side.
     return make_class_folder(root / "data", {"healthy": 16, "cancer": 16}, size=(16, 16), channels=3,
                              images_per_group=2, seed=0)
-
-
-def run_cli(*args: str) -> int:
-    try:
-        main([str(a) for a in args])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def test_train_writes_model_metrics_and_split(cells: Path, tmp_path: Path) -> None:

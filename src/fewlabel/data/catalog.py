@@ -163,10 +163,6 @@ class Catalog:
     def has_masks(self) -> bool:
         return any(s.mask is not None for s in self.samples)
 
-    @property
-    def is_labelled(self) -> bool:
-        return bool(self.classes)
-
     def class_counts(self) -> dict[str, int]:
         counts = Counter(s.label for s in self.samples if s.label is not None)
         return {c: counts.get(c, 0) for c in self.classes}

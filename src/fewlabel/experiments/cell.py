@@ -207,10 +207,6 @@ def prime_data(data_args: dict[str, Any], data: Any) -> None:
     _DATA_CACHE[_data_key(data_args)] = data
 
 
-def clear_data_cache() -> None:
-    _DATA_CACHE.clear()
-
-
 def open_data(backend: Any, data_args: dict[str, Any], fingerprint: str) -> Any:
     key = _data_key(data_args)
     if key not in _DATA_CACHE:

@@ -11,7 +11,6 @@ function of (modules, batch).
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import random
 import sys
@@ -48,13 +47,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def make_generator(seed: int) -> torch.Generator:
-    """A private RNG for a DataLoader's shuffling, so data order never depends on global state."""
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
 
 
 class Task:
@@ -345,8 +337,3 @@ def fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | N
     result.steps = ctx.step
     result.seconds = time.perf_counter() - t0
     return result
-
-
-def clone_module(module: nn.Module) -> nn.Module:
-    """A deep copy on the same device (for keeping a frozen teacher/EMA copy)."""
-    return copy.deepcopy(module)
