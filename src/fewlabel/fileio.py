@@ -12,7 +12,7 @@ Temporary names are ``.<name>.tmp-<pid>-<random hex><suffix>`` in the target's f
   clobber each other's temporary file (the last ``os.replace`` wins, whole);
 * matched by ``.*.tmp-*``, the pattern ``experiments.curve`` uses to sweep leftovers of killed runs.
 
-This module imports nothing from fewlabel, so any module may import it.
+This module imports nothing from fewlabel but ``errors``, so any module may import it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from fewlabel.errors import FewlabelError
 
 CHUNK_SIZE = 1 << 20  # bytes read at a time by file_sha256
 
@@ -100,3 +102,32 @@ def file_sha256(path: str | Path, chunk_size: int = CHUNK_SIZE) -> str:
         for chunk in iter(lambda: fh.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def read_json(path: str | Path, what: str, fix: str | None = None) -> Any:
+    """A JSON object read from ``path``; a missing, unreadable, corrupt or non-object file raises one
+    ``FewlabelError`` line naming the file, saying what it is (``what``, e.g. "run record") and what
+    to do (``fix``, e.g. "delete the folder and run again").
+
+    Why one helper: run folders and model folders are edited, truncated and copied half-way by users;
+    each of those must read as a sentence about the file, not a JSONDecodeError.
+    """
+    path = Path(path)
+    hint = f"; {fix}" if fix else ""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FewlabelError(f"{what} is missing{hint}", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise FewlabelError(f"cannot read the {what} ({reason}){hint}", path=path) from None
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:  # JSONDecodeError, and ValueError for absurd number literals
+        where = f"line {exc.lineno}" if hasattr(exc, "lineno") else "its content"
+        state = "empty" if not text.strip() else f"not valid JSON ({where})"
+        raise FewlabelError(f"{what} is corrupt: {state}{hint}", path=path) from None
+    if not isinstance(obj, dict):
+        raise FewlabelError(f"{what} is corrupt: expected a JSON object, found {type(obj).__name__}{hint}",
+                            path=path)
+    return obj

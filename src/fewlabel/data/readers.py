@@ -9,7 +9,7 @@ Conventions (the contract other modules rely on):
 * The array is float32, channels first: ``(C, H, W)`` for 2D, ``(C, D, H, W)`` for 3D.
 * Values are NOT rescaled: uint8 stays 0..255, uint16 stays 0..65535, float32 is bit-exact. Scaling
   is the job of ``tensors.Preprocess`` and is recorded there. Nothing goes through 8 bits: 16-bit
-  colour PNGs (which Pillow would truncate to 8 bits) are decoded by a small PNG decoder here.
+  colour PNGs (which Pillow would truncate to 8 bits) are decoded by libpng through ``imagecodecs``.
   int32/uint32/float64 inputs are exact in float32 up to 2**24 (and to float32 precision).
 * Physical rescaling stored in the file IS applied (DICOM RescaleSlope/Intercept, NIfTI scl_slope/
   scl_inter), because those values are what the file means; ``meta.rescaled`` says so.
@@ -27,14 +27,19 @@ Conventions (the contract other modules rely on):
   any other 3D array → a volume (1, D, H, W); 4D with a first axis of 1–4 → (C, D, H, W), with a last
   axis of 1–4 → (D, H, W, C). NPZ members are addressed ``"file.npz::<key>/<index>"`` (or
   ``"file.npz::<key>"`` for a whole member).
+* Every reader checks the size a file DECLARES (header: pixels, channels, slices, frames) against
+  ``fewlabel.limits`` before it decodes, so a decompression bomb or a lying header costs a header
+  read, not the machine's memory.
 * Any failure raises ``UnreadableFileError`` (or ``UnknownFormatError`` / ``InvalidImageError``) with
   one line naming the file; a NaN/Inf in a float image raises ``InvalidImageError``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-import zlib
+import zipfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +55,7 @@ from fewlabel.errors import (
     UnknownFormatError,
     UnreadableFileError,
 )
+from fewlabel.limits import check_declared_size
 
 __all__ = [
     "ImageMeta",
@@ -208,24 +214,50 @@ def discover_images(root: str | Path) -> tuple[list[Path], list[Path]]:
         return ([root], []) if file_format(root) else ([], [root])
     found: list[Path] = []
     unknown: list[Path] = []
-    _walk(root, found, unknown)
+    _walk(root, found, unknown, set())
     return found, unknown
 
 
-def _walk(folder: Path, found: list[Path], unknown: list[Path]) -> None:
+def dangling_reason(path: str | Path) -> str | None:
+    """Why a symlink cannot be followed ("symlink loop", "broken symlink"), or None.
+
+    Why: a symlink loop or a link to nowhere raises ELOOP/ENOENT from deep inside a reader; callers
+    skip such entries with a note, and readers name the problem.
+    """
+    import errno
+
+    if not os.path.islink(path):
+        return None
     try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop (the link leads back to itself), not an image"
+        return "broken symlink (its target does not exist)"
+    return None
+
+
+def _walk(folder: Path, found: list[Path], unknown: list[Path], seen: set[tuple[int, int]]) -> None:
+    try:
+        st = os.stat(folder)
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as exc:
         raise UnreadableFileError(f"cannot list folder: {exc.strerror or exc}", path=folder) from exc
+    if (st.st_dev, st.st_ino) in seen:  # a folder symlink back up the tree: walked once already
+        return
+    seen.add((st.st_dev, st.st_ino))
     for entry in entries:
         if is_ignored_name(entry.name):
             continue
         p = Path(entry.path)
+        if entry.is_symlink() and dangling_reason(p) is not None:
+            unknown.append(p)  # reported by the caller as an unreadable entry, never followed
+            continue
         if entry.is_dir():
             if is_dicom_series_dir(p):
                 found.append(p)
             else:
-                _walk(p, found, unknown)
+                _walk(p, found, unknown, seen)
         elif file_format(p) is not None:
             found.append(p)
         else:
@@ -296,15 +328,17 @@ def read_meta(path: str | Path) -> ImageMeta:
             return _read(p, mask=False)[1]
         fpath = Path(p)
         if not fpath.exists():
-            raise UnreadableFileError("file does not exist", path=fpath)
+            raise UnreadableFileError(dangling_reason(fpath) or "file does not exist", path=fpath)
         fmt = file_format(fpath)
         if fmt in ("png", "jpeg", "bmp"):
             return _pil_meta(fpath)
         if fmt == "tiff":
             return _tiff_meta(fpath)
         if fmt == "npy":
-            arr = np.load(fpath, mmap_mode="r", allow_pickle=False)
-            return _array_meta(fpath, "npy", arr.dtype, arr.shape)
+            with open(fpath, "rb") as fh:
+                shape, dtype = _npy_header(fh)
+            check_declared_size(shape, fpath)
+            return _array_meta(fpath, "npy", dtype, shape)
         if fmt == "nifti":
             return _nifti_meta(fpath)
         if fmt == "dicom":
@@ -327,7 +361,7 @@ def _read(path: str | Path, mask: bool) -> tuple[np.ndarray, ImageMeta]:
         return _guard(p, "npz", lambda: _read_npz_address(p))
     fpath = Path(p)
     if not fpath.exists():
-        raise UnreadableFileError("file does not exist", path=fpath)
+        raise UnreadableFileError(dangling_reason(fpath) or "file does not exist", path=fpath)
     if fpath.is_dir():
         if not is_dicom_series_dir(fpath):
             raise UnknownFormatError(
@@ -358,11 +392,13 @@ def _read(path: str | Path, mask: bool) -> tuple[np.ndarray, ImageMeta]:
 def _guard(path: str | Path, fmt: str, fn: Any) -> tuple[np.ndarray, ImageMeta]:
     """Turn any library exception into one ``UnreadableFileError`` line naming the file."""
     try:
-        arr, meta = fn()
+        with _quiet_library_logs():
+            arr, meta = fn()
     except FewlabelError:
         raise
     except MemoryError:
-        raise
+        raise InvalidImageError("not enough memory to decode this image (is it far larger than the others?)",
+                                path=path) from None
     except Exception as exc:  # PIL, nibabel, pydicom, tifffile, zlib, numpy: all one kind of problem
         text = str(exc).strip() or type(exc).__name__
         text = text.replace(repr(str(path)), Path(str(path)).name).replace(str(path), Path(str(path)).name)
@@ -372,6 +408,24 @@ def _guard(path: str | Path, fmt: str, fn: Any) -> tuple[np.ndarray, ImageMeta]:
     if arr.size == 0 or 0 in arr.shape:
         raise InvalidImageError(f"image has zero size (shape {tuple(arr.shape)})", path=path)
     return np.ascontiguousarray(arr, dtype=np.float32), meta
+
+
+_LIBRARY_LOGGERS = ("tifffile", "nibabel", "pydicom", "PIL", "imagecodecs")
+
+
+@contextlib.contextmanager
+def _quiet_library_logs() -> Any:
+    """Libraries log their own view of a damaged file (tifffile: "<tifffile.TiffFile> ... ") beside
+    the exception they raise; the user gets one line from us instead of both."""
+    loggers = [logging.getLogger(name) for name in _LIBRARY_LOGGERS]
+    before = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg, was in zip(loggers, before, strict=True):
+            lg.disabled = was
 
 
 def _check_finite(arr: np.ndarray, path: str) -> None:
@@ -465,6 +519,7 @@ def _read_pil(path: Path, mask: bool) -> tuple[np.ndarray, ImageMeta]:
     if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
         return _read_png16(path)
     with Image.open(path) as im:
+        check_declared_size((im.size[1], im.size[0], len(im.getbands())), path)
         im.load()
         fmt = _PIL_FORMATS.get(im.format or "", (im.format or "image").lower())
         mode = im.mode
@@ -502,6 +557,7 @@ def _pil_meta(path: Path) -> ImageMeta:
     header = _png_header(path)
     with Image.open(path) as im:
         w, h = im.size
+        check_declared_size((h, w, len(im.getbands())), path)
         mode = im.mode
         fmt = _PIL_FORMATS.get(im.format or "", (im.format or "image").lower())
         transparency = "transparency" in im.info
@@ -523,76 +579,24 @@ def _pil_meta(path: Path) -> ImageMeta:
 
 
 def _read_png16(path: Path) -> tuple[np.ndarray, ImageMeta]:
-    """Decode a 16-bit colour PNG (RGB, gray+alpha, RGBA) exactly; Pillow would drop to 8 bits."""
-    data = path.read_bytes()
-    pos, idat, ihdr = 8, [], None
-    while pos + 8 <= len(data):
-        length = int.from_bytes(data[pos:pos + 4], "big")
-        ctype = data[pos + 4:pos + 8]
-        body = data[pos + 8:pos + 8 + length]
-        if len(body) < length:
-            raise ValueError("PNG is truncated (a chunk runs past the end of the file)")
-        if ctype == b"IHDR":
-            ihdr = body
-        elif ctype == b"IDAT":
-            idat.append(body)
-        elif ctype == b"IEND":
-            break
-        pos += 12 + length
-    if ihdr is None or not idat:
-        raise ValueError("PNG has no IHDR or no image data")
-    width, height = int.from_bytes(ihdr[0:4], "big"), int.from_bytes(ihdr[4:8], "big")
-    colour, interlace = ihdr[9], ihdr[12]
-    if interlace:
-        raise ValueError("interlaced 16-bit colour PNG is not supported; save it without interlacing")
+    """Decode a 16-bit colour PNG (RGB, gray+alpha, RGBA) exactly with libpng (``imagecodecs``);
+    Pillow would drop it to 8 bits. The size in IHDR is checked before a byte is inflated."""
+    import imagecodecs
+
+    with open(path, "rb") as fh:
+        head = fh.read(33)
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    colour = head[25]
     channels = {2: 3, 4: 2, 6: 4}[colour]
-    bpp = 2 * channels
-    stride = width * bpp
-    raw = zlib.decompress(b"".join(idat))
-    if len(raw) < height * (stride + 1):
-        raise ValueError("PNG image data is truncated")
-    rows = np.frombuffer(raw, np.uint8, count=height * (stride + 1)).reshape(height, stride + 1)
-    out = _png_unfilter(rows, width, bpp)
-    arr = out.view(">u2").reshape(height, width, channels).astype(np.uint16)
+    check_declared_size((height, width, channels), path)
+    arr = imagecodecs.png_decode(path.read_bytes())
+    if arr.dtype != np.uint16 or arr.shape[:2] != (height, width):
+        raise ValueError(f"PNG decoded to {arr.dtype} {arr.shape}, not the uint16 {height}×{width} "
+                         "its header declares")
+    arr = arr.reshape(height, width, -1)
     meta = ImageMeta(path=str(path), format="png", dtype="uint16", shape=arr.shape, spatial_dims=2,
-                     channels=channels, spatial_shape=(height, width), has_alpha=colour in (4, 6))
+                     channels=int(arr.shape[2]), spatial_shape=(height, width), has_alpha=colour in (4, 6))
     return np.moveaxis(arr, -1, 0).astype(np.float32), meta
-
-
-def _png_unfilter(rows: np.ndarray, width: int, bpp: int) -> np.ndarray:
-    """Undo PNG row filters 0-4 (RFC 2083). Sub/Up vectorised; Average/Paeth loop over pixels."""
-    height, stride = rows.shape[0], rows.shape[1] - 1
-    out = np.zeros((height, stride), np.uint8)
-    prev = np.zeros(stride, np.int32)
-    for y in range(height):
-        ftype = int(rows[y, 0])
-        line = rows[y, 1:].astype(np.int32)
-        if ftype == 0:
-            rec = line
-        elif ftype == 1:
-            rec = (line.reshape(width, bpp).cumsum(0) % 256).ravel()
-        elif ftype == 2:
-            rec = (line + prev) % 256
-        elif ftype in (3, 4):
-            rec = np.zeros(stride, np.int32)
-            zeros = np.zeros(bpp, np.int32)
-            for x in range(width):
-                s = slice(x * bpp, (x + 1) * bpp)
-                a = rec[(x - 1) * bpp:x * bpp] if x else zeros
-                b = prev[s]
-                if ftype == 3:
-                    pred = (a + b) // 2
-                else:
-                    c = prev[(x - 1) * bpp:x * bpp] if x else zeros
-                    p = a + b - c
-                    pa, pb, pc = np.abs(p - a), np.abs(p - b), np.abs(p - c)
-                    pred = np.where((pa <= pb) & (pa <= pc), a, np.where(pb <= pc, b, c))
-                rec[s] = (line[s] + pred) % 256
-        else:
-            raise ValueError(f"PNG row {y} has an invalid filter type {ftype} (corrupt file)")
-        out[y] = rec
-        prev = rec
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -630,11 +634,19 @@ def _tiff_alpha(page: Any) -> bool:
     return any(int(e) in (1, 2) for e in extras)
 
 
+def _tiff_series(tf: Any, path: Path) -> Any:
+    if not tf.series or not tf.pages:
+        raise UnreadableFileError("cannot read as tiff: the file holds no readable image (corrupt or "
+                                  "truncated)", path=path)
+    return tf.series[0]
+
+
 def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
     import tifffile
 
     with tifffile.TiffFile(path) as tf:
-        series = tf.series[0]
+        series = _tiff_series(tf, path)
+        check_declared_size(series.shape, path)
         arr = series.asarray()
         axes = series.axes
         alpha = _tiff_alpha(tf.pages[0])
@@ -654,8 +666,9 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, ImageMeta]:
 def _tiff_meta(path: Path) -> ImageMeta:
     import tifffile
 
-    with tifffile.TiffFile(path) as tf:
-        series = tf.series[0]
+    with _quiet_library_logs(), tifffile.TiffFile(path) as tf:
+        series = _tiff_series(tf, path)
+        check_declared_size(series.shape, path)
         shape, axes, dtype = tuple(series.shape), series.axes, series.dtype
         alpha = _tiff_alpha(tf.pages[0])
     chan, depth, hh, ww = _tiff_plan(axes, shape)
@@ -670,7 +683,20 @@ def _tiff_meta(path: Path) -> ImageMeta:
 # --------------------------------------------------------------------------------------------
 
 
+def _npy_header(fh: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from an open .npy stream's header, without reading the data."""
+    version = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(fh)
+    if dtype.hasobject:
+        raise InvalidImageError("array holds Python objects, not numbers; save it with a numeric dtype")
+    return tuple(int(v) for v in shape), dtype
+
+
 def _read_npy(path: Path) -> tuple[np.ndarray, ImageMeta]:
+    with open(path, "rb") as fh:
+        shape, _ = _npy_header(fh)
+    check_declared_size(shape, path)
     arr = np.load(path, allow_pickle=False)
     meta = _array_meta(path, "npy", arr.dtype, arr.shape)
     return _to_float(_array_to_cf(arr)), meta
@@ -692,11 +718,25 @@ def npz_member(path: str | Path, key: str) -> np.ndarray:
     with np.load(path, allow_pickle=False) as z:
         if key not in z.files:
             raise UnreadableFileError(f"NPZ has no array {key!r} (it has: {', '.join(z.files)})", path=path)
+        check_npz_member(path, key)
         arr = z[key]
     _NPZ_CACHE[ckey] = arr
     while len(_NPZ_CACHE) > _NPZ_CACHE_ITEMS:
         _NPZ_CACHE.popitem(last=False)
     return arr
+
+
+def check_npz_member(path: str | Path, key: str) -> None:
+    """Refuse an NPZ member that holds objects or declares more values than the limit, from its
+    header alone (a compressed member can inflate to any size)."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(f"{key}.npy") as fh:
+            shape, _ = _npy_header(fh)
+    except InvalidImageError as exc:
+        raise InvalidImageError(f"NPZ member {key!r}: {exc.problem}", path=path) from None
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise UnreadableFileError(f"cannot read NPZ member {key!r}: {exc}", path=path) from None
+    check_declared_size(shape, path, what=f"NPZ member {key!r}")
 
 
 def _read_npz_address(address: str) -> tuple[np.ndarray, ImageMeta]:
@@ -769,6 +809,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, ImageMeta]:
 
     img = nib.load(str(path))
     raw_shape = tuple(int(s) for s in img.shape)
+    check_declared_size(raw_shape, path)
     stored = img.get_data_dtype()
     slope, inter = img.dataobj.slope, img.dataobj.inter
     rescaled = not (slope in (None, 1) or np.isnan(slope)) or not (inter in (None, 0) or np.isnan(inter))
@@ -788,6 +829,7 @@ def _nifti_meta(path: Path) -> ImageMeta:
 
     img = nib.load(str(path))
     shape = tuple(int(s) for s in img.shape)
+    check_declared_size(shape, path)
     zooms = tuple(float(z) for z in img.header.get_zooms())
     canon, czooms = list(shape), list(zooms)
     if len(shape) >= 3:
@@ -836,6 +878,7 @@ def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         modality = ds.get("Modality", "?")
         raise UnreadableFileError(f"DICOM file has no pixel data (modality {modality})", path=path)
+    check_declared_size(_dicom_declared_shape(ds), path)
     try:
         arr = ds.pixel_array
         if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
@@ -848,6 +891,14 @@ def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
         name = getattr(ts, "name", ts)
         raise UnreadableFileError(f"cannot decode DICOM pixel data (transfer syntax {name}): {exc}",
                                   path=path) from exc
+
+
+def _dicom_declared_shape(ds: Any) -> tuple[int, ...]:
+    """(frames, rows, columns, samples) as the header declares them (palette images decode to RGB)."""
+    spp = 3 if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR" else int(
+        ds.get("SamplesPerPixel", 1) or 1)
+    return (int(ds.get("NumberOfFrames", 1) or 1), int(ds.get("Rows", 0) or 0),
+            int(ds.get("Columns", 0) or 0), spp)
 
 
 def _pixel_spacing(ds: Any) -> tuple[float, float] | None:
@@ -893,6 +944,7 @@ def _dicom_stored_dtype(ds: Any) -> str:
 
 def _dicom_meta(path: Path) -> ImageMeta:
     ds = _dcmread(path, header_only=True)
+    check_declared_size(_dicom_declared_shape(ds), path)
     rows, cols = int(ds.Rows), int(ds.Columns)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -946,6 +998,7 @@ def _read_dicom_series(folder: Path) -> tuple[np.ndarray, ImageMeta]:
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise InvalidImageError("multi-frame DICOM file inside a slice folder; read it on its own",
                                     path=f)
+    check_declared_size((len(datasets), *_dicom_declared_shape(datasets[0])), folder, what="DICOM series")
     sizes = {(int(ds.Rows), int(ds.Columns)) for ds in datasets}
     if len(sizes) > 1:
         raise InvalidImageError(f"DICOM slices of different sizes {sorted(sizes)} in one folder", path=folder)

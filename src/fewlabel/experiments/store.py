@@ -61,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from fewlabel import fileio
+from fewlabel.errors import FewlabelError
 from fewlabel.experiments.grid import Cell
 
 STORE_FILE = "store.sqlite"
@@ -101,8 +102,14 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     fileio.atomic_write_json(path, obj, indent=2, default=str, fsync=True)
 
 
+_JSON_WHAT = {RUN_FILE: "run record", SPLIT_FILE: "split record"}
+
+
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
+    """A RUN_DIR JSON file; a missing or corrupt one is one ``FewlabelError`` line naming it."""
+    path = Path(path)
+    return fileio.read_json(path, _JSON_WHAT.get(path.name, "run file"),
+                            fix=f"delete {path.parent} and run again (the run cannot be resumed without it)")
 
 
 def _clean(value: Any) -> Any:
@@ -124,17 +131,48 @@ class ResultStore:
     def __init__(self, run_dir: str | Path, *, create: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / STORE_FILE
-        if not create and not self.path.exists():
+        existed = self.path.exists()
+        if not create and not existed:
             raise FileNotFoundError(f"{self.path}: no results store here")
+        self._refuse_lost_store(existed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: we open transactions ourselves, one per row.
-        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: a committed row survives a crash of the machine, not only of the process. One
-        # commit per cell, so the cost is nothing next to a fine-tuning.
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._create()
+        try:
+            # isolation_level=None: we open transactions ourselves, one per row.
+            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            if existed:
+                self._check_existing()
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed row survives a crash of the machine, not only of the process. One
+            # commit per cell, so the cost is nothing next to a fine-tuning.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._create()
+        except sqlite3.DatabaseError as exc:
+            raise self._corrupt(str(exc)) from None
+
+    def _corrupt(self, why: str) -> FewlabelError:
+        return FewlabelError(f"results store is corrupt ({why}); delete {self.run_dir} and run again, or "
+                             "restore the file from a backup", path=self.path)
+
+    def _refuse_lost_store(self, existed: bool) -> None:
+        """An emptied store, or a missing one beside finished cells, would silently recompute (and
+        overwrite) results: refused. A run killed before its first cell has no cells yet: allowed."""
+        if existed and self.path.stat().st_size == 0:
+            raise self._corrupt("the file is empty, 0 bytes")
+        cells = self.run_dir / "cells"
+        if not existed and (self.run_dir / RUN_FILE).exists() and cells.is_dir() and any(
+                p.is_dir() for sub in cells.iterdir() if sub.is_dir() for p in sub.iterdir()):
+            raise FewlabelError(f"results store is missing while finished cells are in {cells}; restore "
+                                f"it, or delete {self.run_dir} and run again", path=self.path)
+
+    def _check_existing(self) -> None:
+        """A file that is not this fewlabel's store (another database, a damaged one) is refused."""
+        status = self._conn.execute("PRAGMA quick_check").fetchone()[0]
+        if status != "ok":
+            raise self._corrupt(f"integrity check: {status}")
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"cells", "meta"} <= tables:
+            raise self._corrupt("it is not a fewlabel results store: no cells/meta tables")
 
     def _create(self) -> None:
         cols = ",\n  ".join(f'"{c}" {_column_type(c)}' for c in COLUMNS)
@@ -260,8 +298,6 @@ def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]
     run_dir = Path(run_dir)
     run_file = run_dir / RUN_FILE
     if not run_file.exists():
-        from fewlabel.errors import FewlabelError
-
         raise FewlabelError("no fewlabel run here (run.json is missing)", path=run_dir)
     config = read_json(run_file)
     if not (run_dir / STORE_FILE).exists():
