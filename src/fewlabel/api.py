@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from fewlabel.errors import FewlabelError
-from fewlabel.fileio import atomic_write_text
+from fewlabel.fileio import atomic_write_text, read_json
 from fewlabel.pipeline import (
     PRETRAINED,
     default_spec,
@@ -46,6 +46,7 @@ class Predictions:
     proba: np.ndarray  # (N, K)
     class_names: list[str]
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line problem)
+    warnings: list[tuple[str, str]] = field(default_factory=list)  # scored, but unlike the training images
 
     @property
     def predicted(self) -> list[str]:
@@ -81,24 +82,37 @@ class Model:
         """Probabilities for already-preprocessed arrays (N, C, ...)."""
         return predict_proba(self.classifier, x, device=self.device)
 
-    def predict(self, inputs: list[str | Path] | str | Path, batch_size: int = 64) -> Predictions:
+    def predict(self, inputs: list[str | Path] | str | Path, batch_size: int = 64,
+                allow_mismatch: bool = False) -> Predictions:
         """Score image files; folders are searched recursively. Unreadable files end up in
-        ``errors`` with their problem; the others are still scored."""
+        ``errors`` with their problem; the others are still scored. An image unlike the training
+        images (channels, value type, size: ``data.mismatch``) is an error too, or with
+        ``allow_mismatch`` a warning beside its scores."""
+        from fewlabel.data.mismatch import describe_mismatch
         from fewlabel.data.readers import read_image
 
         paths, errors = collect_image_paths([inputs] if isinstance(inputs, (str, Path)) else inputs)
+        warnings: list[tuple[str, str]] = []
         ok_paths: list[str] = []
         arrays: list[np.ndarray] = []
         for p in paths:
             try:
                 array, meta = read_image(p)
+                mismatch = describe_mismatch(meta, self.preprocess)
+                if mismatch and not allow_mismatch:
+                    errors.append((str(p), f"unlike the training images ({mismatch}); pass --allow-mismatch "
+                                           "to score it anyway"))
+                    continue
+                if mismatch:
+                    warnings.append((str(p), f"unlike the training images ({mismatch})"))
                 arrays.append(self.preprocess.apply(array, meta))
                 ok_paths.append(str(p))
             except FewlabelError as exc:
                 errors.append((str(p), exc.problem))
         proba = (self.predict_arrays(np.stack(arrays)) if arrays
                  else np.zeros((0, len(self.class_names)), np.float32))
-        return Predictions(paths=ok_paths, proba=proba, class_names=self.class_names, errors=errors)
+        return Predictions(paths=ok_paths, proba=proba, class_names=self.class_names, errors=errors,
+                           warnings=warnings)
 
     def save(self, out: str | Path) -> Path:
         from fewlabel.models.io import save_model_dir
@@ -110,18 +124,19 @@ class Model:
 
 def collect_image_paths(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Expand folders recursively into image files; what is missing or not an image is reported."""
-    from fewlabel.data.readers import discover_images
+    from fewlabel.data.readers import dangling_reason, discover_images
 
     paths: list[Path] = []
     errors: list[tuple[str, str]] = []
     for item in inputs:
         item = Path(item)
         if not item.exists():
-            errors.append((str(item), "does not exist"))
+            errors.append((str(item), dangling_reason(item) or "does not exist"))
             continue
         found, unknown = discover_images(item)
         paths.extend(found)
-        errors.extend((str(u), "unknown file extension; not an image fewlabel can read") for u in unknown)
+        errors.extend((str(u), dangling_reason(u) or "unknown file extension; not an image fewlabel can read")
+                      for u in unknown)
     return paths, errors
 
 
@@ -131,7 +146,8 @@ def load_model(model_dir: str | Path, device: str = "auto") -> Model:
 
     classifier, config = load_model_dir(model_dir)
     metrics_path = Path(model_dir) / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
+    metrics = (read_json(metrics_path, "model metrics", fix="train the model again")
+               if metrics_path.exists() else None)
     return Model(classifier, config, metrics=metrics, device=device)
 
 

@@ -131,3 +131,53 @@ def read_json(path: str | Path, what: str, fix: str | None = None) -> Any:
         raise FewlabelError(f"{what} is corrupt: expected a JSON object, found {type(obj).__name__}{hint}",
                             path=path)
     return obj
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """Create and remove a hidden file in ``folder``: the only test that also catches read-only mounts,
+    immutable folders and root-squashed shares, which permission bits do not show."""
+    probe = temp_path(folder / ".write-probe")
+    try:
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise FewlabelError(f"{what} is not writable ({exc.strerror or exc}); choose another place",
+                            path=folder) from None
+
+
+def check_output_dir(path: str | Path, what: str = "output folder", *, markers: tuple[str, ...] = (),
+                     overwrite: bool = True) -> Path:
+    """Make sure ``path`` can become (or already is) a writable output folder, BEFORE any work is done.
+
+    Refused in one line naming the path: an existing file, a path under a file, a folder that cannot be
+    created or written. With ``overwrite=False`` an existing folder holding any of ``markers`` (e.g. a
+    model's ``config.json``) is refused too, so nothing is replaced without consent. Creates the folder.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FewlabelError(f"{what} exists and is a file, not a folder; choose another path", path=path)
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise FewlabelError(f"{what} cannot be created: {parent} is a file, not a folder", path=path)
+        if parent.exists():
+            break
+    if not overwrite and path.is_dir():
+        present = [m for m in markers if (path / m).exists()]
+        if present:
+            raise FewlabelError(f"{what} already holds {', '.join(present)}; pass --overwrite to replace it, "
+                                "or choose a new path", path=path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FewlabelError(f"{what} cannot be created ({exc.strerror or exc})", path=path) from None
+    _probe_writable(path, what)
+    return path
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """Make sure a file can be written at ``path`` (its folder is created) BEFORE any work is done."""
+    path = Path(path)
+    if path.is_dir():
+        raise FewlabelError(f"{what} is a folder; give a file name", path=path)
+    check_output_dir(path.parent, what=f"folder of the {what}")
+    return path

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import NoReturn
 
 import typer
 
 from fewlabel.errors import FewlabelError
+from fewlabel.fileio import atomic_write_text
 
 app = typer.Typer(
     name="fewlabel",
@@ -24,8 +31,22 @@ for _name in _COMMAND_MODULES:
     importlib.import_module(f"fewlabel.cli.{_name}").register(app)
 
 
+#: Exit codes (docs/guarantees.md): what a script can tell apart.
+EXIT_OK = 0
+EXIT_PROBLEMS = 1  # the data was read and problems were found (inspect, predict, curve cells)
+EXIT_USAGE = 2  # a usage error or an input that cannot be read / an output that cannot be written
+EXIT_INTERNAL = 3  # a bug in fewlabel: the traceback is in a log file the message names
+EXIT_INTERRUPTED = 130
+
+LOG_DIR_ENV = "FEWLABEL_LOG_DIR"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: a ``FewlabelError`` becomes one line on stderr and exit code 2, never a traceback."""
+    """Entry point: every failure is ONE line on stderr with a distinct exit code, never a traceback.
+
+    A ``FewlabelError`` (the user's input) or an ``OSError`` naming a file exits 2; anything else is a
+    fewlabel bug: its traceback goes to a log file and the line says where (exit 3).
+    """
     try:
         # With standalone_mode=False, typer returns a raised Exit's code instead of exiting.
         code = app(args=argv, standalone_mode=False)
@@ -33,22 +54,64 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except FewlabelError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_USAGE)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         typer.echo("aborted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
+    except OSError as exc:
+        if exc.filename is None:
+            _internal_error(exc)
+        # A file the user named or pointed at: a symlink loop, a full disk, a permission, a vanished file.
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        typer.echo(f"error: {where}: {exc.strerror or type(exc).__name__}", err=True)
+        sys.exit(EXIT_USAGE)
     except Exception as exc:
         # Usage errors (unknown option, missing argument) carry their own message and exit code.
         # typer >= 0.29 vendors click as typer._click; older versions use click itself.
         if _is_click_exception(exc):
             exc.show()
             sys.exit(exc.exit_code)
-        raise
+        _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> NoReturn:
+    """Save the traceback to a log file and say, in one line, where it is and that it is our bug."""
+    summary = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    log = _write_crash_log(exc)
+    where = f"the traceback is in {log}" if log is not None else "no log file could be written"
+    typer.echo(f"internal error: {summary} ({where}; please report it with that file)", err=True)
+    sys.exit(EXIT_INTERNAL)
+
+
+def _write_crash_log(exc: BaseException) -> Path | None:
+    text = "".join(traceback.format_exception(exc))
+    header = f"fewlabel {_version()} · {time.strftime('%Y-%m-%dT%H:%M:%S')} · argv {sys.argv!r}\n\n"
+    candidates = [os.environ.get(LOG_DIR_ENV), Path.home() / ".cache" / "fewlabel" / "logs",
+                  Path(tempfile.gettempdir()) / "fewlabel-logs"]
+    for folder in candidates:
+        if not folder:
+            continue
+        try:
+            path = Path(folder) / f"crash-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+            atomic_write_text(path, header + text)
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("fewlabel")
+    except Exception:
+        return "?"
 
 
 def _is_click_exception(exc: Exception) -> bool:

@@ -76,9 +76,19 @@ def _progress_callback() -> _Progress | None:
     return _Progress() if sys.stderr.isatty() else None
 
 
+def _plain(value: Any) -> str:
+    """A string from the data (class, file name, problem) shown as it is: no Rich markup is interpreted
+    (a class named ``[/]`` is a name, not a tag) and control characters are shown escaped, so a file
+    name cannot move the cursor or recolour the terminal."""
+    from rich.markup import escape
+
+    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(value))
+    return escape(text)
+
+
 def _top(counts: dict[str, int], n: int = 6) -> str:
     items = list(counts.items())
-    text = ", ".join(f"{k} ({v})" for k, v in items[:n])
+    text = ", ".join(f"{_plain(k)} ({v})" for k, v in items[:n])
     return text + (f", … {len(items) - n} more" if len(items) > n else "")
 
 
@@ -88,7 +98,7 @@ def print_report(report: Any) -> None:
     from rich.table import Table
 
     console = Console(width=max(100, Console().width))
-    console.print(f"[bold]{report.root}[/bold]  layout: {report.layout}")
+    console.print(f"[bold]{_plain(report.root)}[/bold]  layout: {_plain(report.layout)}")
     console.print(f"{report.n_images} {report.sample_kind}, {len(report.classes)} classes, "
                   f"{report.n_groups} groups, {report.n_masks} masks")
 
@@ -99,7 +109,7 @@ def print_report(report: Any) -> None:
         t.add_column("groups", justify="right")
         per_group = report.groups.get("per_class", {})
         for cls, n in report.classes.items():
-            t.add_row(cls, str(n), str(per_group.get(cls, "")))
+            t.add_row(_plain(cls), str(n), str(per_group.get(cls, "")))
         t.add_row("[bold]total[/bold]", str(sum(report.classes.values())), str(report.n_groups))
         console.print(t)
 
@@ -130,15 +140,15 @@ def print_report(report: Any) -> None:
     console.print(p)
 
     for w in report.warnings:
-        console.print(f"[yellow]warning:[/yellow] {w}")
+        console.print(f"[yellow]warning:[/yellow] {_plain(w)}")
     for note in report.notes:
-        console.print(f"[dim]note: {note}[/dim]")
+        console.print(f"[dim]note: {_plain(note)}[/dim]")
     if report.problems:
         t = Table(title=f"[red]{len(report.problems)} problem(s)[/red]")
         t.add_column("path", overflow="fold")
         t.add_column("problem", overflow="fold")
         for prob in report.problems:
-            t.add_row(prob.path, prob.problem)
+            t.add_row(_plain(prob.path), _plain(prob.problem))
         console.print(t)
     else:
         console.print("[green]no problems found[/green]")

@@ -8,6 +8,8 @@ import typer
 
 from fewlabel.cli.common import print_metrics_table, test_size_value
 
+MODEL_FILES = ("config.json", "model.safetensors", "metrics.json")
+
 
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
@@ -34,9 +36,14 @@ def train(
     drop_class: list[str] = typer.Option(None, "--drop-class", help="Leave a class out (repeatable)."),
     test_split: str = typer.Option("auto", help="auto: the data's own test split (manifest/.npz) if "
                                    "any, else drawn | given | draw"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
 ) -> None:
     """Hold out a test set, fine-tune on N labels per class, print test metrics with 95% CIs."""
     from fewlabel import api
+    from fewlabel.fileio import check_output_dir
+
+    # Before any work: an unwritable --out must not be found out after an hour of training.
+    check_output_dir(out, "model folder (--out)", markers=MODEL_FILES, overwrite=overwrite)
 
     test = test_size_value(test_size)
     model = api.train(data, out, strategy=strategy, encoder=encoder, labels_per_class=labels_per_class,
@@ -53,14 +60,20 @@ def predict(
     paths: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", help="CSV to write: path, predicted, p_<class>..."),
     device: str = typer.Option("auto"),
+    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Score images whose channels, "
+                                        "value type or size differ from the training images (warns)."),
 ) -> None:
-    """Predict classes for images; unreadable files are listed and make the exit code 1."""
+    """Predict classes for images; unreadable or mismatched files are listed and make the exit code 1."""
     from fewlabel import api
+    from fewlabel.fileio import check_output_file
 
+    check_output_file(out, "prediction CSV (--out)")
     model = api.load_model(model_dir, device=device)
-    result = model.predict(list(paths))
+    result = model.predict(list(paths), allow_mismatch=allow_mismatch)
     result.save_csv(out)
     typer.echo(f"{len(result.paths)} image(s) scored -> {out}")
+    for path, problem in result.warnings:
+        typer.echo(f"warning: {path}: {problem}", err=True)
     if result.errors:
         typer.echo(f"{len(result.errors)} file(s) could not be scored:", err=True)
         for path, problem in result.errors:

@@ -491,6 +491,14 @@ def _resolve(value: str, base: Path) -> tuple[Path, str]:
     return full, str(full) + sep + member
 
 
+def _leaves_folder(value: str, base: Path) -> bool:
+    """True for a manifest path that is absolute or climbs out of the manifest's folder with '..'."""
+    p = Path(value.partition(readers.NPZ_SEP)[0])
+    if p.is_absolute():
+        return True
+    return os.path.normpath(p).split(os.sep)[0] == ".."
+
+
 def _from_manifest(csv_path: Path, masks: str | Path | None) -> Catalog:
     base = csv_path.parent
     try:
@@ -508,6 +516,7 @@ def _from_manifest(csv_path: Path, masks: str | Path | None) -> Catalog:
     if extra:
         cat.notes.append(f"manifest columns ignored: {', '.join(extra)}")
     seen: set[str] = set()
+    outside: list[str] = []
     mask_root = Path(masks) if masks is not None else None
     for lineno, raw in enumerate(reader, start=2):
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
@@ -520,9 +529,12 @@ def _from_manifest(csv_path: Path, masks: str | Path | None) -> Catalog:
         rid = _rel_any(Path(address.split(readers.NPZ_SEP)[0]), base) + (
             readers.NPZ_SEP + address.split(readers.NPZ_SEP, 1)[1] if readers.NPZ_SEP in address else "")
         if not full.exists():
-            cat.issues.append(Issue(where, f"path {value!r} does not exist (paths are relative to the CSV)",
-                                    ManifestError, "manifest_missing"))
+            why = readers.dangling_reason(full)
+            why = f": {why}" if why else " does not exist (paths are relative to the CSV)"
+            cat.issues.append(Issue(where, f"path {value!r}{why}", ManifestError, "manifest_missing"))
             continue
+        if _leaves_folder(value, base):
+            outside.append(value)
         if readers.file_format(address) is None:
             cat.issues.append(Issue(rid, f"unknown file extension (manifest line {lineno}); no reader "
                                     "handles it", UnknownFormatError, "unknown_extension"))
@@ -553,6 +565,11 @@ def _from_manifest(csv_path: Path, masks: str | Path | None) -> Catalog:
             continue
         cat.samples.append(Sample(id=rid, path=address, label=label, group=row.get("group") or rid, mask=mask,
                                   split=_SPLIT_ALIASES[split_raw]))
+    if outside:
+        # Allowed (data often lives beside the manifest's folder), but a copied or shared manifest then
+        # reads files the reader of the CSV may not expect: said, not hidden.
+        cat.notes.append(f"{len(outside)} manifest path(s) lead outside the manifest's folder (absolute or "
+                         f"'..'), e.g. {outside[0]!r}")
     if not cat.samples and not cat.issues:
         raise ManifestError("manifest lists no samples", path=csv_path)
     cat.classes = sorted({s.label for s in cat.samples if s.label}, key=natural_key)

@@ -163,6 +163,7 @@ def inspect_catalog(catalog: Catalog, source: str | None = None, min_per_class: 
     by_dtype: dict[str, list[float]] = {}
     hashes: dict[str, list[str]] = defaultdict(list)
     image_shape: dict[str, tuple[int, ...]] = {}
+    shape_examples: dict[str, str] = {}
     n = len(catalog.samples)
     for k, s in enumerate(catalog.samples):
         if progress is not None:
@@ -177,6 +178,7 @@ def inspect_catalog(catalog: Catalog, source: str | None = None, min_per_class: 
             continue
         image_shape[s.id] = meta.spatial_shape
         shapes[_fmt_shape(meta.spatial_shape)] += 1
+        shape_examples.setdefault(_fmt_shape(meta.spatial_shape), s.id)
         dtypes[meta.dtype] += 1
         chans[str(meta.channels) + (" (with alpha)" if meta.has_alpha else "")] += 1
         fmts[meta.format] += 1
@@ -202,6 +204,7 @@ def inspect_catalog(catalog: Catalog, source: str | None = None, min_per_class: 
     if dims and len(dims) > 1:
         rep.problems.append(Problem(".", f"data mix 2D images ({dims['2D']}) and 3D volumes ({dims['3D']})",
                                     "invalid", "DataError"))
+    _odd_sizes(shape_examples, shapes, rep)
     rep.value_range = [lo, hi] if np.isfinite(lo) else None
     rep.value_range_by_dtype = by_dtype
     _duplicates(catalog, hashes, rep)
@@ -210,6 +213,20 @@ def inspect_catalog(catalog: Catalog, source: str | None = None, min_per_class: 
     rank = {k: i for i, k in enumerate(SEVERITY)}
     rep.problems.sort(key=lambda p: (rank.get(p.kind, len(rank)), natural_key(p.path)))
     return rep
+
+
+def _odd_sizes(examples: dict[str, str], shapes: Counter, rep: InspectReport) -> None:
+    """A few images of another size than most are resized like the rest; worth a note (a crop, a
+    thumbnail or a file from another source among the data)."""
+    if len(shapes) < 2:
+        return
+    (common, n_common), *others = shapes.most_common()
+    n_odd = sum(n for _, n in others)
+    if n_odd * 4 > n_common:  # sizes genuinely vary: nothing odd about any one of them
+        return
+    shown = ", ".join(f"{examples[k]} ({k})" for k, _ in others[:3])
+    rep.notes.append(f"{n_odd} image(s) differ from the common size {common} and will be resized to it: "
+                     f"{shown}")
 
 
 def _groups_summary(catalog: Catalog, rep: InspectReport) -> None:

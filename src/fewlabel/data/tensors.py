@@ -35,6 +35,7 @@ from fewlabel.data import readers
 from fewlabel.data.catalog import Catalog
 from fewlabel.data.readers import ImageMeta
 from fewlabel.errors import ConfigMismatchError, DataError, InvalidImageError, MaskError
+from fewlabel.limits import check_target_size
 
 __all__ = ["Preprocess", "fit_preprocess", "load_images", "load_masks", "clear_cache", "cache_info"]
 
@@ -76,6 +77,7 @@ class Preprocess:
         object.__setattr__(self, "source_channels", tuple(int(x) for x in self.source_channels))
         if self.spatial_dims not in (2, 3) or len(size) != self.spatial_dims or min(size) < 1:
             raise ConfigMismatchError(f"preprocess size {size} does not fit spatial_dims={self.spatial_dims}")
+        check_target_size(size)
         if self.resize not in _RESIZE:
             raise ConfigMismatchError(f"resize must be one of {_RESIZE} (got {self.resize!r})")
         if self.intensity not in _INTENSITY:

@@ -33,7 +33,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fewlabel.errors import FewlabelError, ModelFileError
-from fewlabel.fileio import atomic_path, atomic_write_text, file_sha256
+from fewlabel.fileio import atomic_path, atomic_write_text, file_sha256, read_json
 from fewlabel.models.encoder import Encoder, create_encoder
 from fewlabel.models.heads import Classifier
 
@@ -180,7 +180,32 @@ def save_encoder(path: str | Path, encoder: Encoder, meta: dict[str, Any] | None
     path = Path(path)
     header = {"format": ENCODER_FORMAT, "version": VERSION, "encoder": encoder.config, "meta": meta or {}}
     _atomic_save_file(_state_for_saving(encoder), path, header)
+    # Written after the weights: a kill between the two leaves no checksum, and the file is then
+    # checked by its header alone (as files from before checksums were stored).
+    atomic_write_text(checksum_path(path), file_sha256(path) + "\n")
     return path
+
+
+def checksum_path(path: str | Path) -> Path:
+    """``<file>.sha256`` beside an encoder file: its content hash, written when it was saved."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def verify_encoder_file(path: str | Path, fix: str = "delete it to have it rebuilt") -> None:
+    """Refuse an encoder file that was truncated or changed after it was saved, in one line saying what
+    to do (``fix``). Checked against the stored sha256 when there is one, else by reading its header."""
+    path = Path(path)
+    stored = checksum_path(path)
+    if stored.is_file():
+        expected = stored.read_text(encoding="utf-8", errors="replace").strip()
+        if file_sha256(path) != expected:
+            raise ModelFileError(f"encoder file is damaged: its sha256 differs from the one stored when it "
+                                 f"was saved ({stored.name}); {fix}", path)
+    try:
+        read_header(path)
+    except ModelFileError as exc:
+        raise ModelFileError(f"{exc.problem}; {fix}", path) from None
 
 
 def encoder_state(
@@ -283,10 +308,10 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     if not cfg_path.is_file():
         raise ModelFileError("missing (a model folder holds config.json and model.safetensors)", cfg_path)
     try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"not valid JSON ({exc})", cfg_path) from exc
-    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
+        config = read_json(cfg_path, "model config", fix="train the model again or restore the folder")
+    except FewlabelError as exc:
+        raise ModelFileError(exc.problem, cfg_path) from None
+    if config.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"not a fewlabel model config (format must be {MODEL_FORMAT!r})", cfg_path)
     if config.get("version") != VERSION:
         raise ModelFileError(f"model format version {config.get('version')} is not supported", cfg_path)
@@ -295,7 +320,42 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
             raise ModelFileError(f"has no {key!r}", cfg_path)
     if not isinstance(config["encoder"], dict) or "name" not in config["encoder"]:
         raise ModelFileError("'encoder' is not an encoder config", cfg_path)
+    check_config_bounds(config, cfg_path)
     return config
+
+
+def check_config_bounds(config: Mapping[str, Any], path: Path) -> None:
+    """Refuse sizes no real model has (a width of 1e6, 1e5 classes, a 1e5-pixel input), before any
+    tensor is allocated: a tampered or corrupt config must cost one line, not the machine's memory."""
+    from fewlabel.limits import MAX_CLASSES, MAX_MODEL_WIDTH
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    classes = config.get("num_classes")
+    if not isinstance(classes, int) or isinstance(classes, bool) or not 1 <= classes <= MAX_CLASSES:
+        raise ModelFileError(f"num_classes {classes!r} is not a whole number from 1 to {MAX_CLASSES}", path)
+    for key, value in config["encoder"].items():
+        too_big = MAX_MODEL_WIDTH if key != "width_mult" else 16
+        if number(value) and not 0 <= value <= too_big:
+            raise ModelFileError(f"encoder {key} {value!r} is out of range (0 to {too_big})", path)
+        if key == "image_size" and isinstance(value, (list, tuple)):
+            _bounded_size(value, path, "encoder image_size")
+    pre = config.get("preprocess")
+    if isinstance(pre, Mapping) and "size" in pre:
+        size = pre["size"] if isinstance(pre["size"], (list, tuple)) else [pre["size"]]
+        _bounded_size(size, path, "preprocess size")
+
+
+def _bounded_size(size: Any, path: Path, what: str) -> None:
+    from fewlabel.limits import check_target_size
+
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in size):
+        raise ModelFileError(f"{what} {size!r} is not a list of numbers", path)
+    try:
+        check_target_size([int(v) for v in size], what=what)
+    except FewlabelError as exc:
+        raise ModelFileError(exc.problem, path) from None
 
 
 def load_model_dir(

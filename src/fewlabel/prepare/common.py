@@ -254,7 +254,11 @@ def prepare_encoder(
     path = cached_encoder_path(method, encoder_config, config, cache_dir, data_fingerprint)
     key = cache_key(method, config, encoder_config, data_fingerprint)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
+    if path.exists():
+        from fewlabel.models.io import verify_encoder_file
+
+        verify_encoder_file(path, fix="delete it (it is a cache) to have it rebuilt")
+    else:
         _train_and_save(method, images, masks, encoder_config, config, path, key, data_fingerprint,
                         val_images, val_masks, extra_meta or {})
     if out is None:
