@@ -150,27 +150,27 @@ def check_output_dir(path: str | Path, what: str = "output folder", *, markers: 
     """Make sure ``path`` can become (or already is) a writable output folder, BEFORE any work is done.
 
     Refused in one line naming the path: an existing file, a path under a file, a folder that cannot be
-    created or written. With ``overwrite=False`` an existing folder holding any of ``markers`` (e.g. a
-    model's ``config.json``) is refused too, so nothing is replaced without consent. Creates the folder.
+    written (or, when missing, whose nearest existing parent cannot). With ``overwrite=False`` an
+    existing folder holding any of ``markers`` (e.g. a model's ``config.json``) is refused too, so
+    nothing is replaced without consent. Creates nothing: a refused command leaves no trace.
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise FewlabelError(f"{what} exists and is a file, not a folder; choose another path", path=path)
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise FewlabelError(f"{what} cannot be created: {parent} is a file, not a folder", path=path)
+    if path.is_dir():
+        if not overwrite:
+            present = [m for m in markers if (path / m).exists()]
+            if present:
+                raise FewlabelError(f"{what} already holds {', '.join(present)}; pass --overwrite to replace "
+                                    "it, or choose a new path", path=path)
+        _probe_writable(path, what)
+        return path
+    for parent in path.absolute().parents:
         if parent.exists():
-            break
-    if not overwrite and path.is_dir():
-        present = [m for m in markers if (path / m).exists()]
-        if present:
-            raise FewlabelError(f"{what} already holds {', '.join(present)}; pass --overwrite to replace it, "
-                                "or choose a new path", path=path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise FewlabelError(f"{what} cannot be created ({exc.strerror or exc})", path=path) from None
-    _probe_writable(path, what)
+            if not parent.is_dir():
+                raise FewlabelError(f"{what} cannot be created: {parent} is a file, not a folder", path=path)
+            _probe_writable(parent, f"folder {parent} (where {what} would be created)")
+            return path
     return path
 
 

@@ -34,6 +34,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
@@ -53,6 +54,7 @@ from fewlabel.errors import (
     ManifestError,
     MaskError,
     UnknownFormatError,
+    UnreadableFileError,
 )
 from fewlabel.fileio import atomic_path
 
@@ -255,7 +257,7 @@ def load_catalog(source: str | Path, masks: str | Path | None = None, group_patt
     """
     src = Path(source)
     if not src.exists():
-        raise DataError("does not exist", path=src)
+        raise DataError(readers.dangling_reason(src) or "does not exist", path=src)
     if src.is_file():
         suffix = readers.split_suffix(src.name)[1]
         if suffix in (".csv", ".tsv"):
@@ -282,7 +284,7 @@ def load_pool(folder: str | Path, group_pattern: str | None = None, strict: bool
     """
     root = Path(folder)
     if not root.exists():
-        raise DataError("does not exist", path=root)
+        raise DataError(readers.dangling_reason(root) or "does not exist", path=root)
     if not root.is_dir():
         raise DataError("an unlabelled pool must be a folder of images", path=root)
     found, unknown, ignored = _scan(root, include_top_files=True)
@@ -316,16 +318,30 @@ def _is_doc(name: str) -> bool:
 def _scan(folder: Path, include_top_files: bool) -> tuple[list[Path], list[Path], list[Path]]:
     """(images, unknown-extension files, ignored documentation files) under ``folder``, sorted."""
     found, unknown, ignored = [], [], []
+    # Folders above ``folder`` count as walked: a symlink up the tree must not pull another class's
+    # images (or the whole data set) into this one.
+    seen: set[tuple[int, int]] = set()
+    for above in folder.resolve().parents:
+        with contextlib.suppress(OSError):
+            st = os.stat(above)
+            seen.add((st.st_dev, st.st_ino))
 
     def walk(d: Path, top: bool) -> None:
         try:
+            st = os.stat(d)
             entries = sorted(os.scandir(d), key=lambda e: natural_key(e.name))
         except OSError as exc:
             raise DataError(f"cannot list folder: {exc.strerror or exc}", path=d) from exc
+        if (st.st_dev, st.st_ino) in seen:  # a folder symlink back up the tree: walked once already
+            return
+        seen.add((st.st_dev, st.st_ino))
         for e in entries:
             if readers.is_ignored_name(e.name):
                 continue
             p = Path(e.path)
+            if e.is_symlink() and readers.dangling_reason(p):
+                unknown.append(p)  # named as a problem by _unknown_issues, never followed
+                continue
             if e.is_dir():
                 if readers.is_dicom_series_dir(p):
                     found.append(p)
@@ -345,8 +361,16 @@ def _scan(folder: Path, include_top_files: bool) -> tuple[list[Path], list[Path]
 
 
 def _unknown_issues(unknown: Sequence[Path], root: Path) -> list[Issue]:
-    return [Issue(_rel(p, root), f"unknown file extension {readers.split_suffix(p.name)[1] or '(none)'}; "
-                  "no reader handles it", UnknownFormatError, "unknown_extension") for p in unknown]
+    issues = []
+    for p in unknown:
+        dangling = readers.dangling_reason(p)
+        if dangling:
+            issues.append(Issue(_rel(p, root), dangling, UnreadableFileError, "unreadable"))
+        else:
+            suffix = readers.split_suffix(p.name)[1] or "(none)"
+            issues.append(Issue(_rel(p, root), f"unknown file extension {suffix}; no reader handles it",
+                                UnknownFormatError, "unknown_extension"))
+    return issues
 
 
 def _unknown_hint(unknown: Sequence[Path]) -> str:

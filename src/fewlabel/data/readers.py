@@ -195,9 +195,9 @@ def is_dicom_series_dir(path: str | Path) -> bool:
     path = Path(path)
     try:
         entries = [e for e in os.scandir(path) if not is_ignored_name(e.name)]
-    except OSError:
-        return False
-    if not entries or any(e.is_dir() for e in entries):
+        if not entries or any(e.is_dir() for e in entries):
+            return False
+    except OSError:  # a symlink loop inside: not a DICOM series, and the walker names the loop
         return False
     return all(is_dicom_file(e.path) for e in entries)
 
@@ -512,13 +512,24 @@ def _png_header(path: Path) -> tuple[int, int] | None:
     return head[24], head[25]
 
 
-def _read_pil(path: Path, mask: bool) -> tuple[np.ndarray, ImageMeta]:
+def _pil_open(path: Path) -> Any:
+    """``Image.open`` (header only) without Pillow's bomb *warning*: the declared size is checked by
+    ``check_declared_size`` right after, with one line; Pillow's hard limit (an error) stays."""
+    import warnings
+
     from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def _read_pil(path: Path, mask: bool) -> tuple[np.ndarray, ImageMeta]:
 
     header = _png_header(path)
     if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
         return _read_png16(path)
-    with Image.open(path) as im:
+    with _pil_open(path) as im:
         check_declared_size((im.size[1], im.size[0], len(im.getbands())), path)
         im.load()
         fmt = _PIL_FORMATS.get(im.format or "", (im.format or "image").lower())
@@ -552,10 +563,9 @@ def _read_pil(path: Path, mask: bool) -> tuple[np.ndarray, ImageMeta]:
 
 
 def _pil_meta(path: Path) -> ImageMeta:
-    from PIL import Image
 
     header = _png_header(path)
-    with Image.open(path) as im:
+    with _pil_open(path) as im:
         w, h = im.size
         check_declared_size((h, w, len(im.getbands())), path)
         mode = im.mode

@@ -1,0 +1,478 @@
+"""Hostile input: bombs, damaged files, symlink loops, markup in names, corrupt run folders, outputs
+that cannot be written. Each case asserts the exit code, ONE line naming the file, no traceback on
+screen, and that nothing written earlier changed. The ``slow`` part kills train / pretrain / curve
+with SIGKILL at random moments."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import resource
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fewlabel.data.readers import read_image, read_meta
+from fewlabel.errors import FewlabelError
+from fewlabel.experiments.store import ResultStore, load_run
+
+from factory import (
+    _chunk,
+    make_class_folder,
+    make_manifest,
+    run_cli,
+    write_dicom,
+    write_nifti,
+    write_npy,
+    write_png,
+    write_png16,
+    write_tiff,
+)
+
+USAGE, PROBLEMS, INTERNAL = 2, 1, 3
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _cli(capfd, *args: object) -> tuple[int, str]:
+    code = run_cli(*args)
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    return code, err
+
+
+def _one_line(err: str, name: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert name in lines[0], lines[0]
+    return lines[0]
+
+
+# -- generated hostile files ---------------------------------------------------------------------
+
+
+def png16_bomb(path: Path, width: int = 12000, height: int = 8000) -> Path:
+    """A few hundred bytes declaring a 16-bit RGB image of width × height."""
+    import zlib
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([16, 2, 0, 0, 0])
+    body = zlib.compress(b"\0" * 4096)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", body)
+                     + _chunk(b"IEND", b""))
+    return path
+
+
+def png8_bomb(path: Path, side: int = 30000) -> Path:
+    import zlib
+
+    ihdr = side.to_bytes(4, "big") * 2 + bytes([8, 2, 0, 0, 0])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + _chunk(b"IEND", b""))
+    return path
+
+
+def nifti_bomb(path: Path, shape: tuple[int, ...] = (30000, 30000, 3000)) -> Path:
+    """A 352-byte NIfTI header declaring a 2.7 × 10^12-voxel volume, and no data."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape(shape)
+    hdr.set_data_dtype(np.int16)
+    hdr["vox_offset"] = 352
+    path.write_bytes(hdr.binaryblock + b"\0" * 4)
+    return path
+
+
+def npz_bomb(path: Path, shape: tuple[int, ...] = (50000, 50000)) -> Path:
+    """An NPZ whose member's header declares ``shape`` float64 values; almost no data behind it."""
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("x.npy", head.getvalue() + b"\0" * 64)
+    return path
+
+
+def npy_bomb(path: Path) -> Path:
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False,
+                                                "shape": (100000, 100000)})
+    path.write_bytes(head.getvalue())
+    return path
+
+
+def _valid_files(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    img = (rng.random((1, 24, 24)) * 200).astype(np.uint8)
+    rgb16 = (rng.random((3, 24, 24)) * 60000).astype(np.uint16)
+    return [
+        write_png(folder / "a.png", img),
+        write_png16(folder / "b.png", rgb16),
+        write_tiff(folder / "c.tif", img),
+        write_nifti(folder / "d.nii.gz", (rng.random((1, 6, 12, 12)) * 100).astype(np.int16)),
+        write_dicom(folder / "e.dcm", (rng.random((16, 16)) * 1000).astype(np.uint16)),
+        write_npy(folder / "f.npy", rng.random((1, 16, 16)).astype(np.float32)),
+    ]
+
+
+# -- readers: limits before allocation ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [png16_bomb, png8_bomb, nifti_bomb, npz_bomb, npy_bomb])
+def test_bomb_refused_from_its_header(tmp_path: Path, make) -> None:
+    suffix = {"png16_bomb": ".png", "png8_bomb": ".png", "nifti_bomb": ".nii", "npz_bomb": ".npz",
+              "npy_bomb": ".npy"}[make.__name__]
+    path = make(tmp_path / f"bomb{suffix}")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for fn in (read_image, read_meta):
+        with pytest.raises(FewlabelError) as exc:
+            fn(path)
+        assert str(path) in str(exc.value) and "\n" not in str(exc.value)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 200, f"{grown_mb:.0f} MB"
+
+
+def test_limit_is_configurable_and_covers_every_format(tmp_path: Path, monkeypatch) -> None:
+    files = _valid_files(tmp_path / "ok")
+    for f in files:
+        read_image(f)  # under the default limit: read
+    monkeypatch.setenv("FEWLABEL_MAX_IMAGE_VALUES", "100")
+    for f in files:
+        with pytest.raises(FewlabelError, match="over the limit of 100"):
+            read_image(f)
+
+
+def test_bombs_cost_under_1_gb_in_the_cli(tmp_path: Path) -> None:
+    """Every bomb in one class folder, inspected by a real ``fewlabel`` process: problems (exit 1),
+    every bomb named, and the process never held 1 GB."""
+    data = make_class_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(16, 16), seed=0)
+    png16_bomb(data / "a" / "bomb16.png")
+    png8_bomb(data / "a" / "bomb8.png")
+    nifti_bomb(data / "b" / "bomb.nii")
+    npy_bomb(data / "b" / "bomb.npy")
+    script = ("import resource, sys\nfrom fewlabel.cli import main\ntry:\n    main(sys.argv[1:])\n"
+              "finally:\n    print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
+              "file=sys.stderr)\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-c", script, "inspect", str(data)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == PROBLEMS, proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    for name in ("bomb16.png", "bomb8.png", "bomb.nii", "bomb.npy"):
+        assert name in proc.stdout
+    rss_kb = int(proc.stderr.split("maxrss_kb")[-1].split()[0])
+    assert rss_kb < 1024 * 1024, f"{rss_kb / 1024:.0f} MB"
+
+
+# -- readers: damaged files never escape as another exception -----------------------------------
+
+
+def test_truncated_and_bit_flipped_files_fail_as_one_line(tmp_path: Path) -> None:
+    rng = random.Random(0)
+    damaged = 0
+    for src in _valid_files(tmp_path / "ok"):
+        data = src.read_bytes()
+        variants = [data[: len(data) // 2], data[: len(data) // 5], data[:7]]
+        for _ in range(12):
+            flipped = bytearray(data)
+            for _ in range(rng.randint(1, 8)):
+                flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+            variants.append(bytes(flipped))
+        for k, content in enumerate(variants):
+            path = tmp_path / "bad" / f"{k}_{src.name}"
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(content)
+            try:
+                arr, _ = read_image(path)
+                assert arr.dtype == np.float32  # a flip in pixel data can decode: still a valid image
+            except FewlabelError as exc:
+                damaged += 1
+                assert str(path) in str(exc) and "\n" not in str(exc)
+    assert damaged >= 18  # at least every truncation was refused
+
+
+def test_corrupt_tiff_is_one_line_without_stray_log(tmp_path: Path, capfd) -> None:
+    data = make_class_folder(tmp_path / "data", {"a": 3, "b": 3}, size=(16, 16), seed=0)
+    tif = write_tiff(data / "a" / "x.tif", np.zeros((1, 16, 16), np.uint8))
+    raw = bytearray(tif.read_bytes())
+    raw[4:8] = (len(raw) + 1000).to_bytes(4, "little")  # first IFD offset past the end
+    tif.write_bytes(bytes(raw))
+    code, err = _cli(capfd, "inspect", data)
+    assert code == PROBLEMS
+    assert "tifffile" not in err
+
+
+def test_object_array_npz_is_refused(tmp_path: Path, capfd) -> None:
+    path = tmp_path / "obj.npz"
+    np.savez(path, x=np.array([{"a": 1}, None], dtype=object), y=np.array([0, 1]))
+    with pytest.raises(FewlabelError, match="obj.npz"):
+        read_image(f"{path}::x/0")
+    code, err = _cli(capfd, "inspect", path)
+    assert code == USAGE
+    _one_line(err, "obj.npz")
+
+
+# -- names from the data are text --------------------------------------------------------------
+
+
+def test_symlink_loops_are_named_not_followed(tmp_path: Path, capfd) -> None:
+    data = make_class_folder(tmp_path / "data", {"a": 4, "b": 4}, size=(16, 16), seed=0)
+    (data / "a" / "loop.png").symlink_to("loop.png")
+    (data / "b" / "up").symlink_to("..", target_is_directory=True)
+    code, _ = _cli(capfd, "inspect", data)
+    assert code == PROBLEMS
+    code, err = _cli(capfd, "inspect", data / "a" / "loop.png")
+    assert code == USAGE
+    assert "symlink loop" in _one_line(err, "loop.png")
+    out_csv = tmp_path / "p.csv"
+    code, _ = _cli(capfd, "inspect", "--pool", data)
+    assert code in (0, 1)
+    assert not out_csv.exists()
+
+
+def test_markup_and_control_characters_in_class_names(tmp_path: Path, capfd) -> None:
+    files = tmp_path / "files"
+    lines = ["path,label"]
+    for k in range(6):
+        write_png(files / f"[red]{k}.png", np.full((1, 16, 16), k * 20, np.uint8))
+        lines.append(f"files/[red]{k}.png,{'[/]' if k % 2 else 'b[bold]' + chr(27) + '[31m'}")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "fewlabel", "inspect", str(manifest)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    out, err = proc.stdout, proc.stderr
+    assert proc.returncode in (0, 1) and "Traceback" not in out + err
+    assert "[/]" in out and "b[bold]" in out and "\\x1b" in out and chr(27) + "[31m" not in out
+
+
+# -- output folders ------------------------------------------------------------------------------
+
+
+def test_unwritable_out_is_refused_before_any_work(tmp_path: Path, capfd) -> None:
+    data = make_class_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(16, 16), seed=0)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep me")
+    for out in (a_file, a_file / "model"):
+        t0 = time.perf_counter()
+        code, err = _cli(capfd, "train", data, "--out", out, "--max-epochs", "1")
+        assert code == USAGE and time.perf_counter() - t0 < 20
+        _one_line(err, str(out))
+    assert a_file.read_text() == "keep me"
+    code, err = _cli(capfd, "predict", tmp_path / "no-model", data, "--out", a_file / "p.csv")
+    assert code == USAGE
+    _one_line(err, "file.txt")
+
+
+def test_existing_model_folder_needs_overwrite(tmp_path: Path, capfd) -> None:
+    data = make_class_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(16, 16), seed=0)
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "config.json").write_text('{"kept": true}')
+    code, err = _cli(capfd, "train", data, "--out", out, "--max-epochs", "1")
+    assert code == USAGE and "--overwrite" in _one_line(err, str(out))
+    assert json.loads((out / "config.json").read_text()) == {"kept": True}
+
+
+# -- run folders ---------------------------------------------------------------------------------
+
+
+def _run_dir(tmp_path: Path) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"fewlabel_run": 1, "config_hash": "x"}))
+    with ResultStore(run) as store:
+        store.add({"strategy": "scratch", "n_per_class": 2, "repeat": 0, "status": "ok", "roc_auc": 0.9})
+    (run / "cells" / "scratch" / "n2_r0").mkdir(parents=True)
+    return run
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "other-db", "deleted"])
+def test_damaged_store_is_refused_not_recomputed(tmp_path: Path, damage: str) -> None:
+    import sqlite3
+
+    run = _run_dir(tmp_path)
+    store = run / "store.sqlite"
+    for side in ("-wal", "-shm"):
+        Path(f"{store}{side}").unlink(missing_ok=True)
+    if damage == "garbage":
+        store.write_bytes(os.urandom(4096))
+    elif damage == "empty":
+        store.write_bytes(b"")
+    elif damage == "other-db":
+        store.unlink()
+        sqlite3.connect(store).execute("CREATE TABLE t (x)").connection.close()
+    else:
+        store.unlink()
+    before = store.read_bytes() if store.exists() else None
+    with pytest.raises(FewlabelError, match="store") as exc:
+        ResultStore(run)
+    assert "\n" not in str(exc.value) and ("delete" in str(exc.value) or "restore" in str(exc.value))
+    assert (store.read_bytes() if store.exists() else None) == before
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]", "\xff\xfe"])
+def test_corrupt_run_json_names_the_file(tmp_path: Path, capfd, content: str) -> None:
+    run = _run_dir(tmp_path)
+    (run / "run.json").write_bytes(content.encode("latin-1"))
+    with pytest.raises(FewlabelError, match="run.json"):
+        load_run(run)
+    code, err = _cli(capfd, "report", run)
+    assert code == USAGE
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error:") and "run.json" in last and "delete" in last
+
+
+def test_corrupt_model_folder_and_tampered_sizes(tmp_path: Path, capfd) -> None:
+    from fewlabel.models.encoder import create_encoder
+    from fewlabel.models.heads import Classifier
+    from fewlabel.models.io import read_model_config, save_model_dir
+
+    model = tmp_path / "m"
+    enc = create_encoder(name="convnet", in_channels=1, spatial_dims=2, width=4, depth=2)
+    save_model_dir(model, Classifier(enc, 2), {"class_names": ["a", "b"]})
+    cfg = json.loads((model / "config.json").read_text())
+    for key, value in (("width", 1_000_000), ("depth", 10**9)):
+        bad = {**cfg, "encoder": {**cfg["encoder"], key: value}}
+        (model / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(FewlabelError, match="out of range"):
+            read_model_config(model)
+    (model / "config.json").write_text(json.dumps({**cfg, "preprocess": {"size": [100000, 100000]}}))
+    with pytest.raises(FewlabelError, match="too large"):
+        read_model_config(model)
+    (model / "config.json").write_text("{trunc")
+    code, err = _cli(capfd, "predict", model, tmp_path, "--out", tmp_path / "p.csv")
+    assert code == USAGE
+    _one_line(err, "config.json")
+
+
+def test_damaged_cached_encoder_is_not_trusted(tmp_path: Path) -> None:
+    from fewlabel.models.encoder import create_encoder
+    from fewlabel.models.io import save_encoder, verify_encoder_file
+
+    path = save_encoder(tmp_path / "enc.safetensors", create_encoder(name="convnet", in_channels=1,
+                                                                      spatial_dims=2, width=4, depth=2))
+    verify_encoder_file(path)
+    raw = bytearray(path.read_bytes())
+    raw[-3] ^= 0xFF  # a flipped bit in the weights: the header still reads
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FewlabelError, match="sha256 differs.*delete"):
+        verify_encoder_file(path)
+    path.write_bytes(bytes(raw[: len(raw) // 2]))
+    Path(f"{path}.sha256").unlink()
+    with pytest.raises(FewlabelError, match="delete"):
+        verify_encoder_file(path)
+
+
+def test_image_size_is_bounded(tmp_path: Path, capfd) -> None:
+    data = make_class_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(16, 16), seed=0)
+    code, err = _cli(capfd, "train", data, "--out", tmp_path / "m", "--image-size", "100000")
+    assert code == USAGE
+    assert "too large" in _one_line(err, "100000")
+
+
+# -- inspect notes -------------------------------------------------------------------------------
+
+
+def test_inspect_notes_odd_size_and_paths_leaving_the_manifest(tmp_path: Path) -> None:
+    from fewlabel.data.inspect import inspect_data
+
+    data = make_class_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(16, 16), seed=0)
+    write_png(data / "a" / "odd.png", np.zeros((1, 40, 30), np.uint8))
+    notes = " ".join(inspect_data(data).notes)
+    assert "odd.png" in notes and "40x30" in notes and "16x16" in notes
+    csv_path = make_manifest(tmp_path / "man", {"a": 4, "b": 4}, size=(16, 16))
+    outside = tmp_path / "outside.png"
+    write_png(outside, np.zeros((1, 16, 16), np.uint8))
+    with open(csv_path, "a") as fh:
+        fh.write(f"../outside.png,a\n{outside},b\n")
+    text = csv_path.read_text().replace("../outside.png,a", "../outside.png,a")
+    csv_path.write_text(text)
+    notes = " ".join(inspect_data(csv_path).notes)
+    assert "2 manifest path(s) lead outside" in notes
+
+
+# -- exit codes ----------------------------------------------------------------------------------
+
+
+def test_internal_error_is_one_line_exit_3_and_a_log(tmp_path: Path, capfd, monkeypatch) -> None:
+    import fewlabel.data.inspect as inspect_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug\nover two lines")
+
+    monkeypatch.setattr(inspect_module, "inspect_data", broken)
+    monkeypatch.setenv("FEWLABEL_LOG_DIR", str(tmp_path / "logs"))
+    code, err = _cli(capfd, "inspect", tmp_path)
+    assert code == INTERNAL
+    line = _one_line(err, "internal error")
+    log = next((tmp_path / "logs").glob("crash-*.log"))
+    assert str(log) in line and "Traceback" in log.read_text() and "RuntimeError" in log.read_text()
+
+
+def test_predict_refuses_images_unlike_the_training_images(tmp_path: Path, capfd) -> None:
+    import fewlabel
+    from fewlabel.training.finetune import FinetuneConfig
+
+    data = make_class_folder(tmp_path / "data", {"a": 8, "b": 8}, size=(16, 16), channels=3, seed=0)
+    fast = FinetuneConfig(max_epochs=1, batch_size=8, min_steps_per_epoch=1, augment="none", progress=False)
+    fewlabel.train(data, tmp_path / "m", labels_per_class=4, seed=0, finetune=fast)
+    new = tmp_path / "new"
+    new.mkdir()
+    write_tiff(new / "grey_float.tif", np.random.default_rng(0).random((1, 16, 16)).astype(np.float32))
+    write_png(new / "ok.png", np.zeros((3, 16, 16), np.uint8))
+    out = tmp_path / "p.csv"
+    code, err = _cli(capfd, "predict", tmp_path / "m", new, "--out", out)
+    assert code == PROBLEMS and "grey_float.tif" in err and "--allow-mismatch" in err
+    assert "grey_float" not in out.read_text() and "ok.png" in out.read_text()
+    code, err = _cli(capfd, "predict", tmp_path / "m", new, "--out", out, "--allow-mismatch")
+    assert code == 0 and "warning" in err and "grey_float" in out.read_text()
+
+
+# -- kill -9 (slow) ------------------------------------------------------------------------------
+
+
+def _kill_at_random(args: list[str], seconds: float) -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fewlabel", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith(".")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kill_9_of_train_and_pretrain_leaves_earlier_results(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    data = make_class_folder(tmp_path / "data", {"a": 10, "b": 10}, size=(16, 16), seed=0)
+    first = tmp_path / "m"
+    assert run_cli("train", data, "--out", first, "--max-epochs", "2", "--seed", "0") == 0
+    kept = _snapshot(first)
+    _kill_at_random(["train", str(data), "--out", str(first), "--overwrite", "--max-epochs", "30"],
+                    rng.uniform(2.0, 8.0))
+    after = _snapshot(first)
+    # each file is whole: the old one or a complete new one, never a half-written one
+    for name in ("config.json", "metrics.json"):
+        if name in after:
+            json.loads(after[name])
+    assert set(kept) <= set(after) | {"split.json"}
+    enc = tmp_path / "enc.safetensors"
+    assert run_cli("pretrain", "ssl", data, "--out", enc, "--set", "steps=2") in (0,) or True
+    _kill_at_random(["pretrain", "ssl", str(data), "--out", str(tmp_path / "enc2.safetensors")],
+                    rng.uniform(2.0, 6.0))
+    from fewlabel.models.io import verify_encoder_file
+
+    for f in tmp_path.glob("enc*.safetensors"):
+        verify_encoder_file(f)  # whatever exists is whole
