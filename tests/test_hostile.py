@@ -106,6 +106,34 @@ def npy_bomb(path: Path) -> Path:
     return path
 
 
+def dicom_bomb(path: Path) -> Path:
+    """A 16×16 DICOM whose header then claims 100 frames of 60000 × 60000."""
+    import pydicom
+
+    write_dicom(path, np.zeros((16, 16), np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns, ds.NumberOfFrames = 60000, 60000, 100
+    ds.save_as(path)
+    return path
+
+
+def tiff_bomb(path: Path) -> Path:
+    """A 16×16 TIFF whose ImageWidth / ImageLength tags are patched to 60000 × 60000."""
+    import struct
+
+    write_tiff(path, np.zeros((1, 16, 16), np.uint8))
+    raw = bytearray(path.read_bytes())
+    assert raw[:2] == b"II"
+    ifd = struct.unpack_from("<I", raw, 4)[0]
+    for k in range(struct.unpack_from("<H", raw, ifd)[0]):
+        entry = ifd + 2 + 12 * k
+        tag, kind = struct.unpack_from("<HH", raw, entry)
+        if tag in (256, 257):  # ImageWidth, ImageLength
+            struct.pack_into("<H" if kind == 3 else "<I", raw, entry + 8, 60000)
+    path.write_bytes(bytes(raw))
+    return path
+
+
 def _valid_files(folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -124,10 +152,11 @@ def _valid_files(folder: Path) -> list[Path]:
 # -- readers: limits before allocation ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("make", [png16_bomb, png8_bomb, nifti_bomb, npz_bomb, npy_bomb])
+@pytest.mark.parametrize("make", [png16_bomb, png8_bomb, nifti_bomb, npz_bomb, npy_bomb, dicom_bomb,
+                                  tiff_bomb])
 def test_bomb_refused_from_its_header(tmp_path: Path, make) -> None:
     suffix = {"png16_bomb": ".png", "png8_bomb": ".png", "nifti_bomb": ".nii", "npz_bomb": ".npz",
-              "npy_bomb": ".npy"}[make.__name__]
+              "npy_bomb": ".npy", "dicom_bomb": ".dcm", "tiff_bomb": ".tif"}[make.__name__]
     path = make(tmp_path / f"bomb{suffix}")
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for fn in (read_image, read_meta):
@@ -156,6 +185,8 @@ def test_bombs_cost_under_1_gb_in_the_cli(tmp_path: Path) -> None:
     png8_bomb(data / "a" / "bomb8.png")
     nifti_bomb(data / "b" / "bomb.nii")
     npy_bomb(data / "b" / "bomb.npy")
+    dicom_bomb(data / "b" / "bomb.dcm")
+    tiff_bomb(data / "a" / "bomb.tif")
     script = ("import resource, sys\nfrom fewlabel.cli import main\ntry:\n    main(sys.argv[1:])\n"
               "finally:\n    print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
               "file=sys.stderr)\n")
@@ -164,7 +195,7 @@ def test_bombs_cost_under_1_gb_in_the_cli(tmp_path: Path) -> None:
                           text=True, env=env, timeout=300)
     assert proc.returncode == PROBLEMS, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
-    for name in ("bomb16.png", "bomb8.png", "bomb.nii", "bomb.npy"):
+    for name in ("bomb16.png", "bomb8.png", "bomb.nii", "bomb.npy", "bomb.dcm", "bomb.tif"):
         assert name in proc.stdout
     rss_kb = int(proc.stderr.split("maxrss_kb")[-1].split()[0])
     assert rss_kb < 1024 * 1024, f"{rss_kb / 1024:.0f} MB"
@@ -438,10 +469,14 @@ def test_predict_refuses_images_unlike_the_training_images(tmp_path: Path, capfd
 # -- kill -9 (slow) ------------------------------------------------------------------------------
 
 
-def _kill_at_random(args: list[str], seconds: float) -> None:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "fewlabel", *args], env=env,
+def _start(args: list[str | Path], tmp_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1",
+           "FEWLABEL_CACHE": str(tmp_path / "cache")}
+    return subprocess.Popen([sys.executable, "-m", "fewlabel", *map(str, args)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _kill_after(proc: subprocess.Popen, seconds: float) -> None:
     time.sleep(seconds)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -453,26 +488,77 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", [0, 1])
-def test_kill_9_of_train_and_pretrain_leaves_earlier_results(tmp_path: Path, seed: int) -> None:
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_9_of_train_keeps_every_file_whole(tmp_path: Path, seed: int) -> None:
+    import fewlabel
+
     rng = random.Random(seed)
     data = make_class_folder(tmp_path / "data", {"a": 10, "b": 10}, size=(16, 16), seed=0)
-    first = tmp_path / "m"
-    assert run_cli("train", data, "--out", first, "--max-epochs", "2", "--seed", "0") == 0
-    kept = _snapshot(first)
-    _kill_at_random(["train", str(data), "--out", str(first), "--overwrite", "--max-epochs", "30"],
-                    rng.uniform(2.0, 8.0))
-    after = _snapshot(first)
-    # each file is whole: the old one or a complete new one, never a half-written one
-    for name in ("config.json", "metrics.json"):
-        if name in after:
-            json.loads(after[name])
-    assert set(kept) <= set(after) | {"split.json"}
-    enc = tmp_path / "enc.safetensors"
-    assert run_cli("pretrain", "ssl", data, "--out", enc, "--set", "steps=2") in (0,) or True
-    _kill_at_random(["pretrain", "ssl", str(data), "--out", str(tmp_path / "enc2.safetensors")],
-                    rng.uniform(2.0, 6.0))
+    other, model = tmp_path / "other", tmp_path / "m"
+    for out in (other, model):
+        assert run_cli("train", data, "--out", out, "--max-epochs", "2", "--seed", "0") == 0
+    kept_other = _snapshot(other)
+    _kill_after(_start(["train", data, "--out", model, "--overwrite", "--max-epochs", "40", "--seed", "1"],
+                       tmp_path), rng.uniform(1.0, 12.0))
+    assert _snapshot(other) == kept_other  # another model folder: untouched
+    for name in ("config.json", "metrics.json", "split.json"):
+        json.loads((model / name).read_text())  # each file whole: old or new, never half
+    try:
+        fewlabel.load_model(model)  # old weights + old config, or new + new; a mix is named, not loaded
+    except FewlabelError as exc:
+        assert "config.json" in str(exc) and "\n" not in str(exc)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kill_9_of_pretrain_leaves_earlier_encoders(tmp_path: Path, seed: int) -> None:
     from fewlabel.models.io import verify_encoder_file
 
-    for f in tmp_path.glob("enc*.safetensors"):
+    rng = random.Random(seed)
+    pool = make_class_folder(tmp_path / "pool", {"a": 12, "b": 12}, size=(16, 16), seed=0)
+    first = tmp_path / "first.safetensors"
+    assert run_cli("pretrain", "ssl", pool, "--out", first, "--steps", "3", "--batch-size", "8",
+                   "--depth", "3", "--width", "4", "--cache-dir", tmp_path / "cache") == 0
+    kept = first.read_bytes()
+    second = tmp_path / "second.safetensors"
+    _kill_after(_start(["pretrain", "ssl", pool, "--out", second, "--steps", "400", "--batch-size", "8",
+                        "--depth", "3", "--width", "4", "--seed", "1", "--cache-dir", tmp_path / "cache"],
+                       tmp_path), rng.uniform(1.0, 10.0))
+    assert first.read_bytes() == kept
+    verify_encoder_file(first)
+    for f in [*tmp_path.glob("*.safetensors"), *(tmp_path / "cache").rglob("*.safetensors")]:
         verify_encoder_file(f)  # whatever exists is whole
+
+
+@pytest.mark.slow
+def test_kill_9_of_curve_keeps_finished_cells(tmp_path: Path) -> None:
+    import sqlite3
+
+    data = make_class_folder(tmp_path / "data", {"a": 12, "b": 12}, size=(16, 16), seed=0)
+    run = tmp_path / "run"
+    args = ["curve", data, "--out", run, "--strategies", "scratch", "--sizes", "2,3,4", "--repeats", "3",
+            "--max-epochs", "2", "--quiet"]
+
+    def rows() -> dict[tuple, tuple]:
+        if not (run / "store.sqlite").exists():
+            return {}
+        conn = sqlite3.connect(run / "store.sqlite")
+        try:
+            got = conn.execute('SELECT strategy, n_per_class, "repeat", status, roc_auc, accuracy '
+                               "FROM cells").fetchall()
+        except sqlite3.OperationalError:
+            return {}
+        finally:
+            conn.close()
+        return {r[:3]: r[3:] for r in got}
+
+    rng = random.Random(0)
+    seen: dict[tuple, tuple] = {}
+    for _ in range(3):
+        _kill_after(_start(args, tmp_path), rng.uniform(3.0, 15.0))
+        now = rows()
+        assert all(now[k] == v for k, v in seen.items())  # no finished cell changed or vanished
+        seen = now
+    assert run_cli(*args) == 0
+    final = rows()
+    assert len(final) == 9 and all(final[k] == v for k, v in seen.items())

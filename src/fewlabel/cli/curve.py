@@ -66,7 +66,9 @@ def curve(
     one row per cell in RUN_DIR/store.sqlite and RUN_DIR/results.csv."""
     from fewlabel.cli.common import test_size_value
     from fewlabel.experiments import run_curve
+    from fewlabel.fileio import check_output_dir
 
+    check_output_dir(out, "run folder (--out)")  # before any work: a file, a path under one, read-only
     finetune = _parse_settings(settings, "--set")
     if max_epochs is not None:
         finetune["max_epochs"] = max_epochs

@@ -60,6 +60,9 @@ def pretrain(
 ) -> None:
     """Prepare an encoder from unlabelled images (gan, ssl) or images with masks (segmentation)."""
     from fewlabel.data.identity import file_keys
+    from fewlabel.fileio import check_output_file
+
+    check_output_file(out, "encoder file (--out)")  # before any work, not after the pretraining
     from fewlabel.prepare import PretrainConfig, prepare_encoder
     from fewlabel.prepare.common import artefact_dir, cached_encoder_path, checkpoint_path_for
 

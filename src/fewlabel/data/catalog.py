@@ -544,7 +544,7 @@ def _from_manifest(csv_path: Path, masks: str | Path | None) -> Catalog:
     mask_root = Path(masks) if masks is not None else None
     for lineno, raw in enumerate(reader, start=2):
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in raw.items() if k is not None}
-        where = f"{csv_path}, line {lineno}"
+        where = f"{csv_path.name}, line {lineno}"  # relative to the root, which is the CSV's folder
         value, label = row.get("path", ""), row.get("label", "")
         if not value:
             cat.issues.append(Issue(where, "empty path", ManifestError, "manifest"))
