@@ -299,6 +299,21 @@ def test_unwritable_out_is_refused_before_any_work(tmp_path: Path, capfd) -> Non
     code, err = _cli(capfd, "predict", tmp_path / "no-model", data, "--out", a_file / "p.csv")
     assert code == USAGE
     _one_line(err, "file.txt")
+    for args in (["curve", data, "--out", a_file, "--sizes", "2"],
+                 ["pretrain", "ssl", data, "--out", a_file / "enc.safetensors"]):
+        t0 = time.perf_counter()
+        code, err = _cli(capfd, *args)
+        assert code == USAGE and time.perf_counter() - t0 < 20
+        _one_line(err, "file.txt")
+    assert a_file.read_text() == "keep me"
+
+
+def test_control_characters_in_an_error_line_are_escaped(tmp_path: Path, capfd) -> None:
+    hostile = tmp_path / "data\x1b[2J\nsecond line"
+    code, err = _cli(capfd, "train", hostile, "--out", tmp_path / "m")
+    assert code == USAGE
+    line = _one_line(err, "\\x1b[2J\\nsecond line")
+    assert "\x1b" not in line
 
 
 def test_existing_model_folder_needs_overwrite(tmp_path: Path, capfd) -> None:

@@ -37,6 +37,7 @@ EXIT_PROBLEMS = 1  # the data was read and problems were found (inspect, predict
 EXIT_USAGE = 2  # a usage error or an input that cannot be read / an output that cannot be written
 EXIT_INTERNAL = 3  # a bug in fewlabel: the traceback is in a log file the message names
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # as a shell reports a process ended by SIGPIPE
 
 LOG_DIR_ENV = "FEWLABEL_LOG_DIR"
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except FewlabelError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {printable(str(exc))}", err=True)
         sys.exit(EXIT_USAGE)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
@@ -63,12 +64,17 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except BrokenPipeError:
+        # The reader of our output went away (``fewlabel inspect … | head``): not an error of ours.
+        # Point stdout at /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_BROKEN_PIPE)
     except OSError as exc:
         if exc.filename is None:
             _internal_error(exc)
         # A file the user named or pointed at: a symlink loop, a full disk, a permission, a vanished file.
         where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
-        typer.echo(f"error: {where}: {exc.strerror or type(exc).__name__}", err=True)
+        typer.echo(f"error: {printable(str(where))}: {exc.strerror or type(exc).__name__}", err=True)
         sys.exit(EXIT_USAGE)
     except Exception as exc:
         # Usage errors (unknown option, missing argument) carry their own message and exit code.
@@ -79,9 +85,15 @@ def main(argv: list[str] | None = None) -> None:
         _internal_error(exc)
 
 
+def printable(text: str) -> str:
+    """Control characters from file or class names shown escaped, so an error line cannot move the
+    cursor, recolour the terminal or split into two lines."""
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 def _internal_error(exc: BaseException) -> NoReturn:
     """Save the traceback to a log file and say, in one line, where it is and that it is our bug."""
-    summary = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+    summary = printable(" ".join(f"{type(exc).__name__}: {exc}".split())[:300])
     log = _write_crash_log(exc)
     where = f"the traceback is in {log}" if log is not None else "no log file could be written"
     typer.echo(f"internal error: {summary} ({where}; please report it with that file)", err=True)

@@ -1,7 +1,8 @@
 """CLI: ``fewlabel inspect DATA`` — prints ``fewlabel.data.inspect.inspect_data``'s report.
 
 Exit codes: 0 no problems; 1 problems found (the report is still printed); 2 the input cannot be read
-at all (``main`` turns the ``FewlabelError`` into one stderr line).
+at all (``main`` turns the ``FewlabelError`` into one stderr line); 3 a bug in fewlabel (``main`` saves
+the traceback to a log file), so a script can tell "your data has problems" from "fewlabel broke".
 
 Why ``SystemExit(1)`` and not ``typer.Exit(1)``: ``fewlabel.cli.main`` runs the app with
 ``standalone_mode=False``, under which Typer 0.29 *returns* a ``typer.Exit`` code instead of raising
