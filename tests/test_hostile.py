@@ -175,6 +175,11 @@ def test_limit_is_configurable_and_covers_every_format(tmp_path: Path, monkeypat
     for f in files:
         with pytest.raises(FewlabelError, match="over the limit of 100"):
             read_image(f)
+    monkeypatch.setenv("FEWLABEL_MAX_IMAGE_VALUES", str(24 * 24))  # a.png is 24 × 24 × 1: at the limit
+    assert read_image(files[0])[0].shape == (1, 24, 24)
+    monkeypatch.setenv("FEWLABEL_MAX_IMAGE_VALUES", str(24 * 24 - 1))
+    with pytest.raises(FewlabelError, match="24×24×1 = 576 values"):
+        read_image(files[0])
 
 
 def test_bombs_cost_under_1_gb_in_the_cli(tmp_path: Path) -> None:

@@ -4,8 +4,8 @@ Why: a 1 KB header can declare a 30000×30000×3000 volume, and a tampered model
 terabytes. Every reader compares what a file *declares* with these limits before it decodes a byte,
 so a hostile or broken file costs a header read and one line of error, never the machine's memory.
 
-The limits are generous for medical images (a 512×512×512 CT volume has 134 M values) and can be
-raised with environment variables (documented in docs/guarantees.md):
+The limits fit medical images (a 512×512×512 CT volume, the largest accepted by default, has 134 M
+values) and can be raised with environment variables (documented in docs/guarantees.md):
 
 * ``FEWLABEL_MAX_IMAGE_VALUES``: values (pixels × channels × slices) one image may declare.
 * ``FEWLABEL_MAX_SIDE``: largest resize target per side (``--image-size``, a model's preprocess size).
@@ -24,7 +24,9 @@ from fewlabel.errors import FewlabelError, InvalidImageError
 
 MAX_IMAGE_VALUES_ENV = "FEWLABEL_MAX_IMAGE_VALUES"
 MAX_SIDE_ENV = "FEWLABEL_MAX_SIDE"
-DEFAULT_MAX_IMAGE_VALUES = 1 << 28  # 268 M values: 1 GiB as float32, e.g. 640³ or 16k × 16k
+# 134 M values = a 512³ CT volume or an 8k × 8k RGB slide: 512 MiB as float32, so decoding one image,
+# source array included, stays under 1 GB.
+DEFAULT_MAX_IMAGE_VALUES = 1 << 27
 DEFAULT_MAX_SIDE = 1024  # a classifier input of 1024² (2D) or 1024³ would not fit any batch anyway
 MAX_TARGET_VALUES = 1 << 24  # values per resized image (4096², 256³): a batch of them fits in memory
 MAX_MODEL_WIDTH = 4096  # channels / hidden units in any one layer of a model config

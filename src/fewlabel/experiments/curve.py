@@ -605,9 +605,9 @@ def _pinned(out: Path, info: dict[str, Any], name: str, used: set[str]) -> dict[
         return None
     spec = _weights_abs(recorded["spec"], out)
     weights = spec.get("encoder_weights")
-    if weights and Path(weights).exists():
-        from fewlabel.models.io import verify_encoder_file
+    from fewlabel.models.io import checksum_path, verify_encoder_file
 
+    if weights and Path(weights).exists() and checksum_path(weights).exists():  # saved with a checksum
         verify_encoder_file(weights, fix=f"restore it, or delete {out} and run again")
     if not weights or Path(weights).exists():
         return spec
