@@ -60,6 +60,8 @@ def curve(
     gpus_per_cell: float = typer.Option(None, help="GPUs per Ray cell (default 0.25 on a GPU cluster: "
                                         "4 small cells per GPU; 0 = CPU only)."),
     keep_models: str = typer.Option("first", help="Keep models of repeat 0 (first), all, or none."),
+    pretrain_per_repeat: bool = typer.Option(False, "--pretrain-per-repeat", help="Each repeat pretrains its "
+                                             "own encoder (own seed): the spread includes pretraining."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-cell lines."),
 ) -> None:
     """Run a learning curve: one fixed test set, nested labelled draws shared by all strategies,
@@ -80,7 +82,8 @@ def curve(
             image_size=image_size, count=count, finetune=finetune,
             pretrain=_parse_settings(pretrain_settings, "--pretrain"), executor=executor, workers=workers,
             ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
-            keep_models=keep_models, progress=False if quiet else None,
+            keep_models=keep_models, pretrain_per_repeat=pretrain_per_repeat,
+            progress=False if quiet else None,
             log=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
         )
     except KeyboardInterrupt:

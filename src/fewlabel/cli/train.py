@@ -34,6 +34,9 @@ def train(
     drop_class: list[str] = typer.Option(None, "--drop-class", help="Leave a class out (repeatable)."),
     test_split: str = typer.Option("auto", help="auto: the data's own test split (manifest/.npz) if "
                                    "any, else drawn | given | draw"),
+    plan: Path = typer.Option(None, "--plan", help="plan.json of a run or model folder: use its test set."),
+    trust_encoder: bool = typer.Option(False, "--trust-encoder", help="Accept an --encoder-weights file "
+                                       "that records nothing of the images it saw."),
 ) -> None:
     """Hold out a test set, fine-tune on N labels per class, print test metrics with 95% CIs."""
     from fewlabel import api
@@ -43,9 +46,12 @@ def train(
                       count=count, test_size=test, seed=seed, max_epochs=max_epochs,
                       group_pattern=group_pattern, masks=masks, encoder_weights=encoder_weights, semi=semi,
                       unlabelled=unlabelled, image_size=image_size, device=device,
-                      drop_classes=tuple(drop_class or ()), test_split=test_split)
+                      drop_classes=tuple(drop_class or ()), test_split=test_split, plan=plan,
+                      trust_encoder=trust_encoder)
+    for note in model.metrics.get("notes") or []:
+        typer.echo(f"note: {note}", err=True)
     print_metrics_table(model.metrics, title=f"test metrics ({model.metrics.get('n_test')} images)")
-    typer.echo(f"model written to {out}  (metrics.json, split.json, model.safetensors, config.json)")
+    typer.echo(f"model written to {out}  (metrics.json, plan.json, model.safetensors, config.json)")
 
 
 def predict(

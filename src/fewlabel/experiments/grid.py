@@ -36,6 +36,7 @@ HASHED_FIELDS = (
     "image_size",
     "count",
     "finetune",
+    "pretrain_per_repeat",
 )
 
 # How a field is named in a mismatch message.
@@ -66,6 +67,11 @@ def derive_seed(*parts: Any) -> int:
 def draw_seed(seed: int, repeat: int) -> int:
     """Seed of the labelled draws of one repeat (the same for every size: draws are nested)."""
     return derive_seed(seed, "draw", repeat)
+
+
+def pretrain_seed(seed: int, repeat: int | None) -> int:
+    """Seed of a strategy's preparation: the base seed when one preparation serves every repeat."""
+    return seed if repeat is None else derive_seed(seed, "pretrain", repeat)
 
 
 def train_seed(seed: int, repeat: int, n_per_class: int) -> int:
@@ -113,6 +119,9 @@ class CurveConfig:
     masks: bool = False
     group_pattern: str | None = None
     drop_classes: tuple[str, ...] = ()
+    # Each repeat prepares its own encoder (own pretraining seed): the spread of pretrained
+    # strategies then includes the pretraining's own variance, not only the labelled draw's.
+    pretrain_per_repeat: bool = False
     # Informational only (not hashed).
     data: str = ""
     unlabelled: str | None = None
