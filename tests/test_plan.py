@@ -295,3 +295,21 @@ def test_real_pipeline_curve_is_nested_paired_and_follows_its_plan(tmp_path: Pat
     before = (out / "plan.json").read_bytes()
     again = run_curve(data, out, ["scratch", "semi"], [2, 6], 2, **kw)
     assert again.ran == 0 and (out / "plan.json").read_bytes() == before
+
+
+def test_pretrain_per_repeat_gives_each_repeat_its_own_encoder(tmp_path: Path) -> None:
+    from fewlabel.experiments import run_curve
+
+    data = make_class_folder(tmp_path / "d", {"a": 8, "b": 8}, size=(8, 8))
+    small = {"ssl": {"encoder_kwargs": {"width": 4, "depth": 2}}}
+    kw = dict(test_size=0.25, finetune={"max_epochs": 1}, pretrain={"steps": 2, "batch_size": 4},
+              strategy_options=small, log=None, progress=False)
+    shared = run_curve(data, tmp_path / "shared", ["ssl"], [2], 2, **kw)
+    per = run_curve(data, tmp_path / "per", ["ssl"], [2], 2, pretrain_per_repeat=True, **kw)
+    assert len(list((tmp_path / "shared" / "pretrained").glob("ssl-*.safetensors"))) == 1
+    assert len(list((tmp_path / "per" / "pretrained").glob("ssl-*.safetensors"))) == 2
+    run = json.loads((tmp_path / "per" / "run.json").read_text())
+    assert set(run["preparations"]) == {"ssl@r0", "ssl@r1"} and run["config"]["pretrain_per_repeat"]
+    cells = [json.loads((tmp_path / "per" / f"cells/ssl/n2_r{r}/cell.json").read_text()) for r in (0, 1)]
+    assert cells[0]["spec"]["encoder_weights"] != cells[1]["spec"]["encoder_weights"]
+    assert shared.config_hash != per.config_hash

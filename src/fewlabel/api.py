@@ -23,6 +23,7 @@ import numpy as np
 from fewlabel import strategies as strategy_registry
 from fewlabel.errors import FewlabelError
 from fewlabel.fileio import atomic_write_text
+from fewlabel.jsonable import jsonable
 from fewlabel.pipeline import (
     add_draw,
     default_spec,
@@ -196,17 +197,7 @@ def train(
         out = Path(out)
         model.save(out)
         prepared.plan.save(out / PLAN_FILE)
-        atomic_write_text(out / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
+        atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics), indent=2))
     return model
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj

@@ -12,6 +12,8 @@ from typing import Any
 
 import typer
 
+from fewlabel import strategies as strategy_registry
+
 
 def register(app: typer.Typer) -> None:
     app.command("curve")(curve)
@@ -34,8 +36,8 @@ def _parse_settings(items: list[str] | None, option: str) -> dict[str, Any]:
 def curve(
     data: Path = typer.Argument(..., help="Labelled data: folder (one sub-folder per class), CSV or .npz."),
     out: Path = typer.Option(..., "--out", help="Run folder; re-running the same command resumes it."),
-    strategies: str = typer.Option("scratch,imagenet,ssl", help="Comma-separated: scratch, imagenet, gan, "
-                                   "segmentation, ssl, semi."),
+    strategies: str = typer.Option("scratch,imagenet,ssl", help="Comma-separated: "
+                                   + ", ".join(strategy_registry.NAMES) + "."),
     sizes: str = typer.Option("1,2,5,10,20,50", help="Labelled images (or groups) per class, e.g. 2,5,20."),
     repeats: int = typer.Option(5, help="Labelled draws per size (each a new nested draw)."),
     unlabelled: Path = typer.Option(None, help="Folder of unlabelled images for gan / ssl / semi."),

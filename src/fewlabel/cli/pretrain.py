@@ -42,7 +42,7 @@ METHODS = strategy_registry.PRETRAIN_METHODS
 
 
 def pretrain(
-    method: str = typer.Argument(..., help="gan | segmentation | ssl"),
+    method: str = typer.Argument(..., help=" | ".join(strategy_registry.PRETRAIN_METHODS)),
     data: Path = typer.Argument(..., help="Image folder (gan/ssl: any layout) or labelled set with masks."),
     out: Path = typer.Option(..., "--out", help="Encoder file to write (.safetensors)."),
     encoder: str = typer.Option("convnet", help="Encoder name (the shared family: convnet)."),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from fewlabel import strategies as strategy_registry
 from fewlabel.cli.common import print_metrics_table, test_size_value
 
 
@@ -17,7 +18,7 @@ def register(app: typer.Typer) -> None:
 def train(
     data: Path = typer.Argument(..., help="Folder (one sub-folder per class), CSV manifest or .npz."),
     out: Path = typer.Option(..., "--out", help="Model folder to write."),
-    strategy: str = typer.Option("scratch", help="scratch | imagenet | gan | segmentation | ssl"),
+    strategy: str = typer.Option("scratch", help=" | ".join(strategy_registry.NAMES)),
     encoder: str = typer.Option(None, help="Encoder name (convnet, schouten, mobilenet_v2)."),
     labels_per_class: int = typer.Option(None, help="Labelled images per class (default: all)."),
     count: str = typer.Option("images", help="With groups, N counts 'images' or 'groups' (patients)."),

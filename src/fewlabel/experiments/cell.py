@@ -27,6 +27,7 @@ import numpy as np
 
 from fewlabel.experiments.grid import Cell
 from fewlabel.experiments.store import METRICS
+from fewlabel.jsonable import jsonable
 
 
 class Backend(Protocol):
@@ -46,10 +47,6 @@ class Backend(Protocol):
                    seed: int) -> None: ...
     def finetune_config(self, overrides: dict[str, Any]) -> dict[str, Any]: ...
     def summary(self, data: Any) -> dict[str, Any]: ...
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
 
 
 def fingerprint_of(obj: Any) -> str | None:
@@ -88,7 +85,7 @@ class PipelineBackend:
     def strategy_spec(self, name: str) -> dict[str, Any]:
         from fewlabel import pipeline
 
-        return _jsonable(pipeline.default_spec(name).to_dict())
+        return jsonable(pipeline.default_spec(name).to_dict())
 
     def check_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A strategy spec with its fine-tuning and pretraining overrides checked (keys and values)."""
@@ -100,7 +97,7 @@ class PipelineBackend:
         checked = pipeline.StrategySpec.from_dict(dict(spec)).to_dict()
         checked["finetune"] = validated(FinetuneConfig, dict(checked.get("finetune") or {}), "fine-tuning")
         checked["pretrain"] = validated(PretrainConfig, dict(checked.get("pretrain") or {}), "pretraining")
-        return _jsonable(checked)
+        return jsonable(checked)
 
     def prepare_strategy(self, spec: dict[str, Any], data: Any, cache_dir: Path, seed: int) -> dict[str, Any]:
         from fewlabel import pipeline
@@ -108,7 +105,7 @@ class PipelineBackend:
         # progress=False: per-epoch bars from several workers would garble the curve's own bar.
         prepared = pipeline.prepare_strategy(pipeline.StrategySpec.from_dict(spec), data, cache_dir=cache_dir,
                                              seed=seed, progress=False)
-        return _jsonable(prepared.to_dict())
+        return jsonable(prepared.to_dict())
 
     def fit_cell(self, data: Any, labelled_ids: list[str], spec: dict[str, Any], seed: int,
                  finetune: dict[str, Any], train_ids: list[str], val_ids: list[str]) -> Any:
@@ -123,7 +120,7 @@ class PipelineBackend:
         from fewlabel.models.io import save_model_dir
 
         config = pipeline.model_config(data, pipeline.StrategySpec.from_dict(spec), result, seed)
-        save_model_dir(directory, result.classifier, _jsonable(config))
+        save_model_dir(directory, result.classifier, jsonable(config))
 
     def finetune_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
         from fewlabel.settings import resolve_device, validated
@@ -135,7 +132,7 @@ class PipelineBackend:
         # "auto" is resolved before the configuration is hashed: a run resumed on another device
         # (CPU float32 vs GPU bf16 numbers) is then refused as another configuration, not mixed in.
         config.device = resolve_device(config.device)
-        return _jsonable(config.to_dict())
+        return jsonable(config.to_dict())
 
     def summary(self, data: Any) -> dict[str, Any]:
         return dataset_summary(data)
@@ -174,7 +171,7 @@ def dataset_summary(data: Any) -> dict[str, Any]:
         # Unlabelled images left out of pretraining because they meet the test set (group or content).
         "pretrain_pool_dropped": _dropped(data),
         "duplicates_merged": len(getattr(getattr(data, "plan", None), "merged", []) or []),
-        "preprocess": _jsonable(pre_dict),
+        "preprocess": jsonable(pre_dict),
     }
 
 
@@ -345,7 +342,7 @@ def _ok_output(task: CellTask, data: Any, result: Any, row: dict[str, Any]) -> C
                  "labelled_ids": list(task.labelled_ids), "train_ids": train_ids, "val_ids": val_ids,
                  "history": list(getattr(fit, "history", []) or [])}
     files = {"proba_test.npy": _npy_bytes(result.proba_test),
-             "cell.json": (json.dumps(_jsonable(cell_info), indent=1) + "\n").encode()}
+             "cell.json": (json.dumps(jsonable(cell_info), indent=1) + "\n").encode()}
     if task.keep_model and getattr(result, "classifier", None) is not None:
         # Saved to a private temp folder and shipped as bytes: the driver places it with the rest.
         with tempfile.TemporaryDirectory(prefix="fewlabel-cell-") as tmp:

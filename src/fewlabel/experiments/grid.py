@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+from fewlabel.jsonable import jsonable
+
 # Fields of CurveConfig that change results: the config hash covers exactly these.
 HASHED_FIELDS = (
     "data_fingerprint",
@@ -95,11 +97,6 @@ class Cell(NamedTuple):
         return f"{self.strategy} n={self.n_per_class} r={self.repeat}"
 
 
-def _jsonable(value: Any) -> Any:
-    """Canonical JSON-able form: tuples become lists, nested mappings are sorted by json.dumps."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
 @dataclass
 class CurveConfig:
     """Everything that defines a learning-curve run. Paths are kept for the record but not hashed:
@@ -144,7 +141,7 @@ class CurveConfig:
 
     def hashed(self) -> dict[str, Any]:
         """The part of the configuration that changes results, in canonical JSON-able form."""
-        return _jsonable({name: getattr(self, name) for name in HASHED_FIELDS})
+        return canonical({name: getattr(self, name) for name in HASHED_FIELDS})
 
     def config_hash(self) -> str:
         """16 hex digits of SHA-256 over ``hashed()``; equal hashes may resume each other."""
@@ -152,7 +149,7 @@ class CurveConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return canonical(asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CurveConfig:
@@ -167,7 +164,7 @@ class CurveConfig:
         """What differs between a stored config (``to_dict()`` of another run) and this one, as
         ``"<field> <stored> vs <this>"`` phrases, e.g. ``"sizes 2,5,20 vs 2,5"``."""
         mine = self.hashed()
-        theirs = _jsonable({name: stored.get(name) for name in HASHED_FIELDS})
+        theirs = canonical({name: stored.get(name) for name in HASHED_FIELDS})
         out: list[str] = []
         for name in HASHED_FIELDS:
             if mine[name] != theirs[name]:
@@ -222,3 +219,8 @@ def parse_names(text: str | Iterable[str]) -> tuple[str, ...]:
     """``"scratch, ssl"`` → ("scratch", "ssl")."""
     parts = text.split(",") if isinstance(text, str) else list(text)
     return tuple(p.strip() for p in parts if p.strip())
+
+
+def canonical(value: Any) -> Any:
+    """Canonical JSON-able form (sorted keys): what the configuration hash is taken over."""
+    return jsonable(value, sort_keys=True)
