@@ -72,7 +72,7 @@ CSV_FILE = "results.csv"
 SCHEMA_VERSION = 1
 
 METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "macro_f1")
-# results.csv starts with exactly these columns, in this order (issue 5).
+# results.csv starts with exactly these columns, in this order: scripts read them by position.
 CSV_COLUMNS = ("strategy", "n_per_class", "repeat", "seed", *METRICS, "train_seconds")
 EXTRA_COLUMNS = (
     *(f"{m}_{b}" for m in METRICS for b in ("ci_low", "ci_high")),

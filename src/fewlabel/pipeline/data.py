@@ -1,11 +1,8 @@
-"""What ``train`` and ``curve`` share: data in, one split plan (a group-aware test hold-out), a
-strategy's encoder prepared on the pool only, one fine-tuning and its test metrics.
+"""The data side of the pipeline: files in, copies merged, one split plan, preprocessing fitted.
 
 Rigour lives here: copies of one image are merged into one group before anything is split; the test
-ids are chosen first and never reach preprocessing statistics, pretraining, training or model
-selection; validation is drawn from the labelled ids only; the unlabelled pool loses every image
-whose group (patient, smear) is in the test set and every copy of a test image; an encoder that saw
-a test image, or that does not say what it saw, is refused.
+ids are chosen first and never reach preprocessing statistics or pretraining; the unlabelled pool
+loses every image whose group (patient, smear) is in the test set and every copy of a test image.
 """
 
 from __future__ import annotations
@@ -13,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,21 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from fewlabel import strategies as strategy_registry
 from fewlabel.data import catalog as catalog_mod
 from fewlabel.data import splits, tensors
 from fewlabel.data.identity import file_key, file_keys
 from fewlabel.data.plan import SplitPlan
 from fewlabel.errors import ConfigMismatchError, DataError, FewlabelError
-from fewlabel.evaluate.metrics import classification_metrics
-from fewlabel.models.encoder import Encoder, create_encoder
-from fewlabel.models.heads import Classifier
-from fewlabel.training.finetune import FinetuneConfig, finetune, predict_proba
-from fewlabel.training.loop import FitResult
 
-# Kept for callers of earlier versions: the registry (``fewlabel.strategies``) is the source.
-STRATEGIES = strategy_registry.NAMES
-PRETRAINED = strategy_registry.PREPARED
 # Groups per class below which no validation split is drawn (fixed epochs instead).
 MIN_PER_CLASS_FOR_VALIDATION = splits.MIN_GROUPS_FOR_VALIDATION
 # Share of the masked images' groups (patients) that validate segmentation pretraining.
@@ -385,248 +372,3 @@ def without_classes(catalog: catalog_mod.Catalog, drop: list[str] | tuple[str, .
     keep = [s.id for s in catalog.samples if s.label not in drop]
     # subset() keeps the class list (label indices stay put); a dropped class must leave it too.
     return dataclasses.replace(catalog.subset(keep), classes=[c for c in catalog.classes if c not in drop])
-
-
-
-@dataclass
-class StrategySpec:
-    """One way of giving the encoder its first weights, plus how it is fine-tuned."""
-
-    name: str = "scratch"
-    encoder: str = "convnet"
-    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
-    encoder_weights: str | None = None  # an encoder file, or (imagenet) a torchvision .pth
-    semi: bool = False
-    pretrain: dict[str, Any] = field(default_factory=dict)  # PretrainConfig overrides
-    finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneConfig overrides
-    # Accept an encoder file that records nothing of the images it saw (the user vouches for it).
-    trust_encoder: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StrategySpec:
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise FewlabelError(f"unknown strategy setting {', '.join(map(repr, unknown))}; known: "
-                                f"{', '.join(f.name for f in dataclasses.fields(cls))}")
-        return cls(**d)
-
-
-def default_spec(name: str, encoder: str | None = None, **overrides: Any) -> StrategySpec:
-    """The registry's defaults for strategy ``name`` (``fewlabel.strategies``), with overrides."""
-    entry = strategy_registry.get(name)
-    spec = StrategySpec(name=name, encoder=entry.encoder, semi=entry.semi, finetune=dict(entry.finetune))
-    if encoder is not None:
-        spec.encoder = encoder
-    known = {f.name for f in dataclasses.fields(StrategySpec)}
-    for k, v in overrides.items():
-        if k not in known:
-            raise FewlabelError(f"strategy {name} has no setting {k!r}; it has {', '.join(sorted(known))}")
-        setattr(spec, k, v)
-    return spec
-
-
-def encoder_record(meta: dict[str, Any]) -> list[str] | None:
-    """The content keys an encoder file says it saw, or None when it records nothing."""
-    seen = meta.get("seen_files")
-    return None if seen is None else [str(k) for k in seen]
-
-
-def check_encoder_file(path: str | Path, meta: dict[str, Any], data: PreparedData,
-                       trust: bool = False) -> None:
-    """Refuse an encoder that saw a test image (or a copy of one), or one that records nothing of what
-    it saw unless the user trusts it. Published weights (ImageNet) never come through here."""
-    seen = encoder_record(meta)
-    if seen is None:
-        if trust:
-            return
-        raise FewlabelError(
-            "this encoder file records no list of the images it was trained on, so fewlabel cannot rule "
-            "out that it saw test images; make it with `fewlabel pretrain --plan`, or pass "
-            "--trust-encoder if you know it never saw this data", path=path)
-    overlap = set(seen) & data.test_file_keys
-    if overlap:
-        raise FewlabelError(
-            f"this encoder was trained on {len(overlap)} of the test images (or copies of them); pretrain "
-            "again with --plan <the plan.json of this run> (or --holdout-from <this data> with the same "
-            "--seed, --test-size, --count, --group-pattern) so the test images stay unseen", path=path)
-
-
-def encoder_data_notes(meta: dict[str, Any], data: PreparedData, path: str | Path) -> list[str]:
-    """Compare an encoder's saved preprocessing with the data it is about to be fine-tuned on.
-
-    Incompatible intensity handling is refused (the encoder's first layer would read other units);
-    another image size is adapted (convolutions and global pooling accept any size) and said."""
-    saved = meta.get("preprocess")
-    if not isinstance(saved, dict):
-        return []
-    now = data.preprocess.to_dict()
-    for key in ("spatial_dims", "channels", "intensity"):
-        if key in saved and key in now and saved[key] != now[key]:
-            raise FewlabelError(f"encoder was pretrained with {key} {saved[key]!r}, but this data is "
-                                f"prepared with {now[key]!r}; pretrain on data prepared the same way",
-                                path=path)
-    notes = []
-    if "size" in saved and list(saved["size"]) != list(now.get("size") or []):
-        size = "x".join(map(str, saved["size"]))
-        notes.append(f"encoder pretrained at {size}, fine-tuned at {'x'.join(map(str, now['size']))}: "
-                     "its convolutions are applied at the new size")
-    return notes
-
-
-def build_encoder(spec: StrategySpec, data: PreparedData, seed: int = 0,
-                  notes: list[str] | None = None) -> tuple[Encoder, list[str]]:
-    """A fresh encoder with the strategy's first weights and the content keys of the images those
-    weights saw. A random start depends on ``seed`` only."""
-    import torch
-
-    torch.manual_seed(seed)
-    entry = strategy_registry.get(spec.name)
-    if spec.encoder_weights and not entry.pretrained_weights:
-        from fewlabel.models.io import load_encoder
-
-        encoder, meta = load_encoder(spec.encoder_weights)
-        check_encoder_file(spec.encoder_weights, meta, data, trust=spec.trust_encoder)
-        if encoder.in_channels != data.channels or encoder.spatial_dims != data.spatial_dims:
-            raise FewlabelError(
-                f"encoder has {encoder.in_channels} channel(s), {encoder.spatial_dims}D, but the data "
-                f"has {data.channels} channel(s), {data.spatial_dims}D", path=spec.encoder_weights)
-        if notes is not None:
-            notes.extend(encoder_data_notes(meta, data, spec.encoder_weights))
-        return encoder, encoder_record(meta) or []
-    if entry.pretrained_weights and data.spatial_dims != 2:
-        raise FewlabelError("ImageNet weights exist for 2D images only; use scratch, segmentation or "
-                            "ssl for 3D volumes")
-    encoder = create_encoder(spec.encoder, in_channels=data.channels, spatial_dims=data.spatial_dims,
-                             image_size=data.image_size, **spec.encoder_kwargs)
-    if entry.pretrained_weights:
-        from fewlabel.models.imagenet import load_imagenet_weights
-
-        # download=True: fetched into the torch hub cache when online; offline, a one-line error.
-        load_imagenet_weights(encoder, path=spec.encoder_weights, download=True)
-    return encoder, []
-
-
-def prepare_strategy(spec: StrategySpec, data: PreparedData, cache_dir: str | Path, seed: int = 0,
-                     progress: bool | None = None) -> StrategySpec:
-    """Run (or fetch from the cache) the strategy's pretraining; returns the spec with its weights.
-
-    The encoder file records the content keys of every image it saw and the plan it was made under,
-    so it can be refused later for a test set it has seen. Its cache key depends on the pretraining
-    inputs only: changing a test image leaves it (and the pool arrays) untouched."""
-    entry = strategy_registry.get(spec.name)
-    if entry.prepare is None or spec.encoder_weights:
-        return spec
-    from fewlabel.prepare import prepare_encoder
-    from fewlabel.prepare.common import PretrainConfig
-
-    encoder = create_encoder(spec.encoder, in_channels=data.channels, spatial_dims=data.spatial_dims,
-                             image_size=data.image_size, **spec.encoder_kwargs)
-    inputs = data.pretrain_inputs(entry.needs or "pool")
-    config = PretrainConfig.from_dict({"seed": seed, **spec.pretrain})
-    if progress is not None:
-        config.progress = progress
-    path = prepare_encoder(entry.prepare, inputs.images, inputs.masks, encoder_config=encoder.config,
-                           config=config, cache_dir=cache_dir, data_fingerprint=inputs.fingerprint,
-                           val_images=inputs.val_images, val_masks=inputs.val_masks,
-                           extra_meta={"seen_files": inputs.seen_files,
-                                       "plan_fingerprint": data.plan.fingerprint,
-                                       "preprocess": data.preprocess.to_dict()})
-    return dataclasses.replace(spec, encoder_weights=str(path))
-
-
-@dataclass
-class CellResult:
-    classifier: Classifier
-    fit: FitResult
-    metrics: dict[str, Any]
-    proba_test: np.ndarray
-    train_ids: list[str]
-    val_ids: list[str]
-    train_seconds: float
-    finetune_config: FinetuneConfig
-    seen_files: list[str] = field(default_factory=list)  # content keys the classifier's weights saw
-    notes: list[str] = field(default_factory=list)
-
-
-def finetune_config_for(spec: StrategySpec, base: FinetuneConfig | None = None) -> FinetuneConfig:
-    base_dict = (base or FinetuneConfig()).to_dict()
-    base_dict.update(spec.finetune)
-    if spec.semi:
-        base_dict["semi"] = True
-    return FinetuneConfig.from_dict(base_dict)
-
-
-def split_labelled(data: PreparedData, labelled_ids: list[str], seed: int) -> tuple[list[str], list[str]]:
-    """Training and validation ids of a labelled draw (``splits.nested_validation``; ``seed`` is the
-    seed the draw was made with), both from the labelled draw, never from test.
-
-    The threshold counts groups (patients), not images: 2 patients of 4 slices each are 2
-    independent samples, and a validation split would take half the training patients away.
-    """
-    return splits.nested_validation(data.catalog, data.pool_ids, labelled_ids, seed=seed)
-
-
-def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, seed: int,
-             finetune_config: FinetuneConfig | None = None, *, train_ids: list[str] | None = None,
-             val_ids: list[str] | None = None) -> CellResult:
-    """Fine-tune one strategy on one labelled draw and evaluate it on the fixed test set.
-
-    ``train_ids``/``val_ids``: the plan's split of this draw; without them it is computed from the
-    draw with ``seed`` (``split_labelled``)."""
-    leaked = set(labelled_ids) & set(data.test_ids)
-    if leaked:  # a guard, not a user error: it means a bug upstream
-        raise AssertionError(f"{len(leaked)} test images in the labelled draw")
-    if not labelled_ids:
-        raise FewlabelError("no labelled images to fine-tune on (labels per class must be at least 1)",
-                            path=data.catalog.root)
-    config = finetune_config_for(spec, finetune_config)
-    if train_ids is None or val_ids is None:
-        train_ids, val_ids = split_labelled(data, labelled_ids, seed)
-    x_train, y_train = data.arrays(train_ids)
-    x_val, y_val = data.arrays(val_ids) if val_ids else (None, None)
-    notes: list[str] = []
-    encoder, seen = build_encoder(spec, data, seed=seed, notes=notes)
-    seen_keys = set(seen) | set(data.keys_of(list(train_ids) + list(val_ids)))
-    x_pool = data.unlabelled_arrays() if spec.semi else None
-    if spec.semi and x_pool is not None:
-        seen_keys |= {data.unlabelled_keys[i] for i in data.pool_without_test_groups()}
-    if spec.semi and x_pool is None:
-        # No separate pool: the labelled pool minus this draw plays the unlabelled part.
-        drawn = set(labelled_ids)
-        rest = [i for i in data.pool_ids if i not in drawn]
-        x_pool = tensors.load_images(data.catalog, rest, data.preprocess) if rest else None
-        seen_keys |= set(data.keys_of(rest))
-    t0 = time.perf_counter()
-    classifier, fit_result = finetune(x_train, y_train, x_val, y_val, data.num_classes, encoder, config,
-                                      seed=seed, x_unlabelled=x_pool)
-    train_seconds = time.perf_counter() - t0
-    x_test, y_test = data.test_arrays
-    proba = predict_proba(classifier, x_test, device=config.device)
-    metrics = classification_metrics(y_test, proba, class_names=data.class_names, seed=seed,
-                                     groups=data.catalog.groups(data.test_ids))
-    return CellResult(classifier=classifier, fit=fit_result, metrics=metrics, proba_test=proba,
-                      train_ids=list(train_ids), val_ids=list(val_ids), train_seconds=train_seconds,
-                      finetune_config=config, seen_files=sorted(seen_keys), notes=notes)
-
-
-def model_config(data: PreparedData, spec: StrategySpec, cell: CellResult, seed: int) -> dict[str, Any]:
-    """What a model folder records so ``predict`` can repeat the preprocessing, a reader can trust it,
-    and a later run can refuse it as an encoder for a test set it has seen (``provenance``)."""
-    from fewlabel import __version__
-
-    return {
-        "format": "fewlabel-model", "fewlabel_version": __version__,
-        "class_names": data.class_names, "preprocess": data.preprocess.to_dict(),
-        "strategy": spec.to_dict(), "finetune": cell.finetune_config.to_dict(), "seed": seed,
-        "data_fingerprint": data.fingerprint(), "data_root": str(data.catalog.root),
-        "n_train": len(cell.train_ids), "n_val": len(cell.val_ids),
-        "best_epoch": cell.fit.best_epoch, "epochs": cell.fit.epochs,
-        "metrics": {k: v for k, v in cell.metrics.items() if k != "confusion_matrix"},
-        "provenance": {"seen_files": cell.seen_files, "plan_fingerprint": data.plan.fingerprint,
-                       "preprocess": data.preprocess.to_dict()},
-    }
-
-
