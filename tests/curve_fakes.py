@@ -59,6 +59,7 @@ class FakeData:
     fp: str
     unlabelled: Any = None
     preprocess: Any = None
+    draws: dict[str, Any] = field(default_factory=dict)
 
     @property
     def class_names(self) -> list[str]:
@@ -93,6 +94,7 @@ class FakeBackend:
     strategies = ("scratch", "imagenet", "gan", "segmentation", "ssl", "semi")
 
     def prepare_data(self, **args: Any) -> FakeData:
+        args.pop("plan", None)  # the fake draws the same test set from the same arguments
         text = (Path(args["data"]) / "fake.json").read_text()
         classes = json.loads(text)["classes"]
         for name in args.get("drop_classes") or ():
@@ -109,15 +111,22 @@ class FakeBackend:
         fp = hashlib.sha256((text + repr((args.get("seed"), per_class))).encode()).hexdigest()[:16]
         return FakeData(catalog=catalog, pool_ids=pool, test_ids=test, fp=fp)
 
-    def draw(self, data: FakeData, n: int, seed: int, count: str) -> list[str]:
+    def draw(self, data: FakeData, n: int, repeat: int, seed: int, count: str) -> dict[str, Any]:
         out: list[str] = []
         for k, c in enumerate(data.catalog.classes):
             ids = [i for i in data.pool_ids if data.catalog.labels([i])[0] == k]
             if n > len(ids):
-                raise SplitError(f"class {c} has {len(ids)} images in the pool; asked for {n}")
+                return {"labelled": [], "train": [], "val": [], "draw_seed": seed,
+                        "skipped": SplitError(f"class {c} has {len(ids)} images in the pool; "
+                                              f"asked for {n}").problem}
             order = np.random.default_rng([seed, k]).permutation(len(ids))  # nested: same order for all n
             out.extend(ids[j] for j in order[:n])
-        return out
+        data.draws[f"n{n}_r{repeat}"] = {"n_per_class": n, "repeat": repeat, "labelled": out}
+        return {"labelled": out, "train": out, "val": [], "draw_seed": seed}
+
+    def save_plan(self, data: FakeData, path: Path) -> None:
+        path.write_text(json.dumps({"test": {"ids": data.test_ids}, "pool": data.pool_ids,
+                                    "draws": data.draws}))
 
     def strategy_spec(self, name: str) -> dict[str, Any]:
         return {"name": name, "encoder": "fake", "encoder_weights": None, "pretrain": {"steps": 10}}
@@ -138,7 +147,7 @@ class FakeBackend:
         return {**spec, "encoder_weights": str(path)}
 
     def fit_cell(self, data: FakeData, labelled_ids: list[str], spec: dict[str, Any], seed: int,
-                 finetune: dict[str, Any]) -> FakeResult:
+                 finetune: dict[str, Any], train_ids: list[str], val_ids: list[str]) -> FakeResult:
         delay = float(os.environ.get("FAKE_DELAY", "0"))
         if delay:
             time.sleep(delay)

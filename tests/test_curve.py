@@ -31,7 +31,7 @@ def test_run_writes_the_layout(data, tmp_path):
     out = tmp_path / "run"
     result = _run(data, out)
     assert result.ok and result.counts == {"ok": 8, "failed": 0, "skipped": 0} and result.ran == 8
-    assert {p.name for p in out.iterdir()} >= {"run.json", "store.sqlite", "results.csv", "split.json",
+    assert {p.name for p in out.iterdir()} >= {"run.json", "store.sqlite", "results.csv", "plan.json",
                                                 "pretrained", "cells"}
     run = json.loads((out / "run.json").read_text())
     assert run["config_hash"] == result.config_hash and run["command"] == "test"
@@ -58,11 +58,11 @@ def test_run_writes_the_layout(data, tmp_path):
 def test_draws_are_nested_paired_and_seeded(data, tmp_path):
     out = tmp_path / "run"
     result = _run(data, out)
-    split = json.loads((out / "split.json").read_text())
-    draws = {(d["n_per_class"], d["repeat"]): set(d["ids"]) for d in split["draws"]}
+    split = json.loads((out / "plan.json").read_text())
+    draws = {(d["n_per_class"], d["repeat"]): set(d["labelled"]) for d in split["draws"].values()}
     for r in range(2):
         assert draws[(2, r)] < draws[(5, r)]  # nested within a repeat
-        assert not draws[(5, r)] & set(split["test"])  # never a test image
+        assert not draws[(5, r)] & set(split["test"]["ids"])  # never a test image
     assert draws[(5, 0)] != draws[(5, 1)]
     for n in (2, 5):
         for r in range(2):

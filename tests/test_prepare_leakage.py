@@ -103,25 +103,21 @@ def test_pool_holding_the_labelled_files_loses_the_test_files(tmp_path):
         assert kept and not {real(prepared.unlabelled.by_id[i].path) for i in kept} & tainted
 
 
-def test_fingerprint_changes_only_for_pools_that_hold_labelled_files(tmp_path, monkeypatch):
-    """Encoders are cached by the data fingerprint: one pretrained on a pool that still held test files
-    (before the pool was matched by file) must not be reused; other pools keep their fingerprint."""
-    import itertools
-
-    from fewlabel import pipeline
+def test_pool_copies_of_test_images_are_found_by_content_not_by_path(tmp_path):
+    """A pool folder holding copies of the labelled files (another folder, other names) loses the copies
+    of test images: content keys match where paths and groups cannot."""
+    import shutil
 
     from factory import make_manifest
 
     csv = make_manifest(tmp_path / "man", classes={"a": 8, "b": 8}, groups=True)
-    labelled, pool_dir = bccd_like(tmp_path / "bccd")
+    shutil.copytree(tmp_path / "man" / "files", tmp_path / "elsewhere")
+    for i, f in enumerate(sorted((tmp_path / "elsewhere").iterdir())):
+        f.rename(f.with_name(f"renamed_{i}{f.suffix}"))
+    prepared = prepare_data(csv, unlabelled=tmp_path / "elsewhere", test_size=0.25, seed=0)
+    entry = prepared.plan.pretrain_pools["unlabelled"]
+    assert entry["dropped_test_content"] == len(prepared.test_ids) > 0
+    assert len(entry["ids"]) == 16 - len(prepared.test_ids)
+    kept_keys = {prepared.unlabelled_keys[i] for i in entry["ids"]}
+    assert not kept_keys & prepared.test_file_keys
 
-    def both() -> tuple[str, str]:
-        leaky = prepare_data(csv, unlabelled=tmp_path / "man" / "files", test_size=0.25, seed=0)
-        clean = prepare_data(labelled, group_pattern=PATTERN, test_size=0.2, seed=0, unlabelled=pool_dir)
-        return leaky.fingerprint(), clean.fingerprint()
-
-    leaky_now, clean_now = both()
-    counter = itertools.count()
-    monkeypatch.setattr(pipeline, "_real", lambda address: f"{address}#{next(counter)}")  # never matches
-    leaky_by_group, clean_by_group = both()
-    assert leaky_now != leaky_by_group and clean_now == clean_by_group

@@ -50,6 +50,8 @@ def spy(monkeypatch):
 
         def fake(images, *args, encoder=None, **kwargs):
             seen["images"] = np.asarray(images)
+            val = kwargs.get("val_images")
+            seen["val_images"] = np.zeros((0,)) if val is None else np.asarray(val)
             if args and not hasattr(args[0], "steps"):
                 seen["masks"] = np.asarray(args[0])
             return encoder, {"steps": 0, "final_losses": {}}
@@ -111,11 +113,13 @@ def test_segmentation_never_sees_test_masks(tmp_path, spy):
     test_index = {int(Path(i).stem[1:]) for i in prepared.test_ids}
     used = source_index(seen["images"], read_header(out)["meta"]["preprocess"])
     assert test_index and not set(used) & test_index
-    assert len(seen["masks"]) == len(seen["images"]) == 12 - len(test_index)
+    # Training and validation images together: everything but the test images.
+    assert len(seen["masks"]) == len(seen["images"])
+    assert len(seen["images"]) + len(seen["val_images"]) == 12 - len(test_index)
     # --no-holdout: masks of a set that is not evaluated on, all of them.
     main(["pretrain", "segmentation", str(data), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
           "--no-holdout", *SMALL])
-    assert len(seen["images"]) == 12
+    assert len(seen["images"]) + len(seen["val_images"]) == 12
 
 
 def test_real_segmentation_run_reports_dice(tmp_path, capsys):

@@ -9,13 +9,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 import fewlabel
-from fewlabel.data.splits import SplitRecord
+from fewlabel.data.plan import SplitPlan
 from fewlabel.training.finetune import FinetuneConfig
 
 from factory import GROUP_PATTERN, corrupt_file, make_class_folder, make_manifest, run_cli
@@ -41,7 +42,10 @@ def test_train_writes_model_metrics_and_split(cells: Path, tmp_path: Path) -> No
         m = metrics[key]
         assert m["ci_low"] <= m["value"] <= m["ci_high"], key
     assert model.metrics["n_test"] == metrics["n_test"] > 0
-    split = SplitRecord.load(out / "split.json")
+    plan = SplitPlan.load(out / "plan.json")
+    draw = plan.draw(5, 0)
+    split = SimpleNamespace(test=plan.test_ids, labelled=draw["labelled"], train=draw["train"],
+                            val=draw["val"])
     assert not set(split.test) & set(split.labelled)
     assert not set(split.val) & set(split.test)
     assert set(split.train) | set(split.val) == set(split.labelled)
@@ -177,8 +181,8 @@ def test_drop_class_leaves_it_out_everywhere(tmp_path: Path) -> None:
     assert code == 0
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["class_names"] == ["a", "b"]
-    split = SplitRecord.load(tmp_path / "m" / "split.json")
-    assert not any(i.startswith("rare/") for i in split.test + split.pool)
+    plan = SplitPlan.load(tmp_path / "m" / "plan.json")
+    assert not any(i.startswith("rare/") for i in plan.test_ids + plan.pool_ids)
     assert run_cli("train", data, "--out", tmp_path / "m2", "--drop-class", "nope") == 2
 
 

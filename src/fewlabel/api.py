@@ -20,11 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from fewlabel import strategies as strategy_registry
 from fewlabel.errors import FewlabelError
 from fewlabel.fileio import atomic_write_text, read_json
+from fewlabel.jsonable import jsonable
 from fewlabel.pipeline import (
-    PRETRAINED,
+    add_draw,
     default_spec,
+    dropped_note,
     fit_cell,
     model_config,
     prepare_data,
@@ -159,65 +162,58 @@ def train(
     image_size: int | None = None, device: str = "auto", progress: bool | None = None,
     finetune: FinetuneConfig | None = None, cache_dir: str | Path | None = None,
     drop_classes: list[str] | tuple[str, ...] = (), test_split: str = "auto",
+    plan: str | Path | None = None, trust_encoder: bool = False,
 ) -> Model:
     """Hold out a group-aware test set, draw ``labels_per_class`` labelled images per class from
     the rest, prepare the encoder by ``strategy``, fine-tune, evaluate on the test set.
 
-    With ``out``: writes the model folder, ``metrics.json`` and ``split.json`` there.
+    ``plan``: a saved split plan (a ``plan.json`` of a model or run folder) to follow instead of
+    drawing a new test set, so this model is tested on exactly that run's test images.
+    ``trust_encoder``: accept an ``encoder_weights`` file that records nothing of the images it saw.
+    With ``out``: writes the model folder, ``metrics.json`` and ``plan.json`` there.
     """
-    from fewlabel.data import splits
-    from fewlabel.errors import ModelFileError
+    from fewlabel.data.plan import PLAN_FILE
+    from fewlabel.errors import ModelFileError, SplitError
+    from fewlabel.settings import validated
 
     if encoder_weights is not None and not Path(encoder_weights).is_file():
         # Say so before minutes of loading images, not after.
         raise ModelFileError("encoder weights file does not exist", encoder_weights)
-    prepared = prepare_data(data, masks=masks, group_pattern=group_pattern, test_size=test_size, seed=seed,
-                            image_size=image_size, unlabelled=unlabelled, count=count,
-                            drop_classes=drop_classes, test_split=test_split)
-    if labels_per_class is None:
-        labelled = list(prepared.pool_ids)
-    else:
-        labelled = list(splits.draw_labelled(prepared.catalog, prepared.pool_ids, labels_per_class,
-                                             seed=seed, count=count))
     spec = default_spec(strategy, encoder)
     if semi:
         spec.semi = True
     if encoder_weights is not None:
         spec.encoder_weights = str(encoder_weights)
-    if strategy in PRETRAINED and not spec.encoder_weights:
-        spec = prepare_strategy(spec, prepared, cache_dir or default_cache_dir() / "pretrained", seed=seed,
-                                progress=progress)
+    spec.trust_encoder = trust_encoder
     # A copy: the caller's config object is theirs, not ours to change.
     config = FinetuneConfig.from_dict(finetune.to_dict()) if finetune else FinetuneConfig()
     config.device, config.progress = device, progress
     if max_epochs is not None:
         config.max_epochs = max_epochs
-    cell = fit_cell(prepared, labelled, spec, seed=seed, finetune_config=config)
+    validated(FinetuneConfig, config.to_dict(), "fine-tuning")  # bad values fail before any work
+    prepared = prepare_data(data, masks=masks, group_pattern=group_pattern, test_size=test_size, seed=seed,
+                            image_size=image_size, unlabelled=unlabelled, count=count,
+                            drop_classes=drop_classes, test_split=test_split, plan=plan)
+    prepared.plan.draws = {}  # a curve's plan may hold its draws: this model records its own only
+    draw = add_draw(prepared, labels_per_class, 0, seed, count=count)
+    if "skipped" in draw:
+        raise SplitError(draw["skipped"], path=prepared.catalog.root)
+    labelled = list(draw["labelled"])
+    if strategy_registry.get(strategy).prepare and not spec.encoder_weights:
+        spec = prepare_strategy(spec, prepared, cache_dir or default_cache_dir() / "pretrained", seed=seed,
+                                progress=progress)
+    cell = fit_cell(prepared, labelled, spec, seed=seed, finetune_config=config, train_ids=draw["train"],
+                    val_ids=draw["val"])
     cfg = model_config(prepared, spec, cell, seed)
     metrics = {**cell.metrics, "n_test": len(prepared.test_ids), "n_train": len(cell.train_ids),
                "n_val": len(cell.val_ids), "strategy": strategy, "labels_per_class": labels_per_class,
-               "seed": seed}
+               "seed": seed, "notes": [*cell.notes, *filter(None, [dropped_note(prepared.plan)])]}
     model = Model(cell.classifier, cfg, metrics=metrics, device=device)
     if out is not None:
         out = Path(out)
         model.save(out)
-        record = splits.SplitRecord(
-            test=list(prepared.test_ids), pool=list(prepared.pool_ids), labelled=labelled,
-            train=cell.train_ids, val=cell.val_ids, seed=seed,
-            params={"test_size": test_size, "labels_per_class": labels_per_class, "count": count,
-                    "group_pattern": group_pattern})
-        record.save(out / "split.json")
-        atomic_write_text(out / "metrics.json", json.dumps(_jsonable(metrics), indent=2))
+        prepared.plan.save(out / PLAN_FILE)
+        atomic_write_text(out / "metrics.json", json.dumps(jsonable(metrics), indent=2))
     return model
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return obj

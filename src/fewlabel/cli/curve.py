@@ -12,6 +12,8 @@ from typing import Any
 
 import typer
 
+from fewlabel import strategies as strategy_registry
+
 
 def register(app: typer.Typer) -> None:
     app.command("curve")(curve)
@@ -34,8 +36,8 @@ def _parse_settings(items: list[str] | None, option: str) -> dict[str, Any]:
 def curve(
     data: Path = typer.Argument(..., help="Labelled data: folder (one sub-folder per class), CSV or .npz."),
     out: Path = typer.Option(..., "--out", help="Run folder; re-running the same command resumes it."),
-    strategies: str = typer.Option("scratch,imagenet,ssl", help="Comma-separated: scratch, imagenet, gan, "
-                                   "segmentation, ssl, semi."),
+    strategies: str = typer.Option("scratch,imagenet,ssl", help="Comma-separated: "
+                                   + ", ".join(strategy_registry.NAMES) + "."),
     sizes: str = typer.Option("1,2,5,10,20,50", help="Labelled images (or groups) per class, e.g. 2,5,20."),
     repeats: int = typer.Option(5, help="Labelled draws per size (each a new nested draw)."),
     unlabelled: Path = typer.Option(None, help="Folder of unlabelled images for gan / ssl / semi."),
@@ -60,6 +62,8 @@ def curve(
     gpus_per_cell: float = typer.Option(None, help="GPUs per Ray cell (default 0.25 on a GPU cluster: "
                                         "4 small cells per GPU; 0 = CPU only)."),
     keep_models: str = typer.Option("first", help="Keep models of repeat 0 (first), all, or none."),
+    pretrain_per_repeat: bool = typer.Option(False, "--pretrain-per-repeat", help="Each repeat pretrains its "
+                                             "own encoder (own seed): the spread includes pretraining."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-cell lines."),
 ) -> None:
     """Run a learning curve: one fixed test set, nested labelled draws shared by all strategies,
@@ -82,7 +86,8 @@ def curve(
             image_size=image_size, count=count, finetune=finetune,
             pretrain=_parse_settings(pretrain_settings, "--pretrain"), executor=executor, workers=workers,
             ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
-            keep_models=keep_models, progress=False if quiet else None,
+            keep_models=keep_models, pretrain_per_repeat=pretrain_per_repeat,
+            progress=False if quiet else None,
             log=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
         )
     except KeyboardInterrupt:

@@ -9,8 +9,14 @@ What DATA is:
     cut from a test smear), and the pool is normalised with the labelled set's statistics.
   * ``segmentation``: a labelled set with masks (``images/`` + ``masks/``, or ``--masks DIR``). The
     test hold-out of ``fewlabel train`` (same seed/test size/count) is removed first, so a later
-    ``fewlabel train --encoder-weights`` evaluation has never seen a test image's mask.
-    ``--no-holdout`` uses every masked image (masks from a set you will not evaluate on).
+    ``fewlabel train --encoder-weights`` evaluation has never seen a test image's mask; the best
+    epoch is chosen on whole validation patients (groups). ``--no-holdout`` uses every masked image
+    (masks from a set you will not evaluate on).
+  * ``--plan PLAN.json`` (a run's or model's ``plan.json``) follows that plan instead of drawing:
+    the encoder is made for exactly that test set and a later ``curve``/``train`` with it accepts it.
+
+The encoder file records the content keys of every image it saw (and the plan's fingerprint):
+``train`` and ``curve`` refuse it for a test set that shares any of them.
 
 The encoder file is cached by (data, method, config): asking twice trains once. Stopping
 (Ctrl-C) keeps the last checkpoint; the same command resumes from it.
@@ -18,12 +24,12 @@ The encoder file is cached by (data, method, config): asking twice trains once. 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from fewlabel import strategies as strategy_registry
 from fewlabel.cli.common import test_size_value
 from fewlabel.errors import FewlabelError
 
@@ -32,11 +38,11 @@ def register(app: typer.Typer) -> None:
     app.command("pretrain")(pretrain)
 
 
-METHODS = ("gan", "segmentation", "ssl")
+METHODS = strategy_registry.PRETRAIN_METHODS
 
 
 def pretrain(
-    method: str = typer.Argument(..., help="gan | segmentation | ssl"),
+    method: str = typer.Argument(..., help=" | ".join(strategy_registry.PRETRAIN_METHODS)),
     data: Path = typer.Argument(..., help="Image folder (gan/ssl: any layout) or labelled set with masks."),
     out: Path = typer.Option(..., "--out", help="Encoder file to write (.safetensors)."),
     encoder: str = typer.Option("convnet", help="Encoder name (the shared family: convnet)."),
@@ -53,13 +59,13 @@ def pretrain(
     count: str = typer.Option("images", help="As `fewlabel train --count`: the test size counts 'images' "
                               "or 'groups' (patients)."),
     no_holdout: bool = typer.Option(False, "--no-holdout", help="segmentation: use every masked image."),
+    plan: Path = typer.Option(None, "--plan", help="plan.json of a run or model: hold out its test set."),
     colour_jitter: bool = typer.Option(False, "--colour-jitter", help="ssl: per-channel colour changes."),
     cache_dir: Path = typer.Option(None, help="Encoder cache (default: $FEWLABEL_CACHE/pretrained)."),
     time_budget: float = typer.Option(None, help="Stop after this many seconds (the encoder is saved)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
 ) -> None:
     """Prepare an encoder from unlabelled images (gan, ssl) or images with masks (segmentation)."""
-    from fewlabel.data.identity import file_keys
     from fewlabel.fileio import check_output_file
 
     check_output_file(out, "encoder file (--out)")  # before any work, not after the pretraining
@@ -71,9 +77,11 @@ def pretrain(
     if method == "gan" and image_size is None:
         image_size = 64
     test = test_size_value(test_size)
-    images, mask_arrays, fingerprint, preprocess, notes, seen = _load(
-        method, data, masks=masks, group_pattern=group_pattern, holdout_from=holdout_from, test_size=test,
-        seed=seed, image_size=image_size, no_holdout=no_holdout, count=count)
+    loaded = _load(method, data, masks=masks, group_pattern=group_pattern, holdout_from=holdout_from,
+                   test_size=test, seed=seed, image_size=image_size, no_holdout=no_holdout, count=count,
+                   plan=plan)
+    inputs, preprocess, notes, plan_fp = loaded
+    images, mask_arrays, fingerprint = inputs.images, inputs.masks, inputs.fingerprint
     enc_cfg = {"name": encoder, "in_channels": int(images.shape[1]), "spatial_dims": images.ndim - 2}
     if encoder == "convnet":
         enc_cfg.update(width=width, depth=depth)
@@ -94,10 +102,11 @@ def pretrain(
     try:
         path = prepare_encoder(method, images, mask_arrays, encoder_config=encoder_config, config=config,
                                cache_dir=cache, data_fingerprint=fingerprint, out=out,
+                               val_images=inputs.val_images, val_masks=inputs.val_masks,
                                extra_meta={"preprocess": preprocess, "data": str(data),
                                            # content keys of every image seen: `train` refuses this
                                            # encoder for a test set that shares any of them
-                                           "seen_files": file_keys(seen)})
+                                           "seen_files": inputs.seen_files, "plan_fingerprint": plan_fp})
     except KeyboardInterrupt:
         typer.echo(f"stopped; run the same command again to resume from {checkpoint_path_for(target)}",
                    err=True)
@@ -121,61 +130,68 @@ def _default_cache() -> Path:
 
 def _load(method: str, data: Path, *, masks: Path | None, group_pattern: str | None,
           holdout_from: Path | None, test_size: float | int, seed: int, image_size: int | None,
-          no_holdout: bool, count: str = "images"
-          ) -> tuple[Any, Any, str, dict[str, Any], str, list[str]]:
-    """(images, masks | None, data fingerprint, preprocess dict, a note for the user, the file
-    addresses of the images used)."""
-    import numpy as np
-
+          no_holdout: bool, count: str = "images", plan: Path | None = None
+          ) -> tuple[Any, dict[str, Any], str, str | None]:
+    """(pretraining inputs, preprocess dict, a note for the user, the plan's fingerprint or None)."""
     from fewlabel.data import catalog as catalog_mod
     from fewlabel.data import tensors
-    from fewlabel.pipeline import prepare_data
+    from fewlabel.data.plan import SplitPlan
+    from fewlabel.pipeline import PreparedData, dropped_note, merge_duplicates, prepare_data
 
-    size = (image_size,) * 2 if image_size is not None else None
-    if method == "segmentation":
-        if holdout_from is not None:
-            raise FewlabelError("--holdout-from is for gan/ssl pools; segmentation holds out its own "
-                                "test set")
-        if no_holdout:
-            cat = catalog_mod.load_catalog(data, masks=masks, group_pattern=group_pattern, strict=False)
-            cat.issues = [i for i in cat.issues if i.kind != "one_class"]  # labels play no part here
-            cat.raise_issues()
-            ids = [s.id for s in cat.samples if s.mask is not None]
-            if not ids:
-                raise FewlabelError("no image has a mask (images/ + masks/ layout or --masks DIR)", path=data)
-            pre = tensors.fit_preprocess(cat, ids, image_size=image_size)
-            return (tensors.load_images(cat, ids, pre), tensors.load_masks(cat, ids, pre),
-                    _hash(cat.fingerprint(), pre.to_dict(), "all"), pre.to_dict(), "",
-                    [cat.by_id[i].path for i in ids])
+    needs = "masks" if method == "segmentation" else "pool"
+    if plan is not None and no_holdout:
+        raise FewlabelError("--plan and --no-holdout contradict each other: a plan holds a test set out")
+    if needs == "masks" and holdout_from is not None:
+        raise FewlabelError("--holdout-from is for gan/ssl pools; segmentation holds out its own test set")
+    if plan is not None:
+        stored = SplitPlan.load(plan)
+        labelled = data if needs == "masks" else (holdout_from or stored.source.get("data"))
+        if labelled is None:
+            raise FewlabelError("the plan does not say where its labelled data are; add --holdout-from DIR",
+                                path=plan)
+        prepared = prepare_data(labelled, masks=masks or stored.source.get("masks"),
+                                group_pattern=stored.params.get("group_pattern"),
+                                drop_classes=stored.params.get("drop_classes") or (), image_size=image_size,
+                                unlabelled=None if needs == "masks" else data, plan=plan)
+        note = f" (following {plan}: its {len(prepared.test_ids)} test image(s) stay unseen"
+        extra = dropped_note(prepared.plan)
+        return (prepared.pretrain_inputs(needs), prepared.preprocess.to_dict(),
+                note + (f"; {extra}" if extra else "") + ")", prepared.plan.fingerprint)
+    if needs == "masks" and not no_holdout:
         prepared = prepare_data(data, masks=masks, group_pattern=group_pattern, test_size=test_size,
                                 seed=seed, image_size=image_size, count=count)
-        images, mask_arrays = prepared.pretrain_masks()
         note = (f" (test hold-out of {len(prepared.test_ids)} image(s) left out, as `fewlabel train "
                 f"--seed {seed} --test-size {test_size}` draws it)")
-        used = [prepared.catalog.by_id[i].path for i in prepared.pool_ids
-                if prepared.catalog.by_id[i].mask is not None]
-        return images, mask_arrays, prepared.fingerprint(), prepared.preprocess.to_dict(), note, used
+        return prepared.pretrain_inputs(needs), prepared.preprocess.to_dict(), note, prepared.plan.fingerprint
     if holdout_from is not None:
         prepared = prepare_data(holdout_from, group_pattern=group_pattern, test_size=test_size, seed=seed,
                                 image_size=image_size, unlabelled=data, count=count)
-        assert prepared.unlabelled is not None
-        kept = prepared.pool_without_test_groups()
-        if not kept:
-            raise FewlabelError("every pool image belongs to a test group; nothing left to pretrain on",
-                                path=data)
-        images = tensors.load_images(prepared.unlabelled, kept, prepared.preprocess)
-        dropped = len(prepared.unlabelled.ids) - len(kept)
-        note = f" ({dropped} pool image(s) of {len(prepared.test_groups)} test group(s) left out)"
-        used = [prepared.unlabelled.by_id[i].path for i in kept]
-        return images, None, prepared.fingerprint(), prepared.preprocess.to_dict(), note, used
-    pool = catalog_mod.load_pool(data, group_pattern=group_pattern)
-    pre = tensors.fit_preprocess(pool, pool.ids, image_size=size)
-    images = tensors.load_images(pool, pool.ids, pre)
-    return (np.asarray(images), None, _hash(pool.fingerprint(), pre.to_dict()), pre.to_dict(), "",
-            [s.path for s in pool.samples])
+        inputs = prepared.pretrain_inputs(needs)
+        note = f" ({dropped_note(prepared.plan) or 'no pool image meets the test set'})"
+        return inputs, prepared.preprocess.to_dict(), note, prepared.plan.fingerprint
+    # No hold-out: every image is fair game (data you will not evaluate on). The same containers
+    # as above, with an empty test set, so the record and the cache key are made the same way.
+    from fewlabel.data.identity import file_key
+    from fewlabel.data.plan import SplitPlan as Plan
 
+    if needs == "masks":
+        cat = catalog_mod.load_catalog(data, masks=masks, group_pattern=group_pattern, strict=False)
+        cat.issues = [i for i in cat.issues if i.kind != "one_class"]  # labels play no part here
+        cat.raise_issues()
+        ids = [s.id for s in cat.samples if s.mask is not None]
+        if not ids:
+            raise FewlabelError("no image has a mask (images/ + masks/ layout or --masks DIR)", path=data)
+    else:
+        cat = catalog_mod.load_pool(data, group_pattern=group_pattern)
+        ids = list(cat.ids)
+    keys = {s.id: file_key(s.path) for s in cat.samples}
+    cat, _ = merge_duplicates(cat, {i: keys[i] for i in cat.ids}) if needs == "masks" else (cat, [])
+    size = (image_size,) * 2 if image_size is not None else None
+    pre = tensors.fit_preprocess(cat, ids, image_size=size)
+    from fewlabel.pipeline import pretrain_pools
 
-def _hash(*parts: Any) -> str:
-    import hashlib
-
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    empty = Plan(params={"seed": seed, "no_holdout": True}, data_fingerprint=cat.fingerprint(),
+                 classes=list(cat.classes), test_ids=[], test_labels=[], test_groups=[], pool_ids=ids,
+                 pretrain_pools=pretrain_pools(cat, ids, None, set(), set(), seed))
+    prepared = PreparedData(catalog=cat, preprocess=pre, plan=empty, content_keys=keys)
+    return prepared.pretrain_inputs(needs), pre.to_dict(), "", None

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from fewlabel import strategies as strategy_registry
 from fewlabel.cli.common import print_metrics_table, test_size_value
 
 MODEL_FILES = ("config.json", "model.safetensors", "metrics.json")
@@ -19,7 +20,7 @@ def register(app: typer.Typer) -> None:
 def train(
     data: Path = typer.Argument(..., help="Folder (one sub-folder per class), CSV manifest or .npz."),
     out: Path = typer.Option(..., "--out", help="Model folder to write."),
-    strategy: str = typer.Option("scratch", help="scratch | imagenet | gan | segmentation | ssl"),
+    strategy: str = typer.Option("scratch", help=" | ".join(strategy_registry.NAMES)),
     encoder: str = typer.Option(None, help="Encoder name (convnet, schouten, mobilenet_v2)."),
     labels_per_class: int = typer.Option(None, help="Labelled images per class (default: all)."),
     count: str = typer.Option("images", help="With groups, N counts 'images' or 'groups' (patients)."),
@@ -36,6 +37,9 @@ def train(
     drop_class: list[str] = typer.Option(None, "--drop-class", help="Leave a class out (repeatable)."),
     test_split: str = typer.Option("auto", help="auto: the data's own test split (manifest/.npz) if "
                                    "any, else drawn | given | draw"),
+    plan: Path = typer.Option(None, "--plan", help="plan.json of a run or model folder: use its test set."),
+    trust_encoder: bool = typer.Option(False, "--trust-encoder", help="Accept an --encoder-weights file "
+                                       "that records nothing of the images it saw."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
 ) -> None:
     """Hold out a test set, fine-tune on N labels per class, print test metrics with 95% CIs."""
@@ -50,9 +54,12 @@ def train(
                       count=count, test_size=test, seed=seed, max_epochs=max_epochs,
                       group_pattern=group_pattern, masks=masks, encoder_weights=encoder_weights, semi=semi,
                       unlabelled=unlabelled, image_size=image_size, device=device,
-                      drop_classes=tuple(drop_class or ()), test_split=test_split)
+                      drop_classes=tuple(drop_class or ()), test_split=test_split, plan=plan,
+                      trust_encoder=trust_encoder)
+    for note in model.metrics.get("notes") or []:
+        typer.echo(f"note: {note}", err=True)
     print_metrics_table(model.metrics, title=f"test metrics ({model.metrics.get('n_test')} images)")
-    typer.echo(f"model written to {out}  (metrics.json, split.json, model.safetensors, config.json)")
+    typer.echo(f"model written to {out}  (metrics.json, plan.json, model.safetensors, config.json)")
 
 
 def predict(

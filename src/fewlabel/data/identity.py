@@ -1,27 +1,71 @@
-"""Which image files are the same file: a short content key per sample, so a pretrained encoder can
-record what it saw and ``train`` can refuse one that saw its test images (even copies of them, in
-another folder or under another name)."""
+"""Which images are the same image: a short content key per sample.
+
+Keys serve two guards. Splitting merges samples with the same key into one group, so a copy of an
+image (another file name, another folder) can never sit on both sides of the test split. Encoders
+record the keys of every image they saw, so ``train`` and ``curve`` can refuse one that saw a test
+image (or a copy of one).
+
+A key is a hash of content, never of a name: a file's bytes; a folder (a DICOM series) the sorted
+keys of its files; an NPZ member the bytes of its array. Two encodings of the same pixels (a PNG and
+a TIFF of one image) get different keys; ``fewlabel inspect`` compares decoded pixels and reports
+those.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
 from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
 
 from fewlabel.data.readers import NPZ_SEP
+from fewlabel.errors import UnreadableFileError
+
+_DIGEST = 8  # bytes: 16 hex digits; collisions among a few million images are vanishingly rare
 
 
-def file_key(address: str) -> str:
-    """16 hex digits of the file's bytes (BLAKE2b); an NPZ member is keyed by file and member."""
-    file_part, sep, member = address.partition(NPZ_SEP)
-    if sep:
-        return hashlib.blake2b(f"{os.path.realpath(file_part)}{sep}{member}".encode(),
-                               digest_size=8).hexdigest()
-    digest = hashlib.blake2b(digest_size=8)
-    with open(file_part, "rb") as fh:
+def _hash_file(path: str) -> str:
+    digest = hashlib.blake2b(digest_size=_DIGEST)
+    with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _hash_folder(path: str) -> str:
+    """A DICOM series (or any folder read as one volume): its files' keys, sorted, hashed."""
+    keys = sorted(_hash_file(os.path.join(root, name))
+                  for root, _, names in os.walk(path) for name in names if not name.startswith("."))
+    return hashlib.blake2b("\n".join(keys).encode(), digest_size=_DIGEST).hexdigest()
+
+
+def _hash_npz_member(file_part: str, member: str) -> str:
+    from fewlabel.data.readers import npz_member
+
+    key, _, index = member.partition("/")
+    arr = npz_member(Path(file_part), key)
+    if index != "":
+        arr = arr[int(index)]
+    arr = np.ascontiguousarray(arr)
+    digest = hashlib.blake2b(digest_size=_DIGEST)
+    digest.update(repr((arr.shape, str(arr.dtype))).encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def file_key(address: str) -> str:
+    """16 hex digits of a sample's content (see the module docstring for what "content" is)."""
+    file_part, sep, member = address.partition(NPZ_SEP)
+    try:
+        if sep:
+            return _hash_npz_member(file_part, member)
+        if os.path.isdir(file_part):
+            return _hash_folder(file_part)
+        return _hash_file(file_part)
+    except (OSError, ValueError, IndexError, KeyError) as exc:
+        raise UnreadableFileError(f"cannot read it to compare contents ({exc})", path=file_part) from exc
 
 
 def file_keys(addresses: Iterable[str]) -> list[str]:

@@ -38,10 +38,16 @@ from fewlabel.data.catalog import Catalog
 from fewlabel.errors import SplitError
 from fewlabel.fileio import atomic_write_json
 
-__all__ = ["holdout_test", "predefined_test", "draw_labelled", "split_validation", "SplitRecord",
-           "make_split", "group_table"]
+__all__ = ["holdout_test", "predefined_test", "draw_labelled", "split_validation", "nested_validation",
+           "group_holdout", "SplitRecord", "make_split", "group_table", "MIN_GROUPS_FOR_VALIDATION",
+           "VALIDATION_EVERY"]
 
 _COUNTS = ("images", "groups")
+# With fewer labelled groups than this in some class, no validation split is drawn and training runs
+# a fixed number of epochs: 4 groups cannot spare one for model selection.
+MIN_GROUPS_FOR_VALIDATION = 5
+# Every VALIDATION_EVERY-th group of a class's draw order validates (20 %), the rest train.
+VALIDATION_EVERY = 5
 SPLIT_FORMAT = "fewlabel-split/1"
 
 
@@ -212,6 +218,54 @@ def split_validation(catalog: Catalog, ids: Iterable[str], fraction: float = 0.2
         for i in order[:k]:
             val.update(groups[i][1])
     return [i for i in ids if i not in val], [i for i in ids if i in val]
+
+
+def nested_validation(catalog: Catalog, pool_ids: Iterable[str], labelled_ids: Iterable[str],
+                      seed: int) -> tuple[list[str], list[str]]:
+    """(train_ids, val_ids) of a labelled draw, nested across sizes like the draws themselves.
+
+    The groups of each class are taken in the order ``draw_labelled`` draws them (same ``seed``,
+    same pool), and every ``VALIDATION_EVERY``-th of them validates. A larger draw extends a smaller
+    one, so its training AND validation sets extend the smaller draw's: a learning curve changes only
+    by the added labels. When some class has fewer than ``MIN_GROUPS_FOR_VALIDATION`` labelled groups,
+    everything trains (val is empty).
+    """
+    labelled = list(labelled_ids)
+    chosen = set(labelled)
+    val: set[str] = set()
+    per_class_groups: list[list[list[str]]] = []
+    for cls, gmap in group_table(catalog, pool_ids).items():
+        groups = list(gmap.values())
+        order = _rng(seed, "draw", cls).permutation(len(groups))
+        drawn = [[i for i in groups[j] if i in chosen] for j in order]
+        drawn = [g for g in drawn if g]
+        if drawn:
+            per_class_groups.append(drawn)
+    if not per_class_groups or min(len(g) for g in per_class_groups) < MIN_GROUPS_FOR_VALIDATION:
+        return labelled, []
+    for drawn in per_class_groups:
+        for k, members in enumerate(drawn):
+            if k % VALIDATION_EVERY == VALIDATION_EVERY - 1:
+                val.update(members)
+    return [i for i in labelled if i not in val], [i for i in labelled if i in val]
+
+
+def group_holdout(groups: Sequence[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train positions, validation positions) of samples by whole groups, ignoring labels.
+
+    For model selection in pretraining (segmentation Dice): slices of one patient never sit on both
+    sides. ``round(fraction × groups)`` groups validate, at least one when there are 2+ groups and
+    ``fraction > 0``, never all of them.
+    """
+    names = sorted(set(groups), key=str)
+    if fraction <= 0 or len(names) < 2:
+        return list(range(len(groups))), []
+    order = _rng(seed, "group-holdout", "all").permutation(len(names))
+    k = min(max(1, round(fraction * len(names))), len(names) - 1)
+    val_groups = {names[i] for i in order[:k]}
+    train = [i for i, g in enumerate(groups) if g not in val_groups]
+    val = [i for i, g in enumerate(groups) if g in val_groups]
+    return train, val
 
 
 @dataclass

@@ -42,7 +42,7 @@ __all__ = ["Preprocess", "fit_preprocess", "load_images", "load_masks", "clear_c
 PREPROCESS_FORMAT = "fewlabel-preprocess/1"
 _RESIZE = ("resize", "pad_crop")
 _INTENSITY = ("dtype_max", "none")
-_STD_FLOOR = 1e-6
+_STD_FLOOR = 1e-6  # relative to the channel's largest magnitude
 
 
 @dataclass(frozen=True)
@@ -250,16 +250,27 @@ def fit_preprocess(catalog: Catalog, ids: Sequence[str], image_size: int | Seque
         return pre
     total = np.zeros(n_channels, np.float64)
     total_sq = np.zeros(n_channels, np.float64)
+    peak = np.zeros(n_channels, np.float64)
+    shift: np.ndarray | None = None
     count = 0
     axes = tuple(range(1, sd + 1))
     for i in ids:
         arr = _geometry_cached(catalog.by_id[i].path, pre).astype(np.float64)
-        total += arr.sum(axis=axes)
-        total_sq += (arr**2).sum(axis=axes)
+        if shift is None:  # sums about a typical value: no cancellation when the mean dwarfs the spread
+            shift = arr.mean(axis=axes)
+        centred = arr - shift.reshape((-1,) + (1,) * sd)
+        total += centred.sum(axis=axes)
+        total_sq += (centred**2).sum(axis=axes)
+        peak = np.maximum(peak, np.abs(arr).max(axis=axes))
         count += int(np.prod(arr.shape[1:]))
+    assert shift is not None
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    std = np.where(std < _STD_FLOOR, 1.0, std)  # a constant channel: centre it, do not blow it up
+    mean = mean + shift
+    # A channel is constant only relative to its own magnitude: tiny real signals (values in metres,
+    # 12-bit data in a uint32 file scaled by 2**32) keep their spread instead of being blanked.
+    constant = std <= _STD_FLOOR * np.maximum(peak, np.finfo(np.float64).tiny)
+    std = np.where(constant, 1.0, std)  # a constant channel: centre it, do not blow it up
     return replace(pre, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std))
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from fewlabel.experiments.grid import Cell
 from fewlabel.experiments.store import METRICS
+from fewlabel.jsonable import jsonable
 
 
 class Backend(Protocol):
@@ -35,20 +36,17 @@ class Backend(Protocol):
     ``fingerprint()``. Specs and fine-tuning configs travel as plain dicts."""
 
     def prepare_data(self, **data_args: Any) -> Any: ...
-    def draw(self, data: Any, n_per_class: int, seed: int, count: str) -> list[str]: ...
+    def draw(self, data: Any, n_per_class: int, repeat: int, seed: int, count: str) -> dict[str, Any]: ...
+    def save_plan(self, data: Any, path: Path) -> None: ...
     def strategy_spec(self, name: str) -> dict[str, Any]: ...
     def prepare_strategy(self, spec: dict[str, Any], data: Any, cache_dir: Path,
                          seed: int) -> dict[str, Any]: ...
     def fit_cell(self, data: Any, labelled_ids: list[str], spec: dict[str, Any], seed: int,
-                 finetune: dict[str, Any]) -> Any: ...
+                 finetune: dict[str, Any], train_ids: list[str], val_ids: list[str]) -> Any: ...
     def save_model(self, directory: Path, result: Any, data: Any, spec: dict[str, Any],
                    seed: int) -> None: ...
     def finetune_config(self, overrides: dict[str, Any]) -> dict[str, Any]: ...
     def summary(self, data: Any) -> dict[str, Any]: ...
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, default=str))
 
 
 def fingerprint_of(obj: Any) -> str | None:
@@ -71,15 +69,35 @@ class PipelineBackend:
             data_args["image_size"] = tuple(data_args["image_size"])
         return pipeline.prepare_data(**data_args)
 
-    def draw(self, data: Any, n_per_class: int, seed: int, count: str) -> list[str]:
-        from fewlabel.data.splits import draw_labelled
+    def draw(self, data: Any, n_per_class: int, repeat: int, seed: int, count: str) -> dict[str, Any]:
+        """The plan's draw for (size, repeat) — read when the plan holds it, else drawn into it."""
+        from fewlabel import pipeline
+        from fewlabel.data.plan import draw_key
 
-        return list(draw_labelled(data.catalog, data.pool_ids, n_per_class, seed=seed, count=count))
+        stored = data.plan.draws.get(draw_key(n_per_class, repeat))
+        if stored is not None:
+            return dict(stored)
+        return dict(pipeline.add_draw(data, n_per_class, repeat, seed, count=count))
+
+    def save_plan(self, data: Any, path: Path) -> None:
+        data.plan.save(path)
 
     def strategy_spec(self, name: str) -> dict[str, Any]:
         from fewlabel import pipeline
 
-        return _jsonable(pipeline.default_spec(name).to_dict())
+        return jsonable(pipeline.default_spec(name).to_dict())
+
+    def check_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """A strategy spec with its fine-tuning and pretraining overrides checked (keys and values)."""
+        from fewlabel import pipeline
+        from fewlabel.prepare.common import PretrainConfig
+        from fewlabel.settings import validated
+        from fewlabel.training.finetune import FinetuneConfig
+
+        checked = pipeline.StrategySpec.from_dict(dict(spec)).to_dict()
+        checked["finetune"] = validated(FinetuneConfig, dict(checked.get("finetune") or {}), "fine-tuning")
+        checked["pretrain"] = validated(PretrainConfig, dict(checked.get("pretrain") or {}), "pretraining")
+        return jsonable(checked)
 
     def prepare_strategy(self, spec: dict[str, Any], data: Any, cache_dir: Path, seed: int) -> dict[str, Any]:
         from fewlabel import pipeline
@@ -87,34 +105,34 @@ class PipelineBackend:
         # progress=False: per-epoch bars from several workers would garble the curve's own bar.
         prepared = pipeline.prepare_strategy(pipeline.StrategySpec.from_dict(spec), data, cache_dir=cache_dir,
                                              seed=seed, progress=False)
-        return _jsonable(prepared.to_dict())
+        return jsonable(prepared.to_dict())
 
     def fit_cell(self, data: Any, labelled_ids: list[str], spec: dict[str, Any], seed: int,
-                 finetune: dict[str, Any]) -> Any:
+                 finetune: dict[str, Any], train_ids: list[str], val_ids: list[str]) -> Any:
         from fewlabel import pipeline
         from fewlabel.training.finetune import FinetuneConfig
 
         return pipeline.fit_cell(data, labelled_ids, pipeline.StrategySpec.from_dict(spec), seed,
-                                 FinetuneConfig.from_dict(finetune))
+                                 FinetuneConfig.from_dict(finetune), train_ids=train_ids, val_ids=val_ids)
 
     def save_model(self, directory: Path, result: Any, data: Any, spec: dict[str, Any], seed: int) -> None:
         from fewlabel import pipeline
         from fewlabel.models.io import save_model_dir
 
         config = pipeline.model_config(data, pipeline.StrategySpec.from_dict(spec), result, seed)
-        save_model_dir(directory, result.classifier, _jsonable(config))
+        save_model_dir(directory, result.classifier, jsonable(config))
 
     def finetune_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        from fewlabel.errors import FewlabelError
+        from fewlabel.settings import resolve_device, validated
         from fewlabel.training.finetune import FinetuneConfig
 
-        unknown = sorted(set(overrides) - set(FinetuneConfig.__dataclass_fields__))
-        if unknown:
-            raise FewlabelError(f"unknown fine-tuning setting {', '.join(unknown)}; known: "
-                                f"{', '.join(sorted(FinetuneConfig.__dataclass_fields__))}")
+        checked = validated(FinetuneConfig, dict(overrides), "fine-tuning")
         # No per-epoch bars inside cells (the curve has its own); constant, so the hash is unaffected.
-        config = FinetuneConfig.from_dict({**overrides, "progress": False})
-        return _jsonable(config.to_dict())
+        config = FinetuneConfig.from_dict({**checked, "progress": False})
+        # "auto" is resolved before the configuration is hashed: a run resumed on another device
+        # (CPU float32 vs GPU bf16 numbers) is then refused as another configuration, not mixed in.
+        config.device = resolve_device(config.device)
+        return jsonable(config.to_dict())
 
     def summary(self, data: Any) -> dict[str, Any]:
         return dataset_summary(data)
@@ -150,8 +168,18 @@ def dataset_summary(data: Any) -> dict[str, Any]:
         # What pretraining may use: the unlabelled pool minus every image of a test group.
         "n_unlabelled_usable": (len(data.pool_without_test_groups())
                                 if pool_cat is not None and hasattr(data, "pool_without_test_groups") else 0),
-        "preprocess": _jsonable(pre_dict),
+        # Unlabelled images left out of pretraining because they meet the test set (group or content).
+        "pretrain_pool_dropped": _dropped(data),
+        "duplicates_merged": len(getattr(getattr(data, "plan", None), "merged", []) or []),
+        "preprocess": jsonable(pre_dict),
     }
+
+
+def _dropped(data: Any) -> dict[str, int]:
+    plan = getattr(data, "plan", None)
+    entry = (getattr(plan, "pretrain_pools", None) or {}).get("unlabelled") or {}
+    return {"test_group": int(entry.get("dropped_test_group", 0)),
+            "test_content": int(entry.get("dropped_test_content", 0))}
 
 
 @dataclass(frozen=True)
@@ -162,6 +190,8 @@ class CellTask:
     seed: int
     draw_seed: int
     labelled_ids: tuple[str, ...]
+    train_ids: tuple[str, ...]  # the plan's split of the draw: the worker never draws it again
+    val_ids: tuple[str, ...]
     spec: dict[str, Any]  # the prepared strategy spec (encoder_weights filled in)
     finetune: dict[str, Any]
     data_args: dict[str, Any]  # how the worker re-opens the data (paths, split seed, image size)
@@ -281,7 +311,7 @@ def run_cell(task: CellTask) -> CellOutput:
         data = open_data(task.backend, task.data_args, task.fingerprint)
         _seed_all(task.seed)
         result = task.backend.fit_cell(data, list(task.labelled_ids), dict(task.spec), task.seed,
-                                       dict(task.finetune))
+                                       dict(task.finetune), list(task.train_ids), list(task.val_ids))
         output = _ok_output(task, data, result, row)
     except Exception as exc:  # a cell's own failure; KeyboardInterrupt still stops the sweep
         row.update(status="failed", error=_one_line(exc), cell_seconds=time.perf_counter() - t0,
@@ -303,6 +333,7 @@ def _ok_output(task: CellTask, data: Any, result: Any, row: dict[str, Any]) -> C
         epochs=getattr(fit, "epochs", None), best_epoch=getattr(fit, "best_epoch", None),
         stopped_because=getattr(fit, "stopped_because", None),
         confusion_matrix=result.metrics.get("confusion_matrix"),
+        extra={"notes": list(getattr(result, "notes", []) or [])},
         proba_path=f"cells/{task.cell.dirname}/proba_test.npy",
         model_path=f"cells/{task.cell.dirname}" if task.keep_model else "",
     )
@@ -311,7 +342,7 @@ def _ok_output(task: CellTask, data: Any, result: Any, row: dict[str, Any]) -> C
                  "labelled_ids": list(task.labelled_ids), "train_ids": train_ids, "val_ids": val_ids,
                  "history": list(getattr(fit, "history", []) or [])}
     files = {"proba_test.npy": _npy_bytes(result.proba_test),
-             "cell.json": (json.dumps(_jsonable(cell_info), indent=1) + "\n").encode()}
+             "cell.json": (json.dumps(jsonable(cell_info), indent=1) + "\n").encode()}
     if task.keep_model and getattr(result, "classifier", None) is not None:
         # Saved to a private temp folder and shipped as bytes: the driver places it with the rest.
         with tempfile.TemporaryDirectory(prefix="fewlabel-cell-") as tmp:

@@ -10,7 +10,8 @@ What a run does, in order:
   2. checks RUN_DIR: the same configuration resumes, another is refused (``ConfigMismatchError``
      naming what differs), a non-empty folder that is not a run is refused;
   3. draws, per repeat, one nested labelled set per size (shared by all strategies: paired) and
-     saves every draw to ``split.json``; sizes larger than a class's pool are recorded as skipped;
+     saves every draw (labelled, training and validation ids) to the run's split plan ``plan.json``;
+     sizes larger than a class's pool are recorded as skipped; every worker follows that plan;
   4. prepares each strategy that has cells left once (GAN, segmentation, SSL pretraining on the pool
      only, cached in ``RUN_DIR/pretrained/``);
   5. runs the remaining cells on an executor (local loop, process pool or Ray); each finished cell's
@@ -34,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fewlabel.errors import ConfigMismatchError, FewlabelError, SplitError
+from fewlabel import strategies as strategy_registry
+from fewlabel.errors import ConfigMismatchError, FewlabelError
 from fewlabel.experiments.cell import (
     CellOutput,
     CellTask,
@@ -47,11 +49,19 @@ from fewlabel.experiments.cell import (
     run_preparation,
 )
 from fewlabel.experiments.executors import Executor, RayExecutor, make_executor
-from fewlabel.experiments.grid import Cell, CurveConfig, draw_seed, parse_names, parse_sizes, train_seed
+from fewlabel.experiments.grid import (
+    Cell,
+    CurveConfig,
+    draw_seed,
+    parse_names,
+    parse_sizes,
+    pretrain_seed,
+    train_seed,
+)
 from fewlabel.experiments.store import (
     CSV_FILE,
+    PLAN_FILE,
     RUN_FILE,
-    SPLIT_FILE,
     ResultStore,
     atomic_write_json,
     read_json,
@@ -59,9 +69,8 @@ from fewlabel.experiments.store import (
 )
 from fewlabel.fileio import fsync_dir
 
-STRATEGIES = ("scratch", "imagenet", "gan", "segmentation", "ssl", "semi")
+STRATEGIES = strategy_registry.NAMES
 KEEP_MODELS = ("first", "all", "none")
-_PRETRAINED = ("gan", "segmentation", "ssl")  # only for the log line: these take a while
 _OWN_FILES = {".lock"}  # what may be in RUN_DIR before run.json is written
 
 Log = Callable[[str], None]
@@ -211,39 +220,27 @@ def _open_run(out: Path, config: CurveConfig, config_hash: str, command: str, da
 
 def _make_draws(out: Path, data: Any, config: CurveConfig, backend: Any,
                 log: Log) -> dict[tuple[int, int], dict[str, Any]]:
-    """Every (size, repeat) draw, saved to split.json; checked against the stored one on resume."""
+    """Every (size, repeat) draw, kept in the run's plan (``plan.json``). A resumed run follows the
+    stored draws; a new run draws them once and saves the plan before any cell starts."""
+    path = out / PLAN_FILE
+    resumed = path.exists()
     draws: dict[tuple[int, int], dict[str, Any]] = {}
     for r in range(config.repeats):
         seed = draw_seed(config.seed, r)
         for n in config.sizes:
-            try:
-                ids = backend.draw(data, n, seed, config.count)
-                draws[(n, r)] = {"repeat": r, "n_per_class": n, "draw_seed": seed, "ids": list(ids)}
-            except SplitError as exc:
-                draws[(n, r)] = {"repeat": r, "n_per_class": n, "draw_seed": seed, "ids": [],
-                                 "skipped": exc.problem}
+            entry = backend.draw(data, n, r, seed, config.count)
+            if entry.get("draw_seed") != seed:
+                raise ConfigMismatchError(f"the stored plan drew repeat {r} with another seed; use a new "
+                                          "--out", path=path)
+            draws[(n, r)] = {"repeat": r, "n_per_class": n, "draw_seed": seed, "ids": list(entry["labelled"]),
+                             "train": list(entry["train"]), "val": list(entry["val"]),
+                             **({"skipped": entry["skipped"]} if "skipped" in entry else {})}
     too_big = sorted({n for (n, _), d in draws.items() if "skipped" in d})
     for n in too_big:
         reason = next(d["skipped"] for (m, _), d in draws.items() if m == n and "skipped" in d)
         log(f"note: n={n} per class cannot be drawn ({reason}); those cells are recorded as skipped")
-    catalog = data.catalog
-    split = {
-        "seed": config.seed, "test_size": config.test_size, "count": config.count,
-        "classes": list(data.class_names),
-        "test": list(data.test_ids),
-        "test_labels": [int(v) for v in catalog.labels(list(data.test_ids))],
-        "test_groups": [str(g) for g in catalog.groups(list(data.test_ids))],
-        "pool": list(data.pool_ids),
-        "draws": [draws[(n, r)] for r in range(config.repeats) for n in config.sizes],
-    }
-    path = out / SPLIT_FILE
-    if path.exists():
-        stored = read_json(path)
-        if stored.get("test") != split["test"] or stored.get("draws") != split["draws"]:
-            raise ConfigMismatchError("the test split or a labelled draw differs from the stored split.json "
-                                      "(data or fewlabel changed?); use a new --out", path=out)
-    else:
-        atomic_write_json(path, split)
+    if not resumed:
+        backend.save_plan(data, path)
     return draws
 
 
@@ -351,16 +348,20 @@ def _failed_output(task: CellTask, error: BaseException | str) -> CellOutput:
 
 def _spec(backend: Any, name: str, pretrain: dict[str, Any] | None,
           options: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
-    """The strategy's default spec with the caller's overrides (they are part of the config hash)."""
+    """The strategy's default spec with the caller's overrides (they are part of the config hash).
+
+    Every override is checked here, before any data are read: an unknown key or a bad value is a
+    one-line error, never a silently dropped setting or a failure cell by cell later."""
     spec = dict(backend.strategy_spec(name))
-    if pretrain and name in _PRETRAINED:
+    if pretrain and strategy_registry.REGISTRY.get(name, strategy_registry.REGISTRY["scratch"]).prepare:
         spec["pretrain"] = {**(spec.get("pretrain") or {}), **pretrain}
     for key, value in ((options or {}).get(name) or {}).items():
         if key not in spec:
             raise FewlabelError(f"strategy {name} has no setting {key!r}; it has {', '.join(sorted(spec))}")
         merge = isinstance(spec[key], dict) and isinstance(value, dict)  # nested settings: update, keep rest
         spec[key] = {**spec[key], **value} if merge else value
-    return spec
+    check = getattr(backend, "check_spec", None)
+    return check(spec) if check is not None else spec
 
 
 def run_curve(
@@ -388,6 +389,7 @@ def run_curve(
     gpus_per_cell: float | None = None,
     prep_cpus: int | None = None,
     keep_models: str = "first",
+    pretrain_per_repeat: bool = False,
     progress: bool | None = None,
     log: Log | None = _stderr,
     command: str | None = None,
@@ -406,7 +408,10 @@ def run_curve(
     numbers wherever they run. ``keep_models``: ``first``
     keeps the models of repeat 0 (what explanations use), ``all`` or ``none``. ``gpus_per_cell`` (Ray):
     None = 0.25 when the cluster has GPUs, else 0. ``backend`` replaces
-    the pipeline (tests).
+    the pipeline (tests). ``pretrain_per_repeat``: each repeat prepares its own encoder (own seed),
+    so the spread of gan / ssl / segmentation includes the pretraining's variance (costs one
+    preparation per repeat).
+    Every setting is checked before anything is loaded or written.
     Raises ``ConfigMismatchError`` when ``out`` holds a run of another configuration.
     """
     t_start = time.perf_counter()
@@ -418,7 +423,7 @@ def run_curve(
         raise ValueError(f"keep_models must be one of {KEEP_MODELS}, got {keep_models!r}")
     if count not in ("images", "groups"):
         raise ValueError(f"count must be 'images' or 'groups', got {count!r}")
-    known = getattr(backend, "strategies", STRATEGIES)
+    known = getattr(backend, "strategies", strategy_registry.NAMES)
     unknown = [s for s in strategies if s not in known]
     if unknown:
         raise FewlabelError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(known)}")
@@ -431,6 +436,8 @@ def run_curve(
     say: Log = log or (lambda line: None)
     command = command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
+    finetune_config = backend.finetune_config(dict(finetune or {}))
+    strategy_specs = {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}
     _check_out_dir(out)
     data_args: dict[str, Any] = {
         "data": str(Path(data).resolve()),
@@ -440,11 +447,25 @@ def run_curve(
         "seed": seed,
         "image_size": list(image_size) if image_size is not None else None,
         "unlabelled": str(Path(unlabelled).resolve()) if unlabelled is not None else None,
+        "count": count,  # an integer test size counts images or groups, as the labelled sizes do
     }
     if drop_classes:
         data_args["drop_classes"] = sorted(drop_classes)
     say(f"opening {data} ...")
-    prepared = backend.prepare_data(**dict(data_args))
+    plan_path = out / PLAN_FILE
+    # A resumed run follows its saved plan: the test set and draws are read, never drawn again.
+    prepared = backend.prepare_data(**dict(data_args), **({"plan": str(plan_path.resolve())}
+                                                         if (out / RUN_FILE).exists() and plan_path.exists()
+                                                         else {}))
+    plan = getattr(prepared, "plan", None)
+    if plan is not None:
+        from fewlabel.pipeline import dropped_note
+
+        for line in filter(None, [dropped_note(plan)]):
+            say(f"unlabelled pool: {line}")
+        if plan.merged:
+            say(f"note: {len(plan.merged)} set(s) of identical files merged into one group each "
+                "(a copy never sits on both sides of the split)")
     if "segmentation" in strategies and not getattr(prepared.catalog, "has_masks", True):
         # Checked before anything is written: otherwise every segmentation cell would fail the same way.
         raise FewlabelError("strategy segmentation needs masks: pass --masks DIR (a tree mirroring the "
@@ -453,10 +474,10 @@ def run_curve(
         data_fingerprint=fingerprint_of(prepared) or "",
         unlabelled_fingerprint=fingerprint_of(getattr(prepared, "unlabelled", None)),
         strategies=strategies,
-        strategy_specs={s: _spec(backend, s, pretrain, strategy_options) for s in strategies},
+        strategy_specs=strategy_specs,
         sizes=sizes, repeats=int(repeats), test_size=test_size, seed=int(seed),
         image_size=tuple(image_size) if image_size is not None else None, count=count,
-        finetune=backend.finetune_config(dict(finetune or {})),
+        finetune=finetune_config, pretrain_per_repeat=bool(pretrain_per_repeat),
         masks=masks is not None, group_pattern=group_pattern, drop_classes=tuple(drop_classes),
         data=data_args["data"], unlabelled=data_args["unlabelled"], masks_dir=data_args["masks"],
     )
@@ -508,6 +529,8 @@ def _run_cells(out: Path, store: ResultStore, info: dict[str, Any], config: Curv
     pending = [c for c in cells if c not in done]
     ran = 0
     fingerprint = config.data_fingerprint
+    # Workers open the data by the run's plan: the same test set and pool, never drawn again.
+    data_args = {**data_args, "plan": str((out / PLAN_FILE).resolve())}
     threads_before = None
     if pending:
         import torch  # the in-process executor changes this process's threads; put them back after
@@ -519,24 +542,26 @@ def _run_cells(out: Path, store: ResultStore, info: dict[str, Any], config: Curv
         prime_data(data_args, prepared)
         bar = _Progress(len(cells), len(cells) - len(pending), progress, log)
         try:
-            used = {c.strategy for c in store.keys("ok")}
+            used = {prep_key(config, c.strategy, c.repeat) for c in store.keys("ok")}
             specs, prep_errors = _prepare(out, ex, config, data_args, fingerprint, backend, pending,
                                           prep_cpus, info, used, say)
             bar.restart_clock()
             tasks, ready = [], []
             for cell in pending:
                 d = draws[(cell.n_per_class, cell.repeat)]
+                key = prep_key(config, cell.strategy, cell.repeat)
                 task = CellTask(
                     cell=cell, seed=train_seed(config.seed, cell.repeat, cell.n_per_class),
-                    draw_seed=d["draw_seed"], labelled_ids=tuple(d["ids"]),
-                    spec=specs.get(cell.strategy, config.strategy_specs[cell.strategy]),
+                    draw_seed=d["draw_seed"], labelled_ids=tuple(d["ids"]), train_ids=tuple(d["train"]),
+                    val_ids=tuple(d["val"]), spec=specs.get(key, config.strategy_specs[cell.strategy]),
                     finetune=config.finetune, data_args=data_args, fingerprint=fingerprint,
                     config_hash=config_hash,
                     keep_model=keep_models == "all" or (keep_models == "first" and cell.repeat == 0),
                     backend=backend, threads=cpus_per_cell)
-                (tasks if cell.strategy in prep_errors else ready).append(task)
+                (tasks if key in prep_errors else ready).append(task)
             for task in tasks:  # a strategy whose preparation failed: its cells fail with that reason
-                _record(out, store, _failed_output(task, prep_errors[task.cell.strategy]), bar)
+                reason = prep_errors[prep_key(config, task.cell.strategy, task.cell.repeat)]
+                _record(out, store, _failed_output(task, reason), bar)
                 ran += 1
             for task, result in ex.map(run_cell, ready):
                 output = result if isinstance(result, CellOutput) else _failed_output(task, result)
@@ -618,30 +643,44 @@ def _pinned(out: Path, info: dict[str, Any], name: str, used: set[str]) -> dict[
     return None
 
 
+def prep_key(config: CurveConfig, strategy: str, repeat: int) -> str:
+    """Which preparation a cell uses: one per strategy, or one per strategy and repeat."""
+    entry = strategy_registry.REGISTRY.get(strategy)
+    if config.pretrain_per_repeat and entry is not None and entry.prepare:
+        return f"{strategy}@r{repeat}"
+    return strategy
+
+
 def _prepare(out: Path, ex: Executor, config: CurveConfig, data_args: dict[str, Any], fingerprint: str,
              backend: Any, pending: list[Cell], prep_cpus: int, info: dict[str, Any], used: set[str],
              say: Log) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
-    """Prepare every strategy that has cells left, once per run; returns prepared specs and errors."""
-    names = [s for s in config.strategies if any(c.strategy == s for c in pending)]
+    """Prepare every strategy (or strategy and repeat) that has cells left, once per run; returns the
+    prepared specs and errors, keyed by ``prep_key``."""
+    keys: dict[str, tuple[str, int | None]] = {}
+    for c in sorted(pending, key=lambda c: (config.strategies.index(c.strategy), c.repeat)):
+        key = prep_key(config, c.strategy, c.repeat)
+        keys.setdefault(key, (c.strategy, c.repeat if key != c.strategy else None))
     cache_dir = out / "pretrained"
     cache_dir.mkdir(parents=True, exist_ok=True)
     specs: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
-    for name in names:
-        pinned = _pinned(out, info, name, used)
+    for key in keys:
+        pinned = _pinned(out, info, key, used)
         if pinned is not None:
-            specs[name] = pinned
-    tasks = [PrepTask(strategy=s, spec=config.strategy_specs[s], cache_dir=str(cache_dir.resolve()),
-                      seed=config.seed, data_args=data_args, fingerprint=fingerprint, backend=backend,
-                      threads=prep_cpus) for s in names if s not in specs]
+            specs[key] = pinned
+    tasks = [PrepTask(strategy=key, spec=config.strategy_specs[name], cache_dir=str(cache_dir.resolve()),
+                      seed=pretrain_seed(config.seed, repeat), data_args=data_args, fingerprint=fingerprint,
+                      backend=backend, threads=prep_cpus)
+             for key, (name, repeat) in keys.items() if key not in specs]
     if not tasks:
         return specs, errors
-    heavy = [t.strategy for t in tasks if t.strategy in _PRETRAINED]
+    heavy = [t.strategy for t in tasks if strategy_registry.REGISTRY.get(t.spec.get("name", ""))
+             and strategy_registry.REGISTRY[t.spec["name"]].prepare]
     if heavy:
-        say(f"preparing {', '.join(heavy)} (once per strategy, cached in {cache_dir}) ...")
+        say(f"preparing {', '.join(heavy)} (cached in {cache_dir}) ...")
     if isinstance(ex, RayExecutor):
         # Pretraining is the heavy part: on a cluster it runs as tasks too, with a whole GPU if cells use one.
-        cpus = min(prep_cpus, int(ex._ray.cluster_resources().get("CPU", 1)))
+        cpus = min(prep_cpus, ex.cluster_cpus())
         tasks = [PrepTask(**{**t.__dict__, "threads": cpus}) for t in tasks]
         results = ex.map(run_preparation, tasks, num_cpus=cpus, num_gpus=1.0 if ex.gpus_per_task else 0.0)
     else:

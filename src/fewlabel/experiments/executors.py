@@ -164,6 +164,10 @@ class RayExecutor:
             for ref in pending:  # stopped early (Ctrl-C, an error in the driver): free the cluster
                 ray.cancel(ref, force=True)
 
+    def cluster_cpus(self) -> int:
+        """CPUs of the cluster this executor runs on (at least 1)."""
+        return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
+
     def close(self) -> None:
         if self._owns_cluster and self._ray.is_initialized():
             self._ray.shutdown()

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+from fewlabel.jsonable import jsonable
+
 # Fields of CurveConfig that change results: the config hash covers exactly these.
 HASHED_FIELDS = (
     "data_fingerprint",
@@ -36,6 +38,7 @@ HASHED_FIELDS = (
     "image_size",
     "count",
     "finetune",
+    "pretrain_per_repeat",
 )
 
 # How a field is named in a mismatch message.
@@ -68,6 +71,11 @@ def draw_seed(seed: int, repeat: int) -> int:
     return derive_seed(seed, "draw", repeat)
 
 
+def pretrain_seed(seed: int, repeat: int | None) -> int:
+    """Seed of a strategy's preparation: the base seed when one preparation serves every repeat."""
+    return seed if repeat is None else derive_seed(seed, "pretrain", repeat)
+
+
 def train_seed(seed: int, repeat: int, n_per_class: int) -> int:
     """Seed of fine-tuning in one (size, repeat); shared by all strategies so comparisons are paired."""
     return derive_seed(seed, "train", repeat, n_per_class)
@@ -89,11 +97,6 @@ class Cell(NamedTuple):
         return f"{self.strategy} n={self.n_per_class} r={self.repeat}"
 
 
-def _jsonable(value: Any) -> Any:
-    """Canonical JSON-able form: tuples become lists, nested mappings are sorted by json.dumps."""
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
 @dataclass
 class CurveConfig:
     """Everything that defines a learning-curve run. Paths are kept for the record but not hashed:
@@ -113,6 +116,9 @@ class CurveConfig:
     masks: bool = False
     group_pattern: str | None = None
     drop_classes: tuple[str, ...] = ()
+    # Each repeat prepares its own encoder (own pretraining seed): the spread of pretrained
+    # strategies then includes the pretraining's own variance, not only the labelled draw's.
+    pretrain_per_repeat: bool = False
     # Informational only (not hashed).
     data: str = ""
     unlabelled: str | None = None
@@ -135,7 +141,7 @@ class CurveConfig:
 
     def hashed(self) -> dict[str, Any]:
         """The part of the configuration that changes results, in canonical JSON-able form."""
-        return _jsonable({name: getattr(self, name) for name in HASHED_FIELDS})
+        return canonical({name: getattr(self, name) for name in HASHED_FIELDS})
 
     def config_hash(self) -> str:
         """16 hex digits of SHA-256 over ``hashed()``; equal hashes may resume each other."""
@@ -143,7 +149,7 @@ class CurveConfig:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return canonical(asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CurveConfig:
@@ -158,7 +164,7 @@ class CurveConfig:
         """What differs between a stored config (``to_dict()`` of another run) and this one, as
         ``"<field> <stored> vs <this>"`` phrases, e.g. ``"sizes 2,5,20 vs 2,5"``."""
         mine = self.hashed()
-        theirs = _jsonable({name: stored.get(name) for name in HASHED_FIELDS})
+        theirs = canonical({name: stored.get(name) for name in HASHED_FIELDS})
         out: list[str] = []
         for name in HASHED_FIELDS:
             if mine[name] != theirs[name]:
@@ -213,3 +219,8 @@ def parse_names(text: str | Iterable[str]) -> tuple[str, ...]:
     """``"scratch, ssl"`` → ("scratch", "ssl")."""
     parts = text.split(",") if isinstance(text, str) else list(text)
     return tuple(p.strip() for p in parts if p.strip())
+
+
+def canonical(value: Any) -> Any:
+    """Canonical JSON-able form (sorted keys): what the configuration hash is taken over."""
+    return jsonable(value, sort_keys=True)

@@ -15,11 +15,12 @@ RUN_DIR layout (the report and explanations read it; keep it stable)::
       store.sqlite      WAL-mode SQLite; table ``cells``, primary key (strategy, n_per_class, repeat);
                         table ``meta`` (schema_version, config_hash)
       results.csv       export of ``cells``: CSV_COLUMNS first, then EXTRA_COLUMNS (rewritten atomically)
-      split.json        seed, test_size, count, classes, test (ids), test_labels, test_groups, pool (ids),
-                        draws: [{repeat, n_per_class, draw_seed, ids[, skipped: reason]}]
+      plan.json         the split plan (``fewlabel.data.plan``): params, test {ids, labels, groups}, pool,
+                        merged copies, pretraining pools, draws {n<size>_r<repeat>: {labelled, train,
+                        val, draw_seed[, skipped]}}; every worker, explain and the report follow it
       pretrained/       encoder files of the preparations (GAN, segmentation, SSL), cached by hash
       cells/<strategy>/n<size>_r<repeat>/
-                        proba_test.npy (float32 (n_test, n_classes), rows in split.json's test order),
+                        proba_test.npy (float32 (n_test, n_classes), rows in plan.json's test order),
                         cell.json (labelled/train/val ids, seeds, spec, finetune, history) and, when the
                         model is kept (default: repeat 0 only), ``model.safetensors`` + ``config.json``
                         of ``fewlabel.models.io.save_model_dir`` (the cell folder IS the model dir)
@@ -61,17 +62,18 @@ from pathlib import Path
 from typing import Any
 
 from fewlabel import fileio
+from fewlabel.data.plan import PLAN_FILE
 from fewlabel.errors import FewlabelError
 from fewlabel.experiments.grid import Cell
 
+__all__ = ["PLAN_FILE"]  # the run folder's plan file name, re-exported with the other names
 STORE_FILE = "store.sqlite"
 RUN_FILE = "run.json"
 CSV_FILE = "results.csv"
-SPLIT_FILE = "split.json"
 SCHEMA_VERSION = 1
 
 METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "macro_f1")
-# results.csv starts with exactly these columns, in this order (issue 5).
+# results.csv starts with exactly these columns, in this order: scripts read them by position.
 CSV_COLUMNS = ("strategy", "n_per_class", "repeat", "seed", *METRICS, "train_seconds")
 EXTRA_COLUMNS = (
     *(f"{m}_{b}" for m in METRICS for b in ("ci_low", "ci_high")),
@@ -102,7 +104,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     fileio.atomic_write_json(path, obj, indent=2, default=str, fsync=True)
 
 
-_JSON_WHAT = {RUN_FILE: "run record", SPLIT_FILE: "split record"}
+_JSON_WHAT = {RUN_FILE: "run record", PLAN_FILE: "split plan"}
 
 
 def read_json(path: Path) -> Any:

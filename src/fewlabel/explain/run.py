@@ -38,24 +38,22 @@ class TestSet:
 
 
 def open_test_set(run_dir: str | Path) -> TestSet:
-    """Re-open the run's data as the curve did (same arguments, same split seed) and check that the
-    test ids are those of ``split.json``, so the figures show the images the metrics came from."""
+    """Re-open the run's test set by its saved plan (``plan.json``): the very images the metrics
+    came from, in the row order of every ``proba_test.npy``."""
+    from fewlabel.data.plan import PLAN_FILE
     from fewlabel.errors import FewlabelError
-    from fewlabel.experiments.cell import PipelineBackend
+    from fewlabel.pipeline import prepare_data
 
     run_dir = Path(run_dir)
     run = json.loads((run_dir / "run.json").read_text())
-    data_args = run.get("data_args")
+    data_args = dict(run.get("data_args") or {})
     if not data_args:
         raise FewlabelError("run.json has no data_args: cannot re-open the test set",
                             path=run_dir / "run.json")
-    data = PipelineBackend().prepare_data(**dict(data_args))
-    split_file = run_dir / "split.json"
-    if split_file.exists():
-        stored = json.loads(split_file.read_text()).get("test")
-        if stored is not None and list(stored) != list(data.test_ids):
-            raise FewlabelError("the data's test set differs from split.json (files changed since the run?)",
-                                path=split_file)
+    if isinstance(data_args.get("image_size"), list):
+        data_args["image_size"] = tuple(data_args["image_size"])
+    data_args.pop("plan", None)
+    data = prepare_data(**data_args, plan=run_dir / PLAN_FILE)
     x, y = data.test_arrays
     return TestSet(x=np.asarray(x, np.float32), y=np.asarray(y), ids=list(data.test_ids),
                    class_names=list(data.class_names))

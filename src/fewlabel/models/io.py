@@ -265,6 +265,9 @@ def save_model_dir(
         "num_classes": classifier.num_classes, "dropout": classifier.dropout,
     }
     full = dict(config or {})
+    if isinstance(full.get("provenance"), dict):
+        # In the weights file too: a model.safetensors reused as an encoder carries what it saw.
+        header["meta"] = full["provenance"]
     full.update(header)
     directory.parent.mkdir(parents=True, exist_ok=True)
 

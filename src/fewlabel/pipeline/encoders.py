@@ -1,0 +1,163 @@
+"""The encoder side of the pipeline: a strategy's spec, its encoder built or prepared, and the
+guards that refuse an encoder which saw a test image or cannot say what it saw."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fewlabel import strategies as strategy_registry
+from fewlabel.errors import FewlabelError
+from fewlabel.models.encoder import Encoder, create_encoder
+from fewlabel.pipeline.data import PreparedData
+
+
+@dataclass
+class StrategySpec:
+    """One way of giving the encoder its first weights, plus how it is fine-tuned."""
+
+    name: str = "scratch"
+    encoder: str = "convnet"
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    encoder_weights: str | None = None  # an encoder file, or (imagenet) a torchvision .pth
+    semi: bool = False
+    pretrain: dict[str, Any] = field(default_factory=dict)  # PretrainConfig overrides
+    finetune: dict[str, Any] = field(default_factory=dict)  # FinetuneConfig overrides
+    # Accept an encoder file that records nothing of the images it saw (the user vouches for it).
+    trust_encoder: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StrategySpec:
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise FewlabelError(f"unknown strategy setting {', '.join(map(repr, unknown))}; known: "
+                                f"{', '.join(f.name for f in dataclasses.fields(cls))}")
+        return cls(**d)
+
+
+def default_spec(name: str, encoder: str | None = None, **overrides: Any) -> StrategySpec:
+    """The registry's defaults for strategy ``name`` (``fewlabel.strategies``), with overrides."""
+    entry = strategy_registry.get(name)
+    spec = StrategySpec(name=name, encoder=entry.encoder, semi=entry.semi, finetune=dict(entry.finetune))
+    if encoder is not None:
+        spec.encoder = encoder
+    known = {f.name for f in dataclasses.fields(StrategySpec)}
+    for k, v in overrides.items():
+        if k not in known:
+            raise FewlabelError(f"strategy {name} has no setting {k!r}; it has {', '.join(sorted(known))}")
+        setattr(spec, k, v)
+    return spec
+
+
+def encoder_record(meta: dict[str, Any]) -> list[str] | None:
+    """The content keys an encoder file says it saw, or None when it records nothing."""
+    seen = meta.get("seen_files")
+    return None if seen is None else [str(k) for k in seen]
+
+
+def check_encoder_file(path: str | Path, meta: dict[str, Any], data: PreparedData,
+                       trust: bool = False) -> None:
+    """Refuse an encoder that saw a test image (or a copy of one), or one that records nothing of what
+    it saw unless the user trusts it. Published weights (ImageNet) never come through here."""
+    seen = encoder_record(meta)
+    if seen is None:
+        if trust:
+            return
+        raise FewlabelError(
+            "this encoder file records no list of the images it was trained on, so fewlabel cannot rule "
+            "out that it saw test images; make it with `fewlabel pretrain --plan`, or pass "
+            "--trust-encoder if you know it never saw this data", path=path)
+    overlap = set(seen) & data.test_file_keys
+    if overlap:
+        raise FewlabelError(
+            f"this encoder was trained on {len(overlap)} of the test images (or copies of them); pretrain "
+            "again with --plan <the plan.json of this run> (or --holdout-from <this data> with the same "
+            "--seed, --test-size, --count, --group-pattern) so the test images stay unseen", path=path)
+
+
+def encoder_data_notes(meta: dict[str, Any], data: PreparedData, path: str | Path) -> list[str]:
+    """Compare an encoder's saved preprocessing with the data it is about to be fine-tuned on.
+
+    Incompatible intensity handling is refused (the encoder's first layer would read other units);
+    another image size is adapted (convolutions and global pooling accept any size) and said."""
+    saved = meta.get("preprocess")
+    if not isinstance(saved, dict):
+        return []
+    now = data.preprocess.to_dict()
+    for key in ("spatial_dims", "channels", "intensity"):
+        if key in saved and key in now and saved[key] != now[key]:
+            raise FewlabelError(f"encoder was pretrained with {key} {saved[key]!r}, but this data is "
+                                f"prepared with {now[key]!r}; pretrain on data prepared the same way",
+                                path=path)
+    notes = []
+    if "size" in saved and list(saved["size"]) != list(now.get("size") or []):
+        size = "x".join(map(str, saved["size"]))
+        notes.append(f"encoder pretrained at {size}, fine-tuned at {'x'.join(map(str, now['size']))}: "
+                     "its convolutions are applied at the new size")
+    return notes
+
+
+def build_encoder(spec: StrategySpec, data: PreparedData, seed: int = 0,
+                  notes: list[str] | None = None) -> tuple[Encoder, list[str]]:
+    """A fresh encoder with the strategy's first weights and the content keys of the images those
+    weights saw. A random start depends on ``seed`` only."""
+    import torch
+
+    torch.manual_seed(seed)
+    entry = strategy_registry.get(spec.name)
+    if spec.encoder_weights and not entry.pretrained_weights:
+        from fewlabel.models.io import load_encoder
+
+        encoder, meta = load_encoder(spec.encoder_weights)
+        check_encoder_file(spec.encoder_weights, meta, data, trust=spec.trust_encoder)
+        if encoder.in_channels != data.channels or encoder.spatial_dims != data.spatial_dims:
+            raise FewlabelError(
+                f"encoder has {encoder.in_channels} channel(s), {encoder.spatial_dims}D, but the data "
+                f"has {data.channels} channel(s), {data.spatial_dims}D", path=spec.encoder_weights)
+        if notes is not None:
+            notes.extend(encoder_data_notes(meta, data, spec.encoder_weights))
+        return encoder, encoder_record(meta) or []
+    if entry.pretrained_weights and data.spatial_dims != 2:
+        raise FewlabelError("ImageNet weights exist for 2D images only; use scratch, segmentation or "
+                            "ssl for 3D volumes")
+    encoder = create_encoder(spec.encoder, in_channels=data.channels, spatial_dims=data.spatial_dims,
+                             image_size=data.image_size, **spec.encoder_kwargs)
+    if entry.pretrained_weights:
+        from fewlabel.models.imagenet import load_imagenet_weights
+
+        # download=True: fetched into the torch hub cache when online; offline, a one-line error.
+        load_imagenet_weights(encoder, path=spec.encoder_weights, download=True)
+    return encoder, []
+
+
+def prepare_strategy(spec: StrategySpec, data: PreparedData, cache_dir: str | Path, seed: int = 0,
+                     progress: bool | None = None) -> StrategySpec:
+    """Run (or fetch from the cache) the strategy's pretraining; returns the spec with its weights.
+
+    The encoder file records the content keys of every image it saw and the plan it was made under,
+    so it can be refused later for a test set it has seen. Its cache key depends on the pretraining
+    inputs only: changing a test image leaves it (and the pool arrays) untouched."""
+    entry = strategy_registry.get(spec.name)
+    if entry.prepare is None or spec.encoder_weights:
+        return spec
+    from fewlabel.prepare import prepare_encoder
+    from fewlabel.prepare.common import PretrainConfig
+
+    encoder = create_encoder(spec.encoder, in_channels=data.channels, spatial_dims=data.spatial_dims,
+                             image_size=data.image_size, **spec.encoder_kwargs)
+    inputs = data.pretrain_inputs(entry.needs or "pool")
+    config = PretrainConfig.from_dict({"seed": seed, **spec.pretrain})
+    if progress is not None:
+        config.progress = progress
+    path = prepare_encoder(entry.prepare, inputs.images, inputs.masks, encoder_config=encoder.config,
+                           config=config, cache_dir=cache_dir, data_fingerprint=inputs.fingerprint,
+                           val_images=inputs.val_images, val_masks=inputs.val_masks,
+                           extra_meta={"seen_files": inputs.seen_files,
+                                       "plan_fingerprint": data.plan.fingerprint,
+                                       "preprocess": data.preprocess.to_dict()})
+    return dataclasses.replace(spec, encoder_weights=str(path))

@@ -1,0 +1,112 @@
+"""One cell: fine-tune a strategy's encoder on one labelled draw, score the fixed test set, and the
+record a model folder keeps (including what its weights saw)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fewlabel.data import splits, tensors
+from fewlabel.errors import FewlabelError
+from fewlabel.evaluate.metrics import classification_metrics
+from fewlabel.models.heads import Classifier
+from fewlabel.pipeline.data import PreparedData
+from fewlabel.pipeline.encoders import StrategySpec, build_encoder
+from fewlabel.training.finetune import FinetuneConfig, finetune, predict_proba
+from fewlabel.training.loop import FitResult
+
+
+@dataclass
+class CellResult:
+    classifier: Classifier
+    fit: FitResult
+    metrics: dict[str, Any]
+    proba_test: np.ndarray
+    train_ids: list[str]
+    val_ids: list[str]
+    train_seconds: float
+    finetune_config: FinetuneConfig
+    seen_files: list[str] = field(default_factory=list)  # content keys the classifier's weights saw
+    notes: list[str] = field(default_factory=list)
+
+
+def finetune_config_for(spec: StrategySpec, base: FinetuneConfig | None = None) -> FinetuneConfig:
+    base_dict = (base or FinetuneConfig()).to_dict()
+    base_dict.update(spec.finetune)
+    if spec.semi:
+        base_dict["semi"] = True
+    return FinetuneConfig.from_dict(base_dict)
+
+
+def split_labelled(data: PreparedData, labelled_ids: list[str], seed: int) -> tuple[list[str], list[str]]:
+    """Training and validation ids of a labelled draw (``splits.nested_validation``; ``seed`` is the
+    seed the draw was made with), both from the labelled draw, never from test.
+
+    The threshold counts groups (patients), not images: 2 patients of 4 slices each are 2
+    independent samples, and a validation split would take half the training patients away.
+    """
+    return splits.nested_validation(data.catalog, data.pool_ids, labelled_ids, seed=seed)
+
+
+def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, seed: int,
+             finetune_config: FinetuneConfig | None = None, *, train_ids: list[str] | None = None,
+             val_ids: list[str] | None = None) -> CellResult:
+    """Fine-tune one strategy on one labelled draw and evaluate it on the fixed test set.
+
+    ``train_ids``/``val_ids``: the plan's split of this draw; without them it is computed from the
+    draw with ``seed`` (``split_labelled``)."""
+    leaked = set(labelled_ids) & set(data.test_ids)
+    if leaked:  # a guard, not a user error: it means a bug upstream
+        raise AssertionError(f"{len(leaked)} test images in the labelled draw")
+    if not labelled_ids:
+        raise FewlabelError("no labelled images to fine-tune on (labels per class must be at least 1)",
+                            path=data.catalog.root)
+    config = finetune_config_for(spec, finetune_config)
+    if train_ids is None or val_ids is None:
+        train_ids, val_ids = split_labelled(data, labelled_ids, seed)
+    x_train, y_train = data.arrays(train_ids)
+    x_val, y_val = data.arrays(val_ids) if val_ids else (None, None)
+    notes: list[str] = []
+    encoder, seen = build_encoder(spec, data, seed=seed, notes=notes)
+    seen_keys = set(seen) | set(data.keys_of(list(train_ids) + list(val_ids)))
+    x_pool = data.unlabelled_arrays() if spec.semi else None
+    if spec.semi and x_pool is not None:
+        seen_keys |= {data.unlabelled_keys[i] for i in data.pool_without_test_groups()}
+    if spec.semi and x_pool is None:
+        # No separate pool: the labelled pool minus this draw plays the unlabelled part.
+        drawn = set(labelled_ids)
+        rest = [i for i in data.pool_ids if i not in drawn]
+        x_pool = tensors.load_images(data.catalog, rest, data.preprocess) if rest else None
+        seen_keys |= set(data.keys_of(rest))
+    t0 = time.perf_counter()
+    classifier, fit_result = finetune(x_train, y_train, x_val, y_val, data.num_classes, encoder, config,
+                                      seed=seed, x_unlabelled=x_pool)
+    train_seconds = time.perf_counter() - t0
+    x_test, y_test = data.test_arrays
+    proba = predict_proba(classifier, x_test, device=config.device)
+    metrics = classification_metrics(y_test, proba, class_names=data.class_names, seed=seed,
+                                     groups=data.catalog.groups(data.test_ids))
+    return CellResult(classifier=classifier, fit=fit_result, metrics=metrics, proba_test=proba,
+                      train_ids=list(train_ids), val_ids=list(val_ids), train_seconds=train_seconds,
+                      finetune_config=config, seen_files=sorted(seen_keys), notes=notes)
+
+
+def model_config(data: PreparedData, spec: StrategySpec, cell: CellResult, seed: int) -> dict[str, Any]:
+    """What a model folder records so ``predict`` can repeat the preprocessing, a reader can trust it,
+    and a later run can refuse it as an encoder for a test set it has seen (``provenance``)."""
+    from fewlabel import __version__
+
+    return {
+        "format": "fewlabel-model", "fewlabel_version": __version__,
+        "class_names": data.class_names, "preprocess": data.preprocess.to_dict(),
+        "strategy": spec.to_dict(), "finetune": cell.finetune_config.to_dict(), "seed": seed,
+        "data_fingerprint": data.fingerprint(), "data_root": str(data.catalog.root),
+        "n_train": len(cell.train_ids), "n_val": len(cell.val_ids),
+        "best_epoch": cell.fit.best_epoch, "epochs": cell.fit.epochs,
+        "metrics": {k: v for k, v in cell.metrics.items() if k != "confusion_matrix"},
+        "provenance": {"seen_files": cell.seen_files, "plan_fingerprint": data.plan.fingerprint,
+                       "preprocess": data.preprocess.to_dict()},
+    }

@@ -1,0 +1,154 @@
+"""Settings checked up front: unknown keys and bad values are one-line errors before any work.
+
+``validated(FinetuneConfig, {"batch_size": "abc"}, "fine-tuning")`` raises
+``FewlabelError("fine-tuning setting batch_size must be an integer, got 'abc'")`` — before data are
+loaded or a run folder is written — instead of a failure cell by cell minutes later (or, worse, a
+typo silently ignored). Types come from the config dataclass itself; the value rules below say what
+each known field may hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from fewlabel.errors import FewlabelError
+
+_Rule = tuple[Callable[[Any], bool], str]
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+def _fraction(v: Any) -> bool:
+    return 0 <= v < 1
+
+
+def _device(v: Any) -> bool:
+    return bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(v)))
+
+
+RULES: dict[str, _Rule] = {
+    "lr": (_positive, "be > 0"),
+    "encoder_lr": (_positive, "be > 0"),
+    "weight_decay": (_non_negative, "be >= 0"),
+    "batch_size": (_positive, "be >= 1"),
+    "max_epochs": (_positive, "be >= 1"),
+    "min_steps_per_epoch": (_positive, "be >= 1"),
+    "patience": (_non_negative, "be >= 0"),
+    "dropout": (_fraction, "be in [0, 1)"),
+    "label_smoothing": (_fraction, "be in [0, 1)"),
+    "augment": (lambda v: v in ("none", "weak", "strong"), "be none, weak or strong"),
+    "balance": (lambda v: v in ("loss_weights", "none"), "be loss_weights or none"),
+    "time_budget_s": (_positive, "be > 0"),
+    "device": (_device, "be auto, cpu, cuda, cuda:N or mps"),
+    "semi_threshold": (lambda v: 0 < v <= 1, "be in (0, 1]"),
+    "semi_mu": (_positive, "be >= 1"),
+    "semi_weight": (_non_negative, "be >= 0"),
+    "steps": (_positive, "be >= 1"),
+    "log_every": (_positive, "be >= 1"),
+    "seed": (_non_negative, "be >= 0"),
+    "z_dim": (_positive, "be >= 1"),
+    "gen_width": (_positive, "be >= 1"),
+    "real_label": (lambda v: 0 < v <= 1, "be in (0, 1]"),
+    "r1_gamma": (_non_negative, "be >= 0"),
+    "sample_every": (_positive, "be >= 1"),
+    "temperature": (_positive, "be > 0"),
+    "proj_dim": (_positive, "be >= 1"),
+    "crop_scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1, "be two numbers 0 < a <= b <= 1"),
+    "num_classes": (lambda v: v >= 2, "be >= 2"),
+    "val_fraction": (_fraction, "be in [0, 1)"),
+    "checkpoint_every_s": (_positive, "be > 0"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            dict: "a mapping", tuple: "a list of numbers"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(ok, value converted to the field's type). None passes only where the field allows it."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            return type(None) in args, None
+        for arg in args:
+            if arg is type(None):
+                continue
+            ok, out = _coerce(value, arg)
+            if ok:
+                return True, out
+        return False, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        if isinstance(value, bool):
+            return False, value
+        if isinstance(value, int):
+            return True, value
+        if isinstance(value, float) and value.is_integer():
+            return True, int(value)
+        return False, value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value == value and abs(value) != float("inf"), float(value)
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin is tuple or tp is tuple:
+        if isinstance(value, (list, tuple)) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            return True, tuple(float(v) for v in value)
+        return False, value
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
+    return True, value
+
+
+def validated(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
+    """``values`` checked against the dataclass ``cls``: known keys, right types, allowed values.
+
+    Returns the values converted to the fields' types (``1`` → ``1.0`` for a float field)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise FewlabelError(f"unknown {what} setting {', '.join(map(repr, unknown))}; known: "
+                            f"{', '.join(sorted(fields))}")
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        tp = hints.get(key, Any)
+        ok, converted = _coerce(value, tp)
+        if not ok:
+            base = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+            raise FewlabelError(f"{what} setting {key} must be {_type_name(base[0])}, got {value!r}")
+        rule = RULES.get(key)
+        if rule is not None and converted is not None:
+            check, says = rule
+            try:
+                good = check(converted)
+            except TypeError:
+                good = False
+            if not good:
+                raise FewlabelError(f"{what} setting {key} must {says}, got {value!r}")
+        out[key] = converted
+    return out
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` made concrete (as the training loop picks it), so a run's recorded configuration
+    says which device its numbers came from and a resume elsewhere is noticed."""
+    from fewlabel.training.loop import select_device
+
+    return str(select_device(device))

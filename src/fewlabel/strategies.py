@@ -1,0 +1,61 @@
+"""The strategy registry: every way fewlabel gives an encoder its first weights, in one place.
+
+A strategy says which encoder it builds, what (if anything) prepares that encoder before
+fine-tuning, which data the preparation needs, and the fine-tuning defaults that suit it. The CLI,
+``train``, ``curve``, ``pretrain``, the report and the docs all read this table; adding a strategy is
+one entry here (plus, for a new pretraining method, one module in ``fewlabel.prepare``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fewlabel.errors import FewlabelError
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One row of the registry."""
+
+    name: str
+    summary: str
+    encoder: str = "convnet"
+    # The pretraining method run before fine-tuning (a module of ``fewlabel.prepare``), or None.
+    prepare: str | None = None
+    # What that preparation reads: "pool" (unlabelled images: the --unlabelled folder, else the
+    # labelled pool with its labels ignored) or "masks" (labelled-pool images with masks).
+    needs: str | None = None
+    pretrained_weights: bool = False  # starts from published weights (ImageNet): a known, external file
+    semi: bool = False  # fine-tunes with FixMatch on the unlabelled pool
+    finetune: dict[str, Any] = field(default_factory=dict)
+
+
+# Pretrained features: a smaller step for the encoder keeps what pretraining taught it.
+_PRETRAINED_FINETUNE = {"lr": 1e-3, "encoder_lr": 3e-4}
+
+REGISTRY: dict[str, Strategy] = {s.name: s for s in (
+    Strategy("scratch", "random initial weights, the shared convnet"),
+    Strategy("imagenet", "ImageNet MobileNetV2 weights (2D only)", encoder="mobilenet_v2",
+             pretrained_weights=True, finetune={"lr": 1e-3, "encoder_lr": 1e-4}),
+    Strategy("gan", "DCGAN on the unlabelled pool; its discriminator becomes the encoder",
+             prepare="gan", needs="pool", finetune=_PRETRAINED_FINETUNE),
+    Strategy("segmentation", "U-Net on images with masks lends its encoder", prepare="segmentation",
+             needs="masks", finetune=_PRETRAINED_FINETUNE),
+    Strategy("ssl", "SimCLR on the unlabelled pool", prepare="ssl", needs="pool",
+             finetune=_PRETRAINED_FINETUNE),
+    Strategy("semi", "FixMatch: fine-tuning uses the unlabelled pool too", semi=True),
+)}
+
+NAMES: tuple[str, ...] = tuple(REGISTRY)
+PREPARED: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.prepare)
+# Methods ``fewlabel pretrain`` and ``prepare_encoder`` accept.
+PRETRAIN_METHODS: tuple[str, ...] = tuple(s.prepare for s in REGISTRY.values() if s.prepare)
+
+
+def get(name: str) -> Strategy:
+    """The registry entry, or a one-line error listing the names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise FewlabelError(f"unknown strategy {name!r}; choose from {', '.join(NAMES)}") from None

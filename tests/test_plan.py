@@ -1,0 +1,315 @@
+"""The split plan: one saved value every command follows, leak-proof by construction.
+
+Each test here names the hole it closes; each would fail on a pipeline that re-derived the split per
+command, split copies of one image apart, or trusted an encoder that cannot say what it saw.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fewlabel
+from fewlabel.data.plan import SplitPlan
+from fewlabel.errors import DataError, FewlabelError
+from fewlabel.pipeline import add_draw, prepare_data
+from fewlabel.training.finetune import FinetuneConfig
+
+from factory import GROUP_PATTERN, make_class_folder, make_image_mask_tree, make_pool, run_cli, write_image
+
+FAST = FinetuneConfig(max_epochs=1, batch_size=8, min_steps_per_epoch=1, progress=False)
+
+
+def _patients(ids: list[str]) -> set[str]:
+    import re
+
+    return {re.search(GROUP_PATTERN, i).group(1) for i in ids}
+
+
+@pytest.fixture
+def patients(tmp_path: Path) -> Path:
+    """3 slices per patient, 8 patients per class."""
+    return make_class_folder(tmp_path / "pat", {"a": 24, "b": 24}, size=(8, 8), images_per_group=3)
+
+
+def test_curve_count_groups_holds_out_whole_patients(patients: Path, tmp_path: Path) -> None:
+    """--count groups --test-size 2: 2 PATIENTS per class are test (it used to be 2 images)."""
+    from fewlabel.experiments import run_curve
+
+    out = tmp_path / "run"
+    run_curve(patients, out, ["scratch"], [2], 1, group_pattern=GROUP_PATTERN, test_size=2, count="groups",
+              finetune={"max_epochs": 1}, log=None, progress=False)
+    plan = SplitPlan.load(out / "plan.json")
+    assert len(plan.test_ids) == 2 * 2 * 3  # 2 patients x 2 classes x 3 slices
+    assert len(_patients(plan.test_ids)) == 4
+    assert not _patients(plan.test_ids) & _patients(plan.pool_ids)
+    assert plan.params["count"] == "groups"
+
+
+def test_a_copy_under_another_name_never_sits_on_both_sides(tmp_path: Path) -> None:
+    data = make_class_folder(tmp_path / "d", {"a": 10, "b": 10}, size=(8, 8))
+    first = prepare_data(data, test_size=0.3, seed=0)
+    test_file = first.catalog.by_id[first.test_ids[0]].path
+    label = first.catalog.by_id[first.test_ids[0]].label
+    shutil.copy(test_file, data / label / "zz_copy.png")  # same pixels, another name, same class
+    original = first.test_ids[0]
+    for seed in range(6):
+        prepared = prepare_data(data, test_size=0.3, seed=seed)
+        assert prepared.plan.merged == [sorted([original, f"{label}/zz_copy.png"])]
+        sides = {("test" if i in prepared.test_ids else "pool") for i in
+                 (original, f"{label}/zz_copy.png")}
+        assert len(sides) == 1, f"seed {seed}: the copy and its original were split apart"
+
+
+def test_copies_with_different_labels_are_refused(tmp_path: Path, capsys) -> None:
+    data = make_class_folder(tmp_path / "d", {"a": 6, "b": 6}, size=(8, 8))
+    src = sorted((data / "a").iterdir())[0]
+    shutil.copy(src, data / "b" / "mislabelled.png")
+    with pytest.raises(DataError, match="same image but are labelled"):
+        prepare_data(data)
+    code = run_cli("train", data, "--out", tmp_path / "m", "--max-epochs", "1")
+    err = capsys.readouterr().err
+    assert code != 0 and "mislabelled.png" in err and "Traceback" not in err
+
+
+def test_a_test_image_copied_into_the_pool_is_dropped_from_pretraining(tmp_path: Path) -> None:
+    data = make_class_folder(tmp_path / "d", {"a": 8, "b": 8}, size=(8, 8))
+    pool = make_pool(tmp_path / "pool", n=6, size=(8, 8))
+    prepared = prepare_data(data, test_size=0.25, unlabelled=pool)
+    assert prepared.plan.pretrain_pools["unlabelled"]["dropped_test_content"] == 0
+    shutil.copy(prepared.catalog.by_id[prepared.test_ids[0]].path, pool / "renamed.png")
+    prepared = prepare_data(data, test_size=0.25, unlabelled=pool)
+    entry = prepared.plan.pretrain_pools["unlabelled"]
+    assert entry["dropped_test_content"] == 1 and "renamed.png" not in entry["ids"]
+    inputs = prepared.pretrain_inputs("pool")
+    assert len(inputs.images) == 6 and not set(inputs.seen_files) & prepared.test_file_keys
+    from fewlabel.pipeline import dropped_note
+
+    assert dropped_note(prepared.plan) == "1 image(s) dropped: same content as a test image"
+
+
+def test_changing_a_test_image_leaves_statistics_cache_keys_and_pool_arrays_alone(tmp_path: Path) -> None:
+    data = make_class_folder(tmp_path / "d", {"a": 10, "b": 10}, size=(8, 8))
+    pool = make_pool(tmp_path / "pool", n=6, size=(8, 8))
+    before = prepare_data(data, test_size=0.3, unlabelled=pool)
+    pool_before = before.pretrain_inputs("pool")
+    test_path = Path(before.catalog.by_id[before.test_ids[0]].path)
+    write_image(test_path, (np.random.default_rng(5).random((1, 8, 8)) * 255).astype(np.uint8))
+    after = prepare_data(data, test_size=0.3, unlabelled=pool)
+    assert after.test_ids == before.test_ids
+    assert after.preprocess.to_dict() == before.preprocess.to_dict()
+    pool_after = after.pretrain_inputs("pool")
+    assert pool_after.fingerprint == pool_before.fingerprint  # the encoder cache key's data part
+    np.testing.assert_array_equal(pool_after.images, pool_before.images)
+    # ... and changing a POOL image leaves the test set where it was
+    pool_path = Path(after.catalog.by_id[after.pool_ids[0]].path)
+    write_image(pool_path, (np.random.default_rng(6).random((1, 8, 8)) * 255).astype(np.uint8))
+    assert prepare_data(data, test_size=0.3, unlabelled=pool).test_ids == before.test_ids
+
+
+def test_validation_and_training_are_nested_across_sizes(patients: Path) -> None:
+    prepared = prepare_data(patients, group_pattern=GROUP_PATTERN, test_size=2, count="groups")
+    small = add_draw(prepared, 5, 0, draw_seed=11, count="groups")
+    large = add_draw(prepared, 6, 0, draw_seed=11, count="groups")
+    assert small["val"] and set(small["val"]) <= set(large["val"])
+    assert set(small["train"]) <= set(large["train"])
+    assert not _patients(large["train"]) & _patients(large["val"])
+    tiny = add_draw(prepared, 4, 0, draw_seed=11, count="groups")  # < 5 patients: everything trains
+    assert tiny["val"] == [] and tiny["train"] == tiny["labelled"]
+
+
+def test_segmentation_validates_on_whole_patients(tmp_path: Path) -> None:
+    data = make_image_mask_tree(tmp_path / "seg", {"a": 12, "b": 12}, size=(8, 8), images_per_group=3)
+    prepared = prepare_data(data, group_pattern=GROUP_PATTERN, test_size=0.25)
+    entry = prepared.plan.pretrain_pools["masks"]
+    assert entry["val"] and not _patients(entry["val"]) & _patients(entry["train"])
+    assert not (set(entry["val"]) | set(entry["train"])) & set(prepared.test_ids)
+    inputs = prepared.pretrain_inputs("masks")
+    assert len(inputs.val_images) == len(entry["val"]) and len(inputs.images) == len(entry["train"])
+
+
+def test_unrecorded_encoder_is_refused_unless_trusted(tmp_path: Path, capsys) -> None:
+    from fewlabel.models.encoder import create_encoder
+    from fewlabel.models.io import save_encoder
+
+    data = make_class_folder(tmp_path / "d", {"a": 8, "b": 8}, size=(8, 8))
+    path = save_encoder(tmp_path / "bare.safetensors",
+                        create_encoder("convnet", in_channels=1, spatial_dims=2, width=4, depth=2), {})
+    code = run_cli("train", data, "--out", tmp_path / "m", "--strategy", "ssl", "--encoder-weights", path,
+                   "--max-epochs", "1")
+    err = capsys.readouterr().err
+    assert code == 2 and "records no list of the images" in err and "Traceback" not in err
+    assert not (tmp_path / "m").exists()
+    assert run_cli("train", data, "--out", tmp_path / "m", "--strategy", "ssl", "--encoder-weights", path,
+                   "--max-epochs", "1", "--trust-encoder") == 0
+
+
+def test_a_fine_tuned_model_reused_for_another_seed_is_refused(tmp_path: Path, capsys) -> None:
+    """Its weights saw seed 0's training images; seed 1 tests on some of them."""
+    data = make_class_folder(tmp_path / "d", {"a": 10, "b": 10}, size=(8, 8))
+    fewlabel.train(data, tmp_path / "m0", seed=0, test_size=0.3, finetune=FAST)
+    config = json.loads((tmp_path / "m0" / "config.json").read_text())
+    assert config["provenance"]["seen_files"] and config["provenance"]["plan_fingerprint"]
+    weights = tmp_path / "m0" / "model.safetensors"
+    plan0 = SplitPlan.load(tmp_path / "m0" / "plan.json")
+    seed = next(s for s in range(1, 20) if set(prepare_data(data, test_size=0.3, seed=s).test_ids)
+                - set(plan0.test_ids))
+    code = run_cli("train", data, "--out", tmp_path / "m1", "--seed", seed, "--test-size", 0.3,
+                   "--strategy", "ssl", "--encoder-weights", weights, "--max-epochs", "1")
+    err = capsys.readouterr().err
+    assert code == 2 and "trained on" in err and "test images" in err and "Traceback" not in err
+    # The same plan (same seed) has disjoint test images: accepted.
+    assert run_cli("train", data, "--out", tmp_path / "m2", "--plan", tmp_path / "m0" / "plan.json",
+                   "--strategy", "ssl", "--encoder-weights", weights, "--max-epochs", "1") == 0
+
+
+def test_curve_cached_encoders_record_what_they_saw(tmp_path: Path) -> None:
+    from fewlabel.experiments import run_curve
+    from fewlabel.models.io import read_header
+
+    data = make_class_folder(tmp_path / "d", {"a": 8, "b": 8}, size=(8, 8))
+    out = tmp_path / "run"
+    small = {"ssl": {"encoder_kwargs": {"width": 4, "depth": 2}}}
+    run_curve(data, out, ["ssl"], [2], 1, test_size=0.25, finetune={"max_epochs": 1},
+              pretrain={"steps": 2, "batch_size": 4}, strategy_options=small, log=None, progress=False)
+    [encoder] = (out / "pretrained").glob("ssl-*.safetensors")
+    meta = read_header(encoder)["meta"]
+    plan = SplitPlan.load(out / "plan.json")
+    prepared = prepare_data(data, test_size=0.25, plan=out / "plan.json")
+    assert meta["plan_fingerprint"] == plan.fingerprint
+    assert set(meta["seen_files"]) == set(prepared.keys_of(plan.pool_ids))
+    assert not set(meta["seen_files"]) & prepared.test_file_keys
+
+
+def test_pretrain_follows_a_plan_and_train_accepts_the_encoder(tmp_path: Path) -> None:
+    data = make_class_folder(tmp_path / "d", {"a": 8, "b": 8}, size=(8, 8))
+    pool = make_pool(tmp_path / "pool", n=6, size=(8, 8))
+    fewlabel.train(data, tmp_path / "m0", seed=3, test_size=0.25, finetune=FAST)
+    plan = tmp_path / "m0" / "plan.json"
+    shutil.copy(Path(data) / SplitPlan.load(plan).test_ids[0], pool / "leak.png")
+    enc = tmp_path / "enc.safetensors"
+    assert run_cli("pretrain", "ssl", pool, "--out", enc, "--plan", plan, "--steps", "2", "--batch-size", "4",
+                   "--width", "4", "--depth", "2", "--image-size", "8", "--cache-dir", tmp_path / "c") == 0
+    from fewlabel.models.io import read_header
+
+    meta = read_header(enc)["meta"]
+    assert meta["plan_fingerprint"] == SplitPlan.load(plan).fingerprint
+    assert len(meta["seen_files"]) == 6  # the copied test image was left out
+    assert run_cli("train", data, "--out", tmp_path / "m1", "--plan", plan, "--strategy", "ssl",
+                   "--encoder-weights", enc, "--max-epochs", "1") == 0
+
+
+def test_pretrain_segmentation_on_dicom_series_folders(tmp_path: Path) -> None:
+    """Each image is a folder of DICOM slices (a series); content keys hash the folder's files."""
+    data = make_image_mask_tree(tmp_path / "dcm", {"a": 4, "b": 4}, size=(4, 8, 8), fmt="dcm",
+                                mask_fmt="nii.gz")
+    enc = tmp_path / "seg.safetensors"
+    code = run_cli("pretrain", "segmentation", data, "--out", enc, "--steps", "1", "--batch-size", "2",
+                   "--width", "4", "--depth", "2", "--cache-dir", tmp_path / "c")
+    assert code == 0 and enc.is_file()
+
+
+@pytest.mark.parametrize("dtype,scale", [("float32", 1e-7), ("uint32", 4095.0)])
+def test_tiny_values_keep_their_spread(tmp_path: Path, dtype: str, scale: float) -> None:
+    """Phase maps in metres (~1e-7) and 12-bit data in a uint32 file (scaled by 2**32 to ~1e-6) used to
+    fall under an absolute std floor of 1e-6 and be left unscaled: every input nearly blank."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / dtype
+    for cls in ("a", "b"):
+        for i in range(6):
+            arr = rng.random((1, 8, 8)) * scale
+            write_image(root / cls / f"p{i:04d}_s00.tif", arr.astype(dtype), "tif")
+    prepared = prepare_data(root, test_size=0.25)
+    x, _ = prepared.arrays(prepared.pool_ids)
+    assert 0.5 < float(x.std()) < 2.0  # z-scored, not left at ~1e-7
+
+
+def test_bad_settings_fail_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    data = make_class_folder(tmp_path / "d", {"a": 6, "b": 6}, size=(8, 8))
+    for args, says in ((["--set", "batch_size=abc"], "batch_size must be an integer"),
+                       (["--set", "lr=-1"], "lr must be > 0"),
+                       (["--set", "balance=nonsense"], "balance must be"),
+                       (["--set", "bacth_size=4"], "unknown fine-tuning setting"),
+                       (["--pretrain", "stepz=3"], "unknown pretraining setting")):
+        out = tmp_path / "run"
+        code = run_cli("curve", data, "--out", out, "--strategies", "scratch,ssl", "--sizes", "2",
+                       "--repeats", "1", *args)
+        err = capsys.readouterr().err
+        assert code == 2 and says in err and "Traceback" not in err, (args, err)
+        assert not out.exists()
+
+
+def test_auto_device_is_resolved_before_hashing(tmp_path: Path) -> None:
+    from fewlabel.experiments import run_curve
+
+    data = make_class_folder(tmp_path / "d", {"a": 6, "b": 6}, size=(8, 8))
+    result = run_curve(data, tmp_path / "run", ["scratch"], [2], 1, finetune={"max_epochs": 1}, log=None,
+                       progress=False)
+    run = json.loads((result.run_dir / "run.json").read_text())
+    assert run["config"]["finetune"]["device"] in ("cpu", "cuda")
+
+
+def test_strategy_typos_are_one_line_errors(tmp_path: Path) -> None:
+    from fewlabel.experiments import run_curve
+
+    data = make_class_folder(tmp_path / "d", {"a": 6, "b": 6}, size=(8, 8))
+    with pytest.raises(FewlabelError, match="unknown strategy"):
+        run_curve(data, tmp_path / "r", ["scrach"], [2], 1, log=None)
+    with pytest.raises(FewlabelError, match="has no setting"):
+        run_curve(data, tmp_path / "r", ["scratch"], [2], 1, strategy_options={"scratch": {"encodr": "x"}},
+                  log=None)
+    with pytest.raises(FewlabelError, match="fine-tuning setting max_epochs"):
+        run_curve(data, tmp_path / "r", ["scratch"], [2], 1,
+                  strategy_options={"scratch": {"finetune": {"max_epochs": "many"}}}, log=None)
+    assert not (tmp_path / "r").exists()
+
+
+def test_real_pipeline_curve_is_nested_paired_and_follows_its_plan(tmp_path: Path) -> None:
+    """The real pipeline, not a fake backend: cells of two strategies share draws and seeds, draws
+    nest across sizes, every cell trained on the plan's training ids, and a resume reads the plan."""
+    from fewlabel.experiments import run_curve
+
+    data = make_class_folder(tmp_path / "d", {"a": 12, "b": 12}, size=(8, 8))
+    out = tmp_path / "run"
+    kw = dict(finetune={"max_epochs": 1, "batch_size": 4}, test_size=0.25, log=None, progress=False)
+    result = run_curve(data, out, ["scratch", "semi"], [2, 6], 2, **kw)
+    assert result.counts["ok"] == 8
+    plan = SplitPlan.load(out / "plan.json")
+    for r in range(2):
+        small, large = plan.draw(2, r), plan.draw(6, r)
+        assert set(small["labelled"]) < set(large["labelled"])
+        assert not set(large["labelled"]) & set(plan.test_ids)
+        for n in (2, 6):
+            cells = [json.loads((out / f"cells/{s}/n{n}_r{r}/cell.json").read_text())
+                     for s in ("scratch", "semi")]
+            assert cells[0]["labelled_ids"] == cells[1]["labelled_ids"] == plan.draw(n, r)["labelled"]
+            assert cells[0]["train_ids"] == plan.draw(n, r)["train"]
+            assert cells[0]["seed"] == cells[1]["seed"]
+    rows = {(row["strategy"], row["n_per_class"], row["repeat"]): row for row in result.rows}
+    assert rows[("scratch", 6, 0)]["n_train"] + rows[("scratch", 6, 0)]["n_val"] == 12
+    # resumed: nothing to do, the plan file untouched
+    before = (out / "plan.json").read_bytes()
+    again = run_curve(data, out, ["scratch", "semi"], [2, 6], 2, **kw)
+    assert again.ran == 0 and (out / "plan.json").read_bytes() == before
+
+
+def test_pretrain_per_repeat_gives_each_repeat_its_own_encoder(tmp_path: Path) -> None:
+    from fewlabel.experiments import run_curve
+
+    data = make_class_folder(tmp_path / "d", {"a": 8, "b": 8}, size=(8, 8))
+    small = {"ssl": {"encoder_kwargs": {"width": 4, "depth": 2}}}
+    kw = dict(test_size=0.25, finetune={"max_epochs": 1}, pretrain={"steps": 2, "batch_size": 4},
+              strategy_options=small, log=None, progress=False)
+    shared = run_curve(data, tmp_path / "shared", ["ssl"], [2], 2, **kw)
+    per = run_curve(data, tmp_path / "per", ["ssl"], [2], 2, pretrain_per_repeat=True, **kw)
+    assert len(list((tmp_path / "shared" / "pretrained").glob("ssl-*.safetensors"))) == 1
+    assert len(list((tmp_path / "per" / "pretrained").glob("ssl-*.safetensors"))) == 2
+    run = json.loads((tmp_path / "per" / "run.json").read_text())
+    assert set(run["preparations"]) == {"ssl@r0", "ssl@r1"} and run["config"]["pretrain_per_repeat"]
+    cells = [json.loads((tmp_path / "per" / f"cells/ssl/n2_r{r}/cell.json").read_text()) for r in (0, 1)]
+    assert cells[0]["spec"]["encoder_weights"] != cells[1]["spec"]["encoder_weights"]
+    assert shared.config_hash != per.config_hash
