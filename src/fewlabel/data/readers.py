@@ -415,14 +415,18 @@ _LIBRARY_LOGGERS = ("tifffile", "nibabel", "pydicom", "PIL", "imagecodecs")
 
 @contextlib.contextmanager
 def _quiet_library_logs() -> Any:
-    """Libraries log their own view of a damaged file (tifffile: "<tifffile.TiffFile> ... ") beside
-    the exception they raise; the user gets one line from us instead of both."""
+    """Libraries log (and warn) their own view of a damaged file (tifffile: "<tifffile.TiffFile> ...")
+    beside the exception they raise; the user gets one line from us instead of both."""
+    import warnings
+
     loggers = [logging.getLogger(name) for name in _LIBRARY_LOGGERS]
     before = [lg.disabled for lg in loggers]
     for lg in loggers:
         lg.disabled = True
     try:
-        yield
+        with warnings.catch_warnings():  # pydicom/nibabel warn about odd headers on stderr as well
+            warnings.simplefilter("ignore")
+            yield
     finally:
         for lg, was in zip(loggers, before, strict=True):
             lg.disabled = was
