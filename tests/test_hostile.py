@@ -521,7 +521,7 @@ def test_kill_9_of_train_keeps_every_file_whole(tmp_path: Path, seed: int) -> No
     _kill_after(_start(["train", data, "--out", model, "--overwrite", "--max-epochs", "40", "--seed", "1"],
                        tmp_path), rng.uniform(1.0, 12.0))
     assert _snapshot(other) == kept_other  # another model folder: untouched
-    for name in ("config.json", "metrics.json", "split.json"):
+    for name in ("config.json", "metrics.json", "plan.json"):
         json.loads((model / name).read_text())  # each file whole: old or new, never half
     try:
         fewlabel.load_model(model)  # old weights + old config, or new + new; a mix is named, not loaded
