@@ -162,7 +162,7 @@ def train(
     image_size: int | None = None, device: str = "auto", progress: bool | None = None,
     finetune: FinetuneConfig | None = None, cache_dir: str | Path | None = None,
     drop_classes: list[str] | tuple[str, ...] = (), test_split: str = "auto",
-    plan: str | Path | None = None, trust_encoder: bool = False,
+    plan: str | Path | None = None, trust_encoder: bool = False, pretrain: dict[str, Any] | None = None,
 ) -> Model:
     """Hold out a group-aware test set, draw ``labels_per_class`` labelled images per class from
     the rest, prepare the encoder by ``strategy``, fine-tune, evaluate on the test set.
@@ -170,6 +170,7 @@ def train(
     ``plan``: a saved split plan (a ``plan.json`` of a model or run folder) to follow instead of
     drawing a new test set, so this model is tested on exactly that run's test images.
     ``trust_encoder``: accept an ``encoder_weights`` file that records nothing of the images it saw.
+    ``pretrain``: settings of the strategy's preparation (``PretrainConfig`` fields, e.g. ``{"steps": 300}``).
     With ``out``: writes the model folder, ``metrics.json`` and ``plan.json`` there.
     """
     from fewlabel.data.plan import PLAN_FILE
@@ -185,6 +186,10 @@ def train(
     if encoder_weights is not None:
         spec.encoder_weights = str(encoder_weights)
     spec.trust_encoder = trust_encoder
+    if pretrain:
+        from fewlabel.prepare.common import PretrainConfig
+
+        spec.pretrain = validated(PretrainConfig, dict(pretrain), "pretraining")
     # A copy: the caller's config object is theirs, not ours to change.
     config = FinetuneConfig.from_dict(finetune.to_dict()) if finetune else FinetuneConfig()
     config.device, config.progress = device, progress

@@ -4,6 +4,10 @@ A strategy says which encoder it builds, what (if anything) prepares that encode
 fine-tuning, which data the preparation needs, and the fine-tuning defaults that suit it. The CLI,
 ``train``, ``curve``, ``pretrain``, the report and the docs all read this table; adding a strategy is
 one entry here (plus, for a new pretraining method, one module in ``fewlabel.prepare``).
+
+Strategies compose: ``imagenet+ssl`` starts SimCLR from the ImageNet weights (domain-adaptive
+self-supervision on the unlabelled pool), ``imagenet+semi`` fine-tunes the ImageNet weights with
+FixMatch. A composed name is one entry like any other, usable in ``train`` and ``curve``.
 """
 
 from __future__ import annotations
@@ -26,18 +30,26 @@ class Strategy:
     # What that preparation reads: "pool" (unlabelled images: the --unlabelled folder, else the
     # labelled pool with its labels ignored) or "masks" (labelled-pool images with masks).
     needs: str | None = None
-    pretrained_weights: bool = False  # starts from published weights (ImageNet): a known, external file
+    # Published weights the encoder starts from ("imagenet"), before any preparation: a known file,
+    # never trained on the user's images.
+    init: str | None = None
     semi: bool = False  # fine-tunes with FixMatch on the unlabelled pool
     finetune: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pretrained_weights(self) -> bool:
+        """Starts from published weights and prepares nothing else: no file records what it saw."""
+        return self.init is not None and self.prepare is None
 
 
 # Pretrained features: a smaller step for the encoder keeps what pretraining taught it.
 _PRETRAINED_FINETUNE = {"lr": 1e-3, "encoder_lr": 3e-4}
+_IMAGENET_FINETUNE = {"lr": 1e-3, "encoder_lr": 1e-4}
 
 REGISTRY: dict[str, Strategy] = {s.name: s for s in (
     Strategy("scratch", "random initial weights, the shared convnet"),
-    Strategy("imagenet", "ImageNet MobileNetV2 weights (2D only)", encoder="mobilenet_v2",
-             pretrained_weights=True, finetune={"lr": 1e-3, "encoder_lr": 1e-4}),
+    Strategy("imagenet", "ImageNet MobileNetV2 weights (2D only)", encoder="mobilenet_v2", init="imagenet",
+             finetune=_IMAGENET_FINETUNE),
     Strategy("gan", "DCGAN on the unlabelled pool; its discriminator becomes the encoder",
              prepare="gan", needs="pool", finetune=_PRETRAINED_FINETUNE),
     Strategy("segmentation", "U-Net on images with masks lends its encoder", prepare="segmentation",
@@ -45,12 +57,17 @@ REGISTRY: dict[str, Strategy] = {s.name: s for s in (
     Strategy("ssl", "SimCLR on the unlabelled pool", prepare="ssl", needs="pool",
              finetune=_PRETRAINED_FINETUNE),
     Strategy("semi", "FixMatch: fine-tuning uses the unlabelled pool too", semi=True),
+    Strategy("imagenet+ssl", "ImageNet weights continued by SimCLR on the unlabelled pool (2D only)",
+             encoder="mobilenet_v2", init="imagenet", prepare="ssl", needs="pool",
+             finetune=_IMAGENET_FINETUNE),
+    Strategy("imagenet+semi", "ImageNet weights fine-tuned with FixMatch on the unlabelled pool (2D only)",
+             encoder="mobilenet_v2", init="imagenet", semi=True, finetune=_IMAGENET_FINETUNE),
 )}
 
 NAMES: tuple[str, ...] = tuple(REGISTRY)
 PREPARED: tuple[str, ...] = tuple(n for n, s in REGISTRY.items() if s.prepare)
 # Methods ``fewlabel pretrain`` and ``prepare_encoder`` accept.
-PRETRAIN_METHODS: tuple[str, ...] = tuple(s.prepare for s in REGISTRY.values() if s.prepare)
+PRETRAIN_METHODS: tuple[str, ...] = tuple(dict.fromkeys(s.prepare for s in REGISTRY.values() if s.prepare))
 
 
 def get(name: str) -> Strategy:

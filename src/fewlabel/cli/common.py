@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+import typer
 
 METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 
@@ -27,3 +30,17 @@ def print_metrics_table(metrics: dict[str, Any], title: str = "metrics") -> None
             continue
         table.add_row(name, f"{m['value']:.3f}", f"{m['ci_low']:.3f} – {m['ci_high']:.3f}")
     Console().print(table)
+
+
+def parse_settings(items: list[str] | None, option: str) -> dict[str, Any]:
+    """``["max_epochs=30", "augment=strong"]`` → {"max_epochs": 30, "augment": "strong"} (JSON values)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
+        try:
+            out[key.strip()] = json.loads(value)
+        except ValueError:
+            out[key.strip()] = value  # a bare word: a string
+    return out

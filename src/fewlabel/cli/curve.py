@@ -5,10 +5,8 @@ A thin shell over ``fewlabel.experiments.run_curve``: parses, calls, prints wher
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -17,20 +15,6 @@ from fewlabel import strategies as strategy_registry
 
 def register(app: typer.Typer) -> None:
     app.command("curve")(curve)
-
-
-def _parse_settings(items: list[str] | None, option: str) -> dict[str, Any]:
-    """``["max_epochs=30", "augment=strong"]`` → {"max_epochs": 30, "augment": "strong"} (JSON values)."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint=option)
-        try:
-            out[key.strip()] = json.loads(value)
-        except ValueError:
-            out[key.strip()] = value  # a bare word: a string
-    return out
 
 
 def curve(
@@ -68,12 +52,12 @@ def curve(
 ) -> None:
     """Run a learning curve: one fixed test set, nested labelled draws shared by all strategies,
     one row per cell in RUN_DIR/store.sqlite and RUN_DIR/results.csv."""
-    from fewlabel.cli.common import test_size_value
+    from fewlabel.cli.common import parse_settings, test_size_value
     from fewlabel.experiments import run_curve
     from fewlabel.fileio import check_output_dir
 
     check_output_dir(out, "run folder (--out)")  # before any work: a file, a path under one, read-only
-    finetune = _parse_settings(settings, "--set")
+    finetune = parse_settings(settings, "--set")
     if max_epochs is not None:
         finetune["max_epochs"] = max_epochs
     if device is not None:
@@ -84,7 +68,7 @@ def curve(
             data, out, strategies, sizes, repeats, unlabelled=unlabelled, masks=masks,
             group_pattern=group_pattern, drop_classes=drop_class or (), test_size=test, seed=seed,
             image_size=image_size, count=count, finetune=finetune,
-            pretrain=_parse_settings(pretrain_settings, "--pretrain"), executor=executor, workers=workers,
+            pretrain=parse_settings(pretrain_settings, "--pretrain"), executor=executor, workers=workers,
             ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
             keep_models=keep_models, pretrain_per_repeat=pretrain_per_repeat,
             progress=False if quiet else None,

@@ -40,10 +40,13 @@ def train(
     plan: Path = typer.Option(None, "--plan", help="plan.json of a run or model folder: use its test set."),
     trust_encoder: bool = typer.Option(False, "--trust-encoder", help="Accept an --encoder-weights file "
                                        "that records nothing of the images it saw."),
+    pretrain_settings: list[str] = typer.Option(None, "--pretrain", help="Pretraining setting KEY=VALUE "
+                                                "(repeatable), e.g. --pretrain steps=300."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
 ) -> None:
     """Hold out a test set, fine-tune on N labels per class, print test metrics with 95% CIs."""
     from fewlabel import api
+    from fewlabel.cli.common import parse_settings
     from fewlabel.fileio import check_output_dir
 
     # Before any work: an unwritable --out must not be found out after an hour of training.
@@ -55,7 +58,7 @@ def train(
                       group_pattern=group_pattern, masks=masks, encoder_weights=encoder_weights, semi=semi,
                       unlabelled=unlabelled, image_size=image_size, device=device,
                       drop_classes=tuple(drop_class or ()), test_split=test_split, plan=plan,
-                      trust_encoder=trust_encoder)
+                      trust_encoder=trust_encoder, pretrain=parse_settings(pretrain_settings, "--pretrain"))
     for note in model.metrics.get("notes") or []:
         typer.echo(f"note: {note}", err=True)
     print_metrics_table(model.metrics, title=f"test metrics ({model.metrics.get('n_test')} images)")

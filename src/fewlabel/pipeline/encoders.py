@@ -122,12 +122,12 @@ def build_encoder(spec: StrategySpec, data: PreparedData, seed: int = 0,
         if notes is not None:
             notes.extend(encoder_data_notes(meta, data, spec.encoder_weights))
         return encoder, encoder_record(meta) or []
-    if entry.pretrained_weights and data.spatial_dims != 2:
+    if entry.init == "imagenet" and data.spatial_dims != 2:
         raise FewlabelError("ImageNet weights exist for 2D images only; use scratch, segmentation or "
                             "ssl for 3D volumes")
     encoder = create_encoder(spec.encoder, in_channels=data.channels, spatial_dims=data.spatial_dims,
                              image_size=data.image_size, **spec.encoder_kwargs)
-    if entry.pretrained_weights:
+    if entry.init == "imagenet":
         from fewlabel.models.imagenet import load_imagenet_weights
 
         # download=True: fetched into the torch hub cache when online; offline, a one-line error.
@@ -148,6 +148,8 @@ def prepare_strategy(spec: StrategySpec, data: PreparedData, cache_dir: str | Pa
     from fewlabel.prepare import prepare_encoder
     from fewlabel.prepare.common import PretrainConfig
 
+    if entry.init == "imagenet" and data.spatial_dims != 2:
+        raise FewlabelError(f"{spec.name} starts from ImageNet weights, which exist for 2D images only")
     encoder = create_encoder(spec.encoder, in_channels=data.channels, spatial_dims=data.spatial_dims,
                              image_size=data.image_size, **spec.encoder_kwargs)
     inputs = data.pretrain_inputs(entry.needs or "pool")
@@ -156,7 +158,7 @@ def prepare_strategy(spec: StrategySpec, data: PreparedData, cache_dir: str | Pa
         config.progress = progress
     path = prepare_encoder(entry.prepare, inputs.images, inputs.masks, encoder_config=encoder.config,
                            config=config, cache_dir=cache_dir, data_fingerprint=inputs.fingerprint,
-                           val_images=inputs.val_images, val_masks=inputs.val_masks,
+                           val_images=inputs.val_images, val_masks=inputs.val_masks, init=entry.init,
                            extra_meta={"seen_files": inputs.seen_files,
                                        "plan_fingerprint": data.plan.fingerprint,
                                        "preprocess": data.preprocess.to_dict()})

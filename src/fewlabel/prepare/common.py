@@ -23,12 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from fewlabel import strategies as strategy_registry
 from fewlabel.errors import DataError, FewlabelError, MaskError
 from fewlabel.fileio import atomic_path, atomic_write_text
 from fewlabel.models.encoder import Encoder, create_encoder
 from fewlabel.training.loop import FitResult, LoopConfig
 
-METHODS = ("scratch", "imagenet", "gan", "segmentation", "ssl")
+# What ``prepare_encoder`` accepts: the registry's pretraining methods, plus the two starts that train
+# nothing (random weights, ImageNet weights) so every strategy's encoder can be made the same way.
+METHODS = ("scratch", "imagenet", *strategy_registry.PRETRAIN_METHODS)
 # Bump when a change in the code makes old cached encoders stale.
 CACHE_VERSION = 1
 
@@ -111,10 +114,13 @@ def key_config(method: str, config: PretrainConfig) -> dict[str, Any]:
 
 
 def cache_key(method: str, config: PretrainConfig, encoder_config: dict[str, Any],
-              data_fingerprint: str) -> str:
-    """sha256 over (version, method, result-changing config, encoder config, data fingerprint)."""
+              data_fingerprint: str, init: str | None = None) -> str:
+    """sha256 over (version, method, result-changing config, encoder config, data fingerprint, and the
+    published weights the encoder starts from, if any)."""
     payload = {"v": CACHE_VERSION, "method": method, "config": key_config(method, config),
                "encoder": encoder_config, "data": data_fingerprint}
+    if init is not None:
+        payload["init"] = init
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -210,11 +216,11 @@ def artefact_dir(encoder_path: str | Path) -> Path:
 
 
 def cached_encoder_path(method: str, encoder_config: dict[str, Any], config: PretrainConfig,
-                        cache_dir: str | Path, data_fingerprint: str) -> Path:
+                        cache_dir: str | Path, data_fingerprint: str, init: str | None = None) -> Path:
     """Where ``prepare_encoder`` keeps (or will keep) this encoder; exists when it is cached."""
     if method not in METHODS:
         raise FewlabelError(f"unknown preparation {method!r}; choose from {', '.join(METHODS)}")
-    key = cache_key(method, config, dict(encoder_config), data_fingerprint)
+    key = cache_key(method, config, dict(encoder_config), data_fingerprint, init)
     return Path(cache_dir) / encoder_file_name(method, key)
 
 
@@ -237,6 +243,7 @@ def prepare_encoder(
     val_masks: np.ndarray | None = None,
     out: str | Path | None = None,
     extra_meta: dict[str, Any] | None = None,
+    init: str | None = None,
 ) -> Path:
     """Prepare an encoder by ``method`` and return the path of its encoder file.
 
@@ -244,15 +251,16 @@ def prepare_encoder(
     integer for ``segmentation``. The file lands in ``cache_dir`` under a name derived from
     (data fingerprint, method, config, encoder config); a second call with the same inputs returns
     it without training. ``data_fingerprint`` defaults to a hash of the arrays. With ``out`` the file
-    (and its ``_files`` folder) is also copied there and that path is returned.
+    (and its ``_files`` folder) is also copied there and that path is returned. ``init="imagenet"``
+    starts the encoder from the ImageNet weights instead of random ones (a ``mobilenet_v2``).
     """
     config = config or PretrainConfig()
     encoder_config = dict(encoder_config)
     if data_fingerprint is None:
         data_fingerprint = (array_fingerprint(images, masks, val_images, val_masks)
                             if method not in ("scratch", "imagenet") else "none")
-    path = cached_encoder_path(method, encoder_config, config, cache_dir, data_fingerprint)
-    key = cache_key(method, config, encoder_config, data_fingerprint)
+    path = cached_encoder_path(method, encoder_config, config, cache_dir, data_fingerprint, init)
+    key = cache_key(method, config, encoder_config, data_fingerprint, init)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         from fewlabel.models.io import verify_encoder_file
@@ -260,7 +268,8 @@ def prepare_encoder(
         verify_encoder_file(path, fix="delete it (it is a cache) to have it rebuilt")
     else:
         _train_and_save(method, images, masks, encoder_config, config, path, key, data_fingerprint,
-                        val_images, val_masks, extra_meta or {})
+                        val_images, val_masks, {**(extra_meta or {}), **({"init": init} if init else {})},
+                        init)
     if out is None:
         return path
     return copy_encoder_file(path, out)
@@ -268,7 +277,8 @@ def prepare_encoder(
 
 def _train_and_save(method: str, images: Any, masks: Any, encoder_config: dict[str, Any],
                     config: PretrainConfig, path: Path, key: str, data_fingerprint: str,
-                    val_images: Any, val_masks: Any, extra_meta: dict[str, Any]) -> None:
+                    val_images: Any, val_masks: Any, extra_meta: dict[str, Any],
+                    init: str | None = None) -> None:
     from fewlabel.models.io import save_encoder
 
     files = artefact_dir(path)
@@ -285,6 +295,10 @@ def _train_and_save(method: str, images: Any, masks: Any, encoder_config: dict[s
         info = {"steps": 0, "final_losses": {}}
     else:
         encoder = create_encoder(**encoder_config)
+        if init == "imagenet":
+            from fewlabel.models.imagenet import load_imagenet_weights
+
+            load_imagenet_weights(encoder, download=True)
         kwargs: dict[str, Any] = {"out_dir": files, "checkpoint_path": checkpoint}
         if method == "segmentation":
             if masks is None:
