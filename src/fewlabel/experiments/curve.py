@@ -43,11 +43,11 @@ from fewlabel.experiments.cell import (
     base_row,
     fingerprint_of,
     prime_data,
-    run_cell,
     run_preparation,
 )
 from fewlabel.experiments.executors import Executor, RayExecutor, make_executor
 from fewlabel.experiments.grid import Cell, CurveConfig, draw_seed, parse_names, parse_sizes, train_seed
+from fewlabel.experiments.stacking import map_cells
 from fewlabel.experiments.store import (
     CSV_FILE,
     RUN_FILE,
@@ -538,7 +538,7 @@ def _run_cells(out: Path, store: ResultStore, info: dict[str, Any], config: Curv
             for task in tasks:  # a strategy whose preparation failed: its cells fail with that reason
                 _record(out, store, _failed_output(task, prep_errors[task.cell.strategy]), bar)
                 ran += 1
-            for task, result in ex.map(run_cell, ready):
+            for task, result in map_cells(ex, ready, device=str(config.finetune.get("device", "auto"))):
                 output = result if isinstance(result, CellOutput) else _failed_output(task, result)
                 _record(out, store, output, bar)
                 ran += 1

@@ -1,0 +1,227 @@
+"""Stacked cells: the repeats and sizes of one strategy trained as one stacked module on a GPU.
+
+``map_cells(executor, tasks)`` replaces ``executor.map(run_cell, tasks)`` in the curve driver. When
+stacking is on it groups the cells that share a strategy, a prepared spec and a fine-tuning recipe into
+``StackTask``s (at most ``MAX_STACK`` cells each) and runs each with ``run_stack`` on the executor (a
+Ray task carries a whole stack); it still yields one ``(CellTask, CellOutput)`` per cell, so the driver
+writes each cell's row and files as before, and a killed stack loses only its cells (they rerun).
+
+Inside ``run_stack`` the cells are split by batch geometry (``training.stacked.stack_geometry``); a
+geometry with one cell, a recipe ``training.stacked`` refuses, or a stack that fails trains one at a
+time through ``run_cell``, the reference path. Stacked results equal it up to float rounding.
+
+When: ``mode="auto"`` stacks where the cells train on CUDA (a launch-bound GPU gains many times)
+and not on a CPU, where small convolutions are already compute-bound (measured 0.3-1.0x on 2 cores);
+``on`` / ``off`` force it. The default mode comes from ``$FEWLABEL_STACKING`` (else ``auto``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fewlabel.experiments.cell import (
+    CellOutput,
+    CellTask,
+    PipelineBackend,
+    _ok_output,
+    _one_line,
+    _seed_all,
+    _set_threads,
+    base_row,
+    open_data,
+    run_cell,
+)
+
+MODES = ("auto", "on", "off")
+MAX_STACK = 64  # cells per stack: enough to fill a GPU with small CNNs, bounded memory
+
+
+@dataclass(frozen=True)
+class StackTask:
+    """Cells that may train as one stack; plain values only (picklable, travels to Ray workers)."""
+
+    cells: tuple[CellTask, ...]
+    mode: str = "auto"
+
+
+def stacking_enabled(mode: str, executor: Any = None, device: str = "auto") -> bool:
+    """Whether the driver should group cells: ``on``; ``off``; ``auto`` when the cells will train
+    on CUDA (this machine's, or a Ray cluster that gives tasks GPUs)."""
+    if mode not in MODES:
+        from fewlabel.errors import FewlabelError
+
+        raise FewlabelError(f"stacking (FEWLABEL_STACKING) must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    if getattr(executor, "name", "") == "ray":
+        return bool(getattr(executor, "gpus_per_task", 0))
+    import torch
+
+    return (device == "auto" and torch.cuda.is_available()) or device.startswith("cuda")
+
+
+def _stack_key(task: CellTask) -> str | None:
+    if not isinstance(task.backend, PipelineBackend):  # a test's fake pipeline: nothing to stack
+        return None
+    return json.dumps([task.cell.strategy, task.spec, task.finetune], sort_keys=True, default=str)
+
+
+def plan_stacks(tasks: Sequence[CellTask], mode: str = "auto",
+                max_stack: int = MAX_STACK) -> list[CellTask | StackTask]:
+    """Cells grouped into stacks (by strategy, spec and recipe, in grid order); lone cells stay cells."""
+    groups: dict[str, list[CellTask]] = {}
+    items: list[CellTask | StackTask] = []
+    for task in tasks:
+        key = _stack_key(task)
+        if key is None:
+            items.append(task)
+        else:
+            groups.setdefault(key, []).append(task)
+    for members in groups.values():
+        for i in range(0, len(members), max(1, max_stack)):
+            chunk = tuple(members[i:i + max_stack])
+            items.append(chunk[0] if len(chunk) == 1 else StackTask(chunk, mode))
+    return items
+
+
+def run_item(item: CellTask | StackTask) -> CellOutput | list[CellOutput]:
+    """What an executor runs: one cell, or one stack (a list of outputs in the stack's order)."""
+    return run_stack(item) if isinstance(item, StackTask) else run_cell(item)
+
+
+def default_mode() -> str:
+    return os.environ.get("FEWLABEL_STACKING", "auto").strip().lower() or "auto"
+
+
+def map_cells(executor: Any, tasks: Sequence[CellTask], mode: str | None = None,
+              max_stack: int = MAX_STACK, device: str = "auto") -> Iterator[tuple[CellTask, Any]]:
+    """``executor.map(run_cell, tasks)``, with stacks where ``stacking_enabled``: yields
+    ``(cell task, CellOutput or exception)`` per cell as its cell or stack finishes."""
+    mode = mode or default_mode()
+    if not tasks:
+        return
+    if not stacking_enabled(mode, executor, device):
+        yield from executor.map(run_cell, tasks)
+        return
+    items = plan_stacks(tasks, mode, max_stack)
+    for item, result in executor.map(run_item, items):
+        if not isinstance(item, StackTask):
+            yield item, result
+        elif isinstance(result, BaseException):
+            for cell_task in item.cells:
+                yield cell_task, result
+        else:
+            yield from zip(item.cells, result, strict=True)
+
+
+def run_stack(stack: StackTask) -> list[CellOutput]:
+    """Train a stack's cells together where possible and return each cell's output (as ``run_cell``
+    would). Never raises for the cells' own failures."""
+    from fewlabel import pipeline
+    from fewlabel.training.finetune import FinetuneConfig
+    from fewlabel.training.loop import select_device
+    from fewlabel.training.stacked import unstackable_reason
+
+    cells = list(stack.cells)
+    first = cells[0]
+    _set_threads(first.threads)
+    try:
+        data = open_data(first.backend, first.data_args, first.fingerprint)
+        spec = pipeline.StrategySpec.from_dict(dict(first.spec))
+        config = pipeline.finetune_config_for(spec, FinetuneConfig.from_dict(dict(first.finetune)))
+        on_gpu = select_device(config.device).type == "cuda"
+        if unstackable_reason(config) or (stack.mode == "auto" and not on_gpu) or stack.mode == "off":
+            return [run_cell(c) for c in cells]
+        return _train_stacked(cells, data, spec, config)
+    except Exception:  # the stack itself failed (memory, an op vmap lacks): the reference path
+        return [run_cell(c) for c in cells]
+
+
+@dataclass
+class _Prepared:
+    task: CellTask
+    member: Any
+    train_ids: list[str]
+    val_ids: list[str]
+
+
+def _prepare_member(task: CellTask, data: Any, spec: Any) -> _Prepared:
+    """What ``pipeline.fit_cell`` does before fine-tuning, for one cell (semi is never stacked)."""
+    from fewlabel import pipeline
+    from fewlabel.training.stacked import StackMember
+
+    labelled = list(task.labelled_ids)
+    if set(labelled) & set(data.test_ids) or not labelled:
+        raise ValueError("not a stackable draw")  # run_cell reports the real error
+    _seed_all(task.seed)
+    train_ids, val_ids = pipeline.split_labelled(data, labelled, task.seed)
+    x_train, y_train = data.arrays(train_ids)
+    x_val, y_val = data.arrays(val_ids) if val_ids else (None, None)
+    encoder = pipeline.build_encoder(spec, data, seed=task.seed)
+    return _Prepared(task, StackMember(encoder, x_train, y_train, x_val, y_val, task.seed), train_ids,
+                     val_ids)
+
+
+def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any) -> list[CellOutput]:
+    from fewlabel import pipeline
+    from fewlabel.evaluate.metrics import classification_metrics
+    from fewlabel.training.finetune import finetune
+    from fewlabel.training.stacked import finetune_stacked, predict_proba_stacked, stack_geometry
+
+    outputs: dict[int, CellOutput] = {}
+    by_geometry: dict[Any, list[_Prepared]] = {}
+    for i, task in enumerate(cells):
+        try:
+            prepared = _prepare_member(task, data, spec)
+        except Exception:
+            outputs[i] = run_cell(task)
+            continue
+        by_geometry.setdefault(stack_geometry(prepared.member, config), []).append(prepared)
+    index = {id(task): i for i, task in enumerate(cells)}
+    x_test, y_test = data.test_arrays
+    groups_test = data.catalog.groups(data.test_ids)
+    for members in by_geometry.values():
+        t0 = time.perf_counter()
+        try:
+            if len(members) == 1:
+                m = members[0].member
+                fitted = [finetune(m.x_train, m.y_train, m.x_val, m.y_val, data.num_classes, m.encoder,
+                                   config, seed=m.seed)]
+            else:
+                fitted = finetune_stacked([p.member for p in members], data.num_classes, config)
+            train_seconds = (time.perf_counter() - t0) / len(members)
+            probas = predict_proba_stacked([c for c, _ in fitted], x_test, device=config.device)
+        except Exception as exc:
+            if len(members) == 1:
+                outputs[index[id(members[0].task)]] = _failed(members[0].task, exc, t0)
+                continue
+            for p in members:
+                outputs[index[id(p.task)]] = run_cell(p.task)
+            continue
+        share = (time.perf_counter() - t0) / len(members)
+        for p, (classifier, fit), proba in zip(members, fitted, probas, strict=True):
+            i = index[id(p.task)]
+            try:
+                metrics = classification_metrics(y_test, proba, class_names=data.class_names,
+                                                 seed=p.task.seed, groups=groups_test)
+                result = pipeline.CellResult(classifier=classifier, fit=fit, metrics=metrics,
+                                             proba_test=proba, train_ids=p.train_ids, val_ids=p.val_ids,
+                                             train_seconds=train_seconds, finetune_config=config)
+                output = _ok_output(p.task, data, result, base_row(p.task))
+                output.row["cell_seconds"] = share
+                output.row["extra"] = {"stacked_with": len(members)}
+                outputs[i] = output
+            except Exception as exc:
+                outputs[i] = _failed(p.task, exc, t0)
+    return [outputs[i] for i in range(len(cells))]
+
+
+def _failed(task: CellTask, exc: BaseException, t0: float) -> CellOutput:
+    row = base_row(task)
+    row.update(status="failed", error=_one_line(exc), cell_seconds=time.perf_counter() - t0)
+    return CellOutput(row=row)
