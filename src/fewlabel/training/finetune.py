@@ -118,7 +118,7 @@ class ClassifierTask(Task):
         loss = self.loss(logits, y)
         assert self._opt is not None
         ctx.backward_step(loss, self._opt)
-        return {"loss": float(loss.detach())}
+        return {"loss": loss.detach()}
 
     def validate(self, batches: Any, ctx: Loop) -> dict[str, float]:
         total, correct, n = 0.0, 0, 0
