@@ -89,15 +89,19 @@ class Model:
         paths, errors = collect_image_paths([inputs] if isinstance(inputs, (str, Path)) else inputs)
         ok_paths: list[str] = []
         arrays: list[np.ndarray] = []
-        for p in paths:
+        scored: list[np.ndarray] = []
+        for i, p in enumerate(paths):
             try:
                 array, meta = read_image(p)
                 arrays.append(self.preprocess.apply(array, meta))
                 ok_paths.append(str(p))
             except FewlabelError as exc:
                 errors.append((str(p), exc.problem))
-        proba = (self.predict_arrays(np.stack(arrays)) if arrays
-                 else np.zeros((0, len(self.class_names)), np.float32))
+            # Streamed: a batch is scored as soon as it is full, so a large folder never sits in memory.
+            if arrays and (len(arrays) == batch_size or i == len(paths) - 1):
+                scored.append(self.predict_arrays(np.stack(arrays)))
+                arrays = []
+        proba = np.concatenate(scored) if scored else np.zeros((0, len(self.class_names)), np.float32)
         return Predictions(paths=ok_paths, proba=proba, class_names=self.class_names, errors=errors)
 
     def save(self, out: str | Path) -> Path:

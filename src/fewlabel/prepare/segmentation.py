@@ -71,16 +71,16 @@ def dice_per_class(pred: torch.Tensor, true: torch.Tensor, num_classes: int) -> 
     return torch.where(denom > 0, 2 * inter / denom.clamp(min=1e-8), torch.ones_like(denom))
 
 
-PATCH_SIDES_3D = (32, 64, 64)  # largest (D, H, W) patch; smaller volumes train whole
-PATCH_VOXELS = 2**18  # voxels per 3D step: the batch is this many voxels' worth of patches
+PATCH_SIDES_3D = (16, 64, 64)  # largest (D, H, W) patch; smaller volumes train whole
+PATCH_VOXELS = 2**17  # voxels per 3D step: the batch is this many voxels' worth of patches
 FOREGROUND_FRACTION = 0.5  # share of patches centred on a foreground voxel
 
 
-def patch_size_3d(spatial: tuple[int, ...], sides: tuple[int, ...] = PATCH_SIDES_3D) -> tuple[int, ...]:
-    """The training patch for volumes of ``spatial`` size: each side capped, kept a multiple of 8
-    where the volume allows (the encoder halves it three times)."""
+def patch_size_3d(spatial: tuple[int, ...], sides: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The training patch for volumes of ``spatial`` size: each side capped (``PATCH_SIDES_3D``), kept
+    a multiple of 8 where the volume allows (the encoder halves it three times)."""
     out = []
-    for n, cap in zip(spatial, sides, strict=True):
+    for n, cap in zip(spatial, sides or PATCH_SIDES_3D, strict=True):
         p = min(n, cap)
         out.append(p - p % 8 if p >= 8 else p)
     return tuple(out)
@@ -144,8 +144,8 @@ def sliding_window_logits(unet: nn.Module, x: torch.Tensor, patch: tuple[int, ..
         return unet(x)
     from monai.inferers import sliding_window_inference
 
-    return sliding_window_inference(x, roi_size=patch, sw_batch_size=batch_size, predictor=unet, overlap=0.25,
-                                    mode="gaussian")
+    # No overlap: validation runs every epoch, and overlapping windows would double its cost.
+    return sliding_window_inference(x, roi_size=patch, sw_batch_size=batch_size, predictor=unet, overlap=0.0)
 
 
 class SegmentationTask(Task):

@@ -125,6 +125,9 @@ def batch_size_of(batch: Any) -> int:
 
 def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
+        if device.type == "cuda" and batch.device.type == "cpu":
+            # A copy from pageable memory blocks the host; from pinned memory it overlaps the GPU's work.
+            return batch.pin_memory().to(device, non_blocking=True)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(b, device) for b in batch)
