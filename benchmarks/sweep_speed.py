@@ -122,8 +122,9 @@ def main() -> int:
                  f"{totals[1]:.1f}", "", f"{totals[2] / totals[0]:.1f}", f"{totals[3] / totals[1]:.1f}",
                  f"{totals[0] / totals[1]:.2f}x", "", "", ""])
     print()
-    print_table(["strategy", "cells", "one-at-a-time s", "stacked s", "CPU-time ratio", "model-steps/s single",
-                 "model-steps/s stacked", "ratio", "mean AUC single / stacked", "max |ΔAUC|", "stack sizes"],
+    print_table(["strategy", "cells", "one-at-a-time s", "stacked s", "CPU-time ratio",
+                 "model-steps/s single", "model-steps/s stacked", "ratio", "mean AUC single / stacked",
+                 "max |ΔAUC|", "stack sizes"],
                 rows)
     return 0
 
