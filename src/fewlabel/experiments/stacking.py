@@ -7,11 +7,16 @@ Ray task carries a whole stack); it still yields one ``(CellTask, CellOutput)`` 
 writes each cell's row and files as before, and a killed stack loses only its cells (they rerun).
 
 Inside ``run_stack`` the cells are split by batch geometry (``training.stacked.stack_geometry``); a
-geometry with one cell, a recipe ``training.stacked`` refuses, or a stack that fails trains one at a
-time through ``run_cell``, the reference path. Stacked results equal it up to float rounding.
+geometry with one cell, a recipe ``training.stacked`` refuses, a stack that does not pay or that
+fails trains one at a time through ``run_cell``, the reference path. Stacked results equal it up to
+float rounding. (``_prepare_member`` repeats what ``pipeline.fit_cell`` does before fine-tuning:
+keep the two in step.)
 
-When: ``mode="auto"`` stacks where the cells train on CUDA (a launch-bound GPU gains many times)
-and not on a CPU, where small convolutions are already compute-bound (measured 0.3-1.0x on 2 cores);
+When: ``mode="auto"`` stacks where the cells train on CUDA (a launch-bound GPU gains many times). On
+a CPU small convolutions are often compute-bound already (0.3-1.0x measured on 2 cores, but tiny
+models do gain), so there each stack first measures: one epoch of a few members stacked against one
+member alone (``stacking_pays``), and trains one at a time unless stacking is clearly faster. A CPU
+sweep spread over several processes or Ray workers is not grouped at all (its parallelism wins).
 ``on`` / ``off`` force it. The default mode comes from ``$FEWLABEL_STACKING`` (else ``auto``).
 """
 
@@ -51,7 +56,8 @@ class StackTask:
 
 def stacking_enabled(mode: str, executor: Any = None, device: str = "auto") -> bool:
     """Whether the driver should group cells: ``on``; ``off``; ``auto`` when the cells will train
-    on CUDA (this machine's, or a Ray cluster that gives tasks GPUs)."""
+    on CUDA (this machine's, or a Ray cluster that gives tasks GPUs) or one after another in this
+    process (where each stack measures before it stacks)."""
     if mode not in MODES:
         from fewlabel.errors import FewlabelError
 
@@ -62,7 +68,8 @@ def stacking_enabled(mode: str, executor: Any = None, device: str = "auto") -> b
         return bool(getattr(executor, "gpus_per_task", 0))
     import torch
 
-    return (device == "auto" and torch.cuda.is_available()) or device.startswith("cuda")
+    on_gpu = (device == "auto" and torch.cuda.is_available()) or device.startswith("cuda")
+    return on_gpu or getattr(executor, "workers", 1) == 1
 
 
 def _stack_key(task: CellTask) -> str | None:
@@ -135,9 +142,9 @@ def run_stack(stack: StackTask) -> list[CellOutput]:
         spec = pipeline.StrategySpec.from_dict(dict(first.spec))
         config = pipeline.finetune_config_for(spec, FinetuneConfig.from_dict(dict(first.finetune)))
         on_gpu = select_device(config.device).type == "cuda"
-        if unstackable_reason(config) or (stack.mode == "auto" and not on_gpu) or stack.mode == "off":
+        if unstackable_reason(config) or stack.mode == "off":
             return [run_cell(c) for c in cells]
-        return _train_stacked(cells, data, spec, config)
+        return _train_stacked(cells, data, spec, config, measure=stack.mode == "auto" and not on_gpu)
     except Exception:  # the stack itself failed (memory, an op vmap lacks): the reference path
         return [run_cell(c) for c in cells]
 
@@ -167,10 +174,32 @@ def _prepare_member(task: CellTask, data: Any, spec: Any) -> _Prepared:
                      val_ids)
 
 
-def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any) -> list[CellOutput]:
+def stacking_pays(members: Sequence[Any], num_classes: int, config: Any, probe: int = 4) -> bool:
+    """A quick measurement: one epoch of up to ``probe`` members stacked, per member, against one
+    member alone (on copies of their encoders; results are unaffected, every training reseeds).
+    The stacked probe runs first and so bears any warm-up: a tie goes to one at a time."""
+    import copy
+    import dataclasses
+
+    from fewlabel.training.finetune import finetune
+    from fewlabel.training.stacked import finetune_stacked
+
+    one_epoch = dataclasses.replace(config, max_epochs=1)
+    sample = [dataclasses.replace(m, encoder=copy.deepcopy(m.encoder)) for m in members[:probe]]
+    t0 = time.perf_counter()
+    finetune_stacked(sample, num_classes, one_epoch)
+    stacked = (time.perf_counter() - t0) / len(sample)
+    m = members[0]
+    t0 = time.perf_counter()
+    finetune(m.x_train, m.y_train, m.x_val, m.y_val, num_classes, copy.deepcopy(m.encoder), one_epoch,
+             seed=m.seed)
+    return stacked < 0.8 * (time.perf_counter() - t0)
+
+
+def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any,
+                   measure: bool = False) -> list[CellOutput]:
     from fewlabel import pipeline
     from fewlabel.evaluate.metrics import classification_metrics
-    from fewlabel.training.finetune import finetune
     from fewlabel.training.stacked import finetune_stacked, predict_proba_stacked, stack_geometry
 
     outputs: dict[int, CellOutput] = {}
@@ -188,18 +217,15 @@ def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any) -> 
     for members in by_geometry.values():
         t0 = time.perf_counter()
         try:
-            if len(members) == 1:
-                m = members[0].member
-                fitted = [finetune(m.x_train, m.y_train, m.x_val, m.y_val, data.num_classes, m.encoder,
-                                   config, seed=m.seed)]
-            else:
+            stacked = len(members) > 1 and (
+                not measure or stacking_pays([p.member for p in members], data.num_classes, config))
+            if stacked:
                 fitted = finetune_stacked([p.member for p in members], data.num_classes, config)
-            train_seconds = (time.perf_counter() - t0) / len(members)
-            probas = predict_proba_stacked([c for c, _ in fitted], x_test, device=config.device)
-        except Exception as exc:
-            if len(members) == 1:
-                outputs[index[id(members[0].task)]] = _failed(members[0].task, exc, t0)
-                continue
+                train_seconds = (time.perf_counter() - t0) / len(members)
+                probas = predict_proba_stacked([c for c, _ in fitted], x_test, device=config.device)
+        except Exception:
+            stacked = False
+        if not stacked:  # the reference path, cell by cell
             for p in members:
                 outputs[index[id(p.task)]] = run_cell(p.task)
             continue
