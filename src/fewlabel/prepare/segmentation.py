@@ -100,7 +100,7 @@ class PatchBatches:
 
     def __init__(self, x: torch.Tensor, m: torch.Tensor, patch: tuple[int, ...], batch_size: int,
                  seed: int, min_steps: int = 1, foreground: float = FOREGROUND_FRACTION) -> None:
-        self.x, self.m = x, m.to(torch.uint8) if int(m.max()) < 256 else m
+        self.x, self.m = x, m if m.dtype == torch.uint8 or int(m.max()) >= 256 else m.to(torch.uint8)
         self.patch = tuple(int(p) for p in patch)
         self.spatial = tuple(x.shape[2:])
         self.batch_size = int(batch_size)
@@ -257,6 +257,8 @@ def pretrain_segmentation(
     spatial = tuple(x.shape[2:])
     patch = patch_size_3d(spatial) if len(spatial) == 3 else None
     patch = None if patch == spatial else patch
+    if patch is not None and num_classes < 256:
+        m = m.to(torch.uint8)  # int64 masks of whole volumes are 8x the images' size; patches widen
     task = SegmentationTask(unet, config, patch)
     has_val = len(xv) > 0
     batches: Any
