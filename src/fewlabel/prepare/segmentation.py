@@ -41,7 +41,7 @@ def masks_to_classes(*masks: torch.Tensor, num_classes: int | None = None
     0..K-1 (e.g. BraTS's 0, 1, 2, 4) are renumbered in sorted order. Returns the masks, K and the
     original label of each class.
     """
-    values = torch.unique(torch.cat([m.flatten() for m in masks]))
+    values = _labels_present(masks)
     labels = [int(v) for v in values]
     if labels and labels[-1] > 0 and set(labels) <= {0, labels[-1]} and num_classes in (None, 2):
         # 0/1, 0/255, 0/k: background vs one foreground
@@ -58,6 +58,22 @@ def masks_to_classes(*masks: torch.Tensor, num_classes: int | None = None
     lut[values] = torch.arange(len(labels))
     k = max(len(labels), num_classes or 0, 2)
     return [lut[m] for m in masks], k, labels
+
+
+def _labels_present(masks: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Sorted label values found in the masks. Counted per array (``bincount``, one pass, no copy):
+    concatenating and sorting whole 3D mask sets took several GB for a 90-volume set."""
+    found: set[int] = set()
+    for m in masks:
+        if m.numel() == 0:
+            continue
+        flat = m.reshape(-1)
+        if flat.is_floating_point() or int(flat.max()) > 65535:  # sparse huge labels: sort instead
+            found.update(int(v) for v in torch.unique(flat))
+        else:
+            found.update(int(v) for v in torch.nonzero(torch.bincount(flat.long() if flat.dtype == torch.bool
+                                                                       else flat)).flatten())
+    return torch.tensor(sorted(found), dtype=torch.long)
 
 
 def dice_per_class(pred: torch.Tensor, true: torch.Tensor, num_classes: int) -> torch.Tensor:
