@@ -155,9 +155,10 @@ def test_curve_with_stacking_on_matches_stacking_off(tmp_path, monkeypatch):
     assert all((r.get("extra") or {}).get("stacked_with") == 2 for r in stacked.rows)
 
 
-def test_cpu_auto_mode_measures_and_falls_back_to_the_reference_path(tmp_path, monkeypatch):
-    """On a CPU ``auto`` groups cells but trains them stacked only when a measurement says it pays;
-    when it does not, every cell runs through run_cell: bit-for-bit the numbers of stacking off."""
+def test_cpu_measure_mode_falls_back_to_the_reference_path_and_auto_does_not_stack(tmp_path, monkeypatch):
+    """On a CPU ``auto`` trains one at a time (same seed, same numbers, whatever the load); ``measure``
+    groups cells but stacks only when a timing says it pays; when it does not, every cell runs
+    through run_cell: bit-for-bit the numbers of stacking off."""
     from fewlabel.experiments import run_curve, stacking
 
     from factory import make_class_folder
@@ -167,12 +168,13 @@ def test_cpu_auto_mode_measures_and_falls_back_to_the_reference_path(tmp_path, m
     data = make_class_folder(tmp_path / "data", classes={"a": 12, "b": 12}, size=(16, 16), separable=False)
     grid = {"strategies": "scratch", "sizes": [2], "repeats": 2, "test_size": 4,
             "finetune": {"max_epochs": 1, "device": "cpu"}, "log": None, "progress": False}
-    monkeypatch.setenv("FEWLABEL_STACKING", "off")
-    plain = run_curve(data, tmp_path / "plain", **grid)
-    monkeypatch.setenv("FEWLABEL_STACKING", "auto")
-    auto = run_curve(data, tmp_path / "auto", **grid)
-    assert probed == [2]  # the two repeats were measured as one group
-    for a, b in zip(plain.rows, auto.rows, strict=True):
-        assert a["roc_auc"] == b["roc_auc"]
-        pa, pb = (tmp_path / name / a["proba_path"] for name in ("plain", "auto"))
-        assert pa.read_bytes() == pb.read_bytes()
+    runs = {}
+    for mode in ("off", "auto", "measure"):
+        monkeypatch.setenv("FEWLABEL_STACKING", mode)
+        runs[mode] = run_curve(data, tmp_path / mode, **grid)
+        assert probed == ([2] if mode == "measure" else [])  # the two repeats were timed as one group
+    for mode in ("auto", "measure"):
+        for a, b in zip(runs["off"].rows, runs[mode].rows, strict=True):
+            assert a["roc_auc"] == b["roc_auc"]
+            pa, pb = (tmp_path / name / a["proba_path"] for name in ("off", mode))
+            assert pa.read_bytes() == pb.read_bytes()

@@ -12,12 +12,14 @@ fails trains one at a time through ``run_cell``, the reference path. Stacked res
 float rounding. (``_prepare_member`` repeats what ``pipeline.fit_cell`` does before fine-tuning:
 keep the two in step.)
 
-When: ``mode="auto"`` stacks where the cells train on CUDA (a launch-bound GPU gains many times). On
-a CPU small convolutions are often compute-bound already (0.3-1.0x measured on 2 cores, but tiny
-models do gain), so there each stack first measures: one epoch of a few members stacked against one
-member alone (``stacking_pays``), and trains one at a time unless stacking is clearly faster. A CPU
-sweep spread over several processes or Ray workers is not grouped at all (its parallelism wins).
-``on`` / ``off`` force it. The default mode comes from ``$FEWLABEL_STACKING`` (else ``auto``).
+When: ``mode="auto"`` stacks where the cells train on CUDA (a launch-bound GPU gains many times) and
+trains one at a time on a CPU, where small convolutions are often compute-bound already (0.3-1.0x
+measured on 2 cores) and where the same seed must give the same numbers: a choice made by timing
+would make them depend on the machine's load. ``measure`` lets each CPU stack decide by timing
+(``stacking_pays``: one epoch of a few members stacked against one member alone), for a user who
+prefers speed to bit-for-bit repeatability; ``on`` / ``off`` force it. A CPU sweep spread over
+several processes or Ray workers is not grouped under ``measure`` (its parallelism wins). The
+default mode comes from ``$FEWLABEL_STACKING`` (else ``auto``).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from fewlabel.experiments.cell import (
     run_cell,
 )
 
-MODES = ("auto", "on", "off")
+MODES = ("auto", "on", "off", "measure")
 MAX_STACK = 64  # cells per stack: enough to fill a GPU with small CNNs, bounded memory
 
 
@@ -56,20 +58,20 @@ class StackTask:
 
 def stacking_enabled(mode: str, executor: Any = None, device: str = "auto") -> bool:
     """Whether the driver should group cells: ``on``; ``off``; ``auto`` when the cells will train
-    on CUDA (this machine's, or a Ray cluster that gives tasks GPUs) or one after another in this
-    process (where each stack measures before it stacks)."""
+    on CUDA (this machine's, or a Ray cluster that gives tasks GPUs); ``measure`` also when they run
+    one after another in this process (each stack then times both ways before it stacks)."""
     if mode not in MODES:
         from fewlabel.errors import FewlabelError
 
         raise FewlabelError(f"stacking (FEWLABEL_STACKING) must be one of {', '.join(MODES)}, got {mode!r}")
-    if mode != "auto":
+    if mode in ("on", "off"):
         return mode == "on"
     if getattr(executor, "name", "") == "ray":
         return bool(getattr(executor, "gpus_per_task", 0))
     import torch
 
     on_gpu = (device == "auto" and torch.cuda.is_available()) or device.startswith("cuda")
-    return on_gpu or getattr(executor, "workers", 1) == 1
+    return on_gpu or (mode == "measure" and getattr(executor, "workers", 1) == 1)
 
 
 def _stack_key(task: CellTask) -> str | None:
@@ -144,7 +146,9 @@ def run_stack(stack: StackTask) -> list[CellOutput]:
         on_gpu = select_device(config.device).type == "cuda"
         if unstackable_reason(config) or stack.mode == "off":
             return [run_cell(c) for c in cells]
-        return _train_stacked(cells, data, spec, config, measure=stack.mode == "auto" and not on_gpu)
+        if stack.mode == "auto" and not on_gpu:  # a CPU worker: one at a time, deterministic
+            return [run_cell(c) for c in cells]
+        return _train_stacked(cells, data, spec, config, measure=stack.mode == "measure" and not on_gpu)
     except Exception:  # the stack itself failed (memory, an op vmap lacks): the reference path
         return [run_cell(c) for c in cells]
 
