@@ -144,3 +144,35 @@ def test_unusable_device_or_no_epochs_is_a_fewlabel_error():
     encoder = create_encoder("convnet", in_channels=1, width=4, depth=2)
     with pytest.raises(FewlabelError, match="max_epochs"):
         finetune(x, y, None, None, 2, encoder, FinetuneConfig(max_epochs=0, progress=False))
+
+
+def test_checkpoints_are_written_by_time_and_at_the_end(tmp_path, monkeypatch):
+    """Not once per epoch: a few-second epoch would rewrite the file every few seconds."""
+    from fewlabel.training import loop as loop_mod
+
+    writes = []
+    real = loop_mod._atomic_torch_save
+    monkeypatch.setattr(loop_mod, "_atomic_torch_save", lambda obj, path: (writes.append(obj["epoch"]),
+                                                                           real(obj, path)))
+    x, y = toy_data()
+    fit(ToyTask(), TensorBatches(x, y, 8, seed=0), None,
+        LoopConfig(max_epochs=4, checkpoint_path=str(tmp_path / "ck.pt"), checkpoint_every_s=3600))
+    assert writes == [4]  # only the end of the run
+    writes.clear()
+    fit(ToyTask(), TensorBatches(x, y, 8, seed=0), None,
+        LoopConfig(max_epochs=3, checkpoint_path=str(tmp_path / "ck2.pt"), checkpoint_every_s=0.0))
+    assert len(writes) >= 3  # every chance, when the interval is zero
+
+
+def test_tensor_logs_are_averaged_per_epoch():
+    class TensorLogTask(ToyTask):
+        def training_step(self, batch, ctx):
+            x, y = batch
+            loss = nn.functional.cross_entropy(self.model(x), y)
+            ctx.backward_step(loss, self.opt)
+            return {"loss": loss.detach(), "const": torch.tensor(2.0)}
+
+    x, y = toy_data()
+    r = fit(TensorLogTask(), TensorBatches(x, y, 8, seed=0), None, LoopConfig(max_epochs=2))
+    assert [row["const"] for row in r.history] == [2.0, 2.0]
+    assert all(isinstance(row["loss"], float) and row["loss"] > 0 for row in r.history)

@@ -248,3 +248,16 @@ def test_a_given_test_split_is_used_and_never_trains(tmp_path: Path) -> None:
     assert set(prepared.test_ids) == given and not given & set(prepared.pool_ids)
     drawn = prepare_data(csv_path, test_split="draw", test_size=0.5, seed=1)
     assert set(drawn.test_ids) != given
+
+
+def test_predict_streams_batches_with_the_same_numbers(cells: Path, tmp_path: Path) -> None:
+    """Scored batch by batch (a large folder never sits in memory whole): batch size changes nothing,
+    and an unreadable file in the middle of a batch leaves the others scored in order."""
+    model = fewlabel.train(cells, tmp_path / "m", labels_per_class=4, seed=0,
+                           finetune=FinetuneConfig(**FAST.to_dict()))
+    new = make_class_folder(tmp_path / "new", {"x": 4, "y": 3}, size=(16, 16), channels=3, seed=5)
+    corrupt_file(sorted(new.rglob("*.png"))[2])
+    whole = model.predict([new], batch_size=64)
+    streamed = model.predict([new], batch_size=2)
+    assert streamed.paths == whole.paths and len(whole.paths) == 6 and len(streamed.errors) == 1
+    np.testing.assert_allclose(streamed.proba, whole.proba, atol=1e-6)

@@ -98,6 +98,7 @@ class Model:
         warnings: list[tuple[str, str]] = []
         ok_paths: list[str] = []
         arrays: list[np.ndarray] = []
+        scored: list[np.ndarray] = []
         for p in paths:
             try:
                 array, meta = read_image(p)
@@ -112,8 +113,13 @@ class Model:
                 ok_paths.append(str(p))
             except FewlabelError as exc:
                 errors.append((str(p), exc.problem))
-        proba = (self.predict_arrays(np.stack(arrays)) if arrays
-                 else np.zeros((0, len(self.class_names)), np.float32))
+            # Streamed: a batch is scored as soon as it is full, so a large folder never sits in memory.
+            if len(arrays) == batch_size:
+                scored.append(self.predict_arrays(np.stack(arrays)))
+                arrays = []
+        if arrays:
+            scored.append(self.predict_arrays(np.stack(arrays)))
+        proba = np.concatenate(scored) if scored else np.zeros((0, len(self.class_names)), np.float32)
         return Predictions(paths=ok_paths, proba=proba, class_names=self.class_names, errors=errors,
                            warnings=warnings)
 

@@ -45,6 +45,19 @@ def bootstrap_counts(
     return counts if per_unit is None else counts[:, per_unit]
 
 
+BOOT_CELLS = 2**22  # resample x sample weights held at once (32 MB of float64), whatever n_boot and n
+
+
+def _chunked_bootstrap(n: int, n_boot: int, rng: np.random.Generator, group_index: np.ndarray | None,
+                       y: np.ndarray, proba: np.ndarray, y_pred: np.ndarray) -> dict[str, np.ndarray]:
+    """``_all_metrics`` of ``n_boot`` resamples, drawn and scored in chunks so memory stays bounded
+    on large test sets. Chunked draws continue one generator stream: the same numbers as one draw."""
+    chunk = max(1, BOOT_CELLS // max(n, 1))
+    parts = [_all_metrics(bootstrap_counts(n, min(chunk, n_boot - start), rng, group_index), y, proba, y_pred)
+             for start in range(0, n_boot, chunk)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 def weighted_auc(weights: np.ndarray, positive: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Rank-based (Mann-Whitney) AUC for every row of ``weights`` (B, n) at once; ties count 1/2.
 
@@ -167,7 +180,7 @@ def classification_metrics(
     rng = np.random.default_rng(seed)
     boot = None
     if n_boot > 0:
-        boot = _all_metrics(bootstrap_counts(n, n_boot, rng, group_index), y, proba, y_pred)
+        boot = _chunked_bootstrap(n, n_boot, rng, group_index, y, proba, y_pred)
 
     alpha = (1.0 - ci) / 2.0
     result: dict[str, Any] = {}

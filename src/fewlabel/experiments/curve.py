@@ -45,7 +45,6 @@ from fewlabel.experiments.cell import (
     base_row,
     fingerprint_of,
     prime_data,
-    run_cell,
     run_preparation,
 )
 from fewlabel.experiments.executors import Executor, RayExecutor, make_executor
@@ -58,6 +57,7 @@ from fewlabel.experiments.grid import (
     pretrain_seed,
     train_seed,
 )
+from fewlabel.experiments.stacking import map_cells
 from fewlabel.experiments.store import (
     CSV_FILE,
     PLAN_FILE,
@@ -563,7 +563,7 @@ def _run_cells(out: Path, store: ResultStore, info: dict[str, Any], config: Curv
                 reason = prep_errors[prep_key(config, task.cell.strategy, task.cell.repeat)]
                 _record(out, store, _failed_output(task, reason), bar)
                 ran += 1
-            for task, result in ex.map(run_cell, ready):
+            for task, result in map_cells(ex, ready, device=str(config.finetune.get("device", "auto"))):
                 output = result if isinstance(result, CellOutput) else _failed_output(task, result)
                 _record(out, store, output, bar)
                 ran += 1

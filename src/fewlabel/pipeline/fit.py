@@ -51,20 +51,33 @@ def split_labelled(data: PreparedData, labelled_ids: list[str], seed: int) -> tu
     return splits.nested_validation(data.catalog, data.pool_ids, labelled_ids, seed=seed)
 
 
-def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, seed: int,
-             finetune_config: FinetuneConfig | None = None, *, train_ids: list[str] | None = None,
-             val_ids: list[str] | None = None) -> CellResult:
-    """Fine-tune one strategy on one labelled draw and evaluate it on the fixed test set.
+@dataclass
+class CellInputs:
+    """Everything one cell trains on, made before any training: arrays, the encoder, what it saw."""
 
-    ``train_ids``/``val_ids``: the plan's split of this draw; without them it is computed from the
-    draw with ``seed`` (``split_labelled``)."""
+    train_ids: list[str]
+    val_ids: list[str]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray | None
+    y_val: np.ndarray | None
+    x_pool: np.ndarray | None
+    encoder: Any
+    seen_files: list[str]
+    notes: list[str]
+
+
+def cell_inputs(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, seed: int, *,
+                train_ids: list[str] | None = None, val_ids: list[str] | None = None) -> CellInputs:
+    """A cell's training material: the plan's split of its draw (``train_ids``/``val_ids``; without
+    them computed from the draw with ``seed``), its arrays, its encoder, and the content keys of every
+    image its weights will have seen (the encoder's record, the draw, FixMatch's pool)."""
     leaked = set(labelled_ids) & set(data.test_ids)
     if leaked:  # a guard, not a user error: it means a bug upstream
         raise AssertionError(f"{len(leaked)} test images in the labelled draw")
     if not labelled_ids:
         raise FewlabelError("no labelled images to fine-tune on (labels per class must be at least 1)",
                             path=data.catalog.root)
-    config = finetune_config_for(spec, finetune_config)
     if train_ids is None or val_ids is None:
         train_ids, val_ids = split_labelled(data, labelled_ids, seed)
     x_train, y_train = data.arrays(train_ids)
@@ -81,17 +94,35 @@ def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, se
         rest = [i for i in data.pool_ids if i not in drawn]
         x_pool = tensors.load_images(data.catalog, rest, data.preprocess) if rest else None
         seen_keys |= set(data.keys_of(rest))
-    t0 = time.perf_counter()
-    classifier, fit_result = finetune(x_train, y_train, x_val, y_val, data.num_classes, encoder, config,
-                                      seed=seed, x_unlabelled=x_pool)
-    train_seconds = time.perf_counter() - t0
+    return CellInputs(list(train_ids), list(val_ids), x_train, y_train, x_val, y_val, x_pool, encoder,
+                      sorted(seen_keys), notes)
+
+
+def score_cell(data: PreparedData, inputs: CellInputs, classifier: Classifier, fit_result: FitResult,
+               config: FinetuneConfig, seed: int, train_seconds: float,
+               proba: np.ndarray | None = None) -> CellResult:
+    """Test metrics of a trained cell (``proba`` when the caller already scored the test set)."""
     x_test, y_test = data.test_arrays
-    proba = predict_proba(classifier, x_test, device=config.device)
+    if proba is None:
+        proba = predict_proba(classifier, x_test, device=config.device)
     metrics = classification_metrics(y_test, proba, class_names=data.class_names, seed=seed,
                                      groups=data.catalog.groups(data.test_ids))
     return CellResult(classifier=classifier, fit=fit_result, metrics=metrics, proba_test=proba,
-                      train_ids=list(train_ids), val_ids=list(val_ids), train_seconds=train_seconds,
-                      finetune_config=config, seen_files=sorted(seen_keys), notes=notes)
+                      train_ids=inputs.train_ids, val_ids=inputs.val_ids, train_seconds=train_seconds,
+                      finetune_config=config, seen_files=inputs.seen_files, notes=inputs.notes)
+
+
+def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, seed: int,
+             finetune_config: FinetuneConfig | None = None, *, train_ids: list[str] | None = None,
+             val_ids: list[str] | None = None) -> CellResult:
+    """Fine-tune one strategy on one labelled draw and evaluate it on the fixed test set."""
+    config = finetune_config_for(spec, finetune_config)
+    inputs = cell_inputs(data, labelled_ids, spec, seed, train_ids=train_ids, val_ids=val_ids)
+    t0 = time.perf_counter()
+    classifier, fit_result = finetune(inputs.x_train, inputs.y_train, inputs.x_val, inputs.y_val,
+                                      data.num_classes, inputs.encoder, config, seed=seed,
+                                      x_unlabelled=inputs.x_pool)
+    return score_cell(data, inputs, classifier, fit_result, config, seed, time.perf_counter() - t0)
 
 
 def model_config(data: PreparedData, spec: StrategySpec, cell: CellResult, seed: int) -> dict[str, Any]:

@@ -76,16 +76,17 @@ def diff_augment(x: torch.Tensor) -> torch.Tensor:
     return views.random_cutout(x, 0.5)
 
 
-def pixel_w1(fake: torch.Tensor, real: torch.Tensor) -> float:
+def pixel_w1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """1-Wasserstein distance between the fakes' and the real batch's pixel values (per channel,
     averaged): does the generator make the data's intensities (background level, bright parts)?
-    A GAN's losses do not fall steadily; this does, as the generator learns."""
+    A GAN's losses do not fall steadily; this does, as the generator learns. A 0-d tensor: the loop
+    reads logged values once per epoch, so a GPU step does not wait for it."""
     f = fake.float().transpose(0, 1).flatten(1).sort(dim=1).values
     r = real.float().transpose(0, 1).flatten(1).sort(dim=1).values
     if f.shape != r.shape:  # different batch sizes: compare quantiles
         q = torch.linspace(0, 1, 256, device=f.device)
         f, r = torch.quantile(f, q, dim=1), torch.quantile(r, q, dim=1)
-    return float((f - r).abs().mean())
+    return (f - r).abs().mean()
 
 
 def r1_penalty(d_real: torch.Tensor, real_in: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -96,13 +97,13 @@ def r1_penalty(d_real: torch.Tensor, real_in: torch.Tensor, scale: float = 1.0) 
     return (grad.float() / scale).pow(2).flatten(1).sum(1).mean()
 
 
-def moment_gap(fake: torch.Tensor, real: torch.Tensor) -> float:
+def moment_gap(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """How far the fakes' per-pixel mean and std (over the batch) are from the real batch's.
     It stays high when the generator collapses onto a few images (the std part), so it is the
     number to watch for mode collapse."""
     f, r = fake.float(), real.float()
     gap = (f.mean(0) - r.mean(0)) ** 2 + (f.std(0) - r.std(0)) ** 2
-    return float(gap.mean())
+    return gap.mean()
 
 
 class GANTask(Task):
@@ -146,7 +147,7 @@ class GANTask(Task):
                   + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
         if gamma:
             loss_d = loss_d + 0.5 * gamma * r1_penalty(d_real, real_in, ctx.scaler.get_scale())
-        ctx.backward_step(loss_d, opt_d)
+        ctx.backward_step(loss_d, opt_d, update_scaler=False)  # the generator's step updates it
 
         # Generator step: the discriminator is frozen so its gradients are not left behind for the
         # next discriminator update (and backward skips its weights).
@@ -162,8 +163,8 @@ class GANTask(Task):
         step = ctx.step + 1  # the loop counts this step after it returns
         if self.out_dir is not None and self.config.sample_every and step % self.config.sample_every == 0:
             self.save_samples(self.out_dir / f"samples_step{step:06d}.png")
-        d_acc = 0.5 * (float((d_real > 0).float().mean()) + float((d_fake < 0).float().mean()))
-        return {"loss_d": float(loss_d.detach()), "loss_g": float(loss_g.detach()), "d_acc": d_acc,
+        d_acc = 0.5 * ((d_real > 0).float().mean() + (d_fake < 0).float().mean()).detach()
+        return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_acc": d_acc,
                 "pixel_w1": pixel_w1(fake.detach(), real), "moment_gap": moment_gap(fake.detach(), real)}
 
     @torch.no_grad()

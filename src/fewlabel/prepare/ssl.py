@@ -114,8 +114,8 @@ class SimCLRTask(Task):
             sim.fill_diagonal_(float("-inf"))
             b = x.shape[0]
             partner = torch.cat([torch.arange(b, 2 * b), torch.arange(0, b)]).to(sim.device)
-            top1 = float((sim.argmax(1) == partner).float().mean())
-        return {"loss": float(loss.detach()), "top1": top1}
+            top1 = (sim.argmax(1) == partner).float().mean()
+        return {"loss": loss.detach(), "top1": top1}
 
 
 def default_encoder(in_channels: int, spatial_dims: int) -> Encoder:

@@ -42,10 +42,14 @@ class TensorBatches:
                 len(self.x))
             yield from idx.tolist()
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor] | torch.Tensor]:
+    def index_batches(self) -> Iterator[torch.Tensor]:
+        """One epoch of sample indices: what ``__iter__`` gathers (stacked training gathers on the device)."""
         order = self._order()
         for _ in range(self.steps_per_epoch):
-            idx = torch.tensor([next(order) for _ in range(self.batch_size)])
+            yield torch.tensor([next(order) for _ in range(self.batch_size)])
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor] | torch.Tensor]:
+        for idx in self.index_batches():
             yield self.x[idx] if self.y is None else (self.x[idx], self.y[idx])
 
 

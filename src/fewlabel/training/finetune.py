@@ -118,7 +118,7 @@ class ClassifierTask(Task):
         loss = self.loss(logits, y)
         assert self._opt is not None
         ctx.backward_step(loss, self._opt)
-        return {"loss": float(loss.detach())}
+        return {"loss": loss.detach()}
 
     def validate(self, batches: Any, ctx: Loop) -> dict[str, float]:
         total, correct, n = 0.0, 0, 0
@@ -156,9 +156,15 @@ def finetune(
         task: Task = FixMatchTask(classifier, config, weights, x_unlabelled, seed=seed)
     else:
         task = ClassifierTask(classifier, config, weights)
+    has_val = x_val is not None and y_val is not None and len(x_val) > 0
+    if select_device(config.device).type == "cuda":
+        # A few-label set fits on any GPU: kept there, a step gathers its batch without a host copy.
+        dev = select_device(config.device)
+        x_train, y_train = _on(x_train, dev, torch.float32), _on(y_train, dev, torch.long)
+        if has_val:
+            x_val, y_val = _on(x_val, dev, torch.float32), _on(y_val, dev, torch.long)
     train_batches = TensorBatches(x_train, y_train, config.batch_size, seed=seed,
                                   min_steps=config.min_steps_per_epoch)
-    has_val = x_val is not None and y_val is not None and len(x_val) > 0
     val_batches = sequential_batches(x_val, y_val, 64) if has_val else None
     loop_config = LoopConfig(
         max_epochs=config.max_epochs, patience=config.patience if has_val else None, seed=seed,
@@ -167,6 +173,10 @@ def finetune(
     result = fit(task, train_batches, val_batches, loop_config)
     classifier.eval()
     return classifier, result
+
+
+def _on(array: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.as_tensor(array, dtype=dtype).to(device)
 
 
 @torch.no_grad()

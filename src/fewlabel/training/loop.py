@@ -66,8 +66,9 @@ class Task:
         """Created once (after the modules are on the device) and reused."""
         raise NotImplementedError
 
-    def training_step(self, batch: Any, ctx: Loop) -> dict[str, float]:
-        """Forward, ``ctx.backward_step`` for each optimiser, return the logged losses as floats."""
+    def training_step(self, batch: Any, ctx: Loop) -> dict[str, float | torch.Tensor]:
+        """Forward, ``ctx.backward_step`` for each optimiser, return the logged values: floats or
+        detached 0-d tensors (tensors are read once per epoch, so a GPU step never waits for the host)."""
         raise NotImplementedError
 
     def validate(self, batches: Iterable[Any], ctx: Loop) -> dict[str, float]:
@@ -124,6 +125,9 @@ def batch_size_of(batch: Any) -> int:
 
 def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
+        if device.type == "cuda" and batch.device.type == "cpu":
+            # A copy from pageable memory blocks the host; from pinned memory it overlaps the GPU's work.
+            return batch.pin_memory().to(device, non_blocking=True)
         return batch.to(device, non_blocking=True)
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(b, device) for b in batch)
@@ -153,8 +157,12 @@ class Loop:
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
     def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                      parameters: Iterable[torch.Tensor] | None = None) -> None:
-        """Backward, optional gradient clipping, optimiser step, zero the gradients."""
+                      parameters: Iterable[torch.Tensor] | None = None, *,
+                      update_scaler: bool = True) -> None:
+        """Backward, optional gradient clipping, optimiser step, zero the gradients.
+
+        A step with several optimisers (a GAN) passes ``update_scaler=False`` to all but the last:
+        the fp16 loss scale is updated once per step, as torch's AMP recipe for several optimisers."""
         self.scaler.scale(loss).backward()
         if self.config.grad_clip is not None:
             self.scaler.unscale_(optimizer)
@@ -162,7 +170,8 @@ class Loop:
                 p for group in optimizer.param_groups for p in group["params"])
             torch.nn.utils.clip_grad_norm_(list(params), self.config.grad_clip)
         self.scaler.step(optimizer)
-        self.scaler.update()
+        if update_scaler:
+            self.scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
     def to_device(self, batch: Any) -> Any:
@@ -190,6 +199,16 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
 
 
+def _mean(values: list[float | torch.Tensor]) -> float:
+    """Mean of one epoch's logged values; tensors are stacked and read in one transfer."""
+    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+    if not tensors:
+        return float(np.mean(values))
+    floats = [float(v) for v in values if not isinstance(v, torch.Tensor)]
+    read = torch.stack([t.reshape(()).double() for t in tensors]).cpu().tolist()
+    return float(np.mean(read + floats))
+
+
 def _cycle(loader: Iterable[Any]) -> Iterator[tuple[int, Any]]:
     """(epoch, batch) forever; the epoch counter drives validation and early stopping."""
     epoch = 0
@@ -206,8 +225,9 @@ def fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | N
     With ``val_batches``: validate after every epoch, keep the best epoch's weights by
     ``task.monitor`` and restore them at the end; stop after ``patience`` epochs without improvement.
     Stops also at ``max_epochs``, ``max_steps`` or ``time_budget_s``, whichever comes first.
-    With ``checkpoint_path``: state is saved at most every ``checkpoint_every_s`` and at every epoch
-    end, and a later call with the same path resumes from it (optimiser state and counters too).
+    With ``checkpoint_path``: state is saved when ``checkpoint_every_s`` has passed (checked after each
+    step, at the epoch's start or end) and when the run ends, and a later call with the same path
+    resumes from it (optimiser state and counters too).
     """
     config = config or LoopConfig()
     # Denormal floats (tiny activations of a GAN on smooth phase maps) make x86 CPUs 10-20x slower
@@ -262,9 +282,10 @@ def fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | N
         bar = tqdm(total=total, initial=ctx.step, desc=config.desc, unit="step", leave=False)
 
     t0 = time.perf_counter()
-    last_ckpt = t0
-    epoch_logs: dict[str, list[float]] = {}
+    last_ckpt = last_postfix = t0
+    epoch_logs: dict[str, list[float | torch.Tensor]] = {}
     stop = None
+    ending = False  # set just before the last end_epoch call (a step or time budget ran out)
     current_epoch = start_epoch
     if start_epoch >= config.max_epochs:
         stop = "max_epochs"
@@ -273,7 +294,7 @@ def fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | N
         nonlocal best_state, since_best, epoch_logs
         ctx.epoch = epoch
         row = {"epoch": float(epoch), "step": float(ctx.step)}
-        row.update({k: float(np.mean(v)) for k, v in epoch_logs.items()})
+        row.update({k: _mean(v) for k, v in epoch_logs.items()})
         epoch_logs = {}
         reason = None
         if val_batches is not None:
@@ -296,7 +317,13 @@ def fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | N
         task.on_epoch_end(epoch, ctx)
         if epoch + 1 >= config.max_epochs:
             reason = reason or "max_epochs"
-        save_checkpoint(epoch + 1)
+        nonlocal last_ckpt
+        now = time.perf_counter()
+        # By time, not every epoch (a few-second epoch would write the file every few seconds); and at
+        # the end, so a finished run can be extended by a later call with a larger budget.
+        if reason or ending or now - last_ckpt > config.checkpoint_every_s:
+            save_checkpoint(epoch + 1)
+            last_ckpt = now
         return reason
 
     modules.train()
@@ -313,19 +340,23 @@ def fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | N
             ctx.step += 1
             result.samples_seen += batch_size_of(batch)
             for k, v in logs.items():
-                epoch_logs.setdefault(k, []).append(float(v))
+                epoch_logs.setdefault(k, []).append(v.detach() if isinstance(v, torch.Tensor) else float(v))
+            now = time.perf_counter()
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in logs.items()}, refresh=False)
-            now = time.perf_counter()
+                if now - last_postfix > 1.0:  # reading a GPU loss waits for the GPU: once a second
+                    bar.set_postfix({k: f"{float(v):.4g}" for k, v in logs.items()}, refresh=False)
+                    last_postfix = now
             if ckpt is not None and now - last_ckpt > config.checkpoint_every_s:
                 save_checkpoint(current_epoch)  # mid-epoch: resumes at this epoch's start
                 last_ckpt = now
             if config.max_steps is not None and ctx.step >= config.max_steps:
+                ending = True
                 stop = end_epoch(current_epoch) or "max_steps"
                 stop = "max_steps" if stop == "max_epochs" else stop
                 break
             if config.time_budget_s is not None and now - t0 > config.time_budget_s:
+                ending = True
                 stop = end_epoch(current_epoch) or "time_budget"
                 break
     if bar is not None:

@@ -99,5 +99,5 @@ class FixMatchTask(ClassifierTask):
         loss = loss_x + self.weight_u * loss_u
         assert self._opt is not None
         ctx.backward_step(loss, self._opt)
-        return {"loss": float(loss.detach()), "loss_x": float(loss_x.detach()),
-                "loss_u": float(loss_u.detach()), "mask_rate": float(mask.mean())}
+        return {"loss": loss.detach(), "loss_x": loss_x.detach(), "loss_u": loss_u.detach(),
+                "mask_rate": mask.mean()}

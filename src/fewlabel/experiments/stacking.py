@@ -1,0 +1,247 @@
+"""Stacked cells: the repeats and sizes of one strategy trained as one stacked module on a GPU.
+
+``map_cells(executor, tasks)`` replaces ``executor.map(run_cell, tasks)`` in the curve driver. When
+stacking is on it groups the cells that share a strategy, a prepared spec and a fine-tuning recipe into
+``StackTask``s (at most ``MAX_STACK`` cells each) and runs each with ``run_stack`` on the executor (a
+Ray task carries a whole stack); it still yields one ``(CellTask, CellOutput)`` per cell, so the driver
+writes each cell's row and files as before, and a killed stack loses only its cells (they rerun).
+
+Inside ``run_stack`` the cells are split by batch geometry (``training.stacked.stack_geometry``); a
+geometry with one cell, a recipe ``training.stacked`` refuses, a stack that does not pay or that
+fails trains one at a time through ``run_cell``, the reference path. Stacked results equal it up to
+float rounding. (``_prepare_member`` repeats what ``pipeline.fit_cell`` does before fine-tuning:
+keep the two in step.)
+
+When: ``mode="auto"`` stacks where the cells train on CUDA (a launch-bound GPU gains many times) and
+trains one at a time on a CPU, where small convolutions are often compute-bound already (0.3-1.0x
+measured on 2 cores) and where the same seed must give the same numbers: a choice made by timing
+would make them depend on the machine's load. ``measure`` lets each CPU stack decide by timing
+(``stacking_pays``: one epoch of a few members stacked against one member alone), for a user who
+prefers speed to bit-for-bit repeatability; ``on`` / ``off`` force it. A CPU sweep spread over
+several processes or Ray workers is not grouped under ``measure`` (its parallelism wins). The
+default mode comes from ``$FEWLABEL_STACKING`` (else ``auto``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fewlabel.experiments.cell import (
+    CellOutput,
+    CellTask,
+    PipelineBackend,
+    _ok_output,
+    _one_line,
+    _seed_all,
+    _set_threads,
+    base_row,
+    open_data,
+    run_cell,
+)
+
+MODES = ("auto", "on", "off", "measure")
+MAX_STACK = 64  # cells per stack: enough to fill a GPU with small CNNs, bounded memory
+
+
+@dataclass(frozen=True)
+class StackTask:
+    """Cells that may train as one stack; plain values only (picklable, travels to Ray workers)."""
+
+    cells: tuple[CellTask, ...]
+    mode: str = "auto"
+
+
+def stacking_enabled(mode: str, executor: Any = None, device: str = "auto") -> bool:
+    """Whether the driver should group cells: ``on``; ``off``; ``auto`` when the cells will train
+    on CUDA (this machine's, or a Ray cluster that gives tasks GPUs); ``measure`` also when they run
+    one after another in this process (each stack then times both ways before it stacks)."""
+    if mode not in MODES:
+        from fewlabel.errors import FewlabelError
+
+        raise FewlabelError(f"stacking (FEWLABEL_STACKING) must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode in ("on", "off"):
+        return mode == "on"
+    if getattr(executor, "name", "") == "ray":
+        return bool(getattr(executor, "gpus_per_task", 0))
+    import torch
+
+    on_gpu = (device == "auto" and torch.cuda.is_available()) or device.startswith("cuda")
+    return on_gpu or (mode == "measure" and getattr(executor, "workers", 1) == 1)
+
+
+def _stack_key(task: CellTask) -> str | None:
+    if not isinstance(task.backend, PipelineBackend):  # a test's fake pipeline: nothing to stack
+        return None
+    return json.dumps([task.cell.strategy, task.spec, task.finetune], sort_keys=True, default=str)
+
+
+def plan_stacks(tasks: Sequence[CellTask], mode: str = "auto",
+                max_stack: int = MAX_STACK) -> list[CellTask | StackTask]:
+    """Cells grouped into stacks (by strategy, spec and recipe, in grid order); lone cells stay cells."""
+    groups: dict[str, list[CellTask]] = {}
+    items: list[CellTask | StackTask] = []
+    for task in tasks:
+        key = _stack_key(task)
+        if key is None:
+            items.append(task)
+        else:
+            groups.setdefault(key, []).append(task)
+    for members in groups.values():
+        for i in range(0, len(members), max(1, max_stack)):
+            chunk = tuple(members[i:i + max_stack])
+            items.append(chunk[0] if len(chunk) == 1 else StackTask(chunk, mode))
+    return items
+
+
+def run_item(item: CellTask | StackTask) -> CellOutput | list[CellOutput]:
+    """What an executor runs: one cell, or one stack (a list of outputs in the stack's order)."""
+    return run_stack(item) if isinstance(item, StackTask) else run_cell(item)
+
+
+def default_mode() -> str:
+    return os.environ.get("FEWLABEL_STACKING", "auto").strip().lower() or "auto"
+
+
+def map_cells(executor: Any, tasks: Sequence[CellTask], mode: str | None = None,
+              max_stack: int = MAX_STACK, device: str = "auto") -> Iterator[tuple[CellTask, Any]]:
+    """``executor.map(run_cell, tasks)``, with stacks where ``stacking_enabled``: yields
+    ``(cell task, CellOutput or exception)`` per cell as its cell or stack finishes."""
+    mode = mode or default_mode()
+    if not tasks:
+        return
+    if not stacking_enabled(mode, executor, device):
+        yield from executor.map(run_cell, tasks)
+        return
+    items = plan_stacks(tasks, mode, max_stack)
+    for item, result in executor.map(run_item, items):
+        if not isinstance(item, StackTask):
+            yield item, result
+        elif isinstance(result, BaseException):
+            for cell_task in item.cells:
+                yield cell_task, result
+        else:
+            yield from zip(item.cells, result, strict=True)
+
+
+def run_stack(stack: StackTask) -> list[CellOutput]:
+    """Train a stack's cells together where possible and return each cell's output (as ``run_cell``
+    would). Never raises for the cells' own failures."""
+    from fewlabel import pipeline
+    from fewlabel.training.finetune import FinetuneConfig
+    from fewlabel.training.loop import select_device
+    from fewlabel.training.stacked import unstackable_reason
+
+    cells = list(stack.cells)
+    first = cells[0]
+    _set_threads(first.threads)
+    try:
+        data = open_data(first.backend, first.data_args, first.fingerprint)
+        spec = pipeline.StrategySpec.from_dict(dict(first.spec))
+        config = pipeline.finetune_config_for(spec, FinetuneConfig.from_dict(dict(first.finetune)))
+        on_gpu = select_device(config.device).type == "cuda"
+        if unstackable_reason(config) or stack.mode == "off":
+            return [run_cell(c) for c in cells]
+        if stack.mode == "auto" and not on_gpu:  # a CPU worker: one at a time, deterministic
+            return [run_cell(c) for c in cells]
+        return _train_stacked(cells, data, spec, config, measure=stack.mode == "measure" and not on_gpu)
+    except Exception:  # the stack itself failed (memory, an op vmap lacks): the reference path
+        return [run_cell(c) for c in cells]
+
+
+@dataclass
+class _Prepared:
+    task: CellTask
+    member: Any
+    inputs: Any  # pipeline.fit.CellInputs
+
+
+def _prepare_member(task: CellTask, data: Any, spec: Any) -> _Prepared:
+    """What ``pipeline.fit_cell`` does before fine-tuning, for one cell (semi is never stacked)."""
+    from fewlabel.pipeline.fit import cell_inputs
+    from fewlabel.training.stacked import StackMember
+
+    _seed_all(task.seed)
+    inputs = cell_inputs(data, list(task.labelled_ids), spec, task.seed, train_ids=list(task.train_ids),
+                         val_ids=list(task.val_ids))
+    member = StackMember(inputs.encoder, inputs.x_train, inputs.y_train, inputs.x_val, inputs.y_val,
+                         task.seed)
+    return _Prepared(task, member, inputs)
+
+
+def stacking_pays(members: Sequence[Any], num_classes: int, config: Any, probe: int = 4) -> bool:
+    """A quick measurement: one epoch of up to ``probe`` members stacked, per member, against one
+    member alone (on copies of their encoders; results are unaffected, every training reseeds).
+    The stacked probe runs first and so bears any warm-up: a tie goes to one at a time."""
+    import copy
+    import dataclasses
+
+    from fewlabel.training.finetune import finetune
+    from fewlabel.training.stacked import finetune_stacked
+
+    one_epoch = dataclasses.replace(config, max_epochs=1)
+    sample = [dataclasses.replace(m, encoder=copy.deepcopy(m.encoder)) for m in members[:probe]]
+    t0 = time.perf_counter()
+    finetune_stacked(sample, num_classes, one_epoch)
+    stacked = (time.perf_counter() - t0) / len(sample)
+    m = members[0]
+    t0 = time.perf_counter()
+    finetune(m.x_train, m.y_train, m.x_val, m.y_val, num_classes, copy.deepcopy(m.encoder), one_epoch,
+             seed=m.seed)
+    return stacked < 0.8 * (time.perf_counter() - t0)
+
+
+def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any,
+                   measure: bool = False) -> list[CellOutput]:
+    from fewlabel.pipeline.fit import score_cell
+    from fewlabel.training.stacked import finetune_stacked, predict_proba_stacked, stack_geometry
+
+    outputs: dict[int, CellOutput] = {}
+    by_geometry: dict[Any, list[_Prepared]] = {}
+    for i, task in enumerate(cells):
+        try:
+            prepared = _prepare_member(task, data, spec)
+        except Exception:
+            outputs[i] = run_cell(task)
+            continue
+        by_geometry.setdefault(stack_geometry(prepared.member, config), []).append(prepared)
+    index = {id(task): i for i, task in enumerate(cells)}
+    x_test, _ = data.test_arrays
+    for members in by_geometry.values():
+        t0 = time.perf_counter()
+        try:
+            stacked = len(members) > 1 and (
+                not measure or stacking_pays([p.member for p in members], data.num_classes, config))
+            if stacked:
+                fitted = finetune_stacked([p.member for p in members], data.num_classes, config)
+                train_seconds = (time.perf_counter() - t0) / len(members)
+                probas = predict_proba_stacked([c for c, _ in fitted], x_test, device=config.device)
+        except Exception:
+            stacked = False
+        if not stacked:  # the reference path, cell by cell
+            for p in members:
+                outputs[index[id(p.task)]] = run_cell(p.task)
+            continue
+        share = (time.perf_counter() - t0) / len(members)
+        for p, (classifier, fit), proba in zip(members, fitted, probas, strict=True):
+            i = index[id(p.task)]
+            try:
+                result = score_cell(data, p.inputs, classifier, fit, config, p.task.seed, train_seconds,
+                                    proba=proba)
+                output = _ok_output(p.task, data, result, base_row(p.task))
+                output.row["cell_seconds"] = share
+                output.row["extra"] = {"stacked_with": len(members)}
+                outputs[i] = output
+            except Exception as exc:
+                outputs[i] = _failed(p.task, exc, t0)
+    return [outputs[i] for i in range(len(cells))]
+
+
+def _failed(task: CellTask, exc: BaseException, t0: float) -> CellOutput:
+    row = base_row(task)
+    row.update(status="failed", error=_one_line(exc), cell_seconds=time.perf_counter() - t0)
+    return CellOutput(row=row)

@@ -1,0 +1,180 @@
+"""Stacked fine-tuning (many models in one vmapped module) ends where one-at-a-time fine-tuning ends,
+for the same seeds: same early stopping, same best epoch, same probabilities up to float rounding."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewlabel.models.encoder import create_encoder
+from fewlabel.training.finetune import FinetuneConfig, finetune, predict_proba
+from fewlabel.training.stacked import (
+    StackMember,
+    finetune_stacked,
+    predict_proba_stacked,
+    unstackable_reason,
+    weighted_cross_entropy,
+)
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _data(rng: np.random.Generator, n: int, classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    y = np.arange(n) % classes
+    x = rng.normal(size=(n, 1, 16, 16)).astype(np.float32)
+    x[y == 1, :, 4:12, 4:12] += 0.7  # learnable, not trivially: probabilities stay away from 0/1
+    return x, y
+
+
+def _encoder(seed: int):
+    torch.manual_seed(seed)
+    return create_encoder("convnet", 1, 2, width=4, depth=2)
+
+
+def _members(with_val: bool = True):
+    rng = np.random.default_rng(0)
+    out = []
+    for k, seed in enumerate((11, 12, 13)):
+        x, y = _data(rng, 8)
+        xv, yv = _data(rng, 4 + k) if with_val else (None, None)  # validation sets of other sizes
+        out.append((x, y, xv, yv, seed))
+    return out, _data(rng, 24)[0]
+
+
+@pytest.mark.parametrize("augment,with_val", [("weak", True), ("strong", True), ("none", False)])
+def test_stacked_equals_one_at_a_time(augment, with_val):
+    members, x_test = _members(with_val)
+    config = FinetuneConfig(max_epochs=6, patience=2, batch_size=4, min_steps_per_epoch=3, dropout=0.3,
+                            augment=augment, label_smoothing=0.1, encoder_lr=3e-4, device="cpu")
+    single = [finetune(x, y, xv, yv, 2, _encoder(s), config, seed=s) for x, y, xv, yv, s in members]
+    stacked = finetune_stacked([StackMember(_encoder(s), x, y, xv, yv, s) for x, y, xv, yv, s in members],
+                               2, config)
+    stops = set()
+    for (c1, r1), (c2, r2) in zip(single, stacked, strict=True):
+        assert (r2.best_epoch, r2.epochs, r2.steps, r2.stopped_because) == (
+            r1.best_epoch, r1.epochs, r1.steps, r1.stopped_because)
+        stops.add(r1.stopped_because)
+        for a, b in zip(r1.history, r2.history, strict=True):
+            assert a.keys() == b.keys()
+            assert all(abs(a[k] - b[k]) < 1e-5 for k in a)
+        p1, p2 = predict_proba(c1, x_test, device="cpu"), predict_proba(c2, x_test, device="cpu")
+        assert np.abs(p1 - p2).max() < 1e-5
+        assert np.abs(p1 - 0.5).max() > 1e-3  # the models did move: equality is not trivial
+    if with_val:  # early stopping and best-epoch restore were both exercised
+        assert stops == {"early_stopping", "max_epochs"}
+    probs = predict_proba_stacked([c for c, _ in stacked], x_test, device="cpu")
+    for (c, _), p in zip(stacked, probs, strict=True):
+        assert np.abs(predict_proba(c, x_test, device="cpu") - p).max() < 1e-6
+
+
+def test_other_seed_gives_other_model():
+    members, x_test = _members()
+    config = FinetuneConfig(max_epochs=2, batch_size=4, min_steps_per_epoch=2, device="cpu")
+    x, y, xv, yv, _ = members[0]
+    a, b = finetune_stacked([StackMember(_encoder(1), x, y, xv, yv, 1),
+                             StackMember(_encoder(2), x, y, xv, yv, 2)], 2, config)
+    pa, pb = predict_proba(a[0], x_test, device="cpu"), predict_proba(b[0], x_test, device="cpu")
+    assert np.abs(pa - pb).max() > 1e-4
+
+
+def test_weighted_cross_entropy_equals_torch():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 4, generator=gen)
+    y = torch.randint(0, 4, (3, 7), generator=gen)
+    w = torch.rand(3, 4, generator=gen) + 0.1
+    for smoothing in (0.0, 0.2):
+        ours = weighted_cross_entropy(logits, y, w, smoothing)
+        ref = torch.stack([F.cross_entropy(logits[k], y[k], weight=w[k], label_smoothing=smoothing)
+                           for k in range(3)])
+        assert torch.allclose(ours, ref, atol=1e-6)
+
+
+def test_recipes_the_stacked_path_does_not_implement_are_refused():
+    assert unstackable_reason(FinetuneConfig()) is None
+    assert "semi" in unstackable_reason(FinetuneConfig(semi=True))
+    assert "frozen" in unstackable_reason(FinetuneConfig(freeze_encoder=True))
+
+    @dataclasses.dataclass
+    class NewRecipe(FinetuneConfig):
+        lp_ft_epochs: int = 0  # an option added later: unknown here, so never stacked silently
+
+    assert "lp_ft_epochs" in unstackable_reason(NewRecipe())
+    with pytest.raises(ValueError, match="lp_ft_epochs"):
+        finetune_stacked([], 2, NewRecipe())
+
+
+def test_members_of_other_batch_geometry_are_refused():
+    rng = np.random.default_rng(0)
+    (x, y), (x2, y2) = _data(rng, 8), _data(rng, 40)
+    config = FinetuneConfig(max_epochs=1, batch_size=4, min_steps_per_epoch=1, device="cpu")
+    with pytest.raises(ValueError, match="geometry"):
+        finetune_stacked([StackMember(_encoder(0), x, y, None, None, 0),
+                          StackMember(_encoder(1), x2, y2, None, None, 1)], 2, config)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_stacked_on_cuda_with_mixed_precision():
+    members, x_test = _members()
+    config = FinetuneConfig(max_epochs=4, patience=2, batch_size=4, min_steps_per_epoch=3, device="cuda")
+    stacked = finetune_stacked([StackMember(_encoder(s), x, y, xv, yv, s) for x, y, xv, yv, s in members],
+                               2, config)
+    single = [finetune(x, y, xv, yv, 2, _encoder(s), config, seed=s) for x, y, xv, yv, s in members]
+    for (c1, _), (c2, r2) in zip(single, stacked, strict=True):
+        assert next(c2.parameters()).device.type == "cuda" and r2.steps > 0
+        p1, p2 = predict_proba(c1, x_test, device="cuda"), predict_proba(c2, x_test, device="cuda")
+        assert np.isfinite(p2).all() and np.abs(p1 - p2).mean() < 0.1  # AMP: close, not bit-equal
+
+
+def test_curve_with_stacking_on_matches_stacking_off(tmp_path, monkeypatch):
+    from fewlabel.experiments import run_curve
+
+    from factory import make_class_folder
+
+    data = make_class_folder(tmp_path / "data", classes={"a": 12, "b": 12}, size=(16, 16), separable=False)
+    grid = {"strategies": "scratch", "sizes": [2, 3], "repeats": 2, "test_size": 4,
+            "finetune": {"max_epochs": 2}, "log": None, "progress": False}
+    monkeypatch.setenv("FEWLABEL_STACKING", "off")
+    plain = run_curve(data, tmp_path / "plain", **grid)
+    monkeypatch.setenv("FEWLABEL_STACKING", "on")
+    stacked = run_curve(data, tmp_path / "stacked", **grid)
+    assert plain.ok and stacked.ok and len(stacked.rows) == 4
+    key = lambda r: (r["n_per_class"], r["repeat"])  # noqa: E731
+    for a, b in zip(sorted(plain.rows, key=key), sorted(stacked.rows, key=key), strict=True):
+        assert (a["n_train"], a["epochs"], a["best_epoch"]) == (b["n_train"], b["epochs"], b["best_epoch"])
+        assert abs(a["roc_auc"] - b["roc_auc"]) < 1e-6
+        pa = np.load(tmp_path / "plain" / a["proba_path"])
+        pb = np.load(tmp_path / "stacked" / b["proba_path"])
+        # Adam turns float-rounding noise in near-zero gradients into small steps: equal to ~1e-4
+        assert np.abs(pa - pb).max() < 1e-3
+    # the two repeats of each size shared a stack (2 per class -> same batch geometry)
+    assert all((r.get("extra") or {}).get("stacked_with") == 2 for r in stacked.rows)
+
+
+def test_cpu_measure_mode_falls_back_to_the_reference_path_and_auto_does_not_stack(tmp_path, monkeypatch):
+    """On a CPU ``auto`` trains one at a time (same seed, same numbers, whatever the load); ``measure``
+    groups cells but stacks only when a timing says it pays; when it does not, every cell runs
+    through run_cell: bit-for-bit the numbers of stacking off."""
+    from fewlabel.experiments import run_curve, stacking
+
+    from factory import make_class_folder
+
+    probed = []
+    monkeypatch.setattr(stacking, "stacking_pays", lambda members, *a, **k: probed.append(len(members)))
+    data = make_class_folder(tmp_path / "data", classes={"a": 12, "b": 12}, size=(16, 16), separable=False)
+    grid = {"strategies": "scratch", "sizes": [2], "repeats": 2, "test_size": 4,
+            "finetune": {"max_epochs": 1, "device": "cpu"}, "log": None, "progress": False}
+    runs = {}
+    for mode in ("off", "auto", "measure"):
+        monkeypatch.setenv("FEWLABEL_STACKING", mode)
+        runs[mode] = run_curve(data, tmp_path / mode, **grid)
+        assert probed == ([2] if mode == "measure" else [])  # the two repeats were timed as one group
+    for mode in ("auto", "measure"):
+        for a, b in zip(runs["off"].rows, runs[mode].rows, strict=True):
+            assert a["roc_auc"] == b["roc_auc"]
+            pa, pb = (tmp_path / name / a["proba_path"] for name in ("off", mode))
+            assert pa.read_bytes() == pb.read_bytes()
