@@ -203,3 +203,8 @@ def estimate_need(curve: CurveBootstrap, target: float, chance: float, upper: fl
     return NeedEstimate(target, n, low, high, "extrapolated",
                         f"≈ {n:.0f} ({_span(low, high, limit)}; EXTRAPOLATED by a weighted fit beyond the "
                         f"largest size run, {largest:.0f})", fit=fit)
+
+
+# What benchmarks/label_need_backtest.py measured (quoted by the report's "how good is this estimate").
+# None until it has been run; the figures are a measurement, with the command that made them.
+BACKTEST: dict[str, object] | None = None

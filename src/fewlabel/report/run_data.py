@@ -88,6 +88,9 @@ class RunBootstrap:
     cells: dict[tuple[str, int], RepeatMetrics]
     source: str
     slots: int
+    labels: np.ndarray
+    groups: np.ndarray
+    probas: dict[tuple[str, int], dict[int, np.ndarray]]
 
     def curve(self, strategy: str) -> CurveBootstrap | None:
         sizes = sorted(n for s, n in self.cells if s == strategy)
@@ -112,7 +115,8 @@ def run_bootstrap(run_dir: str | Path, rows: list[Mapping[str, Any]], metric: st
     slots = max(len(v) for v in probas.values())
     plan = draw_plan(groups, labels, n_repeats=slots, n_boot=n_boot, seed=seed)
     cells = {key: per_repeat_metric(plan, labels, reps, metric) for key, reps in probas.items()}
-    return RunBootstrap(plan=plan, cells=cells, source=source, slots=slots)
+    return RunBootstrap(plan=plan, cells=cells, source=source, slots=slots, labels=labels, groups=groups,
+                        probas=probas)
 
 
 def curve_bootstrap(run_dir: str | Path, rows: list[Mapping[str, Any]], metric: str = "roc_auc",
