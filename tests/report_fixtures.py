@@ -47,6 +47,7 @@ def make_run(root: Path, strategies: Sequence[str] = ("scratch", "gan", "ssl"),
     ``probas``: plan.json (test labels and groups) and each ok cell's proba_test.npy, with scores whose
     AUC is near the row's."""
     from scipy import stats
+
     from fewlabel.experiments.store import ResultStore
     from fewlabel.models.encoder import create_encoder
     from fewlabel.models.heads import Classifier
