@@ -259,3 +259,42 @@ def test_zb_input_rule_conserves_relevance_on_negative_inputs() -> None:
     logits = net(x)[:, 1].detach().numpy()
     np.testing.assert_allclose(rel.reshape(3, -1).sum(1), logits, rtol=1e-3, atol=1e-5)
     assert not np.allclose(rel, same)  # the input rule changed how relevance spreads over pixels
+
+
+def test_checks_tell_a_faithful_map_from_a_random_one_and_catch_model_independent_maps() -> None:
+    from fewlabel.explain.checks import check_methods, faithfulness, mask_share, randomised_copy
+
+    clf = _quadrant_classifier()
+    x = torch.randn(6, 1, 32, 32).numpy()
+    target = clf(torch.as_tensor(x)).argmax(1).numpy()
+    sal = attribute(clf, x, target, "saliency")
+    f = faithfulness(clf, x, sal, target)
+    rng = np.random.default_rng(0)
+    noise = faithfulness(clf, x, rng.random(sal.shape).astype(np.float32), target)
+    # saliency knows only the top-left quadrant matters: deleting it first moves the prediction more
+    def gap(r):
+        return abs(r["deletion"] - r["deletion_random"]) + abs(r["insertion"] - r["insertion_random"])
+
+    assert gap(f) > gap(noise)
+    rnd = randomised_copy(clf, seed=1)
+    assert not torch.equal(next(rnd.parameters()), next(clf.parameters()))
+
+    def image_as_map(model, xs, target=None, method=None):  # a "method" blind to the model
+        return np.abs(np.asarray(xs)[:, 0])
+
+    checks = check_methods(clf, x, {"saliency": sal, "edge": image_as_map(clf, x)}, target,
+                           lambda m, xs, target, method: attribute(m, xs, target, method)
+                           if method == "saliency" else image_as_map(m, xs),
+                           masks=np.zeros((6, 1, 32, 32), int) + (np.arange(32) < 16)[None, None, :, None])
+    assert checks["edge"]["randomisation_similarity"] == 1.0
+    assert any("randomisation check" in s for s in checks["edge"]["failures"])
+    # the quadrant model's architecture (not its weights) confines saliency: the check cannot tell
+    assert checks["saliency"]["mask_inside"] > 0.9 and checks["saliency"]["mask_area"] == 0.5
+    torch.manual_seed(0)
+    plain = Classifier(create_encoder("convnet", 1, 2, width=4, depth=3), 2).eval()
+    t2 = plain(torch.as_tensor(x)).argmax(1).numpy()
+    maps = {m: attribute(plain, x, t2, m) for m in ("saliency", "lrp", "gradcam")}
+    for method, c in check_methods(plain, x, maps, t2, attribute).items():
+        assert c["randomisation_similarity"] < 0.5, method  # the maps depend on the weights
+        assert "mask_inside" not in c
+    assert mask_share(np.ones((1, 4, 4)), np.ones((1, 1, 4, 4)))["inside"] == 1.0

@@ -117,7 +117,11 @@ def test_report_content_escaping_and_self_containment(run_dir: Path) -> None:
     for heading in ("The answer in brief", "Learning curves", "Confusion matrices", "Explanations",
                     "Exact command", "Software versions", "Seeds"):
         assert heading in html
+    assert html.count("similarity after weight randomisation") >= 11  # a checks table beside every grid
     ctx = report_context(run_dir, n_boot=300)
+    for e in ctx["explanations"]:
+        assert [c["method"] for c in e["checks"]] == ["saliency", "lrp", "gradcam"]
+        assert all(c["deletion"] != "—" and c["randomisation"] != "—" for c in e["checks"])
     assert ctx["summary"][0].startswith("With 20 labelled images per class")
     assert any("ssl has no finished result at 20" in s for s in ctx["summary"])
     assert [f["error"] for f in ctx["failed"]] == [f"RuntimeError: out of memory in {HOSTILE}"]

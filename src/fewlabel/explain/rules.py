@@ -87,7 +87,8 @@ def fold_batchnorm(model: nn.Module) -> int:
         names = list(parent._modules)
         for first, second in zip(names, names[1:], strict=False):
             conv, bn = parent._modules[first], parent._modules[second]
-            if not (isinstance(conv, _CONV) and isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))):
+            is_bn = isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
+            if not (isinstance(conv, _CONV) and is_bn):
                 continue
             if bn.running_mean is None or bn.running_var is None:
                 continue

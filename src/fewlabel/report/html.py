@@ -282,7 +282,16 @@ def _explanations(run_dir: Path, index: Mapping[str, Any] | None) -> list[dict[s
     out = []
     for cell in sorted(index.get("cells", []), key=lambda c: (c["strategy"], int(c["n_per_class"]))):
         entry = {"strategy": cell["strategy"], "n_per_class": cell["n_per_class"],
-                 "repeat": cell.get("repeat", 0), "notes": cell.get("lrp_notes", [])}
+                 "repeat": cell.get("repeat", 0), "notes": cell.get("lrp_notes", []),
+                 "checks": [{"method": m, "deletion": _num(c.get("deletion")),
+                             "deletion_random": _num(c.get("deletion_random")),
+                             "insertion": _num(c.get("insertion")),
+                             "insertion_random": _num(c.get("insertion_random")),
+                             "randomisation": _num(c.get("randomisation_similarity"), 2),
+                             "mask": (f"{_num(c.get('mask_inside'), 2)} (area {_num(c.get('mask_area'), 2)})"
+                                      if "mask_inside" in c else None),
+                             "failures": list(c.get("failures") or [])}
+                            for m, c in (cell.get("checks") or {}).items()]}
         for key in ("grid", "tsne"):
             path = run_dir / cell[key] if cell.get(key) else None
             entry[key] = _b64(path.read_bytes()) if path is not None and path.is_file() else None
