@@ -124,6 +124,9 @@ def _summary_sentences(cmap: dict[str, list[CurvePoint]], targets: dict[str, Any
 
     def phrase(s: str, p: CurvePoint) -> str:
         reps = f"{p.n_repeats} repeat{'s' if p.n_repeats != 1 else ''}"
+        if p.mean is not None:  # CI from the bootstrap over test groups × repeats
+            return (f"a median {label} of {p.median:.2f} over {reps} (mean {p.mean:.2f}, 95% CI "
+                    f"{p.ci_low:.2f}–{p.ci_high:.2f} over test groups and repeats)")
         if p.n_repeats >= MIN_REPEATS_FOR_MEDIAN_CI:
             return (f"a median {label} of {p.median:.2f} over {reps} (95% CI of the median "
                     f"{p.ci_low:.2f}–{p.ci_high:.2f})")
