@@ -131,8 +131,8 @@ def check_methods(model: nn.Module, x: np.ndarray, maps: dict[str, np.ndarray], 
             failures.append(f"{method} fails faithfulness: removing or inserting its most relevant pixels "
                             "first changes the prediction no faster than a random order")
         if entry["randomisation_similarity"] >= RANDOMISATION_LIMIT:
-            failures.append(f"{method} fails the randomisation check: its maps stay similar when the "
-                            f"trained weights are replaced by random ones (rank correlation "
+            failures.append(f"{method} fails the randomisation check: its maps stay similar when "
+                            f"the trained weights are replaced by random ones (rank correlation "
                             f"{entry['randomisation_similarity']:.2f}, limit {RANDOMISATION_LIMIT:g}), so they "
                             "show the image as much as what the model learned")
         inside = entry.get("mask_inside", float("nan"))
