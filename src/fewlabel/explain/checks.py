@@ -133,8 +133,8 @@ def check_methods(model: nn.Module, x: np.ndarray, maps: dict[str, np.ndarray], 
         if entry["randomisation_similarity"] >= RANDOMISATION_LIMIT:
             failures.append(f"{method} fails the randomisation check: its maps stay similar when "
                             f"the trained weights are replaced by random ones (rank correlation "
-                            f"{entry['randomisation_similarity']:.2f}, limit {RANDOMISATION_LIMIT:g}), so they "
-                            "show the image as much as what the model learned")
+                            f"{entry['randomisation_similarity']:.2f}, limit {RANDOMISATION_LIMIT:g}), "
+                            "so they show the image as much as what the model learned")
         inside = entry.get("mask_inside", float("nan"))
         if masks is not None and np.isfinite(inside) and inside <= entry["mask_area"]:
             failures.append(f"{method} puts no more relevance inside the masks than a map spread at random")
