@@ -41,8 +41,13 @@ def make_run(root: Path, strategies: Sequence[str] = ("scratch", "gan", "ssl"),
              classes: Sequence[str] = ("healthy", HOSTILE), models: bool = True,
              failed: Sequence[tuple[str, int, int]] = (("gan", 20, 3),),
              missing: Sequence[tuple[str, int]] = (("ssl", 20),), synthetic: bool = False,
-             image_size: int = 16, seed: int = 0, spatial_dims: int = 2) -> Path:
-    """Write run.json + store.sqlite (+ repeat-0 model dirs) under ``root``; return ``root``."""
+             image_size: int = 16, seed: int = 0, spatial_dims: int = 2, probas: bool = True,
+             pretrain_per_repeat: bool | None = None) -> Path:
+    """Write run.json + store.sqlite (+ repeat-0 model dirs) under ``root``; return ``root``. With
+    ``probas``: plan.json (test labels and groups) and each ok cell's proba_test.npy, with scores whose
+    AUC is near the row's."""
+    from scipy import stats
+
     from fewlabel.experiments.store import ResultStore
     from fewlabel.models.encoder import create_encoder
     from fewlabel.models.heads import Classifier
@@ -65,7 +70,15 @@ def make_run(root: Path, strategies: Sequence[str] = ("scratch", "gan", "ssl"),
            "command": f"fewlabel curve {root / 'data'} --out {root} --sizes {','.join(map(str, sizes))} "
                       "--note it's <here>.tif",
            "dataset": dataset, "versions": {"fewlabel": "0.1.0", "torch": "2.13.0"}}
+    if pretrain_per_repeat is not None:
+        run["config"]["pretrain_per_repeat"] = pretrain_per_repeat
     (root / "run.json").write_text(json.dumps(run, indent=1))
+    test_groups = [f"patient_{i // 2:02d}" for i in range(n_test)]  # 2 images per patient, one class
+    test_labels = np.array([int(i // 2) % k for i in range(n_test)])
+    if probas:
+        plan = {"test": {"ids": [f"t{i}.png" for i in range(n_test)], "labels": test_labels.tolist(),
+                         "groups": test_groups}}
+        (root / "plan.json").write_text(json.dumps(plan))
     store = ResultStore(root)
     for s in strategies:
         a, b, c = CURVES.get(s, (0.9, 0.4, 0.5))
@@ -96,6 +109,13 @@ def make_run(root: Path, strategies: Sequence[str] = ("scratch", "gan", "ssl"),
                     rel = f"cells/{s}/n{n}_r{r}"
                     save_model_dir(root / rel, clf, {"class_names": list(classes), "strategy": s})
                     row["model_path"] = rel
+                if probas:
+                    d = np.sqrt(2) * stats.norm.ppf(min(auc, 0.995))
+                    logits = d * np.eye(k)[test_labels] + rng.normal(0, 1, (n_test, k))
+                    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+                    cell = root / f"cells/{s}/n{n}_r{r}"
+                    cell.mkdir(parents=True, exist_ok=True)
+                    np.save(cell / "proba_test.npy", p.astype(np.float32))
                 store.add(row)
     store.export_csv()
     store.close()

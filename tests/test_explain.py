@@ -72,7 +72,10 @@ def test_attributions_concentrate_where_the_model_looks() -> None:
     x = torch.randn(4, 1, 32, 32)
     # Saliency and LRP: the other quadrants cannot influence the logit at all.
     assert _quadrant_share(attribute(clf, x, None, "saliency")) > 0.99
-    assert _quadrant_share(attribute(clf, x, None, "lrp")) > 0.99
+    assert _quadrant_share(attribute(clf, x, None, "lrp", input_rule="same")) > 0.99
+    # z^B spreads each first-layer unit's relevance over its whole receptive field by the pixel
+    # bounds, so a one-pixel border outside the quadrant gets a little
+    assert _quadrant_share(attribute(clf, x, None, "lrp")) > 0.95
     # Grad-CAM is coarse (a map 4x smaller, upsampled) and convolutions spread across the quadrant's
     # border: most of it inside (uniform would be 0.25), nothing in the far quadrant.
     cam = attribute(clf, torch.randn(4, 1, 64, 64), None, "gradcam")
@@ -218,3 +221,80 @@ def test_explain_run_on_a_3d_run(tmp_path) -> None:
     index = explain_run(run, n_per_class=1, test_set=make_test_set(["a", "b"], n_per_class=3, spatial_dims=3))
     assert not index["errors"] and len(index["cells"]) == 1
     assert (run / index["cells"][0]["grid"]).stat().st_size > 10_000  # 2 images x 3 planes x 4 panels
+
+
+def test_batchnorm_folding_keeps_the_outputs_and_lrp_conserves_through_it() -> None:
+    from fewlabel.explain.rules import fold_batchnorm
+
+    torch.manual_seed(1)
+    clf = Classifier(create_encoder("convnet", 1, 2, width=4, depth=3), 2)
+    clf.train()
+    for _ in range(3):  # non-trivial running statistics
+        clf(torch.randn(8, 1, 16, 16) * 2 + 1)
+    clf.eval()
+    for m in clf.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+    import copy
+
+    folded = copy.deepcopy(clf)
+    assert fold_batchnorm(folded) == 5
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), clf(x), rtol=1e-4, atol=1e-5)
+    notes = lrp_notes(clf)
+    assert notes[:3] == ["ε = 0.1", "z^B rule at the input layer", "BatchNorm folded into 5 convolutions"]
+
+
+def test_zb_input_rule_conserves_relevance_on_negative_inputs() -> None:
+    """z-scored pixels are negative half the time: the z^B rule still hands the input exactly the
+    relevance that reached the first layer (plain net, no bias: that is the logit)."""
+    torch.manual_seed(0)
+    net = PlainNet().eval()
+    x = torch.randn(3, 1, 16, 16)
+    rel = attribute(net, x, target=1, method="lrp", epsilon=1e-9)
+    same = attribute(net, x, target=1, method="lrp", epsilon=1e-9, input_rule="same")
+    logits = net(x)[:, 1].detach().numpy()
+    np.testing.assert_allclose(rel.reshape(3, -1).sum(1), logits, rtol=1e-3, atol=1e-5)
+    assert not np.allclose(rel, same)  # the input rule changed how relevance spreads over pixels
+
+
+def test_checks_tell_a_faithful_map_from_a_random_one_and_catch_model_independent_maps() -> None:
+    from fewlabel.explain.checks import check_methods, faithfulness, mask_share, randomised_copy
+
+    clf = _quadrant_classifier()
+    x = torch.randn(6, 1, 32, 32).numpy()
+    target = clf(torch.as_tensor(x)).argmax(1).numpy()
+    sal = attribute(clf, x, target, "saliency")
+    f = faithfulness(clf, x, sal, target)
+    rng = np.random.default_rng(0)
+    noise = faithfulness(clf, x, rng.random(sal.shape).astype(np.float32), target)
+    # saliency knows only the top-left quadrant matters: deleting it first moves the prediction more
+    def gap(r):
+        return abs(r["deletion"] - r["deletion_random"]) + abs(r["insertion"] - r["insertion_random"])
+
+    assert gap(f) > gap(noise)
+    rnd = randomised_copy(clf, seed=1)
+    assert not torch.equal(next(rnd.parameters()), next(clf.parameters()))
+
+    def image_as_map(model, xs, target=None, method=None):  # a "method" blind to the model
+        return np.abs(np.asarray(xs)[:, 0])
+
+    checks = check_methods(clf, x, {"saliency": sal, "edge": image_as_map(clf, x)}, target,
+                           lambda m, xs, target, method: attribute(m, xs, target, method)
+                           if method == "saliency" else image_as_map(m, xs),
+                           masks=np.zeros((6, 1, 32, 32), int) + (np.arange(32) < 16)[None, None, :, None])
+    assert checks["edge"]["randomisation_similarity"] == 1.0
+    assert any("randomisation check" in s for s in checks["edge"]["failures"])
+    # the quadrant model's architecture (not its weights) confines saliency: the check cannot tell
+    assert checks["saliency"]["mask_inside"] > 0.9 and checks["saliency"]["mask_area"] == 0.5
+    torch.manual_seed(0)
+    plain = Classifier(create_encoder("convnet", 1, 2, width=4, depth=3), 2).eval()
+    t2 = plain(torch.as_tensor(x)).argmax(1).numpy()
+    maps = {m: attribute(plain, x, t2, m) for m in ("saliency", "lrp", "gradcam")}
+    for method, c in check_methods(plain, x, maps, t2, attribute).items():
+        assert c["randomisation_similarity"] < 0.5, method  # the maps depend on the weights
+        assert "mask_inside" not in c
+    assert mask_share(np.ones((1, 4, 4)), np.ones((1, 1, 4, 4)))["inside"] == 1.0

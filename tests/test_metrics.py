@@ -209,3 +209,13 @@ def test_paired_difference() -> None:
     assert with_nan["n"] == 2 and with_nan["mean_diff"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="equal lengths"):
         paired_difference([1, 2], [1])
+
+
+def test_stratified_bootstrap_keeps_a_rare_class_in_every_resample() -> None:
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(60, int), np.ones(38, int), np.full(2, 2)]
+    proba = rng.dirichlet(np.ones(3), size=len(y))
+    strat = classification_metrics(y, proba, n_boot=400, seed=0)
+    plain = classification_metrics(y, proba, n_boot=400, seed=0, stratify=False)
+    assert strat["roc_auc"]["n_boot_used"] == 400 and strat["bootstrap"]["stratified"]
+    assert plain["roc_auc"]["n_boot_used"] < 400  # about (1 - 0.98^100)^... resamples miss class 2

@@ -22,7 +22,7 @@ from fewlabel.report.curves import (
     fit_power_law,
     size_to_target,
 )
-from fewlabel.report.html import build_report, report_context
+from fewlabel.report.html import build_report, render, report_context
 from fewlabel.report.paired import paired_table
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -113,17 +113,47 @@ def test_report_content_escaping_and_self_containment(run_dir: Path) -> None:
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html)
     assert html.count("data:image/png;base64,") >= 2 + 11 * 2  # 2 curves + grids and t-SNE of 11 cells
     assert "SYNTHETIC DEMO DATA" in html
-    assert "EXTRAPOLATED" in html and "too few repeats" in html
+    assert "EXTRAPOLATED" in html and "Holm-adjusted p" in html
     for heading in ("The answer in brief", "Learning curves", "Confusion matrices", "Explanations",
                     "Exact command", "Software versions", "Seeds"):
         assert heading in html
+    assert html.count("similarity after weight randomisation") >= 11  # a checks table beside every grid
     ctx = report_context(run_dir, n_boot=300)
+    for e in ctx["explanations"]:
+        assert [c["method"] for c in e["checks"]] == ["saliency", "lrp", "gradcam"]
+        assert all(c["deletion"] != "—" and c["randomisation"] != "—" for c in e["checks"])
     assert ctx["summary"][0].startswith("With 20 labelled images per class")
     assert any("ssl has no finished result at 20" in s for s in ctx["summary"])
     assert [f["error"] for f in ctx["failed"]] == [f"RuntimeError: out of memory in {HOSTILE}"]
     ssl20 = next(line for t in ctx["size_tables"] if t["n_per_class"] == 20 for line in t["lines"]
                  if line["strategy"] == "ssl")
     assert ssl20["metrics"]["roc_auc"] is None  # missing size: a dash, not a crash
+
+
+def test_report_statistics_come_from_test_groups_and_repeats(run_dir: Path, tmp_path: Path) -> None:
+    ctx = report_context(run_dir, n_boot=300)
+    assert ctx["bootstrap"] == {"source": "plan.json", "n_boot": 300, "n_groups": 20, "repeats": 6}
+    rows = [p for p in ctx["paired"] if p["n_per_class"] == 10]
+    assert {p["strategy"] for p in rows} == {"gan", "ssl"}
+    for p in rows:
+        assert p["method"].startswith("paired cluster bootstrap") and p["n"] == 6
+        assert p["p_holm"] >= p["p_value"] and p["ci_low"] < p["mean_diff"] < p["ci_high"]
+    # at 2 per class ssl is far better than scratch in the fixture (AUC ~0.77 vs ~0.60): it survives Holm
+    assert next(p for p in ctx["paired"] if p["strategy"] == "ssl" and p["n_per_class"] == 2)["survives"]
+    assert any("Holm correction" in s for s in ctx["summary"])
+    assert any("ONE pretraining run" in s and "gan, ssl" in s for s in ctx["summary"])
+    need = {t["strategy"]: t for t in ctx["targets"]}
+    assert need["ssl"]["how"] in ("measured", "extrapolated") and "interval" in need["ssl"]["text"]
+    assert need["scratch"]["extrapolated"]  # not reached by 20 per class: fitted, marked, capped at 100
+    assert "EXTRAPOLATED" in need["scratch"]["text"] or need["scratch"]["text"].startswith("> 100")
+    # per-cell test CIs are class-stratified: every resample used, and the count is shown
+    assert ctx["size_tables"][0]["lines"][0]["test_ci"].endswith("(1000/1000)")
+    per_repeat = make_run(tmp_path / "per_repeat", models=False, pretrain_per_repeat=True)
+    assert not any("ONE pretraining run" in s for s in report_context(per_repeat, n_boot=100)["summary"])
+    old = make_run(tmp_path / "old", models=False, probas=False)
+    octx = report_context(old, n_boot=100)
+    assert octx["bootstrap"] is None and "p_holm" in octx["paired"][0]
+    assert "no per-image test results" in render(octx)
 
 
 def test_report_degrades_without_models_explanations_or_results(tmp_path: Path) -> None:

@@ -10,8 +10,10 @@ Definitions (they match scikit-learn on the point values):
   * macro_f1: mean F1 over the classes present in ``y_true`` or predicted (scikit-learn's default
     label set; a class never predicted but present gets F1 0);
   * roc_auc: binary, AUC of the positive class (column 1); multi-class, macro one-vs-rest AUC. It is
-    undefined (NaN) when a class is absent from ``y_true``; resamples that miss a class are skipped,
-    and ``roc_auc["n_boot_used"]`` says how many were used.
+    undefined (NaN) when a class is absent from ``y_true``. Resampling is stratified by class (each
+    resample holds every class as often as the test set does; with groups, a group's class is its
+    most frequent one), so no resample misses a class; ``roc_auc["n_boot_used"]`` says how many
+    resamples were used (resamples with an undefined AUC would be skipped).
 
 ``groups=`` switches to a cluster bootstrap: whole groups (patients) are resampled, because slices of
 one patient are correlated and a per-slice bootstrap would make the intervals too narrow.
@@ -19,7 +21,7 @@ one patient are correlated and a per-slice bootstrap would make the intervals to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,12 +50,13 @@ def bootstrap_counts(
 BOOT_CELLS = 2**22  # resample x sample weights held at once (32 MB of float64), whatever n_boot and n
 
 
-def _chunked_bootstrap(n: int, n_boot: int, rng: np.random.Generator, group_index: np.ndarray | None,
-                       y: np.ndarray, proba: np.ndarray, y_pred: np.ndarray) -> dict[str, np.ndarray]:
-    """``_all_metrics`` of ``n_boot`` resamples, drawn and scored in chunks so memory stays bounded
-    on large test sets. Chunked draws continue one generator stream: the same numbers as one draw."""
+def _chunked_bootstrap(n: int, n_boot: int, draw: Callable[[int], np.ndarray], y: np.ndarray,
+                       proba: np.ndarray, y_pred: np.ndarray) -> dict[str, np.ndarray]:
+    """``_all_metrics`` of ``n_boot`` resamples (``draw(k)`` gives k rows of counts), drawn and scored
+    in chunks so memory stays bounded on large test sets; one generator stream, a fixed chunk size:
+    the same seed gives the same numbers."""
     chunk = max(1, BOOT_CELLS // max(n, 1))
-    parts = [_all_metrics(bootstrap_counts(n, min(chunk, n_boot - start), rng, group_index), y, proba, y_pred)
+    parts = [_all_metrics(draw(min(chunk, n_boot - start)), y, proba, y_pred)
              for start in range(0, n_boot, chunk)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -155,13 +158,15 @@ def classification_metrics(
     seed: int = 0,
     ci: float = 0.95,
     groups: Sequence[Any] | None = None,
+    stratify: bool = True,
 ) -> dict[str, Any]:
     """Point values and percentile-bootstrap CIs of accuracy, balanced accuracy, macro F1 and ROC-AUC.
 
     ``y_true`` (n,) class indices; ``proba`` (n, k) class probabilities (or (n,) P(class 1) when
     binary); ``groups`` (n,) group ids for a cluster bootstrap. Returns ``{metric: {"value",
     "ci_low", "ci_high"}, "confusion_matrix": rows = true class, "n", "class_names", "bootstrap": {...}}``;
-    ``roc_auc`` also has ``n_boot_used``. Same seed, same numbers.
+    ``roc_auc`` also has ``n_boot_used``. ``stratify`` resamples within each class (default). Same
+    seed, same numbers.
     """
     y, proba = _check(y_true, proba, class_names)
     if not 0 < ci < 1:
@@ -180,7 +185,17 @@ def classification_metrics(
     rng = np.random.default_rng(seed)
     boot = None
     if n_boot > 0:
-        boot = _chunked_bootstrap(n, n_boot, rng, group_index, y, proba, y_pred)
+        if stratify:
+            from fewlabel.evaluate.cluster_bootstrap import group_strata, stratified_counts
+
+            unit_index, strata = group_strata(group_index if group_index is not None else np.arange(n), y)
+
+            def draw(k: int) -> np.ndarray:
+                return stratified_counts(strata, k, rng)[:, unit_index]
+        else:
+            def draw(k: int) -> np.ndarray:
+                return bootstrap_counts(n, k, rng, group_index)
+        boot = _chunked_bootstrap(n, n_boot, draw, y, proba, y_pred)
 
     alpha = (1.0 - ci) / 2.0
     result: dict[str, Any] = {}
@@ -200,7 +215,7 @@ def classification_metrics(
     result["n"] = int(n)
     result["class_names"] = names
     result["bootstrap"] = {
-        "n_boot": int(n_boot), "ci": float(ci), "seed": int(seed),
+        "n_boot": int(n_boot), "ci": float(ci), "seed": int(seed), "stratified": bool(stratify),
         "unit": "group" if group_index is not None else "sample",
         "n_units": int(group_index.max() + 1) if group_index is not None else int(n),
     }

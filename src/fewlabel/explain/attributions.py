@@ -4,8 +4,11 @@ One batch API, ``attribute(classifier, x, target, method)``, returns one map per
 spatial shape of the input (channels folded), so figures and tests treat every method alike.
 
 * ``saliency``: |d logit_target / d x| (Simonyan et al. 2014), maximum over channels.
-* ``lrp``: layer-wise relevance propagation with the epsilon rule (captum), summed over channels, so
-  the map's sum is (nearly) the target logit. ``lrp_gamma``: gamma rule in the lower convolutions.
+* ``lrp``: layer-wise relevance propagation (captum) with the epsilon rule (epsilon =
+  ``DEFAULT_EPSILON``), BatchNorm folded into the preceding convolution, and the z^B rule at the
+  input layer (bounds: each channel's lowest and highest value in the explained batch); summed over
+  channels, so the map's sum is close to the target logit. ``lrp_gamma``: gamma rule in the lower
+  convolutions.
 * ``gradcam``: Grad-CAM (Selvaraju et al. 2017) on the encoder's last stage map, the map every
   encoder exposes through ``forward_features``, upsampled to the input size.
 """
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fewlabel.explain.rules import lrp_rules
+from fewlabel.explain.rules import DEFAULT_EPSILON, first_conv, fold_batchnorm, lrp_rules, zb_relevance
 
 METHODS = ("saliency", "lrp", "gradcam")
 ALL_METHODS = ("saliency", "lrp", "lrp_gamma", "gradcam")
@@ -62,15 +65,26 @@ def saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.T
 
 
 def lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: str = "epsilon",
-        epsilon: float = 1e-6, gamma: float = 0.25) -> tuple[torch.Tensor, list[str]]:
-    """Relevance summed over channels, and notes on what makes it approximate for this model."""
-    from captum.attr import LRP
+        epsilon: float = DEFAULT_EPSILON, gamma: float = 0.25, input_rule: str = "zb"
+        ) -> tuple[torch.Tensor, list[str]]:
+    """Relevance summed over channels, and notes on what makes it approximate for this model.
+
+    ``input_rule``: ``zb`` (z^B at the first convolution) or ``same`` (the composite's rule there)."""
+    from captum.attr import LRP, LayerLRP
 
     # captum rewrites weights and hangs hooks/attributes on the modules while it runs: work on a
     # copy so a failure half-way can never leave the caller's model altered.
     work = copy.deepcopy(model).eval()
+    fold_batchnorm(work)
+    first = first_conv(work) if input_rule == "zb" else None
     with lrp_rules(work, composite=composite, epsilon=epsilon, gamma=gamma) as notes:
-        relevance = LRP(work).attribute(x, target=target)
+        if first is None:
+            relevance = LRP(work).attribute(x, target=target)
+        else:
+            out_rel = LayerLRP(work, first).attribute(x, target=target, attribute_to_layer_input=False)
+            dims = [0, *range(2, x.dim())]
+            low, high = x.detach().amin(dim=dims, keepdim=True), x.detach().amax(dim=dims, keepdim=True)
+            relevance = zb_relevance(first, x, out_rel, low, high)
     return relevance.sum(1), notes
 
 
@@ -145,11 +159,17 @@ def attribute(classifier: nn.Module, x: np.ndarray | torch.Tensor, target: int |
 
 
 def lrp_notes(classifier: nn.Module) -> list[str]:
-    """What makes LRP approximate for this model (for the report), without running it."""
+    """How LRP runs on this model (epsilon, input rule, folded BatchNorms) and what makes it
+    approximate (for the report), without running it."""
     from fewlabel.explain.rules import assign_rules, clear_rules
 
-    work = copy.deepcopy(classifier)
+    work = copy.deepcopy(classifier).eval()
+    folded = fold_batchnorm(work)
     try:
-        return assign_rules(work)
+        notes = assign_rules(work)
+        head = [f"ε = {DEFAULT_EPSILON:g}", "z^B rule at the input layer"]
+        if folded:
+            head.append(f"BatchNorm folded into {folded} convolution{'s' if folded != 1 else ''}")
+        return head + notes
     finally:
         clear_rules(work)

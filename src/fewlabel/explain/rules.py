@@ -13,6 +13,11 @@ Why each choice:
     pass-through is the usual approximation and is reported as such.
   * MobileNetV2's residual sum is an ``Add`` module: the epsilon rule splits relevance between the
     two branches in proportion to their contributions (captum's own ``Addition_Module`` recipe).
+  * BatchNorm right after a convolution is folded into it first (``fold_batchnorm``): in eval mode
+    the pair is one affine map, and a separate epsilon step through BatchNorm would let its shift
+    swallow relevance.
+  * The input layer gets the z^B rule (``zb_relevance``), made for bounded real-valued inputs such as
+    z-scored pixels, which can be negative; the epsilon or gamma rule there assumes inputs >= 0.
 """
 
 from __future__ import annotations
@@ -20,8 +25,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from captum.attr._utils.lrp_rules import EpsilonRule, GammaRule, IdentityRule, PropagationRule
 from torch import nn
+
+# LRP-epsilon's stabiliser: absorbs weak and contradicting contributions (relevance of a unit whose
+# total input is within ~epsilon of 0 is damped), so maps are less noisy than LRP-0 (epsilon -> 0).
+DEFAULT_EPSILON = 0.1
 
 # Leaf modules with parameters or linear structure: epsilon (or gamma) rule.
 _LINEAR = (
@@ -66,7 +76,59 @@ def swap_identities(model: nn.Module) -> nn.Module:
     return model
 
 
-def assign_rules(model: nn.Module, composite: str = "epsilon", epsilon: float = 1e-6,
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every BatchNorm that directly follows a convolution inside an ``nn.Sequential`` into that
+    convolution (eval statistics), in place, and put ``nn.Dropout(0)`` where the BatchNorm was.
+    Returns how many were folded. Call it on a copy in eval mode."""
+    folded = 0
+    for parent in list(model.modules()):
+        if not isinstance(parent, nn.Sequential):
+            continue
+        names = list(parent._modules)
+        for first, second in zip(names, names[1:], strict=False):
+            conv, bn = parent._modules[first], parent._modules[second]
+            is_bn = isinstance(bn, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d))
+            if not (isinstance(conv, _CONV) and is_bn):
+                continue
+            if bn.running_mean is None or bn.running_var is None:
+                continue
+            with torch.no_grad():
+                scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
+                    1.0 / torch.sqrt(bn.running_var + bn.eps)
+                shift = bn.bias if bn.affine else torch.zeros_like(scale)
+                bias = conv.bias if conv.bias is not None else torch.zeros_like(scale)
+                conv.weight.mul_(scale.reshape(-1, *([1] * (conv.weight.dim() - 1))))
+                conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
+            parent._modules[second] = nn.Dropout(0.0)
+            folded += 1
+    return folded
+
+
+def first_conv(model: nn.Module) -> nn.Module | None:
+    """The first convolution in definition order (the input layer of every fewlabel encoder)."""
+    return next((m for m in leaf_modules(model) if isinstance(m, _CONV)), None)
+
+
+def zb_relevance(conv: nn.Module, x: torch.Tensor, relevance_out: torch.Tensor,
+                 low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Relevance of the input pixels by the z^B rule (Montavon et al. 2017) through the input
+    convolution, given the relevance of its outputs; ``low``/``high`` bound each pixel (broadcast to
+    ``x``). Conserves the output relevance: the bias receives none."""
+    x = x.detach()
+    with torch.enable_grad():
+        xx = x.clone().requires_grad_(True)
+        ll = low.expand_as(x).clone().requires_grad_(True)
+        hh = high.expand_as(x).clone().requires_grad_(True)
+        w = conv.weight.detach()
+        z = (conv._conv_forward(xx, w, None) - conv._conv_forward(ll, w.clamp(min=0), None)
+             - conv._conv_forward(hh, w.clamp(max=0), None))
+        stab = torch.where(z >= 0, torch.full_like(z, 1e-9), torch.full_like(z, -1e-9))
+        s = (relevance_out / (z + stab)).detach()
+        gx, gl, gh = torch.autograd.grad((z * s).sum(), (xx, ll, hh))
+    return (xx * gx + ll * gl + hh * gh).detach()
+
+
+def assign_rules(model: nn.Module, composite: str = "epsilon", epsilon: float = DEFAULT_EPSILON,
                  gamma: float = 0.25) -> list[str]:
     """Set ``module.rule`` on every leaf captum lacks a default for (and on every linear leaf, so
     ``epsilon`` applies everywhere), after ``swap_identities``: call it on a copy of the model.
@@ -116,7 +178,7 @@ def clear_rules(model: nn.Module) -> None:
 
 
 @contextmanager
-def lrp_rules(model: nn.Module, composite: str = "epsilon", epsilon: float = 1e-6,
+def lrp_rules(model: nn.Module, composite: str = "epsilon", epsilon: float = DEFAULT_EPSILON,
               gamma: float = 0.25) -> Iterator[list[str]]:
     """Rules set for the duration of the block; yields the approximation notes."""
     try:

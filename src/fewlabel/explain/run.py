@@ -23,6 +23,7 @@ from fewlabel.explain.figures import attribution_grid, save_png, tsne_scatter
 from fewlabel.fileio import atomic_path, atomic_write_json
 
 INDEX_VERSION = 1
+CHECKS_VERSION = 1  # bump when the checks change, so cached cells are recomputed
 EXPLAIN_DIR = "explanations"
 MAX_TSNE_POINTS = 2000  # t-SNE cost grows ~ n log n; a stratified subsample keeps a report quick
 
@@ -35,6 +36,7 @@ class TestSet:
     y: np.ndarray  # (N,) class index
     ids: list[str]
     class_names: list[str]
+    masks: np.ndarray | None = None  # (N, 1, *spatial) int64 where every test image has a mask
 
 
 def open_test_set(run_dir: str | Path) -> TestSet:
@@ -55,8 +57,13 @@ def open_test_set(run_dir: str | Path) -> TestSet:
     data_args.pop("plan", None)
     data = prepare_data(**data_args, plan=run_dir / PLAN_FILE)
     x, y = data.test_arrays
+    masks = None
+    if all(data.catalog.by_id[i].mask is not None for i in data.test_ids):
+        from fewlabel.data.tensors import load_masks
+
+        masks = load_masks(data.catalog, list(data.test_ids), data.preprocess)
     return TestSet(x=np.asarray(x, np.float32), y=np.asarray(y), ids=list(data.test_ids),
-                   class_names=list(data.class_names))
+                   class_names=list(data.class_names), masks=masks)
 
 
 def choose_examples(y: np.ndarray, n_per_class: int, seed: int = 0) -> list[int]:
@@ -119,11 +126,13 @@ def read_index(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str] = METHODS,
-                test_set: TestSet | None = None, seed: int = 0, tsne: bool = True,
+                test_set: TestSet | None = None, seed: int = 0, tsne: bool = True, checks: bool = True,
                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Compute (or reuse) the explanation figures of every strategy × size of a run; returns the index.
 
-    ``test_set`` defaults to ``open_test_set(run_dir)``. A cell that fails (e.g. a model file that no
+    ``test_set`` defaults to ``open_test_set(run_dir)``. With ``checks`` each method's maps are
+    checked (faithfulness, model randomisation, share inside masks; ``fewlabel.explain.checks``) and
+    the figures stored under the cell's ``checks``. A cell that fails (e.g. a model file that no
     longer loads) is recorded under ``errors`` and the others go on.
     """
     from fewlabel.experiments.store import load_run
@@ -148,7 +157,7 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
     x_ex, y_ex = ts.x[examples], ts.y[examples]
     tsne_idx = _subsample(ts.y, MAX_TSNE_POINTS, seed)
     signature = {"methods": list(methods), "examples": [ts.ids[i] for i in examples], "tsne": tsne,
-                 "n_test": len(ts.ids)}
+                 "n_test": len(ts.ids), "checks": CHECKS_VERSION if checks else None}
     for (strategy, size), (repeat, model_dir) in sorted(models.items()):
         rel = Path(strategy) / f"n{size}"
         grid_path, tsne_path = out_dir / f"{rel}_grid.png", out_dir / f"{rel}_tsne.png"
@@ -175,6 +184,12 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
                 "predicted": [ts.class_names[int(p.argmax())] for p in proba],
                 "lrp_notes": lrp_notes(classifier) if any(m.startswith("lrp") for m in methods) else [],
             }
+            if checks:
+                from fewlabel.explain.checks import check_methods
+
+                ex_masks = ts.masks[examples] if ts.masks is not None else None
+                entry["checks"] = check_methods(classifier, x_ex, maps, proba.argmax(1), attribute,
+                                                masks=ex_masks, seed=seed)
             if tsne:
                 feats = extract_features(classifier, ts.x[tsne_idx])
                 emb = tsne_embedding(feats, seed=seed)

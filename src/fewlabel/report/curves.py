@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 METRIC_LABELS = {"roc_auc": "ROC-AUC", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
                  "macro_f1": "macro F1"}
 # Beyond this multiple of the largest size run, an extrapolated need is reported as "more than".
-MAX_EXTRAPOLATION = 10.0
+MAX_EXTRAPOLATION = 5.0
 
 
 @dataclass
@@ -31,6 +31,8 @@ class CurvePoint:
     q3: float
     ci_low: float
     ci_high: float
+    # mean over repeats, set when the CI is that of the mean from the test-groups × repeats bootstrap
+    mean: float | None = None
 
     @property
     def n_repeats(self) -> int:
@@ -188,10 +190,12 @@ def plot_curves(curve_map: Mapping[str, Sequence[CurvePoint]], metric: str = "ro
         n = np.array([p.n_per_class for p in pts], dtype=float)
         med = np.array([p.median for p in pts])
         ax.fill_between(n, [p.q1 for p in pts], [p.q3 for p in pts], color=color, alpha=0.15, linewidth=0)
-        err = np.array([[m - p.ci_low for m, p in zip(med, pts, strict=True)],
-                        [p.ci_high - m for m, p in zip(med, pts, strict=True)]])
-        ax.errorbar(n, med, yerr=np.clip(err, 0, None), color=color, marker="o", ms=4, capsize=3,
-                    linewidth=1.6, label=plain_text(strategy))
+        # error bars sit on the statistic their CI is of: the mean when set, else the median
+        centre = np.array([p.mean if p.mean is not None else p.median for p in pts])
+        err = np.array([[m - p.ci_low for m, p in zip(centre, pts, strict=True)],
+                        [p.ci_high - m for m, p in zip(centre, pts, strict=True)]])
+        ax.plot(n, med, color=color, marker="o", ms=4, linewidth=1.6, label=plain_text(strategy))
+        ax.errorbar(n, centre, yerr=np.clip(err, 0, None), color=color, fmt="none", capsize=3, linewidth=1.0)
         fit = fits.get(strategy)
         if fit is not None:
             hi = max(largest * 2.0, extend_to or 0.0)

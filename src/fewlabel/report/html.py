@@ -28,7 +28,9 @@ from fewlabel.report.curves import (
     plot_curves,
     size_to_target,
 )
-from fewlabel.report.paired import MIN_PAIRS_FOR_WILCOXON, paired_table
+from fewlabel.report.label_need import BACKTEST, INTERVAL_LEVEL, MAX_EXTRAPOLATION, estimate_need
+from fewlabel.report.paired import MIN_PAIRS_FOR_WILCOXON, cluster_paired_table, holm_by_size, paired_table
+from fewlabel.report.run_data import RunBootstrap, run_bootstrap
 
 REPORT_FILE = "report.html"
 METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "macro_f1")
@@ -107,7 +109,8 @@ def _test_cis(rows: list[dict], metric: str) -> dict[tuple[str, int], tuple[floa
 
 def _summary_sentences(cmap: dict[str, list[CurvePoint]], targets: dict[str, Any], paired: list[dict],
                        metric: str, target: float, n_test: int | None, synthetic: bool,
-                       test_cis: dict[tuple[str, int], tuple[float, float]] | None = None) -> list[str]:
+                       test_cis: dict[tuple[str, int], tuple[float, float]] | None = None,
+                       baseline: str = "scratch", pretrain_note: str | None = None) -> list[str]:
     """The plain-language answer at the top of the page, as sentences (escaped by the template)."""
     label = METRIC_LABELS.get(metric, metric)
     sizes = sorted({p.n_per_class for pts in cmap.values() for p in pts})
@@ -121,6 +124,9 @@ def _summary_sentences(cmap: dict[str, list[CurvePoint]], targets: dict[str, Any
 
     def phrase(s: str, p: CurvePoint) -> str:
         reps = f"{p.n_repeats} repeat{'s' if p.n_repeats != 1 else ''}"
+        if p.mean is not None:  # CI from the bootstrap over test groups × repeats
+            return (f"a median {label} of {p.median:.2f} over {reps} (mean {p.mean:.2f}, 95% CI "
+                    f"{p.ci_low:.2f}–{p.ci_high:.2f} over test groups and repeats)")
         if p.n_repeats >= MIN_REPEATS_FOR_MEDIAN_CI:
             return (f"a median {label} of {p.median:.2f} over {reps} (95% CI of the median "
                     f"{p.ci_low:.2f}–{p.ci_high:.2f})")
@@ -142,12 +148,23 @@ def _summary_sentences(cmap: dict[str, list[CurvePoint]], targets: dict[str, Any
     need = [f"{s} {targets[s].text}" for s in dict.fromkeys([best, "scratch", *behind]) if s in targets]
     if need:
         out.append(f"Labelled images per class needed to reach {label} {target:g}: " + "; ".join(need) + ".")
-    pair = next((r for r in paired if r["strategy"] == best and r["n_per_class"] == n), None)
-    if pair is not None and math.isfinite(pair["mean_diff"]):
-        flag = " (too few repeats for the test to mean much)" if pair["few_pairs"] else ""
-        out.append(f"Paired over {pair['n']} repeats at that size, {best} minus scratch is "
-                   f"{pair['mean_diff']:+.3f} (95% CI {_num(pair['ci_low'])} to {_num(pair['ci_high'])}, "
-                   f"Wilcoxon p = {_pvalue(pair['p_value'])}){flag}.")
+    at_n_pairs = [r for r in paired if r["n_per_class"] == n and math.isfinite(r["mean_diff"])]
+    if at_n_pairs:
+        how = ("paired cluster bootstrap over test groups × repeats" if at_n_pairs[0].get("method")
+               else "paired bootstrap over repeats only (no per-image test results to resample)")
+        parts = [f"{r['strategy']} {r['mean_diff']:+.3f} (95% CI {_num(r['ci_low'])} to "
+                 f"{_num(r['ci_high'])}, p = {_pvalue(r['p_value'])}, Holm-adjusted p = "
+                 f"{_pvalue(r.get('p_holm'))})" for r in at_n_pairs]
+        survivors = [r["strategy"] for r in at_n_pairs if r.get("survives")]
+        k = len(at_n_pairs)
+        verdict = (f"Surviving the Holm correction for {k} comparison{'s' if k != 1 else ''} (at 0.05): "
+                   + ", ".join(survivors) + "." if survivors else
+                   f"None survives the Holm correction for {k} comparison{'s' if k != 1 else ''} (at 0.05): "
+                   f"at this size no strategy is shown to differ from {baseline}.")
+        out.append(f"Against {baseline} at {n} per class, difference of mean {label} ({how}): "
+                   + "; ".join(parts) + ". " + verdict)
+    if pretrain_note:
+        out.append(pretrain_note)
     if n_test:
         out.append(f"All numbers are measured on one fixed test set of {n_test} images that no model "
                    "trained or was selected on.")
@@ -157,8 +174,8 @@ def _summary_sentences(cmap: dict[str, list[CurvePoint]], targets: dict[str, Any
     return out
 
 
-def _size_tables(rows: list[dict], cmaps: dict[str, dict[str, list[CurvePoint]]], strategies: list[str]
-                 ) -> list[dict[str, Any]]:
+def _size_tables(rows: list[dict], cmaps: dict[str, dict[str, list[CurvePoint]]], strategies: list[str],
+                 cell_cis: dict[tuple[str, int], str] | None = None) -> list[dict[str, Any]]:
     """One table per size: per strategy, median [IQR] of each metric, CI of the median, repeats."""
     sizes = sorted({int(r["n_per_class"]) for r in rows})
     tables = []
@@ -176,11 +193,69 @@ def _size_tables(rows: list[dict], cmaps: dict[str, dict[str, list[CurvePoint]]]
                      "ci": f"{_num(p.ci_low)}–{_num(p.ci_high)}"} if p else None)
             ok_cells = sorted((r for r in cells if r.get("status") == "ok"), key=lambda r: int(r["repeat"]))
             r0 = ok_cells[0] if ok_cells else None
-            line["test_ci"] = (f"{_num(r0.get('roc_auc_ci_low'))}–{_num(r0.get('roc_auc_ci_high'))}"
-                               if r0 else "—")
+            line["test_ci"] = (cell_cis or {}).get((s, n)) or (
+                f"{_num(r0.get('roc_auc_ci_low'))}–{_num(r0.get('roc_auc_ci_high'))}" if r0 else "—")
             lines.append(line)
         tables.append({"n_per_class": n, "lines": lines})
     return tables
+
+
+def _chance(metric: str, n_classes: int) -> float:
+    """The metric's value for guessing: the floor of a fitted learning curve."""
+    if metric == "roc_auc":
+        return 0.5
+    return 0.0 if metric == "macro_f1" else 1.0 / max(2, n_classes)
+
+
+def _fit_of(estimate: Any) -> PowerLaw | None:
+    fit = getattr(estimate, "fit", None)
+    return None if fit is None else PowerLaw(float(fit.a[0]), float(fit.b[0]), float(fit.c[0]))
+
+
+def _bootstrap_answers(rb: RunBootstrap, cmap: dict[str, list[CurvePoint]], strategies: list[str],
+                       target: float, baseline: str, chance: float
+                       ) -> tuple[dict[str, PowerLaw | None], dict[str, Any], list[dict[str, Any]]]:
+    """Curve CIs (set on the points), labels-needed estimates and paired comparisons, all from the
+    one bootstrap over test groups × repeats."""
+    fits: dict[str, PowerLaw | None] = {}
+    targets: dict[str, Any] = {}
+    for s in strategies:
+        curve = rb.curve(s)
+        if curve is None:
+            continue
+        lo, hi = curve.ci(0.95)
+        for i, n in enumerate(curve.sizes):
+            p = _point(cmap.get(s, []), n)
+            if p is not None:
+                p.ci_low, p.ci_high, p.mean = float(lo[i]), float(hi[i]), float(curve.point[i])
+        est = estimate_need(curve, target, chance=chance)
+        targets[s] = est
+        fits[s] = _fit_of(est) if est.how == "extrapolated" else None
+    return fits, targets, cluster_paired_table(rb, baseline)
+
+
+def _cell_cis(rb: RunBootstrap | None, metric: str, n_boot: int = 1000) -> dict[tuple[str, int], str]:
+    """(strategy, size) → the lowest repeat's ROC-AUC test-set CI, class-stratified (over groups),
+    with the number of resamples it used."""
+    from fewlabel.evaluate.metrics import classification_metrics
+
+    if rb is None:
+        return {}
+    out = {}
+    for key, reps in rb.probas.items():
+        r0 = min(reps)
+        m = classification_metrics(rb.labels, reps[r0], n_boot=n_boot, groups=rb.groups)["roc_auc"]
+        out[key] = f"{_num(m['ci_low'])}–{_num(m['ci_high'])} ({m.get('n_boot_used', 0)}/{n_boot})"
+    return out
+
+
+def _pretrain_note(config: Mapping[str, Any], strategies: list[str]) -> str | None:
+    pretrained = [s for s in strategies if s in ("gan", "ssl", "segmentation")]
+    if not pretrained or config.get("pretrain_per_repeat"):
+        return None
+    return (f"The {', '.join(pretrained)} rows rest on ONE pretraining run each: repeats vary the labelled "
+            "images and the fine-tuning seed only, so their spread and intervals are conditional on that "
+            "pretraining run (pretraining per repeat would include its variance).")
 
 
 def _confusions(rows: list[dict], classes: list[str], strategies: list[str]) -> list[dict[str, Any]]:
@@ -210,7 +285,16 @@ def _explanations(run_dir: Path, index: Mapping[str, Any] | None) -> list[dict[s
     out = []
     for cell in sorted(index.get("cells", []), key=lambda c: (c["strategy"], int(c["n_per_class"]))):
         entry = {"strategy": cell["strategy"], "n_per_class": cell["n_per_class"],
-                 "repeat": cell.get("repeat", 0), "notes": cell.get("lrp_notes", [])}
+                 "repeat": cell.get("repeat", 0), "notes": cell.get("lrp_notes", []),
+                 "checks": [{"method": m, "deletion": _num(c.get("deletion")),
+                             "deletion_random": _num(c.get("deletion_random")),
+                             "insertion": _num(c.get("insertion")),
+                             "insertion_random": _num(c.get("insertion_random")),
+                             "randomisation": _num(c.get("randomisation_similarity"), 2),
+                             "mask": (f"{_num(c.get('mask_inside'), 2)} (area {_num(c.get('mask_area'), 2)})"
+                                      if "mask_inside" in c else None),
+                             "failures": list(c.get("failures") or [])}
+                            for m, c in (cell.get("checks") or {}).items()]}
         for key in ("grid", "tsne"):
             path = run_dir / cell[key] if cell.get(key) else None
             entry[key] = _b64(path.read_bytes()) if path is not None and path.is_file() else None
@@ -245,8 +329,14 @@ def report_context(run_dir: str | Path, metric: str = "roc_auc", target: float =
         for s in strategies:
             cm.setdefault(s, [])
     cmaps = {m: {s: cm[s] for s in strategies} for m, cm in cmaps.items()}
-    fits: dict[str, PowerLaw | None] = {s: fit_power_law(pts) for s, pts in cmaps[metric].items()}
-    targets = {s: size_to_target(pts, target, fits[s]) for s, pts in cmaps[metric].items() if pts}
+    rb = run_bootstrap(run_dir, rows, metric, n_boot=n_boot, seed=seed) if rows else None
+    if rb is not None:
+        fits, targets, paired = _bootstrap_answers(rb, cmaps[metric], strategies, target, baseline,
+                                                   _chance(metric, len(classes)))
+    else:  # older runs without per-image test results: statistics over repeats only
+        fits = {s: fit_power_law(pts) for s, pts in cmaps[metric].items()}
+        targets = {s: size_to_target(pts, target, fits[s]) for s, pts in cmaps[metric].items() if pts}
+        paired = holm_by_size(paired_table(rows, metric, baseline=baseline, n_boot=n_boot, seed=seed))
     extend = max([t.n for t in targets.values() if t.n and t.extrapolated] or [0.0])
     figures = []
     for m in (metric, "accuracy") if metric != "accuracy" else ("accuracy",):
@@ -254,7 +344,6 @@ def report_context(run_dir: str | Path, metric: str = "roc_auc", target: float =
             figures.append({"metric": m, "label": METRIC_LABELS.get(m, m), "png": _b64(plot_curves(
                 cmaps[m], m, target=target if m == metric else None, fits=fits if m == metric else None,
                 extend_to=extend if m == metric else None))})
-    paired = paired_table(rows, metric, baseline=baseline, n_boot=n_boot, seed=seed)
     index = explanations if explanations is not None else read_index(run_dir)
     synthetic = _is_synthetic(run)
     n_test = dataset.get("n_test") or next((r.get("n_test") for r in rows if r.get("n_test")), None)
@@ -266,18 +355,23 @@ def report_context(run_dir: str | Path, metric: str = "roc_auc", target: float =
         "metric": metric, "metric_label": METRIC_LABELS.get(metric, metric), "target": target,
         "baseline": baseline,
         "summary": _summary_sentences(cmaps[metric], targets, paired, metric, target, n_test, synthetic,
-                                      _test_cis(rows, metric)),
+                                      _test_cis(rows, metric), baseline=baseline,
+                                      pretrain_note=_pretrain_note(config, strategies)),
+        "bootstrap": None if rb is None else {"source": rb.source, "n_boot": rb.plan.n_boot,
+                                              "n_groups": rb.plan.n_groups, "repeats": rb.slots},
+        "interval_level": INTERVAL_LEVEL, "max_extrapolation": MAX_EXTRAPOLATION, "backtest": BACKTEST,
         "dataset": dataset, "classes": classes, "n_test": n_test,
         "strategies": strategies,
         "figures": figures,
-        "size_tables": _size_tables(rows, cmaps, strategies),
+        "size_tables": _size_tables(rows, cmaps, strategies, _cell_cis(rb, metric)),
         "metric_labels": METRIC_LABELS, "metrics": METRICS,
         "paired": [{**p, "mean_diff_s": f"{p['mean_diff']:+.3f}" if math.isfinite(p["mean_diff"]) else "—",
-                    "ci_s": f"{_num(p['ci_low'])} to {_num(p['ci_high'])}", "p_s": _pvalue(p["p_value"])}
+                    "ci_s": f"{_num(p['ci_low'])} to {_num(p['ci_high'])}", "p_s": _pvalue(p["p_value"]),
+                    "p_holm_s": _pvalue(p.get("p_holm"))}
                    for p in paired],
         "min_pairs": MIN_PAIRS_FOR_WILCOXON,
         "targets": [{"strategy": s, "text": t.text, "how": t.how, "extrapolated": t.extrapolated,
-                     "fit": _fit_text(fits.get(s))} for s, t in targets.items()],
+                     "fit": _fit_text(fits.get(s)) or _fit_text(_fit_of(t))} for s, t in targets.items()],
         "confusions": _confusions(rows, classes, strategies),
         "explanations": _explanations(run_dir, index),
         "explain_methods": (index or {}).get("methods", []),

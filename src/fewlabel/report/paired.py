@@ -47,3 +47,35 @@ def paired_table(rows: Iterable[Mapping[str, Any]], metric: str = "roc_auc", bas
             table.append({"strategy": strategy, "n_per_class": n, **res,
                           "few_pairs": res["n"] < MIN_PAIRS_FOR_WILCOXON})
     return table
+
+
+def holm_by_size(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Add ``p_holm`` (Holm over the strategies compared at each size) and ``survives`` (p_holm < 0.05)."""
+    from fewlabel.evaluate.cluster_bootstrap import holm
+
+    for n in {r["n_per_class"] for r in table}:
+        at = [r for r in table if r["n_per_class"] == n]
+        for r, p in zip(at, holm([r["p_value"] for r in at]), strict=True):
+            r["p_holm"] = p
+            r["survives"] = bool(math.isfinite(p) and p < 0.05)
+    return table
+
+
+def cluster_paired_table(rb: Any, baseline: str = "scratch", ci: float = 0.95) -> list[dict[str, Any]]:
+    """Like ``paired_table`` but from the run's shared bootstrap (``report.run_data.RunBootstrap``):
+    difference of means over repeats with a CI and p-value from test groups × repeats resampled
+    paired; plus Holm-adjusted p-values over the strategies at each size."""
+    from fewlabel.evaluate.cluster_bootstrap import paired_summary
+
+    table = []
+    strategies = sorted({s for s, _ in rb.cells if s != baseline})
+    for strategy in strategies:
+        for n in sorted(size for s, size in rb.cells if s == strategy):
+            base = rb.cells.get((baseline, n))
+            if base is None:
+                continue
+            res = paired_summary(rb.plan, rb.cells[(strategy, n)], base, ci=ci)
+            if res["n"] == 0:
+                continue
+            table.append({"strategy": strategy, "n_per_class": n, **res, "few_pairs": False})
+    return holm_by_size(table)
