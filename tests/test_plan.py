@@ -313,3 +313,19 @@ def test_pretrain_per_repeat_gives_each_repeat_its_own_encoder(tmp_path: Path) -
     cells = [json.loads((tmp_path / "per" / f"cells/ssl/n2_r{r}/cell.json").read_text()) for r in (0, 1)]
     assert cells[0]["spec"]["encoder_weights"] != cells[1]["spec"]["encoder_weights"]
     assert shared.config_hash != per.config_hash
+
+
+def test_report_says_how_many_pool_images_were_dropped(tmp_path: Path) -> None:
+    from fewlabel.experiments import run_curve
+    from fewlabel.report.html import build_report
+
+    data = make_class_folder(tmp_path / "d", {"a": 8, "b": 8}, size=(8, 8))
+    pool = make_pool(tmp_path / "pool", n=4, size=(8, 8))
+    test_id = prepare_data(data, test_size=0.25).test_ids[0]
+    shutil.copy(data / test_id, pool / "renamed.png")
+    out = tmp_path / "run"
+    run_curve(data, out, ["scratch"], [2], 1, unlabelled=pool, test_size=0.25, finetune={"max_epochs": 1},
+              log=None, progress=False)
+    html = build_report(out, explain=False).read_text()
+    assert "1 image(s) dropped: same content as a test image" in html
+    assert "trained + validated" in html

@@ -23,7 +23,8 @@ def curve(
     strategies: str = typer.Option("scratch,imagenet,ssl", help="Comma-separated: "
                                    + ", ".join(strategy_registry.NAMES) + "."),
     sizes: str = typer.Option("1,2,5,10,20,50", help="Labelled images (or groups) per class, e.g. 2,5,20."),
-    repeats: int = typer.Option(5, help="Labelled draws per size (each a new nested draw)."),
+    repeats: int = typer.Option(6, help="Labelled draws per size (each a new nested draw); 6 lets a "
+                                "paired comparison reach significance."),
     unlabelled: Path = typer.Option(None, help="Folder of unlabelled images for gan / ssl / semi."),
     masks: Path = typer.Option(None, help="Mask folder mirroring the image tree (segmentation)."),
     group_pattern: str = typer.Option(None, help="Regex; its first group is the patient / source id."),

@@ -369,7 +369,7 @@ def run_curve(
     out: str | Path,
     strategies: str | Sequence[str] = ("scratch", "imagenet", "ssl"),
     sizes: str | Sequence[int] = (1, 2, 5, 10, 20, 50),
-    repeats: int = 5,
+    repeats: int = 6,
     *,
     unlabelled: str | Path | None = None,
     masks: str | Path | None = None,
@@ -724,7 +724,7 @@ class Curve:
     """
 
     def __init__(self, strategies: str | Sequence[str] = ("scratch", "imagenet", "ssl"),
-                 sizes: str | Sequence[int] = (1, 2, 5, 10, 20, 50), repeats: int = 5,
+                 sizes: str | Sequence[int] = (1, 2, 5, 10, 20, 50), repeats: int = 6,
                  **options: Any) -> None:
         self.strategies = strategies
         self.sizes = sizes

@@ -193,11 +193,22 @@ def _size_tables(rows: list[dict], cmaps: dict[str, dict[str, list[CurvePoint]]]
                      "ci": f"{_num(p.ci_low)}–{_num(p.ci_high)}"} if p else None)
             ok_cells = sorted((r for r in cells if r.get("status") == "ok"), key=lambda r: int(r["repeat"]))
             r0 = ok_cells[0] if ok_cells else None
+            line["images"] = _train_val(ok_cells)
             line["test_ci"] = (cell_cis or {}).get((s, n)) or (
                 f"{_num(r0.get('roc_auc_ci_low'))}–{_num(r0.get('roc_auc_ci_high'))}" if r0 else "—")
             lines.append(line)
         tables.append({"n_per_class": n, "lines": lines})
     return tables
+
+
+def _train_val(cells: list[dict]) -> str:
+    """How many images trained and validated (all classes), e.g. "16 + 4" — at small n the protocol
+    changes (no validation below 5 labelled groups per class), so the table says what each cell used."""
+    pairs = sorted({(r.get("n_train"), r.get("n_val")) for r in cells if r.get("n_train") is not None})
+    if not pairs:
+        return "—"
+    text = [f"{t} + {v or 0}" for t, v in pairs]
+    return text[0] if len(text) == 1 else f"{text[0]} … {text[-1]}"
 
 
 def _chance(metric: str, n_classes: int) -> float:
@@ -418,6 +429,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, metric: 
         raise FewlabelError("no fewlabel run here (run.json is missing)", path=run_dir)
     if metric not in METRICS:
         raise FewlabelError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    from fewlabel.experiments.store import load_run
+
+    load_run(run_dir)  # a corrupt run.json or store is one line here, before any explanation work
     index, error = None, None
     if explain:
         from fewlabel.explain.run import explain_run
