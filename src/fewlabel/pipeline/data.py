@@ -159,7 +159,12 @@ class PreparedData:
         return list(entry["ids"]) if entry else []
 
     def unlabelled_arrays(self) -> np.ndarray | None:
-        """The unlabelled pool, preprocessed like the labelled images, test groups and copies removed."""
+        """The unlabelled pool, preprocessed like the labelled images, test groups and copies removed.
+        Built once per opened data set: every FixMatch cell of a curve shares the same array."""
+        return self._unlabelled_array
+
+    @cached_property
+    def _unlabelled_array(self) -> np.ndarray | None:
         if self.unlabelled is None:
             return None
         ids = self.pool_without_test_groups()
@@ -184,7 +189,7 @@ class PreparedData:
                 if not ids:
                     raise FewlabelError("every unlabelled image belongs to a test group or copies a test "
                                         "image; nothing is left to pretrain on", path=self.unlabelled.root)
-                images = tensors.load_images(self.unlabelled, ids, self.preprocess)
+                images = self._unlabelled_array
                 keys = sorted({self.unlabelled_keys[i] for i in ids})
             else:
                 ids = list(self.pool_ids)

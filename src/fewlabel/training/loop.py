@@ -327,38 +327,45 @@ def fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | N
         return reason
 
     modules.train()
-    if stop is None:
-        for epoch, batch in _cycle(train_batches):
-            epoch += start_epoch
-            if epoch != current_epoch:  # the previous epoch just finished
-                stop = end_epoch(current_epoch)
-                if stop:
+    try:
+        if stop is None:
+            for epoch, batch in _cycle(train_batches):
+                epoch += start_epoch
+                if epoch != current_epoch:  # the previous epoch just finished
+                    stop = end_epoch(current_epoch)
+                    if stop:
+                        break
+                    current_epoch = epoch
+                batch = ctx.to_device(batch)
+                logs = task.training_step(batch, ctx)
+                ctx.step += 1
+                result.samples_seen += batch_size_of(batch)
+                for k, v in logs.items():
+                    value = v.detach() if isinstance(v, torch.Tensor) else float(v)
+                    epoch_logs.setdefault(k, []).append(value)
+                now = time.perf_counter()
+                if bar is not None:
+                    bar.update(1)
+                    if now - last_postfix > 1.0:  # reading a GPU loss waits for the GPU: once a second
+                        bar.set_postfix({k: f"{float(v):.4g}" for k, v in logs.items()}, refresh=False)
+                        last_postfix = now
+                if ckpt is not None and now - last_ckpt > config.checkpoint_every_s:
+                    save_checkpoint(current_epoch)  # mid-epoch: resumes at this epoch's start
+                    last_ckpt = now
+                if config.max_steps is not None and ctx.step >= config.max_steps:
+                    ending = True
+                    stop = end_epoch(current_epoch) or "max_steps"
+                    stop = "max_steps" if stop == "max_epochs" else stop
                     break
-                current_epoch = epoch
-            batch = ctx.to_device(batch)
-            logs = task.training_step(batch, ctx)
-            ctx.step += 1
-            result.samples_seen += batch_size_of(batch)
-            for k, v in logs.items():
-                epoch_logs.setdefault(k, []).append(v.detach() if isinstance(v, torch.Tensor) else float(v))
-            now = time.perf_counter()
-            if bar is not None:
-                bar.update(1)
-                if now - last_postfix > 1.0:  # reading a GPU loss waits for the GPU: once a second
-                    bar.set_postfix({k: f"{float(v):.4g}" for k, v in logs.items()}, refresh=False)
-                    last_postfix = now
-            if ckpt is not None and now - last_ckpt > config.checkpoint_every_s:
-                save_checkpoint(current_epoch)  # mid-epoch: resumes at this epoch's start
-                last_ckpt = now
-            if config.max_steps is not None and ctx.step >= config.max_steps:
-                ending = True
-                stop = end_epoch(current_epoch) or "max_steps"
-                stop = "max_steps" if stop == "max_epochs" else stop
-                break
-            if config.time_budget_s is not None and now - t0 > config.time_budget_s:
-                ending = True
-                stop = end_epoch(current_epoch) or "time_budget"
-                break
+                if config.time_budget_s is not None and now - t0 > config.time_budget_s:
+                    ending = True
+                    stop = end_epoch(current_epoch) or "time_budget"
+                    break
+    except KeyboardInterrupt:
+        # Ctrl-C: keep what this run did (resumes at the current epoch's start), then stop as asked.
+        if ckpt is not None:
+            save_checkpoint(current_epoch)
+        raise
     if bar is not None:
         bar.close()
     if best_state is not None:
