@@ -164,3 +164,29 @@ def test_bad_recipe_values_are_one_line_errors(field, value):
     x, y = blobs(2)
     with pytest.raises(FewlabelError, match=field):
         finetune(x, y, None, None, 2, tiny_encoder(), FinetuneConfig(**{**FAST, field: value}))
+
+
+@pytest.mark.parametrize("encoder,kwargs", [("mobilenet_v2", {"input_size": 32, "width_mult": 0.25}),
+                                            ("convnet", {"width": 8, "depth": 3})])
+def test_cell_with_adapter_and_tta_survives_save_and_load(tmp_path, encoder, kwargs):
+    """The fair scratch row (MobileNetV2 from random weights, resized inside the encoder) and TTA at
+    test time: the saved model gives the numbers the curve recorded."""
+    import fewlabel
+    from fewlabel import pipeline
+
+    from factory import make_class_folder
+
+    root = make_class_folder(tmp_path / "data", {"a": 8, "b": 8}, size=(16, 16), channels=3, seed=0)
+    data = pipeline.prepare_data(root, test_size=3, seed=0)
+    spec = pipeline.StrategySpec(name="scratch", encoder=encoder, encoder_kwargs=kwargs)
+    config = FinetuneConfig(**{**FAST, "max_epochs": 4, "lr": 1e-2, "augment": "dihedral", "tta": True})
+    cell = pipeline.fit_cell(data, data.pool_ids[:10], spec, 0, config)
+    save_model_dir(tmp_path / "m", cell.classifier, pipeline.model_config(data, spec, cell, 0))
+    model = fewlabel.load_model(tmp_path / "m", device="cpu")
+    assert model.classifier.encoder.config == cell.classifier.encoder.config
+    # log scale: confident models put the differences in the smallest probabilities
+    np.testing.assert_allclose(np.log(model.predict_arrays(data.test_arrays[0])), np.log(cell.proba_test),
+                               atol=1e-4)
+    if encoder == "convnet":  # a model whose outputs move with the input: TTA must have been applied
+        no_tta = predict_proba(model.classifier, data.test_arrays[0], tta=False)
+        assert np.abs(np.log(no_tta) - np.log(cell.proba_test)).max() > 1e-3
