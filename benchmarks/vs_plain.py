@@ -124,9 +124,13 @@ def arm_options(arm: str, data_mean: list[float], data_std: list[float], max_epo
     return strategy, options
 
 
-def draws_of(run_dir: Path) -> dict[tuple[int, int], list[str]]:
+def draws_of(run_dir: Path) -> dict[tuple[int, Any], list[str]]:
+    """Labelled ids per (size, repeat), and the test ids under key (0, "test")."""
     split = json.loads((run_dir / "split.json").read_text())
-    return {(int(d["n_per_class"]), int(d["repeat"])): list(d["ids"]) for d in split["draws"]}
+    draws: dict[tuple[int, Any], list[str]] = {
+        (int(d["n_per_class"]), int(d["repeat"])): list(d["ids"]) for d in split["draws"]}
+    draws[(0, "test")] = list(split["test"])
+    return draws
 
 
 def main() -> int:
@@ -194,12 +198,15 @@ def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[
     reference = draws_of(out / "plain")
     cells: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
     for arm in done:
-        if draws_of(out / arm) != reference:  # pairing is only honest on identical draws
+        draws = draws_of(out / arm)
+        # Pairing is only honest on identical draws: an arm may run fewer sizes or repeats than plain,
+        # but every (size, repeat) it shares with plain must hold the same labelled ids.
+        if any(draws[k] != reference[k] for k in set(draws) & set(reference)):
             print(f"warning: arm {arm} has other draws than plain; left out")
             continue
         _, rows = load_run(out / arm)
         cells[arm] = {(int(r["n_per_class"]), int(r["repeat"])): r for r in rows if r.get("status") == "ok"}
-    sizes = sorted({n for n, _ in reference})
+    sizes = sorted({n for n, _ in reference if n > 0})
     table = []
     for n in sizes:
         for arm, by_key in cells.items():
