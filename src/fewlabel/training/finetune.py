@@ -324,6 +324,7 @@ def probe_head(classifier: Classifier, x_train: np.ndarray, y_train: np.ndarray,
             linear.weight ** 2).sum()
         loss.backward()
         opt.step()
+    linear.to(device)  # beside the encoder again, whether fine-tuning follows or not
 
 
 @torch.no_grad()
