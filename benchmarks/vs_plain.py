@@ -57,8 +57,10 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "gan": ("gan", {}),
     "ssl": ("ssl", {}),
     "semi": ("semi", {}),
-    "imagenet224": ("imagenet", {"encoder_kwargs": AT_224}),
-    "imagenet224_tta": ("imagenet", {"encoder_kwargs": AT_224, "finetune": {"tta": True}}),
+    "imagenet_tta": ("imagenet", {"finetune": {"tta": True}}),
+    # the imagenet recipe before the vs_plain measurements: 96 px, head 1e-3 / encoder 1e-4, weak aug
+    "imagenet96_before": ("imagenet", {"encoder_kwargs": {"input_size": None}, "finetune": {
+        "lr": 1e-3, "encoder_lr": 1e-4, "weight_decay": 1e-4, "augment": "weak", "min_steps_per_epoch": 8}}),
     "probe224": ("imagenet", {"encoder_kwargs": AT_224, "finetune": {
         "augment": "dihedral", "probe_only_max_per_class": 10**6, "tta": True}}),
     "recipe": ("imagenet", {"encoder_kwargs": AT_224, "finetune": RECIPE_FINETUNE}),
@@ -112,8 +114,9 @@ def arm_options(arm: str, data_mean: list[float], data_std: list[float], max_epo
     enc = options.get("encoder_kwargs") or {}
     if enc.pop("imagenet_norm", False):
         enc.update(input_mean=data_mean, input_std=data_std)
-    if quick and "input_size" in enc:
-        enc["input_size"] = 48
+    resized = strategy == "imagenet" or options.get("encoder") == "mobilenet_v2"
+    if quick and resized and enc.get("input_size", 224) is not None:
+        enc["input_size"] = 48  # the house imagenet resizes to 224 unless told otherwise
     if enc:
         options["encoder_kwargs"] = enc
     if max_epochs is not None:
