@@ -82,8 +82,10 @@ class Model:
         self.device = device
 
     def predict_arrays(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities for already-preprocessed arrays (N, C, ...)."""
-        return predict_proba(self.classifier, x, device=self.device)
+        """Probabilities for already-preprocessed arrays (N, C, ...), with the test-time augmentation
+        the model was trained to use (``finetune.tta``)."""
+        tta = bool((self.config.get("finetune") or {}).get("tta", False))
+        return predict_proba(self.classifier, x, device=self.device, tta=tta)
 
     def predict(self, inputs: list[str | Path] | str | Path, batch_size: int = 64,
                 allow_mismatch: bool = False) -> Predictions:

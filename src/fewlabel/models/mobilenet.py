@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fewlabel.errors import FewlabelError
@@ -92,21 +93,46 @@ class InvertedResidual(nn.Module):
         return self.conv(x)
 
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 class MobileNetV2Encoder(Encoder):
     """MobileNetV2 body; ``width_mult`` scales the channels as torchvision does (the ImageNet file
-    only fits ``width_mult=1.0``)."""
+    only fits ``width_mult=1.0``).
 
-    def __init__(self, in_channels: int = 3, spatial_dims: int = 2, width_mult: float = 1.0) -> None:
+    Input adapter (part of the config, so ``predict`` and saved models repeat it): ``input_size``
+    resizes every input bilinearly inside ``forward`` (ImageNet features are made at 224 px, while
+    the data stay at their native size for every other strategy and for the test arrays);
+    ``input_mean``/``input_std`` (per channel, the data's own z-score in [0, 1] units) undo the
+    data's z-score and apply ImageNet's normalisation instead, as a plain torchvision script would.
+    """
+
+    def __init__(self, in_channels: int = 3, spatial_dims: int = 2, width_mult: float = 1.0,
+                 input_size: int | None = None, input_mean: list[float] | None = None,
+                 input_std: list[float] | None = None) -> None:
         super().__init__()
         if spatial_dims != 2:
             raise FewlabelError(f"encoder 'mobilenet_v2' is 2D only, got spatial_dims={spatial_dims}")
         if width_mult <= 0:
             raise FewlabelError(f"encoder 'mobilenet_v2' needs width_mult > 0, got {width_mult}")
+        if input_size is not None and int(input_size) < 32:
+            raise FewlabelError(f"encoder 'mobilenet_v2' needs input_size >= 32, got {input_size}")
+        if (input_mean is None) != (input_std is None):
+            raise FewlabelError("encoder 'mobilenet_v2' needs input_mean and input_std together")
         self.in_channels, self.spatial_dims = int(in_channels), 2
         self.config = {
             "name": "mobilenet_v2", "in_channels": self.in_channels, "spatial_dims": 2,
             "width_mult": float(width_mult),
         }
+        self.input_size = int(input_size) if input_size is not None else None
+        if self.input_size is not None:
+            self.config["input_size"] = self.input_size
+        self._renorm: tuple[torch.Tensor, torch.Tensor] | None = None
+        if input_mean is not None and input_std is not None:
+            self.config["input_mean"] = [float(v) for v in input_mean]
+            self.config["input_std"] = [float(v) for v in input_std]
+            self._renorm = _imagenet_renorm(self.config["input_mean"], self.config["input_std"])
         cin = make_divisible(32 * width_mult)
         last = make_divisible(1280 * max(1.0, width_mult))
         feats: list[nn.Module] = [ConvBNReLU6(self.in_channels, cin, stride=2)]
@@ -139,13 +165,43 @@ class MobileNetV2Encoder(Encoder):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input adapter: ImageNet re-normalisation, then bilinear resize to ``input_size``."""
+        if self._renorm is not None:
+            scale, shift = (t.to(device=x.device, dtype=x.dtype) for t in self._renorm)
+            x = x * scale + shift
+        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size,) * 2:
+            x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False,
+                              antialias=bool(min(x.shape[-2:]) > self.input_size))
+        return x
+
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.adapt_input(x)
         maps = []
         for i, block in enumerate(self.features):
             x = block(x)
             if i in STAGE_INDICES:
                 maps.append(x)
         return maps
+
+
+def _imagenet_renorm(mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel with ``scale * z + shift = (z * std + mean - im_mean) / im_std``.
+
+    Grey data (1 channel) use the mean of ImageNet's statistics; N channels repeat them cyclically,
+    as the first conv's weights are repeated."""
+    n = len(mean)
+    if len(std) != n or n < 1:
+        raise FewlabelError(f"input_mean and input_std need one value per channel (got {n} and {len(std)})")
+    if n == 1:
+        im_mean, im_std = [sum(IMAGENET_MEAN) / 3], [sum(IMAGENET_STD) / 3]
+    else:
+        im_mean = [IMAGENET_MEAN[i % 3] for i in range(n)]
+        im_std = [IMAGENET_STD[i % 3] for i in range(n)]
+    scale = torch.tensor([s / t for s, t in zip(std, im_std, strict=True)]).view(1, n, 1, 1)
+    shift = torch.tensor([(m - a) / t for m, a, t in zip(mean, im_mean, im_std, strict=True)])
+    shift = shift.view(1, n, 1, 1)
+    return scale, shift
 
 
 @register_encoder("mobilenet_v2")

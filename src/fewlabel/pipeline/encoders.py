@@ -43,9 +43,10 @@ class StrategySpec:
 def default_spec(name: str, encoder: str | None = None, **overrides: Any) -> StrategySpec:
     """The registry's defaults for strategy ``name`` (``fewlabel.strategies``), with overrides."""
     entry = strategy_registry.get(name)
-    spec = StrategySpec(name=name, encoder=entry.encoder, semi=entry.semi, finetune=dict(entry.finetune))
-    if encoder is not None:
-        spec.encoder = encoder
+    spec = StrategySpec(name=name, encoder=entry.encoder, encoder_kwargs=dict(entry.encoder_kwargs),
+                        semi=entry.semi, finetune=dict(entry.finetune))
+    if encoder is not None and encoder != spec.encoder:
+        spec.encoder, spec.encoder_kwargs = encoder, {}  # another architecture: its own defaults
     known = {f.name for f in dataclasses.fields(StrategySpec)}
     for k, v in overrides.items():
         if k not in known:

@@ -1,8 +1,18 @@
 """Supervised fine-tuning of an encoder + a new head on a few labelled images (optionally with the
-unlabelled pool, FixMatch-style). Uses THE loop (``loop.fit``); only the step lives here."""
+unlabelled pool, FixMatch-style). Uses THE loop (``loop.fit``); only the step lives here.
+
+Recipe levers (all in ``FinetuneConfig``, all off by default so older configs train as before):
+``augment="dihedral"`` (the 8 flips / quarter turns, nothing else), ``schedule="cosine"`` with
+``warmup_epochs`` (per-step learning rate), ``layer_decay`` (discriminative rates: deeper encoder
+blocks learn faster than the first ones), ``bn_mode="eval"`` (BatchNorm statistics frozen: batches of
+a few images give noisy ones), ``probe_init`` (linear probe on frozen features, then fine-tune:
+Kumar et al. 2022), ``probe_only_max_per_class`` (stop after the probe when labels are that few),
+``tta`` (predictions averaged over the 8 flips / quarter turns) and ``epochs_without_validation``.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,7 +41,7 @@ class FinetuneConfig:
     patience: int = 15
     dropout: float = 0.2
     label_smoothing: float = 0.0
-    augment: str = "weak"  # "none" | "weak" | "strong"
+    augment: str = "weak"  # "none" | "weak" | "strong" | "dihedral" (8 flips / quarter turns only)
     balance: str = "loss_weights"  # "loss_weights" | "none"
     freeze_encoder: bool = False  # linear probe
     time_budget_s: float | None = None
@@ -43,6 +53,15 @@ class FinetuneConfig:
     semi_threshold: float = 0.95
     semi_mu: int = 3  # unlabelled images per labelled image in a step
     semi_weight: float = 1.0
+    # Recipe levers (see the module docstring); the defaults keep the historical recipe.
+    epochs_without_validation: int | None = None  # no validation split: this many epochs (None: max_epochs)
+    schedule: str = "constant"  # "constant" | "cosine" (per step, over max_epochs)
+    warmup_epochs: float = 0.0  # linear warm-up of every learning rate from 0
+    layer_decay: float | None = None  # encoder block i of B learns at encoder_lr * decay**(B-1-i)
+    bn_mode: str = "train"  # "train" | "eval" (encoder BatchNorm statistics frozen while training)
+    probe_init: bool = False  # fit the head on frozen features before fine-tuning (LP-FT)
+    probe_only_max_per_class: int = 0  # at most this many labels per class: the probe is the model
+    tta: bool = False  # average test predictions over the 8 flips / quarter turns
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,12 +82,62 @@ def class_weights(y: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
+AUGMENT_KINDS = ("none", "weak", "strong", "dihedral")
+SCHEDULES = ("constant", "cosine")
+BN_MODES = ("train", "eval")
+
+
+def check_config(config: FinetuneConfig) -> None:
+    """One-line errors for recipe values that would otherwise fail deep inside training."""
+    if config.augment not in AUGMENT_KINDS:
+        raise FewlabelError(f"augment must be one of {', '.join(AUGMENT_KINDS)}, not {config.augment!r}")
+    if config.schedule not in SCHEDULES:
+        raise FewlabelError(f"schedule must be one of {', '.join(SCHEDULES)}, not {config.schedule!r}")
+    if config.bn_mode not in BN_MODES:
+        raise FewlabelError(f"bn_mode must be one of {', '.join(BN_MODES)}, not {config.bn_mode!r}")
+    if config.layer_decay is not None and not 0 < config.layer_decay <= 1:
+        raise FewlabelError(f"layer_decay must be in (0, 1], not {config.layer_decay}")
+    if config.warmup_epochs < 0:
+        raise FewlabelError(f"warmup_epochs must be >= 0, not {config.warmup_epochs}")
+    if config.epochs_without_validation is not None and config.epochs_without_validation < 1:
+        raise FewlabelError(
+            f"epochs_without_validation must be at least 1, not {config.epochs_without_validation}")
+
+
+def encoder_blocks(encoder: nn.Module) -> list[list[nn.Parameter]]:
+    """The encoder's parameters grouped by block, input side first: ``features.3.*`` or ``stages.1.*``
+    form one block, so discriminative rates follow depth."""
+    blocks: dict[str, list[nn.Parameter]] = {}
+    for name, param in encoder.named_parameters():
+        parts = name.split(".")
+        key = ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
+        blocks.setdefault(key, []).append(param)
+    return list(blocks.values())
+
+
 def make_optimizer(classifier: Classifier, config: FinetuneConfig) -> torch.optim.Optimizer:
     enc_lr = config.encoder_lr if config.encoder_lr is not None else config.lr
     groups = [{"params": list(classifier.head.parameters()), "lr": config.lr}]
     if not config.freeze_encoder:
-        groups.append({"params": list(classifier.encoder.parameters()), "lr": enc_lr})
+        if config.layer_decay is None or config.layer_decay == 1:
+            groups.append({"params": list(classifier.encoder.parameters()), "lr": enc_lr})
+        else:
+            blocks = encoder_blocks(classifier.encoder)
+            for i, params in enumerate(blocks):
+                groups.append({"params": params, "lr": enc_lr * config.layer_decay ** (len(blocks) - 1 - i)})
+    for group in groups:
+        group["base_lr"] = group["lr"]  # what the schedule scales
     return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of every base rate at ``step``: linear warm-up, then constant or cosine to 0."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "cosine" and total_steps > warmup_steps:
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
 
 
 def _augmenter(kind: str, spatial_dims: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -76,7 +145,26 @@ def _augmenter(kind: str, spatial_dims: int) -> Callable[[torch.Tensor], torch.T
         return lambda x: x
     from fewlabel.data.augment import make_augment
 
+    if kind == "dihedral":
+        return make_augment(spatial_dims, kind="none", flips=True, rot90=True)
     return make_augment(spatial_dims, kind=kind)
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 flips / quarter turns of a 2D batch (B, C, H, W): identity first. Non-square images get
+    the 4 that keep their shape; 3D volumes turn in-plane only (slice order carries anatomy)."""
+    h, w = -2, -1
+    views = [x, torch.flip(x, (w,)), torch.flip(x, (h,)), torch.flip(x, (h, w))]
+    if x.shape[h] == x.shape[w]:
+        t = x.transpose(h, w)
+        views += [t, torch.flip(t, (w,)), torch.flip(t, (h,)), torch.flip(t, (h, w))]
+    return views
+
+
+def _set_bn_eval(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 class ClassifierTask(Task):
@@ -91,6 +179,8 @@ class ClassifierTask(Task):
         self.weights = weights
         self.augment = _augmenter(config.augment, classifier.encoder.spatial_dims)
         self._opt: torch.optim.Optimizer | None = None
+        self.total_steps = 0  # set by ``finetune`` for the schedule
+        self.warmup_steps = 0
         if config.freeze_encoder:
             for p in classifier.encoder.parameters():
                 p.requires_grad_(False)
@@ -107,10 +197,20 @@ class ClassifierTask(Task):
             logits.float(), y, weight=self.weights.to(logits.device),
             label_smoothing=self.config.label_smoothing)
 
-    def training_step(self, batch: Any, ctx: Loop) -> dict[str, float]:
-        x, y = batch
+    def prepare_step(self, ctx: Loop) -> None:
+        """Per-step state the loop does not know about: BN mode and the learning-rate schedule."""
         if self.config.freeze_encoder:
             self.classifier.encoder.eval()  # frozen BN statistics too: a true linear probe
+        elif self.config.bn_mode == "eval":
+            _set_bn_eval(self.classifier.encoder)  # the loop switches to train() after validation
+        if self._opt is not None and (self.config.schedule != "constant" or self.warmup_steps):
+            factor = lr_factor(ctx.step, self.total_steps, self.warmup_steps, self.config.schedule)
+            for group in self._opt.param_groups:
+                group["lr"] = group["base_lr"] * factor
+
+    def training_step(self, batch: Any, ctx: Loop) -> dict[str, float]:
+        x, y = batch
+        self.prepare_step(ctx)
         with torch.no_grad():
             x = self.augment(x)
         with ctx.autocast():
@@ -146,14 +246,23 @@ def finetune(
     config = config or FinetuneConfig()
     if config.max_epochs < 1:  # 0 epochs would evaluate (and save) the untrained head as if trained
         raise FewlabelError(f"max_epochs must be at least 1 (got {config.max_epochs})")
+    check_config(config)
     torch.manual_seed(seed)  # the head's initial weights depend on the seed only
     classifier = Classifier(encoder, num_classes, dropout=config.dropout)
+    classifier.tta = config.tta  # read by predict_proba
     weights = class_weights(y_train, num_classes) if config.balance == "loss_weights" else torch.ones(
         num_classes)
+    has_val = x_val is not None and y_val is not None and len(x_val) > 0
+    if config.probe_init or config.probe_only_max_per_class > 0:
+        probe_head(classifier, x_train, y_train, weights, config, seed=seed)
+        counts = np.bincount(np.asarray(y_train, dtype=np.int64), minlength=num_classes)
+        if counts[counts > 0].max(initial=0) <= config.probe_only_max_per_class:
+            classifier.eval()
+            return classifier, FitResult(stopped_because="linear_probe")
     if config.semi and x_unlabelled is not None and len(x_unlabelled):
         from fewlabel.training.semi import FixMatchTask
 
-        task: Task = FixMatchTask(classifier, config, weights, x_unlabelled, seed=seed)
+        task: ClassifierTask = FixMatchTask(classifier, config, weights, x_unlabelled, seed=seed)
     else:
         task = ClassifierTask(classifier, config, weights)
     has_val = x_val is not None and y_val is not None and len(x_val) > 0
@@ -166,8 +275,12 @@ def finetune(
     train_batches = TensorBatches(x_train, y_train, config.batch_size, seed=seed,
                                   min_steps=config.min_steps_per_epoch)
     val_batches = sequential_batches(x_val, y_val, 64) if has_val else None
+    epochs = config.max_epochs if has_val or config.epochs_without_validation is None else (
+        config.epochs_without_validation)
+    task.total_steps = len(train_batches) * epochs
+    task.warmup_steps = int(round(config.warmup_epochs * len(train_batches)))
     loop_config = LoopConfig(
-        max_epochs=config.max_epochs, patience=config.patience if has_val else None, seed=seed,
+        max_epochs=epochs, patience=config.patience if has_val else None, seed=seed,
         device=config.device, amp=config.amp, progress=config.progress, desc="fine-tune",
         time_budget_s=config.time_budget_s, checkpoint_path=checkpoint_path)
     result = fit(task, train_batches, val_batches, loop_config)
@@ -180,14 +293,67 @@ def _on(array: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_proba(classifier: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 64,
-                  device: str | torch.device = "auto") -> np.ndarray:
-    """Softmax probabilities (N, K) in eval mode, float32, on CPU."""
-    dev = select_device(device) if isinstance(device, str) else device
-    classifier.eval().to(dev)
+def frozen_features(encoder: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 64,
+                    device: torch.device | None = None, views: bool = False) -> torch.Tensor:
+    """Pooled features in eval mode; with ``views`` the 8 flips / quarter turns are stacked view-major
+    ((8 * N, F), identity first)."""
+    device = device or next(encoder.parameters()).device
+    encoder.eval()
     out = []
     for xb in sequential_batches(x, None, batch_size):
-        out.append(torch.softmax(classifier(xb.to(dev)).float(), dim=1).cpu())
+        xb = xb.to(device)
+        batches = dihedral_views(xb) if views else [xb]
+        out.append(torch.stack([encoder(v).float() for v in batches]))  # (V, B, F)
+    feats = torch.cat(out, dim=1)
+    return feats.reshape(-1, feats.shape[-1]).cpu()
+
+
+def probe_head(classifier: Classifier, x_train: np.ndarray, y_train: np.ndarray, weights: torch.Tensor,
+               config: FinetuneConfig, *, seed: int, steps: int = 300) -> None:
+    """Fit the linear head on frozen features (of the 8 flips / quarter turns when augmenting):
+    the linear probe of LP-FT, full batch, L2-regularised logistic regression, deterministic."""
+    encoder = classifier.encoder
+    device = select_device(config.device)
+    encoder.to(device)
+    views = config.augment != "none"
+    feats = frozen_features(encoder, x_train, device=device, views=views)
+    y = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
+    y = y.repeat(len(feats) // len(y))
+    linear = classifier.head[-1]
+    assert isinstance(linear, nn.Linear)
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(linear.weight.shape, generator=gen) * 0.01)
+        linear.bias.zero_()
+    linear.to("cpu")
+    opt = torch.optim.Adam(linear.parameters(), lr=1e-2)
+    mean_norm = feats.norm(dim=1).mean().clamp_min(1e-6)
+    for _ in range(steps):
+        opt.zero_grad()
+        logits = linear(feats)
+        loss = nn.functional.cross_entropy(logits, y, weight=weights) + 1e-3 * mean_norm * (
+            linear.weight ** 2).sum()
+        loss.backward()
+        opt.step()
+    linear.to(device)  # beside the encoder again, whether fine-tuning follows or not
+
+
+@torch.no_grad()
+def predict_proba(classifier: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 64,
+                  device: str | torch.device = "auto", tta: bool | None = None) -> np.ndarray:
+    """Softmax probabilities (N, K) in eval mode, float32, on CPU.
+
+    ``tta``: average the probabilities over the 8 flips / quarter turns; None = the classifier's own
+    setting (``classifier.tta``, set by ``finetune``)."""
+    dev = select_device(device) if isinstance(device, str) else device
+    classifier.eval().to(dev)
+    tta = bool(getattr(classifier, "tta", False)) if tta is None else tta
+    out = []
+    for xb in sequential_batches(x, None, batch_size):
+        xb = xb.to(dev)
+        views = dihedral_views(xb) if tta else [xb]
+        probs = torch.stack([torch.softmax(classifier(v).float(), dim=1) for v in views]).mean(0)
+        out.append(probs.cpu())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return torch.cat(out).numpy().astype(np.float32)

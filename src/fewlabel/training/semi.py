@@ -84,8 +84,7 @@ class FixMatchTask(ClassifierTask):
         x_l, y_l = batch
         b = x_l.shape[0]
         x_u = self.unlabelled.take(self.mu * b).to(x_l.device, non_blocking=True)
-        if self.config.freeze_encoder:
-            self.classifier.encoder.eval()
+        self.prepare_step(ctx)
         with torch.no_grad():
             inputs = torch.cat([self.weak(x_l), self.weak(x_u), self.strong(x_u)])
         with ctx.autocast():

@@ -1,0 +1,240 @@
+"""Benchmark: fewlabel's strategies against the plain ImageNet fine-tune a user would write, on the
+same draws (same test set, same labelled images, same seeds), paired.
+
+    .venv/bin/python benchmarks/vs_plain.py --dataset pbc [--arms plain,imagenet,recipe,...] [--quick]
+
+Each arm is one ``fewlabel curve`` run folder (``<out>/<arm>/``) with the same data, seed, test size
+and sizes, so every arm gets the same split.json draws (checked) and a stopped run resumes where it
+stopped. The ``plain`` arm is the reference recipe: MobileNetV2 from the ImageNet file, all layers
+trained, new linear head (torchvision's dropout 0.2 kept), images resized to 224 px (bilinear) with
+ImageNet normalisation, Adam lr 1e-4, batch 16, <= 100 epochs with patience 15 on validation loss
+(20 % of the draw, >= 1 per class, when n >= 5; else 50 fixed epochs), best-validation weights
+restored, the 8 flips / quarter turns as augmentation, plain cross-entropy.
+
+Prints one table per data set: n per class x arm, median accuracy and macro ROC-AUC over the
+repeats, and the paired mean difference to plain with its bootstrap 95 % CI. Arms (see ARMS):
+house strategies (scratch, imagenet, gan, ssl, semi as ``fewlabel curve`` runs them), recipe
+variants of imagenet and the fair scratch row (MobileNetV2 from random weights, plain recipe).
+Reductions (``--test-size``, ``--max-epochs``, fewer sizes / repeats) are printed with the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from _common import REPO, dataset_or_exit, print_table, use_shared_imagenet_weights
+
+# The plain script's recipe, as FinetuneConfig fields (AdamW with weight decay 0 is Adam).
+PLAIN_FINETUNE: dict[str, Any] = {
+    "lr": 1e-4, "encoder_lr": 1e-4, "weight_decay": 0.0, "batch_size": 16, "max_epochs": 100,
+    "patience": 15, "epochs_without_validation": 50, "augment": "dihedral", "balance": "none",
+    "label_smoothing": 0.0, "min_steps_per_epoch": 1, "dropout": 0.2, "schedule": "constant",
+    "warmup_epochs": 0.0, "layer_decay": None, "bn_mode": "train", "probe_init": False,
+    "probe_only_max_per_class": 0, "tta": False, "freeze_encoder": False,
+}
+# fewlabel's candidate recipe for pretrained encoders: LP-FT, warm-up + cosine, frozen BN
+# statistics, the 8 flips / turns in training and at test time.
+RECIPE_FINETUNE: dict[str, Any] = {
+    "lr": 1e-3, "encoder_lr": 1e-4, "weight_decay": 1e-4, "batch_size": 16, "max_epochs": 60,
+    "patience": 15, "epochs_without_validation": 50, "augment": "dihedral", "min_steps_per_epoch": 1,
+    "schedule": "cosine", "warmup_epochs": 2.0, "bn_mode": "eval", "probe_init": True, "tta": True,
+}
+AT_224 = {"input_size": 224}
+
+# arm -> (fewlabel strategy, strategy options: fields of its spec; "imagenet_norm" asks for the data's
+# z-score to be swapped for ImageNet's inside the encoder)
+ARMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "plain": ("imagenet", {"encoder_kwargs": {**AT_224, "imagenet_norm": True}, "finetune": PLAIN_FINETUNE}),
+    "scratch": ("scratch", {}),
+    "imagenet": ("imagenet", {}),
+    "gan": ("gan", {}),
+    "ssl": ("ssl", {}),
+    "semi": ("semi", {}),
+    "imagenet_tta": ("imagenet", {"finetune": {"tta": True}}),
+    # the imagenet recipe before the vs_plain measurements: 96 px, head 1e-3 / encoder 1e-4, weak aug
+    "imagenet96_before": ("imagenet", {"encoder_kwargs": {"input_size": None}, "finetune": {
+        "lr": 1e-3, "encoder_lr": 1e-4, "weight_decay": 1e-4, "augment": "weak", "min_steps_per_epoch": 8}}),
+    "probe224": ("imagenet", {"encoder_kwargs": AT_224, "finetune": {
+        "augment": "dihedral", "probe_only_max_per_class": 10**6, "tta": True}}),
+    "recipe": ("imagenet", {"encoder_kwargs": AT_224, "finetune": RECIPE_FINETUNE}),
+    "recipe_bn_train": ("imagenet", {"encoder_kwargs": AT_224, "finetune": {**RECIPE_FINETUNE,
+                                                                            "bn_mode": "train"}}),
+    "recipe_no_probe": ("imagenet", {"encoder_kwargs": AT_224, "finetune": {**RECIPE_FINETUNE,
+                                                                            "probe_init": False}}),
+    "scratch_mnv2": ("scratch", {"encoder": "mobilenet_v2", "encoder_kwargs": AT_224,
+                                 "finetune": PLAIN_FINETUNE}),
+}
+
+DATASETS: dict[str, dict[str, Any]] = {
+    # PBC-8: 200 images per class; the protocol's test set is 100 per class.
+    "pbc": {"folder": "pbc_leukocytes_8class", "subdir": "", "test_size": 100, "sizes": "2,5,10,20,50"},
+    # BCCD: basophil dropped (2 images), smears as groups, the RBC crops as the unlabelled pool.
+    "bccd": {"folder": "bccd_wbc_fewshot", "subdir": "labelled", "test_size": 0.25, "sizes": "2,5,10",
+             "unlabelled": "unlabelled_rbc", "group_pattern": r"(BloodImage_\d+)",
+             "drop_classes": ["basophil"]},
+}
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="pbc")
+    ap.add_argument("--arms", default="plain,imagenet,recipe",
+                    help=f"from {', '.join(ARMS)}; the table compares every finished arm with plain")
+    ap.add_argument("--sizes", default=None, help="labelled images per class (default: the data set's)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--test-size", type=float, default=None,
+                    help="test images per class (>= 1) or fraction (< 1); default: the protocol's")
+    ap.add_argument("--max-epochs", type=int, default=None,
+                    help="caps every arm's epochs (a reduction, printed with the table)")
+    ap.add_argument("--image-size", type=int, default=None, help="data size (default: native)")
+    ap.add_argument("--device", default=None, help="auto | cpu | cuda")
+    ap.add_argument("--cpus-per-cell", type=int, default=2)
+    ap.add_argument("--pretrain-steps", type=int, default=None, help="gan / ssl pretraining steps")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, default=None, help="default runs/vs_plain_<dataset>[_quick]")
+    ap.add_argument("--table-only", action="store_true", help="print the table from finished cells")
+    ap.add_argument("--quick", action="store_true",
+                    help="proves the script runs (sizes 2, 1 repeat, 2 epochs, 32 px, 48 px input, "
+                         "5 test images per class); says nothing about the methods")
+    return ap.parse_args()
+
+
+def arm_options(arm: str, data_mean: list[float], data_std: list[float], max_epochs: int | None,
+                quick: bool) -> tuple[str, dict[str, Any]]:
+    """The arm's strategy and its spec options, with the data's statistics and the caps filled in."""
+    strategy, options = ARMS[arm]
+    options = json.loads(json.dumps(options))
+    enc = options.get("encoder_kwargs") or {}
+    if enc.pop("imagenet_norm", False):
+        enc.update(input_mean=data_mean, input_std=data_std)
+    resized = strategy == "imagenet" or options.get("encoder") == "mobilenet_v2"
+    if quick and resized and enc.get("input_size", 224) is not None:
+        enc["input_size"] = 48  # the house imagenet resizes to 224 unless told otherwise
+    if enc:
+        options["encoder_kwargs"] = enc
+    if max_epochs is not None:
+        ft = options.setdefault("finetune", {})
+        ft["max_epochs"] = min(int(ft.get("max_epochs", max_epochs)), max_epochs)
+        if ft.get("epochs_without_validation") is not None:
+            ft["epochs_without_validation"] = min(int(ft["epochs_without_validation"]), max_epochs)
+    return strategy, options
+
+
+def draws_of(run_dir: Path) -> dict[tuple[int, Any], list[str]]:
+    """Labelled ids per (size, repeat), and the test ids under key (0, "test")."""
+    split = json.loads((run_dir / "split.json").read_text())
+    draws: dict[tuple[int, Any], list[str]] = {
+        (int(d["n_per_class"]), int(d["repeat"])): list(d["ids"]) for d in split["draws"]}
+    draws[(0, "test")] = list(split["test"])
+    return draws
+
+
+def main() -> int:
+    args = parse_args()
+    proto = DATASETS[args.dataset]
+    root = dataset_or_exit(proto["folder"])
+    use_shared_imagenet_weights()
+    from fewlabel.experiments import load_run, run_curve
+    from fewlabel.pipeline import prepare_data
+
+    data = root / proto["subdir"] if proto["subdir"] else root
+    sizes = args.sizes or proto["sizes"]
+    repeats, max_epochs, image_size = args.repeats, args.max_epochs, args.image_size
+    test_size: float | int = proto["test_size"]
+    if args.test_size is not None:
+        test_size = int(args.test_size) if args.test_size >= 1 else float(args.test_size)
+    if args.quick:
+        sizes, repeats, max_epochs, image_size = "2", 1, 2, 32
+        test_size = 5 if args.dataset == "pbc" else test_size
+    data_args: dict[str, Any] = {"test_size": test_size, "seed": args.seed, "image_size": image_size}
+    for key in ("group_pattern", "drop_classes"):
+        if proto.get(key):
+            data_args[key] = proto[key]
+    unlabelled = root / proto["unlabelled"] if proto.get("unlabelled") else None
+    prepared = prepare_data(data, unlabelled=unlabelled, **data_args)
+    mean, std = list(prepared.preprocess.mean or ()), list(prepared.preprocess.std or ())
+    out = args.out or REPO / "runs" / f"vs_plain_{args.dataset}{'_quick' if args.quick else ''}"
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        print(f"unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}", file=sys.stderr)
+        return 2
+    # plain is the reference of the table; it runs only when named (arms may run in parallel processes)
+    table_arms = ["plain", *[a for a in arms if a != "plain"]]
+    reductions = [f"test {test_size}{' per class' if isinstance(test_size, int) else ''}",
+                  f"sizes {sizes}", f"{repeats} repeats",
+                  f"epochs capped at {max_epochs}" if max_epochs else "epochs as each recipe says",
+                  f"data at {image_size or 'native'} px"]
+    print(f"vs_plain {args.dataset}: {data} -> {out}\n" + "; ".join(reductions), flush=True)
+    finetune: dict[str, Any] = {"device": args.device} if args.device else {}
+    pretrain = {"steps": args.pretrain_steps} if args.pretrain_steps else None
+    for arm in arms:
+        if args.table_only:
+            break
+        strategy, options = arm_options(arm, mean, std, max_epochs, args.quick)
+        t0 = time.perf_counter()
+        print(f"\n== arm {arm}: strategy {strategy}, options {json.dumps(options)}", flush=True)
+        run_curve(data, out / arm, strategies=[strategy], sizes=sizes, repeats=repeats,
+                  unlabelled=unlabelled, finetune=finetune, pretrain=pretrain,
+                  strategy_options={strategy: options} if options else None,
+                  cpus_per_cell=args.cpus_per_cell, command=" ".join(sys.argv), **data_args)
+        print(f"== arm {arm}: {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+    print_comparison(out, table_arms, args.dataset, reductions, load_run)
+    return 0
+
+
+def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[str], load_run: Any) -> None:
+    """Median accuracy / ROC-AUC per n x arm and the paired difference to plain (mean, 95 % CI)."""
+    from fewlabel.evaluate.compare import paired_difference
+
+    done = [a for a in arms if (out / a / "split.json").exists()]
+    if "plain" not in done:
+        print("no finished plain cells yet")
+        return
+    reference = draws_of(out / "plain")
+    cells: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
+    for arm in done:
+        draws = draws_of(out / arm)
+        # Pairing is only honest on identical draws: an arm may run fewer sizes or repeats than plain,
+        # but every (size, repeat) it shares with plain must hold the same labelled ids.
+        if any(draws[k] != reference[k] for k in set(draws) & set(reference)):
+            print(f"warning: arm {arm} has other draws than plain; left out")
+            continue
+        _, rows = load_run(out / arm)
+        cells[arm] = {(int(r["n_per_class"]), int(r["repeat"])): r for r in rows if r.get("status") == "ok"}
+    sizes = sorted({n for n, _ in reference if n > 0})
+    table = []
+    for n in sizes:
+        for arm, by_key in cells.items():
+            keys = sorted(k for k in by_key if k[0] == n)
+            if not keys:
+                continue
+            acc = [float(by_key[k]["accuracy"]) for k in keys]
+            auc = [float(by_key[k]["roc_auc"]) for k in keys]
+            row = [str(n), arm, str(len(keys)), f"{np.median(acc):.3f}", f"{np.median(auc):.3f}"]
+            if arm != "plain":
+                both = [k for k in keys if k in cells["plain"]]
+                for metric in ("accuracy", "roc_auc"):
+                    d = paired_difference([float(by_key[k][metric]) for k in both],
+                                          [float(cells["plain"][k][metric]) for k in both], seed=0)
+                    row.append(f"{d['mean_diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] ({d['n']})"
+                               if d["n"] else "—")
+            else:
+                row += ["(reference)", "(reference)"]
+            secs = [float(by_key[k].get("train_seconds") or 0) for k in keys]
+            row.append(f"{np.median(secs):.0f}")
+            table.append(row)
+    print(f"\n{dataset}: " + "; ".join(reductions))
+    print_table(["n/class", "arm", "reps", "acc (median)", "AUC (median)", "Δacc vs plain [95% CI] (pairs)",
+                 "ΔAUC vs plain [95% CI] (pairs)", "train s"], table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

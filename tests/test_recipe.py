@@ -1,0 +1,192 @@
+"""The fine-tuning recipe levers and the MobileNetV2 input adapter: each does what it says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from test_finetune import FAST, blobs, tiny_encoder
+
+from fewlabel.errors import FewlabelError
+from fewlabel.models.encoder import create_encoder
+from fewlabel.models.heads import Classifier
+from fewlabel.models.io import load_model_dir, save_model_dir
+from fewlabel.models.mobilenet import IMAGENET_MEAN, IMAGENET_STD
+from fewlabel.training.finetune import (
+    FinetuneConfig,
+    dihedral_views,
+    encoder_blocks,
+    finetune,
+    lr_factor,
+    make_optimizer,
+    predict_proba,
+)
+
+
+def small_mobilenet(**kw):
+    torch.manual_seed(0)
+    return create_encoder("mobilenet_v2", in_channels=3, width_mult=0.25, **kw).eval()
+
+
+def test_input_size_resizes_inside_the_encoder():
+    x = torch.randn(2, 3, 32, 32)
+    adapted, plain = small_mobilenet(input_size=64), small_mobilenet()
+    up = F.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(x), plain(up))
+        assert not torch.allclose(adapted(x), plain(x))
+
+
+def test_imagenet_renorm_equals_imagenet_normalised_input():
+    rng = np.random.default_rng(0)
+    raw = torch.tensor(rng.uniform(0, 1, (2, 3, 32, 32)), dtype=torch.float32)
+    mean, std = [0.6, 0.5, 0.7], [0.2, 0.25, 0.15]
+    z = (raw - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    im_mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    im_std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    imagenet = (raw - im_mean) / im_std
+    adapted, plain = small_mobilenet(input_mean=mean, input_std=std), small_mobilenet()
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(z), plain(imagenet), rtol=1e-4, atol=1e-4)
+
+
+def test_adapter_is_saved_with_the_model(tmp_path):
+    enc = small_mobilenet(input_size=48, input_mean=[0.5] * 3, input_std=[0.2] * 3)
+    clf = Classifier(enc, 3).eval()
+    save_model_dir(tmp_path / "m", clf, {"class_names": ["a", "b", "c"]})
+    loaded, _ = load_model_dir(tmp_path / "m")
+    assert loaded.encoder.config["input_size"] == 48
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), clf(x))
+
+
+def test_adapter_rejects_half_statistics():
+    with pytest.raises(FewlabelError, match="together"):
+        create_encoder("mobilenet_v2", input_mean=[0.5, 0.5, 0.5])
+
+
+def test_dihedral_views_are_the_eight_distinct_symmetries():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    views = dihedral_views(x)
+    assert len(views) == 8 and torch.equal(views[0], x)
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8
+    assert len(dihedral_views(torch.zeros(1, 1, 4, 6))) == 4  # non-square: shape-keeping ones only
+
+
+def test_tta_prediction_is_invariant_to_flips_and_turns():
+    torch.manual_seed(0)
+    clf = Classifier(tiny_encoder(), 2).eval()
+    x, _ = blobs(4)
+    turned = torch.rot90(torch.as_tensor(x), 1, (-2, -1)).numpy()
+    np.testing.assert_allclose(predict_proba(clf, x, tta=True), predict_proba(clf, turned, tta=True),
+                               atol=1e-5)
+    assert not np.allclose(predict_proba(clf, x, tta=False), predict_proba(clf, turned, tta=False), atol=1e-5)
+
+
+def test_warmup_then_cosine_schedule():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10, "cosine") == pytest.approx(0.0)
+    assert lr_factor(50, 100, 0, "constant") == 1.0
+
+
+def test_schedule_reaches_the_optimizer():
+    x, y = blobs()
+    config = FinetuneConfig(**{**FAST, "max_epochs": 3, "schedule": "cosine", "warmup_epochs": 1})
+    torch.manual_seed(0)
+    clf, result = finetune(x, y, None, None, 2, tiny_encoder(), config, seed=0)
+    assert result.steps > 0  # trained; the last step ran at a decayed rate
+    assert lr_factor(result.steps - 1, result.steps, 3, "cosine") < 0.05
+
+
+def test_layer_decay_gives_deeper_blocks_larger_rates():
+    torch.manual_seed(0)
+    clf = Classifier(tiny_encoder(), 2)
+    opt = make_optimizer(clf, FinetuneConfig(lr=1e-3, encoder_lr=1e-4, layer_decay=0.5))
+    rates = [g["lr"] for g in opt.param_groups[1:]]
+    assert len(rates) == len(encoder_blocks(clf.encoder)) == 3
+    assert rates == pytest.approx([2.5e-5, 5e-5, 1e-4])
+    assert opt.param_groups[0]["lr"] == 1e-3  # the head
+
+
+def test_bn_eval_keeps_running_statistics():
+    x, y = blobs()
+    torch.manual_seed(0)
+    enc = tiny_encoder()
+    stats = {k: v.clone() for k, v in enc.state_dict().items() if "running" in k}
+    before_weights = {k: v.clone() for k, v in enc.state_dict().items() if k == "stages.0.0.weight"}
+    config = FinetuneConfig(**{**FAST, "max_epochs": 2, "bn_mode": "eval"})
+    clf, _ = finetune(x, y, None, None, 2, enc, config)
+    after = clf.encoder.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in stats.items())
+    first_conv = [v for k, v in before_weights.items() if k.endswith("0.0.weight")][0]
+    assert not torch.equal(after["stages.0.0.weight"], first_conv)  # the weights did train
+
+
+def bright(n_per_class: int = 12, seed: int = 0):
+    """Class 1 is brighter everywhere: what pooled random features can tell apart."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 1, (2 * n_per_class, 1, 16, 16)).astype(np.float32)
+    y = np.repeat([0, 1], n_per_class)
+    x[y == 1] += 1.0
+    return x, y
+
+
+def test_probe_only_learns_without_touching_the_encoder():
+    x, y = bright()
+    xt, yt = bright(seed=1)
+    torch.manual_seed(0)
+    enc = tiny_encoder()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    config = FinetuneConfig(**{**FAST, "probe_only_max_per_class": 100})
+    clf, result = finetune(x, y, None, None, 2, enc, config, seed=0)
+    assert result.stopped_because == "linear_probe"
+    assert all(torch.equal(clf.encoder.state_dict()[k], v) for k, v in before.items())
+    assert (predict_proba(clf, xt).argmax(1) == yt).mean() >= 0.9
+
+
+def test_epochs_without_validation():
+    x, y = blobs()
+    torch.manual_seed(0)
+    config = FinetuneConfig(**{**FAST, "max_epochs": 9, "epochs_without_validation": 2})
+    _, result = finetune(x, y, None, None, 2, tiny_encoder(), config, seed=0)
+    assert result.epochs == 2
+    _, result = finetune(x, y, x[::3], y[::3], 2, tiny_encoder(), config, seed=0)
+    assert result.epochs > 2 or result.stopped_because == "early_stopping"
+
+
+@pytest.mark.parametrize("field,value", [("augment", "rotate"), ("schedule", "step"), ("bn_mode", "x"),
+                                         ("layer_decay", 1.5)])
+def test_bad_recipe_values_are_one_line_errors(field, value):
+    x, y = blobs(2)
+    with pytest.raises(FewlabelError, match=field):
+        finetune(x, y, None, None, 2, tiny_encoder(), FinetuneConfig(**{**FAST, field: value}))
+
+
+@pytest.mark.parametrize("encoder,kwargs", [("mobilenet_v2", {"input_size": 32, "width_mult": 0.25}),
+                                            ("convnet", {"width": 8, "depth": 3})])
+def test_cell_with_adapter_and_tta_survives_save_and_load(tmp_path, encoder, kwargs):
+    """The fair scratch row (MobileNetV2 from random weights, resized inside the encoder) and TTA at
+    test time: the saved model gives the numbers the curve recorded."""
+    import fewlabel
+    from fewlabel import pipeline
+
+    from factory import make_class_folder
+
+    root = make_class_folder(tmp_path / "data", {"a": 8, "b": 8}, size=(16, 16), channels=3, seed=0)
+    data = pipeline.prepare_data(root, test_size=3, seed=0)
+    spec = pipeline.StrategySpec(name="scratch", encoder=encoder, encoder_kwargs=kwargs)
+    config = FinetuneConfig(**{**FAST, "max_epochs": 4, "lr": 1e-2, "augment": "dihedral", "tta": True})
+    cell = pipeline.fit_cell(data, data.pool_ids[:10], spec, 0, config)
+    save_model_dir(tmp_path / "m", cell.classifier, pipeline.model_config(data, spec, cell, 0))
+    model = fewlabel.load_model(tmp_path / "m", device="cpu")
+    assert model.classifier.encoder.config == cell.classifier.encoder.config
+    # log scale: confident models put the differences in the smallest probabilities
+    np.testing.assert_allclose(np.log(model.predict_arrays(data.test_arrays[0])), np.log(cell.proba_test),
+                               atol=1e-4)
+    if encoder == "convnet":  # a model whose outputs move with the input: TTA must have been applied
+        no_tta = predict_proba(model.classifier, data.test_arrays[0], tta=False)
+        assert np.abs(np.log(no_tta) - np.log(cell.proba_test)).max() > 1e-3
