@@ -548,3 +548,26 @@ def run_cli(*args: object) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def fake_imagenet_file(folder: str | Path) -> Path:
+    """A torchvision-shaped MobileNetV2 ImageNet file (seeded random features, a zero 1000-class head)
+    named ``mobilenet_v2-<sha8>.pth`` as the loader expects: the real file is not needed to test the
+    loading path."""
+    import hashlib
+
+    import torch
+
+    from fewlabel.models import create_encoder
+
+    folder = Path(folder)
+    torch.manual_seed(0)
+    features = create_encoder("mobilenet_v2", in_channels=3).features.state_dict()
+    state = {f"features.{k}": v for k, v in features.items()}
+    state["classifier.1.weight"] = torch.zeros(1000, 1280)
+    state["classifier.1.bias"] = torch.zeros(1000)
+    tmp = folder / "w.pth"
+    torch.save(state, tmp)
+    path = folder / f"mobilenet_v2-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]}.pth"
+    tmp.rename(path)
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -13,25 +12,14 @@ from fewlabel import strategies
 from fewlabel.models.io import load_encoder, read_header
 from fewlabel.training.finetune import FinetuneConfig
 
-from factory import make_class_folder, make_pool
+from factory import fake_imagenet_file, make_class_folder, make_pool
 
 FAST = FinetuneConfig(max_epochs=1, batch_size=8, min_steps_per_epoch=1, progress=False)
 
 
 def _fake_imagenet_file(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    """A torchvision-shaped MobileNetV2 file with seeded random weights (the real one is not needed)."""
-    from fewlabel.models import create_encoder
-
-    torch.manual_seed(0)
-    features = create_encoder("mobilenet_v2", in_channels=3).features.state_dict()
-    state = {f"features.{k}": v for k, v in features.items()}
-    state["classifier.1.weight"] = torch.zeros(1000, 1280)
-    state["classifier.1.bias"] = torch.zeros(1000)
-    tmp = folder / "w.pth"
-    torch.save(state, tmp)
-    path = folder / f"mobilenet_v2-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]}.pth"
-    tmp.rename(path)
-    return path, state
+    path = fake_imagenet_file(folder)
+    return path, torch.load(path, weights_only=True)
 
 
 def test_registry_lists_composed_strategies() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 import subprocess
@@ -13,13 +12,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 import fewlabel
 from fewlabel.data.plan import SplitPlan
 from fewlabel.training.finetune import FinetuneConfig
 
-from factory import GROUP_PATTERN, corrupt_file, make_class_folder, make_manifest, run_cli
+from factory import GROUP_PATTERN, corrupt_file, fake_imagenet_file, make_class_folder, make_manifest, run_cli
 
 FAST = FinetuneConfig(max_epochs=3, batch_size=8, min_steps_per_epoch=2, augment="none", progress=False)
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
@@ -110,26 +108,10 @@ def test_cli_train_and_bad_input_is_one_line(cells: Path, tmp_path: Path, capsys
     assert code == 2 and len(err) == 1 and "error:" in err[0] and "Traceback" not in err[0]
 
 
-def _fake_imagenet_file(folder: Path) -> Path:
-    from fewlabel.models import create_encoder
-
-    torch.manual_seed(0)
-    features = create_encoder("mobilenet_v2", in_channels=3).features.state_dict()
-    state = {f"features.{k}": v for k, v in features.items()}
-    state["classifier.1.weight"] = torch.zeros(1000, 1280)
-    state["classifier.1.bias"] = torch.zeros(1000)
-    tmp = folder / "w.pth"
-    torch.save(state, tmp)
-    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:8]
-    path = folder / f"mobilenet_v2-{digest}.pth"
-    tmp.rename(path)
-    return path
-
-
 def test_float32_single_channel_tiff_trains_with_imagenet(tmp_path: Path, monkeypatch) -> None:
     data = make_class_folder(tmp_path / "phase", {"a": 8, "b": 8}, size=(32, 32), channels=1,
                              dtype="float32", fmt="tif", seed=2)
-    weights = _fake_imagenet_file(tmp_path)
+    weights = fake_imagenet_file(tmp_path)
     monkeypatch.setenv("FEWLABEL_IMAGENET_WEIGHTS", str(weights))
     model = fewlabel.train(data, tmp_path / "m", strategy="imagenet", labels_per_class=4,
                            finetune=FinetuneConfig(**{**FAST.to_dict(), "max_epochs": 1}))
