@@ -192,9 +192,17 @@ def test_bombs_cost_under_1_gb_in_the_cli(tmp_path: Path) -> None:
     npy_bomb(data / "b" / "bomb.npy")
     dicom_bomb(data / "b" / "bomb.dcm")
     tiff_bomb(data / "a" / "bomb.tif")
-    script = ("import resource, sys\nfrom fewlabel.cli import main\ntry:\n    main(sys.argv[1:])\n"
-              "finally:\n    print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "
-              "file=sys.stderr)\n")
+    # Peak RSS of this process's own memory (VmHWM): ru_maxrss would carry over the forking pytest
+    # worker's peak across exec on Linux and measure the test runner instead of fewlabel.
+    script = ("import resource, sys\nfrom fewlabel.cli import main\n"
+              "def peak():\n"
+              "    try:\n"
+              "        lines = open('/proc/self/status').read().splitlines()\n"
+              "        return int(next(x for x in lines if x.startswith('VmHWM')).split()[1])\n"
+              "    except (OSError, StopIteration):\n"
+              "        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+              "try:\n    main(sys.argv[1:])\n"
+              "finally:\n    print('maxrss_kb', peak(), file=sys.stderr)\n")
     env = {**os.environ, "PYTHONPATH": str(SRC), "COLUMNS": "200"}
     proc = subprocess.run([sys.executable, "-c", script, "inspect", str(data)], capture_output=True,
                           text=True, env=env, timeout=300)

@@ -15,8 +15,8 @@ ended for the same seed (a CPU test checks it):
 * its own validation, early stopping and best-epoch restore (device-side best snapshots).
 
 Only recipes this module implements run stacked: ``unstackable_reason`` lists what it refuses, and a
-fine-tuning option it does not know (a new field of ``FinetuneConfig``) makes a recipe unstackable
-until someone teaches this module its meaning.
+fine-tuning option it does not know (a new field of ``FinetuneConfig``), set to anything but its
+default, makes a recipe unstackable until someone teaches this module its meaning.
 """
 
 from __future__ import annotations
@@ -52,7 +52,10 @@ VAL_CHUNK = 64  # validation batch, as finetune's sequential_batches
 def unstackable_reason(config: FinetuneConfig) -> str | None:
     """Why ``config`` cannot train stacked, or None when it can. An explicit list, so a new recipe
     option never runs stacked with other semantics than the one-at-a-time loop."""
-    unknown = sorted(set(config.to_dict()) - KNOWN_FIELDS)
+    # A field this path does not know is fine at its default (the recipe it implements); set to
+    # anything else, the one-at-a-time loop is the only one that knows what it means.
+    defaults = FinetuneConfig().to_dict()
+    unknown = sorted(k for k, v in config.to_dict().items() if k not in KNOWN_FIELDS and v != defaults.get(k))
     if unknown:
         return f"fine-tuning options the stacked path does not implement: {', '.join(unknown)}"
     if config.semi:
