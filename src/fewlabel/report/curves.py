@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from fewlabel.evaluate.metrics import quartiles
+
 METRIC_LABELS = {"roc_auc": "ROC-AUC", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
                  "macro_f1": "macro F1"}
 # Beyond this multiple of the largest size run, an extrapolated need is reported as "more than".
@@ -69,7 +71,7 @@ def curves(rows: Iterable[Mapping[str, Any]], metric: str = "roc_auc", n_boot: i
         points = []
         for n in sorted(by_size):
             v = sorted(by_size[n])
-            q1, med, q3 = (float(q) for q in np.percentile(v, [25, 50, 75]))
+            q1, med, q3 = quartiles(v)
             lo, hi = bootstrap_median_ci(v, n_boot=n_boot, seed=seed)
             points.append(CurvePoint(n, v, med, q1, q3, lo, hi))
         out[strategy] = points
