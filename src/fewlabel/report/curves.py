@@ -15,6 +15,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fewlabel.evaluate.metrics import quartiles
+from fewlabel.figures import plain_text, to_png
 
 METRIC_LABELS = {"roc_auc": "ROC-AUC", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
                  "macro_f1": "macro F1"}
@@ -177,8 +178,6 @@ def plot_curves(curve_map: Mapping[str, Sequence[CurvePoint]], metric: str = "ro
                 extend_to: float | None = None, dpi: int = 110) -> bytes:
     """PNG: per strategy the median (line + points), the IQR (band) and the bootstrap CI of the median
     (error bars); fitted extrapolation past the largest size dashed and labelled; the target dotted."""
-    from fewlabel.explain.figures import plain_text, to_png
-
     fig = Figure(figsize=(7.6, 4.0))
     ax = fig.subplots()
     ax.set_xscale("log")  # first: limits read below must be those of the log axis
