@@ -90,7 +90,7 @@ def test_temp_names_are_hidden_unique_and_swept_by_curve_pattern(tmp_path):
     assert a != b and a.parent == b.parent == tmp_path
     assert a.name.startswith(".run.json.tmp") and f"-{os.getpid()}-" in a.name
     a.touch()
-    assert list(tmp_path.glob(".*.tmp-*")) == [a]  # experiments.curve sweeps leftovers with this pattern
+    assert list(tmp_path.glob(".*.tmp-*")) == [a]  # experiments.run_folder sweeps leftovers with this pattern
 
 
 def test_bytes_round_trip(tmp_path):

@@ -219,3 +219,12 @@ def test_stratified_bootstrap_keeps_a_rare_class_in_every_resample() -> None:
     plain = classification_metrics(y, proba, n_boot=400, seed=0, stratify=False)
     assert strat["roc_auc"]["n_boot_used"] == 400 and strat["bootstrap"]["stratified"]
     assert plain["roc_auc"]["n_boot_used"] < 400  # about (1 - 0.98^100)^... resamples miss class 2
+
+
+def test_quartiles_are_numpy_percentiles_to_the_bit() -> None:
+    from fewlabel.evaluate.metrics import quartiles
+
+    rng = np.random.default_rng(0)
+    for n in range(1, 25):
+        values = rng.random(n)
+        assert quartiles(values) == tuple(float(q) for q in np.percentile(values, [25, 50, 75]))

@@ -10,7 +10,7 @@ Temporary names are ``.<name>.tmp-<pid>-<random hex><suffix>`` in the target's f
 * hidden (leading dot), so folder scans (``data.readers`` ignores dot-names) never pick one up;
 * unique per process *and* per call, so two processes or threads writing the same target cannot
   clobber each other's temporary file (the last ``os.replace`` wins, whole);
-* matched by ``.*.tmp-*``, the pattern ``experiments.curve`` uses to sweep leftovers of killed runs.
+* matched by ``.*.tmp-*``, the pattern ``experiments.run_folder`` uses to sweep leftovers of killed runs.
 
 This module imports nothing from fewlabel but ``errors``, so any module may import it.
 """

@@ -7,8 +7,6 @@ from typing import Any
 
 import typer
 
-METRIC_NAMES = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
-
 
 def test_size_value(value: float) -> float | int:
     """``--test-size``: a fraction below 1, or a whole count per class (``5`` or ``5.0``) from 1 up.
@@ -20,11 +18,13 @@ def print_metrics_table(metrics: dict[str, Any], title: str = "metrics") -> None
     from rich.console import Console
     from rich.table import Table
 
+    from fewlabel.evaluate.metrics import METRICS
+
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_column("95% CI", justify="right")
-    for name in METRIC_NAMES:
+    for name in METRICS:
         m = metrics.get(name)
         if not isinstance(m, dict):
             continue

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
+
+from fewlabel.evaluate.metrics import quartiles
 
 
 def summarise(values: Sequence[float] | np.ndarray) -> dict[str, float | int]:
@@ -22,7 +23,7 @@ def summarise(values: Sequence[float] | np.ndarray) -> dict[str, float | int]:
     if len(x) == 0:
         nan = float("nan")
         return {"median": nan, "q1": nan, "q3": nan, "mean": nan, "n": 0}
-    q1, median, q3 = np.percentile(x, [25, 50, 75])
+    q1, median, q3 = quartiles(x)
     return {
         "median": float(median), "q1": float(q1), "q3": float(q3), "mean": float(x.mean()), "n": int(len(x)),
     }
@@ -59,6 +60,8 @@ def paired_difference(
     if np.all(diff == 0):
         out["p_value"] = 1.0
     elif n >= 2:
+        from scipy import stats  # here, not above: the run store imports this package and needs no scipy
+
         with warnings.catch_warnings():
             # small-n / ties approximation notices: the p-value is still returned
             warnings.simplefilter("ignore")

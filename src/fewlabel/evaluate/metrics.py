@@ -27,6 +27,25 @@ from typing import Any
 import numpy as np
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
+# The same names, ROC-AUC (the headline) first: the column order of results.csv and of the report.
+HEADLINE_METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "macro_f1")
+
+
+def quartiles(values: Sequence[float]) -> tuple[float, float, float]:
+    """``(q1, median, q3)`` of non-empty ``values``, bit for bit what ``np.percentile(values, [25, 50,
+    75])`` gives (linear interpolation), so every summary of repeats shows the same numbers."""
+    x = sorted(float(v) for v in values)
+    return _quantile(x, 0.25), _quantile(x, 0.5), _quantile(x, 0.75)
+
+
+def _quantile(x: list[float], q: float) -> float:
+    pos = (len(x) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(x) - 1)
+    t = pos - lo
+    diff = x[hi] - x[lo]
+    # numpy's lerp: from the nearer end, which decides the last bit of the result
+    return x[hi] - diff * (1 - t) if t >= 0.5 else x[lo] + diff * t
 
 
 def bootstrap_counts(

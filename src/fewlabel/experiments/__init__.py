@@ -6,6 +6,7 @@
 
 Modules: ``grid`` (configuration, hash, cells, seeds), ``store`` (SQLite results store and RUN_DIR
 layout), ``cell`` (one cell as a picklable task), ``executors`` (local loop / process pool / Ray),
+``run_folder`` (RUN_DIR's lock, guards and ``run.json``), ``progress`` (the bar and per-cell lines),
 ``curve`` (the orchestration).
 """
 

@@ -17,17 +17,17 @@ What a run does, in order:
   5. runs the remaining cells on an executor (local loop, process pool or Ray); each finished cell's
      files are put in place and then its row is inserted, and ``results.csv`` is re-exported.
 A cell that raises becomes a ``failed`` row (tried again on the next run); the sweep goes on.
-See ``store.py`` for the RUN_DIR layout and the row format.
+See ``store.py`` for the RUN_DIR layout and the row format, ``run_folder.py`` for the folder's lock,
+guards and ``run.json``, ``progress.py`` for what is printed.
+
+Longer than most modules: the driver is one sequence (settings checked, data opened, draws,
+preparations, cells, records) kept together so it reads top to bottom.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
 import os
-import platform
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -57,6 +57,17 @@ from fewlabel.experiments.grid import (
     pretrain_seed,
     train_seed,
 )
+from fewlabel.experiments.progress import Log, Progress, cell_line, duration
+from fewlabel.experiments.run_folder import (
+    check_out_dir,
+    cleanup_partial,
+    finish_run_json,
+    open_run,
+    pinned_preparation,
+    run_lock,
+    weights_relative,
+    write_cell_files,
+)
 from fewlabel.experiments.stacking import map_cells
 from fewlabel.experiments.store import (
     CSV_FILE,
@@ -64,16 +75,11 @@ from fewlabel.experiments.store import (
     RUN_FILE,
     ResultStore,
     atomic_write_json,
-    read_json,
     summarise,
 )
-from fewlabel.fileio import fsync_dir
 
 STRATEGIES = strategy_registry.NAMES
 KEEP_MODELS = ("first", "all", "none")
-_OWN_FILES = {".lock"}  # what may be in RUN_DIR before run.json is written
-
-Log = Callable[[str], None]
 
 
 @dataclass
@@ -124,100 +130,6 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _versions(extra: Iterable[str] = ()) -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform()}
-    for name in ("fewlabel", "torch", "numpy", "monai", "captum", *extra):
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-# -- RUN_DIR guards ------------------------------------------------------------------------------
-
-def _check_out_dir(out: Path) -> None:
-    """A folder that exists, is not empty and holds no run is somebody else's: never write into it."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise FewlabelError("exists and is not a folder; use a new --out", path=out)
-    if (out / RUN_FILE).exists():
-        return
-    foreign = [p.name for p in out.iterdir()
-               if p.name not in _OWN_FILES and not p.name.startswith(".run.json.tmp")]
-    if foreign:
-        raise FewlabelError(f"is not empty and holds no fewlabel run ({', '.join(sorted(foreign)[:3])} ...); "
-                            "use a new --out", path=out)
-
-
-@contextlib.contextmanager
-def _run_lock(out: Path) -> Iterator[None]:
-    """One driver per RUN_DIR. flock is released by the OS even after kill -9, so no stale locks."""
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock, documented
-        yield
-        return
-    fh = open(out / ".lock", "a+")
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            pid = fh.read().strip() or "?"
-            raise FewlabelError(f"another fewlabel curve (pid {pid}) is writing to this run; wait for it or "
-                                "use a new --out", path=out) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
-        yield
-    finally:
-        fh.close()
-
-
-def _open_run(out: Path, config: CurveConfig, config_hash: str, command: str, dataset: dict[str, Any],
-              data_args: dict[str, Any], executor_info: dict[str, Any]) -> dict[str, Any]:
-    """Create run.json, or check the stored one is this configuration and record this invocation."""
-    run_file = out / RUN_FILE
-    now = _now()
-    if run_file.exists():
-        info = read_json(run_file)
-        stored_hash = info.get("config_hash")
-        if stored_hash != config_hash:
-            diffs = config.differences(info.get("config") or {})
-            what = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
-            what = what or f"config hash {stored_hash} vs {config_hash}"
-            raise ConfigMismatchError(f"holds a run of another configuration ({what}); "
-                                      "use a new --out or delete it", path=out)
-        info.setdefault("invocations", []).append({"command": command, "at": now, "executor": executor_info})
-        info["updated"] = now
-    else:
-        info = {
-            "fewlabel_run": 1,
-            "config_hash": config_hash,
-            "config": config.to_dict(),
-            # ``PipelineBackend().prepare_data(**data_args)`` re-opens the data exactly as the run did.
-            "data_args": data_args,
-            "command": command,
-            "invocations": [{"command": command, "at": now, "executor": executor_info}],
-            "dataset": dataset,
-            "versions": _versions(["ray"] if executor_info.get("kind") == "ray" else []),
-            "created": now,
-            "updated": now,
-            "preparations": {},
-            "status": {},
-        }
-    atomic_write_json(run_file, info)
-    return info
-
-
 def _make_draws(out: Path, data: Any, config: CurveConfig, backend: Any,
                 log: Log) -> dict[tuple[int, int], dict[str, Any]]:
     """Every (size, repeat) draw, kept in the run's plan (``plan.json``). A resumed run follows the
@@ -243,100 +155,6 @@ def _make_draws(out: Path, data: Any, config: CurveConfig, backend: Any,
         backend.save_plan(data, path)
     return draws
 
-
-def _cleanup_partial(out: Path) -> None:
-    """Temporary files and cell folders left by a killed run: never read, safe to remove."""
-    for tmp in list(out.glob(".*.tmp-*")) + list((out / "cells").glob("*/.*.tmp-*")):
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-
-
-def write_cell_files(out: Path, cell: Cell, files: dict[str, bytes]) -> Path:
-    """Put a cell's files in place atomically: written under a temporary folder, then renamed.
-    A folder left by a killed earlier attempt (files without a row) is replaced."""
-    final = out / "cells" / cell.dirname
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for rel, blob in files.items():
-        target = tmp / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-    tmp.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    fsync_dir(final.parent)
-    return final
-
-
-class _Progress:
-    """Cells done / total, seconds per cell and time left; a tqdm bar on a terminal, silent otherwise."""
-
-    def __init__(self, total: int, done: int, enabled: bool | None, log: Log | None) -> None:
-        self.total, self.done = total, done
-        self.log = log
-        self.t0 = time.perf_counter()
-        self.ran = 0
-        self.bar = None
-        if enabled or (enabled is None and sys.stderr.isatty()):
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=done, unit="cell", desc="curve", dynamic_ncols=True,
-                            file=sys.stderr)
-
-    def write(self, line: str) -> None:
-        if self.log is None:
-            return
-        if self.bar is not None:
-            self.bar.write(line, file=sys.stderr)
-        else:
-            self.log(line)
-
-    def restart_clock(self) -> None:
-        """Time per cell counts from here: preparations before the first cell are not cells."""
-        self.t0 = time.perf_counter()
-
-    def update(self, line: str) -> None:
-        self.done += 1
-        self.ran += 1
-        per_cell = (time.perf_counter() - self.t0) / self.ran
-        left = (self.total - self.done) * per_cell
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{per_cell:.1f} s/cell", refresh=False)
-            self.bar.update(1)
-        self.write(f"[{self.done}/{self.total}] {line} ({per_cell:.1f} s/cell, ~{_duration(left)} left)")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def _cell_line(row: dict[str, Any]) -> str:
-    cell = f"{row['strategy']} n={row['n_per_class']} r={row['repeat']}"
-    if row["status"] != "ok":
-        return f"{cell}: {row['status'].upper()} {row.get('error') or ''}".rstrip()
-    auc = row.get("roc_auc")
-    ci = ""
-    if row.get("roc_auc_ci_low") is not None:
-        ci = f" [{row['roc_auc_ci_low']:.3f}, {row['roc_auc_ci_high']:.3f}]"
-    acc = row.get("accuracy")
-    return (f"{cell}: roc_auc {auc:.3f}{ci}" if auc is not None else f"{cell}: roc_auc -") + (
-        f", accuracy {acc:.3f}" if acc is not None else "") + f", {row.get('train_seconds') or 0:.1f} s train"
 
 
 def _failed_output(task: CellTask, error: BaseException | str) -> CellOutput:
@@ -438,7 +256,7 @@ def run_curve(
 
     finetune_config = backend.finetune_config(dict(finetune or {}))
     strategy_specs = {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}
-    _check_out_dir(out)
+    check_out_dir(out)
     data_args: dict[str, Any] = {
         "data": str(Path(data).resolve()),
         "masks": str(Path(masks).resolve()) if masks is not None else None,
@@ -486,8 +304,8 @@ def run_curve(
                      "ray_address": ray_address, "cpus_per_cell": cpus_per_cell,
                      "gpus_per_cell": gpus_per_cell, "prep_cpus": prep_cpus}
 
-    with _run_lock(out):
-        info = _open_run(out, config, config_hash, command, backend.summary(prepared), data_args,
+    with run_lock(out):
+        info = open_run(out, config, config_hash, command, backend.summary(prepared), data_args,
                          executor_info)
         draws = _make_draws(out, prepared, config, backend, say)
         store = ResultStore(out)
@@ -498,7 +316,7 @@ def run_curve(
             elif stored_hash != config_hash:  # run.json was replaced by hand: the store still decides
                 raise ConfigMismatchError(f"store.sqlite holds results of config {stored_hash}, "
                                           f"run.json says {config_hash}; use a new --out", path=out)
-            _cleanup_partial(out)
+            cleanup_partial(out)
             return _run_cells(out, store, info, config, config_hash, prepared, data_args, draws, backend,
                               executor, workers=workers, ray_address=ray_address, cpus_per_cell=cpus_per_cell,
                               gpus_per_cell=gpus_per_cell, prep_cpus=prep_cpus, keep_models=keep_models,
@@ -540,7 +358,7 @@ def _run_cells(out: Path, store: ResultStore, info: dict[str, Any], config: Curv
             executor, workers=workers, ray_address=ray_address, cpus_per_cell=cpus_per_cell,
             gpus_per_cell=gpus_per_cell, threads=cpus_per_cell)
         prime_data(data_args, prepared)
-        bar = _Progress(len(cells), len(cells) - len(pending), progress, log)
+        bar = Progress(len(cells), len(cells) - len(pending), progress, log)
         try:
             used = {prep_key(config, c.strategy, c.repeat) for c in store.keys("ok")}
             specs, prep_errors = _prepare(out, ex, config, data_args, fingerprint, backend, pending,
@@ -574,10 +392,10 @@ def _run_cells(out: Path, store: ResultStore, info: dict[str, Any], config: Curv
             if threads_before is not None:
                 torch.set_num_threads(threads_before)
             store.export_csv()
-            _finish_run_json(out, info, store, len(cells))
+            finish_run_json(out, info, store, len(cells))
     else:
         store.export_csv()
-        _finish_run_json(out, info, store, len(cells))
+        finish_run_json(out, info, store, len(cells))
         say("nothing to do: every cell is done")
 
     rows = store.rows()
@@ -585,62 +403,21 @@ def _run_cells(out: Path, store: ResultStore, info: dict[str, Any], config: Curv
     counts = store.counts()
     seconds = time.perf_counter() - t_start
     say(f"{counts['ok']} cells ok, {counts['failed']} failed, {counts['skipped']} skipped "
-        f"({ran} run now, {_duration(seconds)})")
+        f"({ran} run now, {duration(seconds)})")
     for row in failed:
         say(f"failed: {row['strategy']} n={row['n_per_class']} r={row['repeat']}: {row['error']}")
     return RunResult(run_dir=out, results_csv=out / CSV_FILE, config_hash=config_hash, rows=rows,
                      counts=counts, ran=ran, resumed=resumed, seconds=seconds, failed=failed)
 
 
-def _record(out: Path, store: ResultStore, output: CellOutput, bar: _Progress) -> None:
+def _record(out: Path, store: ResultStore, output: CellOutput, bar: Progress) -> None:
     """Files first, then the row (one transaction), then the CSV: a kill in between loses this cell only."""
     row = output.row
     if row["status"] == "ok":
         write_cell_files(out, Cell(row["strategy"], row["n_per_class"], row["repeat"]), output.files)
     store.add(row)
     store.export_csv()
-    bar.update(_cell_line(row))
-
-
-def _weights_rel(spec: dict[str, Any], out: Path) -> dict[str, Any]:
-    """The spec as run.json records it: an encoder file inside RUN_DIR relative to it (the run can move)."""
-    weights = spec.get("encoder_weights")
-    if weights and Path(weights).is_absolute():
-        with contextlib.suppress(ValueError):
-            return {**spec, "encoder_weights": Path(weights).relative_to(out.resolve()).as_posix()}
-    return spec
-
-
-def _weights_abs(spec: dict[str, Any], out: Path) -> dict[str, Any]:
-    weights = spec.get("encoder_weights")
-    if weights and not Path(weights).is_absolute():
-        return {**spec, "encoder_weights": str((out / weights).resolve())}
-    return spec
-
-
-def _pinned(out: Path, info: dict[str, Any], name: str, used: set[str]) -> dict[str, Any] | None:
-    """The preparation this run recorded for ``name``, when its encoder file is still there.
-
-    Why pin: one run uses one encoder per strategy. Asking the pipeline again after a code change
-    (a new cache key) would pretrain a second encoder and mix two in one curve. A recorded file that
-    is gone while cells already used it cannot be replaced without that mixing: refused.
-    """
-    recorded = (info.get("preparations") or {}).get(name)
-    if not recorded:
-        return None
-    spec = _weights_abs(recorded["spec"], out)
-    weights = spec.get("encoder_weights")
-    from fewlabel.models.io import checksum_path, verify_encoder_file
-
-    if weights and Path(weights).exists() and checksum_path(weights).exists():  # saved with a checksum
-        verify_encoder_file(weights, fix=f"restore it, or delete {out} and run again")
-    if not weights or Path(weights).exists():
-        return spec
-    if name in used:
-        gone = recorded["spec"]["encoder_weights"]
-        raise ConfigMismatchError(f"the {name} encoder its finished cells used ({gone}) is gone; restore it, "
-                                  "or use a new --out", path=out)
-    return None
+    bar.update(cell_line(row))
 
 
 def prep_key(config: CurveConfig, strategy: str, repeat: int) -> str:
@@ -665,7 +442,7 @@ def _prepare(out: Path, ex: Executor, config: CurveConfig, data_args: dict[str, 
     specs: dict[str, dict[str, Any]] = {}
     errors: dict[str, str] = {}
     for key in keys:
-        pinned = _pinned(out, info, key, used)
+        pinned = pinned_preparation(out, info, key, used)
         if pinned is not None:
             specs[key] = pinned
     tasks = [PrepTask(strategy=key, spec=config.strategy_specs[name], cache_dir=str(cache_dir.resolve()),
@@ -692,7 +469,7 @@ def _prepare(out: Path, ex: Executor, config: CurveConfig, data_args: dict[str, 
             say(errors[task.strategy])
             continue
         specs[task.strategy] = result["spec"]
-        info.setdefault("preparations", {})[task.strategy] = {"spec": _weights_rel(result["spec"], out),
+        info.setdefault("preparations", {})[task.strategy] = {"spec": weights_relative(result["spec"], out),
                                                               "seconds": round(result["seconds"], 2)}
         if result["spec"] != task.spec:  # scratch / imagenet come back unchanged: nothing to say
             say(f"prepared {task.strategy} in {result['seconds']:.1f} s")
@@ -706,13 +483,6 @@ def _in_process(fn: Callable[[Any], Any], tasks: Sequence[Any]) -> Iterator[tupl
             yield task, fn(task)
         except Exception as exc:
             yield task, exc
-
-
-def _finish_run_json(out: Path, info: dict[str, Any], store: ResultStore, total: int) -> None:
-    counts = store.counts()
-    info["status"] = {**counts, "total": total, "pending": total - sum(counts.values())}
-    info["updated"] = _now()
-    atomic_write_json(out / RUN_FILE, info)
 
 
 class Curve:

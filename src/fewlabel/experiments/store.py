@@ -64,6 +64,7 @@ from typing import Any
 from fewlabel import fileio
 from fewlabel.data.plan import PLAN_FILE
 from fewlabel.errors import FewlabelError
+from fewlabel.evaluate.metrics import HEADLINE_METRICS, quartiles
 from fewlabel.experiments.grid import Cell
 
 __all__ = ["PLAN_FILE"]  # the run folder's plan file name, re-exported with the other names
@@ -72,7 +73,7 @@ RUN_FILE = "run.json"
 CSV_FILE = "results.csv"
 SCHEMA_VERSION = 1
 
-METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "macro_f1")
+METRICS = HEADLINE_METRICS
 # results.csv starts with exactly these columns, in this order: scripts read them by position.
 CSV_COLUMNS = ("strategy", "n_per_class", "repeat", "seed", *METRICS, "train_seconds")
 EXTRA_COLUMNS = (
@@ -317,16 +318,7 @@ def summarise(rows: Iterable[Mapping[str, Any]], metric: str = "roc_auc") -> lis
         groups.setdefault((row["strategy"], int(row["n_per_class"])), []).append(float(row[metric]))
     out = []
     for (strategy, n), values in groups.items():
-        values.sort()
+        q1, median, q3 = quartiles(values)
         out.append({"strategy": strategy, "n_per_class": n, "metric": metric, "n_repeats": len(values),
-                    "median": _quantile(values, 0.5), "q1": _quantile(values, 0.25),
-                    "q3": _quantile(values, 0.75)})
+                    "median": median, "q1": q1, "q3": q3})
     return out
-
-
-def _quantile(sorted_values: list[float], q: float) -> float:
-    """Linear-interpolation quantile (numpy's default), without importing numpy here."""
-    pos = (len(sorted_values) - 1) * q
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)

@@ -6,7 +6,6 @@ processes. Every figure comes back as PNG bytes; ``save_png`` writes one atomica
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -14,25 +13,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from fewlabel.explain.attributions import SIGNED
+from fewlabel.figures import plain_text, to_png
 from fewlabel.fileio import atomic_write_bytes
 
 METHOD_TITLES = {"saliency": "saliency", "lrp": "LRP-ε", "lrp_gamma": "LRP-γ/ε", "gradcam": "Grad-CAM"}
 PLANES = ("axial", "coronal", "sagittal")
-
-
-def plain_text(s: object, limit: int | None = None) -> str:
-    """A user string shown literally (``$`` would otherwise switch matplotlib to mathtext), cut to
-    ``limit`` characters so a long class name cannot push a figure apart."""
-    text = str(s)
-    if limit is not None and len(text) > limit:
-        text = text[: limit - 1] + "…"
-    return text.replace("$", r"\$")
-
-
-def to_png(fig: Figure, dpi: int = 100) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    return buf.getvalue()
 
 
 def save_png(data: bytes, path: str | Path) -> Path:

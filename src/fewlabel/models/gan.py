@@ -81,9 +81,9 @@ class Discriminator(nn.Module):
 
     With ``image_size`` the head is a linear layer over the whole flattened last map (DCGAN's final
     full-extent conv), so it sees WHERE things are; without it, a linear layer on pooled features.
-    A pooled head is blind to layout: in trials on 32x32 blob images its generator put every object
-    at the same place. ``minibatch_std`` adds the batch's feature spread as one more input
-    (Karras et al. 2018), so a generator that makes the same image for every z is easy to spot.
+    A pooled head is blind to layout, and its generator then puts every object at the same place.
+    ``minibatch_std`` adds the batch's feature spread as one more input (Karras et al. 2018), so a
+    generator that makes the same image for every z is easy to spot.
     The head is not part of the encoder file; a classifier gets its own, on pooled features.
     """
 

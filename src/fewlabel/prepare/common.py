@@ -58,9 +58,8 @@ class PretrainConfig:
     spectral_norm: bool = True
     diff_augment: bool = True  # translation + cutout + flips on real and fake (Zhao et al. 2020)
     minibatch_std: bool = True  # batch spread as an extra discriminator input: against mode collapse
-    # R1 penalty on real images (Mescheder et al. 2018), 0 turns it off. The value for 64x64 images,
-    # scaled by pixel count (the penalty sums over pixels): 20 at 64 px kept the discriminator's
-    # accuracy at 0.63-0.77 where 5 let it reach 1.0; 32 px gets 5, which was enough there.
+    # R1 penalty on real images (Mescheder et al. 2018), 0 turns it off: the value at 64x64, scaled by
+    # pixel count because the penalty sums over pixels (docs/gan.md: why 20).
     r1_gamma: float = 20.0
     sample_every: int = 250  # steps between PNG sample grids
     # ssl

@@ -3,9 +3,8 @@
 The discriminator is ``Discriminator(encoder)``: the shared encoder itself plus a one-unit head, so
 after training ``discriminator.encoder`` is the encoder file (Rubin et al. 2019 then "change the
 last layers" and fine-tune on a few labels; fewlabel does the same with a ``Classifier`` head).
-The head reads the whole last map (DCGAN's full-extent final conv), not pooled features: in trials
-on 32x32 blob images a pooled head could not see where objects are and its generator put every
-object at the same place.
+The head reads the whole last map (DCGAN's full-extent final conv), not pooled features: a pooled
+head cannot see where objects are, and its generator then puts every object at the same place.
 
 Stabilisation for small pools (tens to thousands of images), and why:
   * DiffAugment (Zhao et al. 2020): the same random translation (1/8 of a side), cutout (half a
@@ -26,15 +25,9 @@ Stabilisation for small pools (tens to thousands of images), and why:
     while; the discriminator's features are what fewlabel keeps).
   * R1 gradient penalty on the (augmented) real images, gamma 20 at 64x64, scaled by pixel count
     (Mescheder et al. 2018): spectral norm alone does not bound the discriminator, because the
-    encoder's BatchNorm rescales its maps.
-    On the BCCD red-cell pool (3102 RGB crops, batch 32, 300 steps) without R1 the discriminator's
-    accuracy sat at 0.95-0.99 (1.0 at 64 px) and the generator ignored z (moment_gap rose from
-    0.77 to 0.9-1.35: one sample for every z). TTUR (G 4e-4 / D 1e-4), Adam betas (0, 0.9), hinge
-    loss, instance noise and a generator twice as wide did not change that (32 px trials). With R1
-    the accuracy stayed at 0.6-0.8 and moment_gap fell (32 px, gamma 5: 0.78 -> 0.62; 64 px,
-    gamma 20: 0.77 -> 0.65); 64 px with gamma 5 still hit accuracy 1.0 for a hundred steps. The
-    samples then differ between z, but after 300 steps they are not yet cell-like. R1 costs a double
-    backward through the discriminator (about 1.4x the step time on CPU).
+    encoder's BatchNorm rescales its maps; without it the discriminator wins outright and the
+    generator ignores z. It costs a double backward (about 1.4x the step time on CPU). The
+    observations behind these settings are in ``docs/gan.md``.
   * DCGAN's Adam(lr 2e-4, betas 0.5/0.999) for both nets, and a linear generator output matched to
     z-scored data (see ``fewlabel.models.gan``).
 After training, BatchNorm running statistics are re-estimated on real images only: during GAN

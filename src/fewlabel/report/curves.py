@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from fewlabel.evaluate.metrics import quartiles
+from fewlabel.figures import plain_text, to_png
+
 METRIC_LABELS = {"roc_auc": "ROC-AUC", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
                  "macro_f1": "macro F1"}
 # Beyond this multiple of the largest size run, an extrapolated need is reported as "more than".
@@ -69,7 +72,7 @@ def curves(rows: Iterable[Mapping[str, Any]], metric: str = "roc_auc", n_boot: i
         points = []
         for n in sorted(by_size):
             v = sorted(by_size[n])
-            q1, med, q3 = (float(q) for q in np.percentile(v, [25, 50, 75]))
+            q1, med, q3 = quartiles(v)
             lo, hi = bootstrap_median_ci(v, n_boot=n_boot, seed=seed)
             points.append(CurvePoint(n, v, med, q1, q3, lo, hi))
         out[strategy] = points
@@ -175,8 +178,6 @@ def plot_curves(curve_map: Mapping[str, Sequence[CurvePoint]], metric: str = "ro
                 extend_to: float | None = None, dpi: int = 110) -> bytes:
     """PNG: per strategy the median (line + points), the IQR (band) and the bootstrap CI of the median
     (error bars); fitted extrapolation past the largest size dashed and labelled; the target dotted."""
-    from fewlabel.explain.figures import plain_text, to_png
-
     fig = Figure(figsize=(7.6, 4.0))
     ax = fig.subplots()
     ax.set_xscale("log")  # first: limits read below must be those of the log axis

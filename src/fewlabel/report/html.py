@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from fewlabel.evaluate.metrics import HEADLINE_METRICS
 from fewlabel.fileio import atomic_write_text
 from fewlabel.report.curves import (
     METRIC_LABELS,
@@ -33,7 +34,7 @@ from fewlabel.report.paired import MIN_PAIRS_FOR_WILCOXON, cluster_paired_table,
 from fewlabel.report.run_data import RunBootstrap, run_bootstrap
 
 REPORT_FILE = "report.html"
-METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "macro_f1")
+METRICS = HEADLINE_METRICS
 PACKAGES = ("fewlabel", "torch", "numpy", "scipy", "scikit-learn", "captum", "monai", "matplotlib", "jinja2")
 
 

@@ -230,8 +230,8 @@ def fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | N
     resumes from it (optimiser state and counters too).
     """
     config = config or LoopConfig()
-    # Denormal floats (tiny activations of a GAN on smooth phase maps) make x86 CPUs 10-20x slower
-    # (30 GAN steps: 87 s vs 5.5 s measured). Flushing them to zero changes no fine-tuning result.
+    # Denormal floats (tiny activations of a GAN on smooth phase maps) make x86 CPUs 10-20x slower.
+    # Flushing them to zero changes no fine-tuning result.
     torch.set_flush_denormal(True)
     seed_everything(config.seed)
     ctx = Loop(config)

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 
 from fewlabel.errors import DataError
 from fewlabel.models.heads import Classifier
-from fewlabel.training.finetune import ClassifierTask, FinetuneConfig
 from fewlabel.training.loop import Loop
+from fewlabel.training.recipe import ClassifierTask, FinetuneConfig
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 

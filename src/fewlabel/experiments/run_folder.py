@@ -1,0 +1,198 @@
+"""RUN_DIR as a folder: who may write into it, ``run.json``, the lock, and cells' files put in place.
+
+The driver (``curve``) decides what runs; this module keeps the folder consistent whatever happens
+to the process: one driver at a time (``run_lock``), a foreign folder never written into
+(``check_out_dir``), files renamed into place whole (``write_cell_files``), leftovers of a killed run
+swept (``cleanup_partial``), and the preparations a run used pinned in ``run.json``
+(``pinned_preparation``). See ``store.py`` for the layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from fewlabel.errors import ConfigMismatchError, FewlabelError
+from fewlabel.experiments.grid import Cell, CurveConfig
+from fewlabel.experiments.store import RUN_FILE, ResultStore, atomic_write_json, read_json
+from fewlabel.fileio import fsync_dir
+
+_OWN_FILES = {".lock"}  # what may be in RUN_DIR before run.json is written
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _versions(extra: Iterable[str] = ()) -> dict[str, str | None]:
+    out: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("fewlabel", "torch", "numpy", "monai", "captum", *extra):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def check_out_dir(out: Path) -> None:
+    """A folder that exists, is not empty and holds no run is somebody else's: never write into it."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FewlabelError("exists and is not a folder; use a new --out", path=out)
+    if (out / RUN_FILE).exists():
+        return
+    foreign = [p.name for p in out.iterdir()
+               if p.name not in _OWN_FILES and not p.name.startswith(".run.json.tmp")]
+    if foreign:
+        raise FewlabelError(f"is not empty and holds no fewlabel run ({', '.join(sorted(foreign)[:3])} ...); "
+                            "use a new --out", path=out)
+
+
+@contextlib.contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """One driver per RUN_DIR. flock is released by the OS even after kill -9, so no stale locks."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no lock, documented
+        yield
+        return
+    fh = open(out / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            pid = fh.read().strip() or "?"
+            raise FewlabelError(f"another fewlabel curve (pid {pid}) is writing to this run; wait for it or "
+                                "use a new --out", path=out) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        yield
+    finally:
+        fh.close()
+
+
+def open_run(out: Path, config: CurveConfig, config_hash: str, command: str, dataset: dict[str, Any],
+              data_args: dict[str, Any], executor_info: dict[str, Any]) -> dict[str, Any]:
+    """Create run.json, or check the stored one is this configuration and record this invocation."""
+    run_file = out / RUN_FILE
+    now = _now()
+    if run_file.exists():
+        info = read_json(run_file)
+        stored_hash = info.get("config_hash")
+        if stored_hash != config_hash:
+            diffs = config.differences(info.get("config") or {})
+            what = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
+            what = what or f"config hash {stored_hash} vs {config_hash}"
+            raise ConfigMismatchError(f"holds a run of another configuration ({what}); "
+                                      "use a new --out or delete it", path=out)
+        info.setdefault("invocations", []).append({"command": command, "at": now, "executor": executor_info})
+        info["updated"] = now
+    else:
+        info = {
+            "fewlabel_run": 1,
+            "config_hash": config_hash,
+            "config": config.to_dict(),
+            # ``PipelineBackend().prepare_data(**data_args)`` re-opens the data exactly as the run did.
+            "data_args": data_args,
+            "command": command,
+            "invocations": [{"command": command, "at": now, "executor": executor_info}],
+            "dataset": dataset,
+            "versions": _versions(["ray"] if executor_info.get("kind") == "ray" else []),
+            "created": now,
+            "updated": now,
+            "preparations": {},
+            "status": {},
+        }
+    atomic_write_json(run_file, info)
+    return info
+
+
+def cleanup_partial(out: Path) -> None:
+    """Temporary files and cell folders left by a killed run: never read, safe to remove."""
+    for tmp in list(out.glob(".*.tmp-*")) + list((out / "cells").glob("*/.*.tmp-*")):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def write_cell_files(out: Path, cell: Cell, files: dict[str, bytes]) -> Path:
+    """Put a cell's files in place atomically: written under a temporary folder, then renamed.
+    A folder left by a killed earlier attempt (files without a row) is replaced."""
+    final = out / "cells" / cell.dirname
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel, blob in files.items():
+        target = tmp / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+    tmp.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    return final
+
+
+def weights_relative(spec: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The spec as run.json records it: an encoder file inside RUN_DIR relative to it (the run can move)."""
+    weights = spec.get("encoder_weights")
+    if weights and Path(weights).is_absolute():
+        with contextlib.suppress(ValueError):
+            return {**spec, "encoder_weights": Path(weights).relative_to(out.resolve()).as_posix()}
+    return spec
+
+
+def _weights_abs(spec: dict[str, Any], out: Path) -> dict[str, Any]:
+    weights = spec.get("encoder_weights")
+    if weights and not Path(weights).is_absolute():
+        return {**spec, "encoder_weights": str((out / weights).resolve())}
+    return spec
+
+
+def pinned_preparation(out: Path, info: dict[str, Any], name: str, used: set[str]) -> dict[str, Any] | None:
+    """The preparation this run recorded for ``name``, when its encoder file is still there.
+
+    Why pin: one run uses one encoder per strategy. Asking the pipeline again after a code change
+    (a new cache key) would pretrain a second encoder and mix two in one curve. A recorded file that
+    is gone while cells already used it cannot be replaced without that mixing: refused.
+    """
+    recorded = (info.get("preparations") or {}).get(name)
+    if not recorded:
+        return None
+    spec = _weights_abs(recorded["spec"], out)
+    weights = spec.get("encoder_weights")
+    from fewlabel.models.io import checksum_path, verify_encoder_file
+
+    if weights and Path(weights).exists() and checksum_path(weights).exists():  # saved with a checksum
+        verify_encoder_file(weights, fix=f"restore it, or delete {out} and run again")
+    if not weights or Path(weights).exists():
+        return spec
+    if name in used:
+        gone = recorded["spec"]["encoder_weights"]
+        raise ConfigMismatchError(f"the {name} encoder its finished cells used ({gone}) is gone; restore it, "
+                                  "or use a new --out", path=out)
+    return None
+
+
+def finish_run_json(out: Path, info: dict[str, Any], store: ResultStore, total: int) -> None:
+    counts = store.counts()
+    info["status"] = {**counts, "total": total, "pending": total - sum(counts.values())}
+    info["updated"] = _now()
+    atomic_write_json(out / RUN_FILE, info)

@@ -1,0 +1,230 @@
+"""The fine-tuning recipe: its settings (``FinetuneConfig``), optimiser, schedule, augmentation and
+the training step (``ClassifierTask``). ``finetune`` runs it; ``semi.FixMatchTask`` extends the step.
+
+Recipe levers (all in ``FinetuneConfig``, all off by default so older configs train as before):
+``augment="dihedral"`` (the 8 flips / quarter turns, nothing else), ``schedule="cosine"`` with
+``warmup_epochs`` (per-step learning rate), ``layer_decay`` (discriminative rates: deeper encoder
+blocks learn faster than the first ones), ``bn_mode="eval"`` (BatchNorm statistics frozen: batches of
+a few images give noisy ones), ``probe_init`` (linear probe on frozen features, then fine-tune:
+Kumar et al. 2022), ``probe_only_max_per_class`` (stop after the probe when labels are that few),
+``tta`` (predictions averaged over the 8 flips / quarter turns) and ``epochs_without_validation``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fewlabel.errors import FewlabelError
+from fewlabel.models.heads import Classifier
+from fewlabel.training.loop import Loop, Task
+
+
+@dataclass
+class FinetuneConfig:
+    """How the classifier is fine-tuned. Defaults suit tens of labels on a CPU or one GPU."""
+
+    max_epochs: int = 60
+    batch_size: int = 16
+    min_steps_per_epoch: int = 8  # tiny labelled sets: an epoch is at least this many steps
+    lr: float = 1e-3  # head (and encoder, unless encoder_lr is set)
+    encoder_lr: float | None = None  # pretrained encoders: a smaller step keeps what they learnt
+    weight_decay: float = 1e-4
+    patience: int = 15
+    dropout: float = 0.2
+    label_smoothing: float = 0.0
+    augment: str = "weak"  # "none" | "weak" | "strong" | "dihedral" (8 flips / quarter turns only)
+    balance: str = "loss_weights"  # "loss_weights" | "none"
+    freeze_encoder: bool = False  # linear probe
+    time_budget_s: float | None = None
+    device: str = "auto"
+    amp: bool = True
+    progress: bool | None = None
+    # FixMatch (semi-supervised) settings; used when semi=True and unlabelled images are given.
+    semi: bool = False
+    semi_threshold: float = 0.95
+    semi_mu: int = 3  # unlabelled images per labelled image in a step
+    semi_weight: float = 1.0
+    # Recipe levers (see the module docstring); the defaults keep the historical recipe.
+    epochs_without_validation: int | None = None  # no validation split: this many epochs (None: max_epochs)
+    schedule: str = "constant"  # "constant" | "cosine" (per step, over max_epochs)
+    warmup_epochs: float = 0.0  # linear warm-up of every learning rate from 0
+    layer_decay: float | None = None  # encoder block i of B learns at encoder_lr * decay**(B-1-i)
+    bn_mode: str = "train"  # "train" | "eval" (encoder BatchNorm statistics frozen while training)
+    probe_init: bool = False  # fit the head on frozen features before fine-tuning (LP-FT)
+    probe_only_max_per_class: int = 0  # at most this many labels per class: the probe is the model
+    tta: bool = False  # average test predictions over the 8 flips / quarter turns
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def class_weights(y: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights (scikit-learn's "balanced": mean 1 over the samples), so a rare class
+    counts as much as a common one.
+    A class absent from ``y`` gets weight 0 (there is nothing to weigh)."""
+    counts = np.bincount(np.asarray(y, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max((counts > 0).sum(), 1), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+AUGMENT_KINDS = ("none", "weak", "strong", "dihedral")
+SCHEDULES = ("constant", "cosine")
+BN_MODES = ("train", "eval")
+
+
+def check_config(config: FinetuneConfig) -> None:
+    """One-line errors for recipe values that would otherwise fail deep inside training."""
+    if config.augment not in AUGMENT_KINDS:
+        raise FewlabelError(f"augment must be one of {', '.join(AUGMENT_KINDS)}, not {config.augment!r}")
+    if config.schedule not in SCHEDULES:
+        raise FewlabelError(f"schedule must be one of {', '.join(SCHEDULES)}, not {config.schedule!r}")
+    if config.bn_mode not in BN_MODES:
+        raise FewlabelError(f"bn_mode must be one of {', '.join(BN_MODES)}, not {config.bn_mode!r}")
+    if config.layer_decay is not None and not 0 < config.layer_decay <= 1:
+        raise FewlabelError(f"layer_decay must be in (0, 1], not {config.layer_decay}")
+    if config.warmup_epochs < 0:
+        raise FewlabelError(f"warmup_epochs must be >= 0, not {config.warmup_epochs}")
+    if config.epochs_without_validation is not None and config.epochs_without_validation < 1:
+        raise FewlabelError(
+            f"epochs_without_validation must be at least 1, not {config.epochs_without_validation}")
+
+
+def encoder_blocks(encoder: nn.Module) -> list[list[nn.Parameter]]:
+    """The encoder's parameters grouped by block, input side first: ``features.3.*`` or ``stages.1.*``
+    form one block, so discriminative rates follow depth."""
+    blocks: dict[str, list[nn.Parameter]] = {}
+    for name, param in encoder.named_parameters():
+        parts = name.split(".")
+        key = ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
+        blocks.setdefault(key, []).append(param)
+    return list(blocks.values())
+
+
+def make_optimizer(classifier: Classifier, config: FinetuneConfig) -> torch.optim.Optimizer:
+    enc_lr = config.encoder_lr if config.encoder_lr is not None else config.lr
+    groups = [{"params": list(classifier.head.parameters()), "lr": config.lr}]
+    if not config.freeze_encoder:
+        if config.layer_decay is None or config.layer_decay == 1:
+            groups.append({"params": list(classifier.encoder.parameters()), "lr": enc_lr})
+        else:
+            blocks = encoder_blocks(classifier.encoder)
+            for i, params in enumerate(blocks):
+                groups.append({"params": params, "lr": enc_lr * config.layer_decay ** (len(blocks) - 1 - i)})
+    for group in groups:
+        group["base_lr"] = group["lr"]  # what the schedule scales
+    return torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of every base rate at ``step``: linear warm-up, then constant or cosine to 0."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "cosine" and total_steps > warmup_steps:
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def _augmenter(kind: str, spatial_dims: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    if kind == "none":
+        return lambda x: x
+    from fewlabel.data.augment import make_augment
+
+    if kind == "dihedral":
+        return make_augment(spatial_dims, kind="none", flips=True, rot90=True)
+    return make_augment(spatial_dims, kind=kind)
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 flips / quarter turns of a 2D batch (B, C, H, W): identity first. Non-square images get
+    the 4 that keep their shape; 3D volumes turn in-plane only (slice order carries anatomy)."""
+    h, w = -2, -1
+    views = [x, torch.flip(x, (w,)), torch.flip(x, (h,)), torch.flip(x, (h, w))]
+    if x.shape[h] == x.shape[w]:
+        t = x.transpose(h, w)
+        views += [t, torch.flip(t, (w,)), torch.flip(t, (h,)), torch.flip(t, (h, w))]
+    return views
+
+
+def _set_bn_eval(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+class ClassifierTask(Task):
+    """Cross-entropy on augmented labelled batches; validation loss picks the best epoch."""
+
+    monitor = "val_loss"
+    mode = "min"
+
+    def __init__(self, classifier: Classifier, config: FinetuneConfig, weights: torch.Tensor) -> None:
+        self.classifier = classifier
+        self.config = config
+        self.weights = weights
+        self.augment = _augmenter(config.augment, classifier.encoder.spatial_dims)
+        self._opt: torch.optim.Optimizer | None = None
+        self.total_steps = 0  # set by ``finetune`` for the schedule
+        self.warmup_steps = 0
+        if config.freeze_encoder:
+            for p in classifier.encoder.parameters():
+                p.requires_grad_(False)
+
+    def modules(self) -> nn.Module:
+        return self.classifier
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        self._opt = make_optimizer(self.classifier, self.config)
+        return [self._opt]
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(
+            logits.float(), y, weight=self.weights.to(logits.device),
+            label_smoothing=self.config.label_smoothing)
+
+    def prepare_step(self, ctx: Loop) -> None:
+        """Per-step state the loop does not know about: BN mode and the learning-rate schedule."""
+        if self.config.freeze_encoder:
+            self.classifier.encoder.eval()  # frozen BN statistics too: a true linear probe
+        elif self.config.bn_mode == "eval":
+            _set_bn_eval(self.classifier.encoder)  # the loop switches to train() after validation
+        if self._opt is not None and (self.config.schedule != "constant" or self.warmup_steps):
+            factor = lr_factor(ctx.step, self.total_steps, self.warmup_steps, self.config.schedule)
+            for group in self._opt.param_groups:
+                group["lr"] = group["base_lr"] * factor
+
+    def training_step(self, batch: Any, ctx: Loop) -> dict[str, float]:
+        x, y = batch
+        self.prepare_step(ctx)
+        with torch.no_grad():
+            x = self.augment(x)
+        with ctx.autocast():
+            logits = self.classifier(x)
+        loss = self.loss(logits, y)
+        assert self._opt is not None
+        ctx.backward_step(loss, self._opt)
+        return {"loss": loss.detach()}
+
+    def validate(self, batches: Any, ctx: Loop) -> dict[str, float]:
+        total, correct, n = 0.0, 0, 0
+        for x, y in batches:
+            x, y = ctx.to_device((x, y))
+            logits = self.classifier(x).float()
+            # Unweighted mean loss: the validation set is small and its class mix is the data's.
+            total += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
+        return {"val_loss": total / max(n, 1), "val_accuracy": correct / max(n, 1)}
