@@ -49,17 +49,8 @@ def scan(folder: Path, include_top_files: bool) -> tuple[list[Path], list[Path],
             seen.add((st.st_dev, st.st_ino))
 
     def walk(d: Path, top: bool) -> None:
-        try:
-            st = os.stat(d)
-            entries = sorted(os.scandir(d), key=lambda e: natural_key(e.name))
-        except OSError as exc:
-            raise DataError(f"cannot list folder: {exc.strerror or exc}", path=d) from exc
-        if (st.st_dev, st.st_ino) in seen:  # a folder symlink back up the tree: walked once already
-            return
-        seen.add((st.st_dev, st.st_ino))
-        for e in entries:
-            if readers.is_ignored_name(e.name):
-                continue
+        entries = readers.list_folder_once(d, seen, key=lambda e: natural_key(e.name), error=DataError)
+        for e in entries or ():
             p = Path(e.path)
             if e.is_symlink() and readers.dangling_reason(p):
                 unknown.append(p)  # named as a problem by unknown_issues, never followed

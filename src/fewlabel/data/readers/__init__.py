@@ -50,6 +50,7 @@ from fewlabel.data.readers.common import (
     Reader,
     dtype_max,
     is_ignored_name,
+    list_folder_once,
     split_suffix,
 )
 from fewlabel.data.readers.dicom import is_dicom_file, is_dicom_series_dir
@@ -84,5 +85,6 @@ __all__ = [
     "check_npz_member",
     "dangling_reason",
     "dtype_max",
+    "list_folder_once",
     "npz_member",
 ]

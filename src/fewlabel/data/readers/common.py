@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fewlabel.errors import InvalidImageError
+from fewlabel.errors import FewlabelError, InvalidImageError
 
 #: Names skipped everywhere, silently: OS droppings. Hidden files/folders (leading dot) too.
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx", "$recycle.bin"})
@@ -95,6 +97,24 @@ def split_suffix(name: str) -> tuple[str, str]:
 def is_ignored_name(name: str) -> bool:
     """Hidden (dot) names and OS droppings (Thumbs.db, desktop.ini, __MACOSX) are never samples."""
     return name.startswith(".") or name.lower() in IGNORED_NAMES
+
+
+def list_folder_once(folder: Path, seen: set[tuple[int, int]], key: Callable[[os.DirEntry], Any],
+                     error: type[FewlabelError]) -> list[os.DirEntry] | None:
+    """Entries of ``folder`` sorted by ``key``, hidden names and OS droppings left out; None when
+    ``folder`` is in ``seen`` (a folder symlink back up the tree: walked once already), else added.
+
+    Why shared: discovery and the catalog walk the same trees and must stop at the same loops.
+    """
+    try:
+        st = os.stat(folder)
+        entries = sorted(os.scandir(folder), key=key)
+    except OSError as exc:
+        raise error(f"cannot list folder: {exc.strerror or exc}", path=folder) from exc
+    if (st.st_dev, st.st_ino) in seen:
+        return None
+    seen.add((st.st_dev, st.st_ino))
+    return [e for e in entries if not is_ignored_name(e.name)]
 
 
 _LIBRARY_LOGGERS = ("tifffile", "nibabel", "pydicom", "PIL", "imagecodecs")

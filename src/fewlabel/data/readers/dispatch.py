@@ -25,7 +25,7 @@ from fewlabel.data.readers.common import (
     Reader,
     check_finite,
     dtype_max,
-    is_ignored_name,
+    list_folder_once,
     quiet_library_logs,
     split_suffix,
 )
@@ -115,17 +115,8 @@ def dangling_reason(path: str | Path) -> str | None:
 
 
 def _walk(folder: Path, found: list[Path], unknown: list[Path], seen: set[tuple[int, int]]) -> None:
-    try:
-        st = os.stat(folder)
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
-    except OSError as exc:
-        raise UnreadableFileError(f"cannot list folder: {exc.strerror or exc}", path=folder) from exc
-    if (st.st_dev, st.st_ino) in seen:  # a folder symlink back up the tree: walked once already
-        return
-    seen.add((st.st_dev, st.st_ino))
-    for entry in entries:
-        if is_ignored_name(entry.name):
-            continue
+    entries = list_folder_once(folder, seen, key=lambda e: e.name, error=UnreadableFileError)
+    for entry in entries or ():
         p = Path(entry.path)
         if entry.is_symlink() and dangling_reason(p) is not None:
             unknown.append(p)  # reported by the caller as an unreadable entry, never followed
