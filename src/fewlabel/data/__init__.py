@@ -7,8 +7,8 @@
     pre = tensors.fit_preprocess(cat, labelled)
     x, y = tensors.load_images(cat, labelled, pre), cat.labels(labelled)
 
-Submodules: ``readers`` (one function per format), ``catalog``, ``splits``, ``tensors``, ``augment``
-(torch, imported lazily), ``inspect`` (the report behind ``fewlabel inspect``).
+Submodules: ``readers`` (one module per format), ``catalog`` (one module per source), ``splits``,
+``tensors``, ``augment`` (torch, imported lazily), ``inspect`` (the report behind ``fewlabel inspect``).
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ class Preprocess:
                                     f"{self.spatial_dims}D input of {self.channels} channel(s)", path=where)
         arr = self._fix_channels(arr, meta, where)
         if self.intensity == "dtype_max" and not (meta is not None and meta.rescaled):
-            top = readers._dtype_max(dtype)
+            top = readers.dtype_max(dtype)
             if top is not None:
                 arr = arr / np.float32(top)
         arr = _to_size(arr, self.size, self.resize, mask=False)
