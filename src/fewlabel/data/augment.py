@@ -38,7 +38,7 @@ KINDS = ("none", "weak", "strong")
 
 
 @dataclass
-class _Spatial:
+class SpatialTransform:
     flip_h: torch.Tensor  # (B,) bool
     flip_w: torch.Tensor
     rot90: torch.Tensor  # (B,) int in 0..3 (zeros when not square)
@@ -87,7 +87,7 @@ class Augment:
     def _randn(self, *shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=self.generator)
 
-    def sample_spatial(self, shape: torch.Size) -> _Spatial:
+    def sample_spatial(self, shape: torch.Size) -> SpatialTransform:
         """Draw the spatial parameters for a batch of this shape (shared by image and mask)."""
         b = shape[0]
         spatial = tuple(shape[2:])
@@ -99,7 +99,7 @@ class Augment:
         if self.rot90 and h == w:
             k = (self._rand(b) * 4).long().clamp_(0, 3)
         theta = self._theta(b, spatial)
-        return _Spatial(flip_h, flip_w, k, theta)
+        return SpatialTransform(flip_h, flip_w, k, theta)
 
     def _theta(self, b: int, spatial: tuple[int, ...]) -> torch.Tensor | None:
         sd = self.spatial_dims
@@ -126,7 +126,7 @@ class Augment:
         return theta
 
     # -- application ------------------------------------------------------------------------------
-    def apply_spatial(self, x: torch.Tensor, p: _Spatial, nearest: bool = False) -> torch.Tensor:
+    def apply_spatial(self, x: torch.Tensor, p: SpatialTransform, nearest: bool = False) -> torch.Tensor:
         """Apply drawn spatial parameters to ``x`` (image: bilinear; ``nearest`` for masks)."""
         dtype = x.dtype
         y = x if x.is_floating_point() else x.float()

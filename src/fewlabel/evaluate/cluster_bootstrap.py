@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fewlabel.evaluate.metrics import _auc, _from_confusion, weighted_confusion
+from fewlabel.evaluate.metrics import auc_from_weights, metrics_from_confusion, weighted_confusion
 
 
 @dataclass
@@ -77,9 +77,9 @@ def metric_under_weights(weights: np.ndarray, y: np.ndarray, proba: np.ndarray, 
     """(B,) values of one metric of one model's test probabilities under each resample's weights."""
     proba = np.asarray(proba, dtype=np.float64)
     if metric == "roc_auc":
-        return _auc(weights, y, proba)
+        return auc_from_weights(weights, y, proba)
     cm = weighted_confusion(weights, y, proba.argmax(axis=1), proba.shape[1])
-    return _from_confusion(cm)[metric]
+    return metrics_from_confusion(cm)[metric]
 
 
 @dataclass

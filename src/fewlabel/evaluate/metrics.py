@@ -115,7 +115,7 @@ def weighted_confusion(weights: np.ndarray, y_true: np.ndarray, y_pred: np.ndarr
     return out.reshape(-1, k, k)
 
 
-def _from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
+def metrics_from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
     """accuracy, balanced accuracy, macro F1 of (B, k, k) confusion matrices."""
     diag = np.diagonal(cm, axis1=1, axis2=2)
     true_tot, pred_tot = cm.sum(axis=2), cm.sum(axis=1)
@@ -131,7 +131,7 @@ def _from_confusion(cm: np.ndarray) -> dict[str, np.ndarray]:
     return {"accuracy": accuracy, "balanced_accuracy": balanced, "macro_f1": macro_f1}
 
 
-def _auc(weights: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
+def auc_from_weights(weights: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
     k = proba.shape[1]
     if k == 2:
         return weighted_auc(weights, y_true == 1, proba[:, 1])
@@ -140,8 +140,8 @@ def _auc(weights: np.ndarray, y_true: np.ndarray, proba: np.ndarray) -> np.ndarr
 
 
 def _all_metrics(weights: np.ndarray, y_true: np.ndarray, proba: np.ndarray, y_pred: np.ndarray) -> dict:
-    out = _from_confusion(weighted_confusion(weights, y_true, y_pred, proba.shape[1]))
-    out["roc_auc"] = _auc(weights, y_true, proba)
+    out = metrics_from_confusion(weighted_confusion(weights, y_true, y_pred, proba.shape[1]))
+    out["roc_auc"] = auc_from_weights(weights, y_true, proba)
     return out
 
 

@@ -38,7 +38,7 @@ from fewlabel.models.encoder import Encoder
 from fewlabel.models.heads import Classifier
 from fewlabel.training.batches import TensorBatches
 from fewlabel.training.finetune import FinetuneConfig, class_weights
-from fewlabel.training.loop import FitResult, _improved, select_device
+from fewlabel.training.loop import FitResult, select_device
 
 # Every FinetuneConfig field whose meaning this module implements (or that does not touch training).
 KNOWN_FIELDS = frozenset({
@@ -165,11 +165,11 @@ class _Stack:
 
 
 def _combine_spatial(parts: list[Any]) -> Any:
-    from fewlabel.data.augment import _Spatial
+    from fewlabel.data.augment import SpatialTransform
 
     thetas = [p.theta for p in parts]
     theta = None if any(t is None for t in thetas) else torch.cat(thetas)
-    return _Spatial(torch.cat([p.flip_h for p in parts]), torch.cat([p.flip_w for p in parts]),
+    return SpatialTransform(torch.cat([p.flip_h for p in parts]), torch.cat([p.flip_w for p in parts]),
                     torch.cat([p.rot90 for p in parts]), theta)
 
 
@@ -329,7 +329,7 @@ def finetune_stacked(members: Sequence[StackMember], num_classes: int,
             if has_val:
                 row.update(val_loss=float(val_loss[k]), val_accuracy=float(val_acc[k]))  # type: ignore[index]
                 score = float(val_loss[k])  # type: ignore[index]
-                if _improved(score, res.best_score, "min"):
+                if improved(score, res.best_score, "min"):
                     res.best_score, res.best_epoch = score, epoch
                     improved.append(k)
                     since_best[k] = 0
