@@ -184,7 +184,7 @@ def _progress_enabled(config: LoopConfig) -> bool:
     return sys.stderr.isatty()
 
 
-def improved(score: float, best: float | None, mode: str) -> bool:
+def is_improvement(score: float, best: float | None, mode: str) -> bool:
     if best is None or math.isnan(best):
         return not math.isnan(score)
     return score < best if mode == "min" else score > best
@@ -304,7 +304,7 @@ def fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | N
             modules.train()
             row.update(metrics)
             score = float(metrics[task.monitor])
-            if improved(score, result.best_score, task.mode):
+            if is_improvement(score, result.best_score, task.mode):
                 result.best_score, result.best_epoch = score, epoch
                 best_state = _cpu_state(modules)
                 since_best = 0

@@ -38,7 +38,7 @@ from fewlabel.models.encoder import Encoder
 from fewlabel.models.heads import Classifier
 from fewlabel.training.batches import TensorBatches
 from fewlabel.training.finetune import FinetuneConfig, class_weights
-from fewlabel.training.loop import FitResult, select_device
+from fewlabel.training.loop import FitResult, is_improvement, select_device
 
 # Every FinetuneConfig field whose meaning this module implements (or that does not touch training).
 KNOWN_FIELDS = frozenset({
@@ -329,7 +329,7 @@ def finetune_stacked(members: Sequence[StackMember], num_classes: int,
             if has_val:
                 row.update(val_loss=float(val_loss[k]), val_accuracy=float(val_acc[k]))  # type: ignore[index]
                 score = float(val_loss[k])  # type: ignore[index]
-                if improved(score, res.best_score, "min"):
+                if is_improvement(score, res.best_score, "min"):
                     res.best_score, res.best_epoch = score, epoch
                     improved.append(k)
                     since_best[k] = 0
