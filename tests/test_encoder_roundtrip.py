@@ -14,8 +14,8 @@ from fewlabel.models.gan import Discriminator
 from fewlabel.models.heads import Classifier
 from fewlabel.models.io import load_encoder, load_encoder_into, read_header, save_encoder
 from fewlabel.models.unet import UNet
-from fewlabel.prepare import PretrainConfig, prepare_encoder
-from fewlabel.prepare.ssl import SimCLR
+from fewlabel.pretrain import PretrainConfig, prepare_encoder
+from fewlabel.pretrain.ssl import SimCLR
 from fewlabel.training.finetune import FinetuneConfig, finetune
 
 ENC = {"name": "convnet", "in_channels": 1, "spatial_dims": 2, "width": 4, "depth": 3}
@@ -115,7 +115,7 @@ def test_encoder_file_meta(encoder_files):
 
 
 def test_asking_twice_trains_once(tmp_path, monkeypatch):
-    import fewlabel.prepare.ssl as ssl_mod
+    import fewlabel.pretrain.ssl as ssl_mod
 
     calls = []
     real = ssl_mod.pretrain_ssl
@@ -158,7 +158,7 @@ def test_out_copy_carries_pictures_and_history(tmp_path):
 
 
 def test_stopped_preparation_resumes_from_its_checkpoint(tmp_path, monkeypatch):
-    from fewlabel.prepare import ssl as ssl_mod
+    from fewlabel.pretrain import ssl as ssl_mod
 
     original = ssl_mod.SimCLRTask.training_step
     state = {"n": 0}

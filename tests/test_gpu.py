@@ -86,8 +86,8 @@ def test_finetune_on_cuda_keeps_data_on_device():
 
 
 def test_gan_pretraining_runs_on_cuda():
-    from fewlabel.prepare.common import PretrainConfig
-    from fewlabel.prepare.gan import pretrain_gan
+    from fewlabel.pretrain.common import PretrainConfig
+    from fewlabel.pretrain.gan import pretrain_gan
 
     images = np.random.default_rng(0).normal(size=(64, 1, 32, 32)).astype(np.float32)
     _, info = pretrain_gan(images, PretrainConfig(steps=6, batch_size=16, log_every=3, progress=False))

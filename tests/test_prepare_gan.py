@@ -9,8 +9,8 @@ import torch
 from fewlabel.errors import DataError
 from fewlabel.models.encoder import create_encoder
 from fewlabel.models.gan import Discriminator, Generator, add_spectral_norm, remove_spectral_norm
-from fewlabel.prepare.common import PretrainConfig
-from fewlabel.prepare.gan import pixel_w1, pretrain_gan
+from fewlabel.pretrain.common import PretrainConfig
+from fewlabel.pretrain.gan import pixel_w1, pretrain_gan
 
 
 def blob_images(n: int = 48, size: int = 32, channels: int = 1, seed: int = 0) -> np.ndarray:

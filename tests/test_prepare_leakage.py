@@ -11,7 +11,7 @@ from PIL import Image
 from fewlabel.data.catalog import load_catalog, load_pool
 from fewlabel.errors import SplitError
 from fewlabel.pipeline import prepare_data
-from fewlabel.prepare.leakage import check_disjoint, exclude_groups, leak_free_ids, training_mask_ids
+from fewlabel.pretrain.leakage import check_disjoint, exclude_groups, leak_free_ids, training_mask_ids
 
 PATTERN = r"BloodImage_\d+"
 

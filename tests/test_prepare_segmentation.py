@@ -9,8 +9,8 @@ import torch
 from fewlabel.errors import MaskError
 from fewlabel.models.encoder import create_encoder
 from fewlabel.models.unet import UNet
-from fewlabel.prepare.common import PretrainConfig, check_masks
-from fewlabel.prepare.segmentation import dice_per_class, masks_to_classes, pretrain_segmentation
+from fewlabel.pretrain.common import PretrainConfig, check_masks
+from fewlabel.pretrain.segmentation import dice_per_class, masks_to_classes, pretrain_segmentation
 
 
 def blobs_with_masks(n: int, size: int, dims: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +92,7 @@ def test_dice_is_one_for_perfect_and_empty_agreement():
 
 
 def test_3d_patches_are_seeded_and_foreground_weighted():
-    from fewlabel.prepare.segmentation import PatchBatches, patch_batch_size, patch_size_3d
+    from fewlabel.pretrain.segmentation import PatchBatches, patch_batch_size, patch_size_3d
 
     assert patch_size_3d((36, 128, 128)) == (16, 64, 64)
     assert patch_size_3d((20, 30, 6)) == (16, 24, 6)
@@ -110,7 +110,7 @@ def test_3d_patches_are_seeded_and_foreground_weighted():
 
 
 def test_3d_pretraining_on_patches_validates_whole_volumes(tmp_path, monkeypatch):
-    from fewlabel.prepare import segmentation
+    from fewlabel.pretrain import segmentation
 
     monkeypatch.setattr(segmentation, "PATCH_SIDES_3D", (16, 16, 16))
     x, m = blobs_with_masks(24, 24, 3)

@@ -10,9 +10,9 @@ import torch
 
 from fewlabel.errors import DataError
 from fewlabel.models.encoder import create_encoder
-from fewlabel.prepare import views
-from fewlabel.prepare.common import PretrainConfig
-from fewlabel.prepare.ssl import SimCLRViews, nt_xent, pretrain_ssl
+from fewlabel.pretrain import views
+from fewlabel.pretrain.common import PretrainConfig
+from fewlabel.pretrain.ssl import SimCLRViews, nt_xent, pretrain_ssl
 
 
 def blob_images(n: int, size: int, dims: int, seed: int = 0) -> np.ndarray:

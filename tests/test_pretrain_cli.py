@@ -79,7 +79,7 @@ def test_gan_writes_file_pictures_and_is_cached_the_second_time(tmp_path, capsys
 
 def test_ssl_pool_excludes_test_smears(tmp_path, spy):
     labelled, pool = bccd_like(tmp_path)
-    seen = spy("fewlabel.prepare.ssl", "pretrain_ssl")
+    seen = spy("fewlabel.pretrain.ssl", "pretrain_ssl")
     out = tmp_path / "ssl.safetensors"
     main(["pretrain", "ssl", str(pool), "--out", str(out), "--holdout-from", str(labelled),
           "--group-pattern", PATTERN, "--cache-dir", str(tmp_path / "cache"), *SMALL])
@@ -105,7 +105,7 @@ def segmentation_set(root: Path) -> Path:
 
 def test_segmentation_never_sees_test_masks(tmp_path, spy):
     data = segmentation_set(tmp_path / "seg")
-    seen = spy("fewlabel.prepare.segmentation", "pretrain_segmentation")
+    seen = spy("fewlabel.pretrain.segmentation", "pretrain_segmentation")
     out = tmp_path / "seg.safetensors"
     main(["pretrain", "segmentation", str(data), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
           "--seed", "3", *SMALL])
@@ -157,7 +157,7 @@ def test_segmentation_holds_out_what_train_count_groups_holds_out(tmp_path, spy)
         mask = np.zeros((16, 16), np.uint8)
         mask[4:12, 4:12] = 255
         Image.fromarray(mask).save(root / "masks" / cls / name)
-    seen = spy("fewlabel.prepare.segmentation", "pretrain_segmentation")
+    seen = spy("fewlabel.pretrain.segmentation", "pretrain_segmentation")
     out = tmp_path / "seg.safetensors"
     main(["pretrain", "segmentation", str(root), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
           "--group-pattern", r"(pat\d+)_", "--test-size", "2", "--count", "groups", *SMALL])

@@ -195,7 +195,7 @@ def train(
         spec.encoder_weights = str(encoder_weights)
     spec.trust_encoder = trust_encoder
     if pretrain:
-        from fewlabel.prepare.common import PretrainConfig
+        from fewlabel.pretrain.common import PretrainConfig
 
         spec.pretrain = validated(PretrainConfig, dict(pretrain), "pretraining")
     # A copy: the caller's config object is theirs, not ours to change.

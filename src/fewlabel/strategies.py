@@ -3,7 +3,7 @@
 A strategy says which encoder it builds, what (if anything) prepares that encoder before
 fine-tuning, which data the preparation needs, and the fine-tuning defaults that suit it. The CLI,
 ``train``, ``curve``, ``pretrain``, the report and the docs all read this table; adding a strategy is
-one entry here (plus, for a new pretraining method, one module in ``fewlabel.prepare``).
+one entry here (plus, for a new pretraining method, one module in ``fewlabel.pretrain``).
 
 Strategies compose: ``imagenet+ssl`` starts SimCLR from the ImageNet weights (domain-adaptive
 self-supervision on the unlabelled pool), ``imagenet+semi`` fine-tunes the ImageNet weights with
@@ -26,7 +26,7 @@ class Strategy:
     summary: str
     encoder: str = "convnet"
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
-    # The pretraining method run before fine-tuning (a module of ``fewlabel.prepare``), or None.
+    # The pretraining method run before fine-tuning (a module of ``fewlabel.pretrain``), or None.
     prepare: str | None = None
     # What that preparation reads: "pool" (unlabelled images: the --unlabelled folder, else the
     # labelled pool with its labels ignored) or "masks" (labelled-pool images with masks).

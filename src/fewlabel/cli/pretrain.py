@@ -1,5 +1,5 @@
 """CLI: ``fewlabel pretrain {gan,segmentation,ssl} DATA --out ENCODER_FILE`` — a thin shell over
-``fewlabel.prepare.prepare_encoder``.
+``fewlabel.pretrain.prepare_encoder``.
 
 What DATA is:
   * ``gan`` / ``ssl``: a folder of images, any layout, labels ignored (an unlabelled pool).
@@ -69,8 +69,8 @@ def pretrain(
     from fewlabel.fileio import check_output_file
 
     check_output_file(out, "encoder file (--out)")  # before any work, not after the pretraining
-    from fewlabel.prepare import PretrainConfig, prepare_encoder
-    from fewlabel.prepare.common import artefact_dir, cached_encoder_path, checkpoint_path_for
+    from fewlabel.pretrain import PretrainConfig, prepare_encoder
+    from fewlabel.pretrain.common import artefact_dir, cached_encoder_path, checkpoint_path_for
 
     if method not in METHODS:
         raise FewlabelError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")

@@ -90,7 +90,7 @@ class PipelineBackend:
     def check_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A strategy spec with its fine-tuning and pretraining overrides checked (keys and values)."""
         from fewlabel import pipeline
-        from fewlabel.prepare.common import PretrainConfig
+        from fewlabel.pretrain.common import PretrainConfig
         from fewlabel.settings import validated
         from fewlabel.training.finetune import FinetuneConfig
 
@@ -211,7 +211,7 @@ class CellOutput:
 
 
 @dataclass(frozen=True)
-class PrepTask:
+class PretrainTask:
     """One strategy's preparation (GAN, segmentation, SSL pretraining) before its cells."""
 
     strategy: str
@@ -354,7 +354,7 @@ def _ok_output(task: CellTask, data: Any, result: Any, row: dict[str, Any]) -> C
     return CellOutput(row=row, files=files)
 
 
-def run_preparation(task: PrepTask) -> dict[str, Any]:
+def run_pretraining(task: PretrainTask) -> dict[str, Any]:
     """Prepare one strategy's encoder (cached by the pipeline in ``cache_dir``); returns the prepared
     spec and the seconds it took. Raises on failure: the driver marks that strategy's cells failed."""
     _set_threads(task.threads)

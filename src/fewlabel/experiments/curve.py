@@ -41,11 +41,11 @@ from fewlabel.experiments.cell import (
     CellOutput,
     CellTask,
     PipelineBackend,
-    PrepTask,
+    PretrainTask,
     base_row,
     fingerprint_of,
     prime_data,
-    run_preparation,
+    run_pretraining,
 )
 from fewlabel.experiments.executors import Executor, RayExecutor, make_executor
 from fewlabel.experiments.grid import (
@@ -445,7 +445,7 @@ def _prepare(out: Path, ex: Executor, config: CurveConfig, data_args: dict[str, 
         pinned = pinned_preparation(out, info, key, used)
         if pinned is not None:
             specs[key] = pinned
-    tasks = [PrepTask(strategy=key, spec=config.strategy_specs[name], cache_dir=str(cache_dir.resolve()),
+    tasks = [PretrainTask(strategy=key, spec=config.strategy_specs[name], cache_dir=str(cache_dir.resolve()),
                       seed=pretrain_seed(config.seed, repeat), data_args=data_args, fingerprint=fingerprint,
                       backend=backend, threads=prep_cpus)
              for key, (name, repeat) in keys.items() if key not in specs]
@@ -458,10 +458,10 @@ def _prepare(out: Path, ex: Executor, config: CurveConfig, data_args: dict[str, 
     if isinstance(ex, RayExecutor):
         # Pretraining is the heavy part: on a cluster it runs as tasks too, with a whole GPU if cells use one.
         cpus = min(prep_cpus, ex.cluster_cpus())
-        tasks = [PrepTask(**{**t.__dict__, "threads": cpus}) for t in tasks]
-        results = ex.map(run_preparation, tasks, num_cpus=cpus, num_gpus=1.0 if ex.gpus_per_task else 0.0)
+        tasks = [PretrainTask(**{**t.__dict__, "threads": cpus}) for t in tasks]
+        results = ex.map(run_pretraining, tasks, num_cpus=cpus, num_gpus=1.0 if ex.gpus_per_task else 0.0)
     else:
-        results = _in_process(run_preparation, tasks)
+        results = _in_process(run_pretraining, tasks)
     for task, result in results:
         if isinstance(result, BaseException):
             reason = f"{type(result).__name__}: " + " ".join(str(result).split())

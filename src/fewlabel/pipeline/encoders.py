@@ -146,8 +146,8 @@ def prepare_strategy(spec: StrategySpec, data: PreparedData, cache_dir: str | Pa
     entry = strategy_registry.get(spec.name)
     if entry.prepare is None or spec.encoder_weights:
         return spec
-    from fewlabel.prepare import prepare_encoder
-    from fewlabel.prepare.common import PretrainConfig
+    from fewlabel.pretrain import prepare_encoder
+    from fewlabel.pretrain.common import PretrainConfig
 
     if entry.init == "imagenet" and data.spatial_dims != 2:
         raise FewlabelError(f"{spec.name} starts from ImageNet weights, which exist for 2D images only")

@@ -22,9 +22,9 @@ from torch import nn
 
 from fewlabel.errors import DataError
 from fewlabel.models.encoder import Encoder, create_encoder
-from fewlabel.prepare import views
-from fewlabel.prepare.common import PretrainConfig, check_images, history_summary, loop_config
-from fewlabel.prepare.figures import save_image_grid
+from fewlabel.pretrain import views
+from fewlabel.pretrain.common import PretrainConfig, check_images, history_summary, loop_config
+from fewlabel.pretrain.figures import save_image_grid
 from fewlabel.training.batches import TensorBatches
 from fewlabel.training.loop import Loop, Task, fit
 

@@ -48,14 +48,14 @@ from torch import nn
 from fewlabel.errors import DataError
 from fewlabel.models.encoder import Encoder, create_encoder
 from fewlabel.models.gan import Discriminator, Generator, add_spectral_norm, remove_spectral_norm
-from fewlabel.prepare import views
-from fewlabel.prepare.common import (
+from fewlabel.pretrain import views
+from fewlabel.pretrain.common import (
     PretrainConfig,
     check_images,
     history_summary,
     loop_config,
 )
-from fewlabel.prepare.figures import save_image_grid
+from fewlabel.pretrain.figures import save_image_grid
 from fewlabel.training.batches import TensorBatches
 from fewlabel.training.loop import Loop, Task, fit
 

@@ -7,7 +7,7 @@ discriminator body), ``segmentation`` (U-Net down path) and ``ssl`` (SimCLR). Ea
 callable on arrays: ``gan.pretrain_gan``, ``segmentation.pretrain_segmentation``, ``ssl.pretrain_ssl``.
 """
 
-from fewlabel.prepare.common import METHODS, PretrainConfig, cache_key, prepare_encoder
-from fewlabel.prepare.leakage import exclude_groups, leak_free_ids
+from fewlabel.pretrain.common import METHODS, PretrainConfig, cache_key, prepare_encoder
+from fewlabel.pretrain.leakage import exclude_groups, leak_free_ids
 
 __all__ = ["METHODS", "PretrainConfig", "cache_key", "exclude_groups", "leak_free_ids", "prepare_encoder"]

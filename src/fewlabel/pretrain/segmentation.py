@@ -8,7 +8,7 @@ volumes. A step's cost is then bounded by ``PATCH_VOXELS``, not by the volume si
 volumes in batches of 32 took ~200 s a step and 9.5 GB on 2 cores).
 
 Leakage rule: give this function only training images' masks. ``fewlabel.pipeline`` passes the
-pool (never the test set); ``fewlabel.prepare.leakage`` has the checks.
+pool (never the test set); ``fewlabel.pretrain.leakage`` has the checks.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from fewlabel.data.augment import make_paired_augment
 from fewlabel.errors import DataError, MaskError
 from fewlabel.models.encoder import Encoder, create_encoder
 from fewlabel.models.unet import UNet
-from fewlabel.prepare import views
-from fewlabel.prepare.common import PretrainConfig, check_images, check_masks, history_summary, loop_config
-from fewlabel.prepare.figures import save_mask_comparison
+from fewlabel.pretrain import views
+from fewlabel.pretrain.common import PretrainConfig, check_images, check_masks, history_summary, loop_config
+from fewlabel.pretrain.figures import save_mask_comparison
 from fewlabel.training.batches import TensorBatches, sequential_batches
 from fewlabel.training.loop import Loop, Task, fit
 

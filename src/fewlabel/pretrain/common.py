@@ -192,9 +192,9 @@ def loop_config(config: PretrainConfig, desc: str, checkpoint_path: str | Path |
 
 
 _TRAINERS = {
-    "gan": "fewlabel.prepare.gan:pretrain_gan",
-    "ssl": "fewlabel.prepare.ssl:pretrain_ssl",
-    "segmentation": "fewlabel.prepare.segmentation:pretrain_segmentation",
+    "gan": "fewlabel.pretrain.gan:pretrain_gan",
+    "ssl": "fewlabel.pretrain.ssl:pretrain_ssl",
+    "segmentation": "fewlabel.pretrain.segmentation:pretrain_segmentation",
 }
 
 
