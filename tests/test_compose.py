@@ -57,3 +57,15 @@ def test_imagenet_plus_ssl_refuses_3d(tmp_path: Path, monkeypatch) -> None:
     data = make_class_folder(tmp_path / "v", {"a": 4, "b": 4}, size=(8, 8, 8), fmt="npy")
     with pytest.raises(FewlabelError, match="2D images only"):
         fewlabel.train(data, strategy="imagenet+ssl", finetune=FAST, cache_dir=tmp_path / "c")
+
+
+def test_published_weights_come_through_the_encoder_registry(tmp_path: Path) -> None:
+    from fewlabel.errors import FewlabelError
+    from fewlabel.models.encoder import create_encoder
+
+    weights, state = _fake_imagenet_file(tmp_path)
+    encoder = create_encoder("mobilenet_v2", in_channels=3, pretrained="imagenet", weights_path=str(weights))
+    assert torch.equal(encoder.features.state_dict()["18.0.weight"], state["features.18.0.weight"])
+    assert "pretrained" not in encoder.config  # the architecture only: a saved model reloads offline
+    with pytest.raises(FewlabelError, match="no 'imagenet' weights for encoder 'convnet'"):
+        create_encoder("convnet", pretrained="imagenet")

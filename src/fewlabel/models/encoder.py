@@ -134,19 +134,38 @@ def encoder_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+# Published weights an encoder can start from: (encoder name, weights name) -> loader(encoder, path).
+# The loader finds the file (an explicit path, $FEWLABEL_IMAGENET_WEIGHTS, the torch hub cache) itself.
+PRETRAINED_WEIGHTS = {("mobilenet_v2", "imagenet"): "fewlabel.models.imagenet:load_imagenet_weights"}
+
+
 def create_encoder(
     name: str = "convnet",
     in_channels: int = 1,
     spatial_dims: int = 2,
     image_size: tuple[int, ...] | None = None,
+    pretrained: str | None = None,
+    weights_path: str | None = None,
     **kwargs: Any,
 ) -> Encoder:
     """Build an encoder by name. ``image_size`` is the (H, W) or (D, H, W) input size; only encoders
-    with a dense layer after the convolutions (``schouten``) need it."""
+    with a dense layer after the convolutions (``schouten``) need it. ``pretrained="imagenet"`` starts
+    it from published weights (``PRETRAINED_WEIGHTS``; ``weights_path`` names the file, else it is
+    looked up and, online, downloaded), as timm's ``create_model(..., pretrained=True)`` does."""
+    from fewlabel.errors import FewlabelError
+
     _load_builtin_encoders()
     if name not in _REGISTRY:
-        from fewlabel.errors import FewlabelError
-
         raise FewlabelError(f"unknown encoder {name!r}; available: {', '.join(sorted(_REGISTRY))}")
     builder = _REGISTRY[name]
-    return builder(in_channels=in_channels, spatial_dims=spatial_dims, image_size=image_size, **kwargs)
+    encoder = builder(in_channels=in_channels, spatial_dims=spatial_dims, image_size=image_size, **kwargs)
+    if pretrained is not None:
+        loader = PRETRAINED_WEIGHTS.get((name, pretrained))
+        if loader is None:
+            known = ", ".join(f"{e}/{w}" for e, w in PRETRAINED_WEIGHTS)
+            raise FewlabelError(f"no {pretrained!r} weights for encoder {name!r}; known: {known}")
+        import importlib
+
+        module, func = loader.split(":")
+        getattr(importlib.import_module(module), func)(encoder, path=weights_path, download=True)
+    return encoder

@@ -126,13 +126,11 @@ def build_encoder(spec: StrategySpec, data: PreparedData, seed: int = 0,
     if entry.init == "imagenet" and data.spatial_dims != 2:
         raise FewlabelError("ImageNet weights exist for 2D images only; use scratch, segmentation or "
                             "ssl for 3D volumes")
+    # Published weights come through the encoder registry: fetched into the torch hub cache when
+    # online; offline, a one-line error that says where to put the file.
     encoder = create_encoder(spec.encoder, in_channels=data.channels, spatial_dims=data.spatial_dims,
-                             image_size=data.image_size, **spec.encoder_kwargs)
-    if entry.init == "imagenet":
-        from fewlabel.models.imagenet import load_imagenet_weights
-
-        # download=True: fetched into the torch hub cache when online; offline, a one-line error.
-        load_imagenet_weights(encoder, path=spec.encoder_weights, download=True)
+                             image_size=data.image_size, pretrained=entry.init,
+                             weights_path=spec.encoder_weights if entry.init else None, **spec.encoder_kwargs)
     return encoder, []
 
 

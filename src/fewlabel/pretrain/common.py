@@ -287,17 +287,10 @@ def _train_and_save(method: str, images: Any, masks: Any, encoder_config: dict[s
     if method == "scratch":
         encoder, info = create_encoder(**encoder_config), {"steps": 0, "final_losses": {}}
     elif method == "imagenet":
-        from fewlabel.models.imagenet import load_imagenet_weights
-
-        encoder = create_encoder(**encoder_config)
-        load_imagenet_weights(encoder)
+        encoder = create_encoder(**encoder_config, pretrained="imagenet")
         info = {"steps": 0, "final_losses": {}}
     else:
-        encoder = create_encoder(**encoder_config)
-        if init == "imagenet":
-            from fewlabel.models.imagenet import load_imagenet_weights
-
-            load_imagenet_weights(encoder, download=True)
+        encoder = create_encoder(**encoder_config, pretrained=init)
         kwargs: dict[str, Any] = {"out_dir": files, "checkpoint_path": checkpoint}
         if method == "segmentation":
             if masks is None:
