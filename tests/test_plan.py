@@ -329,3 +329,19 @@ def test_report_says_how_many_pool_images_were_dropped(tmp_path: Path) -> None:
     html = build_report(out, explain=False).read_text()
     assert "1 image(s) dropped: same content as a test image" in html
     assert "trained + validated" in html
+
+
+def test_shared_arrays_travel_with_the_data_and_match_decoding(tmp_path: Path) -> None:
+    """What the driver hands Ray workers through the object store: the same arrays as decoding."""
+    import pickle
+
+    data = make_class_folder(tmp_path / "d", {"a": 6, "b": 6}, size=(8, 8))
+    prepared = prepare_data(data, test_size=0.25)
+    ids = prepared.pool_ids[:5]
+    expected, labels = prepared.arrays(ids)
+    prepared.share_arrays(prepared.test_ids + ids)
+    copy = pickle.loads(pickle.dumps(prepared))
+    got, got_labels = copy.arrays(ids[::-1])
+    np.testing.assert_array_equal(got, expected[::-1])
+    np.testing.assert_array_equal(got_labels, labels[::-1])
+    assert copy.fingerprint() == prepared.fingerprint()

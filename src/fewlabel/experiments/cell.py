@@ -200,6 +200,7 @@ class CellTask:
     keep_model: bool
     backend: Any
     threads: int | None = None  # torch threads in the worker; None = leave as is
+    shared_data: Any = None  # a Ray object-store reference to the driver's prepared data, or None
 
 
 @dataclass
@@ -237,10 +238,17 @@ def prime_data(data_args: dict[str, Any], data: Any) -> None:
     _DATA_CACHE[_data_key(data_args)] = data
 
 
-def open_data(backend: Any, data_args: dict[str, Any], fingerprint: str) -> Any:
+def open_data(backend: Any, data_args: dict[str, Any], fingerprint: str, shared: Any = None) -> Any:
+    """The run's data in this process: from the per-process cache, from the object store when the
+    driver shared it (``shared``: a Ray reference), else opened by the plan from the files."""
     key = _data_key(data_args)
     if key not in _DATA_CACHE:
-        data = backend.prepare_data(**dict(data_args))
+        if shared is not None:
+            import ray
+
+            data = ray.get(shared)
+        else:
+            data = backend.prepare_data(**dict(data_args))
         found = fingerprint_of(data)
         if found != fingerprint:
             # The files changed under a running sweep (or the worker sees other files): refuse to mix.
@@ -308,7 +316,7 @@ def run_cell(task: CellTask) -> CellOutput:
     row = base_row(task)
     try:
         _set_threads(task.threads)
-        data = open_data(task.backend, task.data_args, task.fingerprint)
+        data = open_data(task.backend, task.data_args, task.fingerprint, task.shared_data)
         _seed_all(task.seed)
         result = task.backend.fit_cell(data, list(task.labelled_ids), dict(task.spec), task.seed,
                                        dict(task.finetune), list(task.train_ids), list(task.val_ids))

@@ -26,6 +26,7 @@ preparations, cells, records) kept together so it reads top to bottom.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import sys
@@ -381,6 +382,7 @@ def _run_cells(out: Path, store: ResultStore, info: dict[str, Any], config: Curv
                 reason = prep_errors[prep_key(config, task.cell.strategy, task.cell.repeat)]
                 _record(out, store, _failed_output(task, reason), bar)
                 ran += 1
+            ready = _share_data(ex, prepared, ready)
             for task, result in map_cells(ex, ready, device=str(config.finetune.get("device", "auto"))):
                 output = result if isinstance(result, CellOutput) else _failed_output(task, result)
                 _record(out, store, output, bar)
@@ -418,6 +420,19 @@ def _record(out: Path, store: ResultStore, output: CellOutput, bar: Progress) ->
     store.add(row)
     store.export_csv()
     bar.update(cell_line(row))
+
+
+def _share_data(ex: Executor, prepared: Any, tasks: list[CellTask]) -> list[CellTask]:
+    """On Ray: decode the images the cells need once in the driver and hand every worker the prepared
+    data through the object store, instead of each worker re-opening and re-decoding the data set."""
+    if not isinstance(ex, RayExecutor) or not tasks or not hasattr(prepared, "share_arrays"):
+        return tasks
+    ids = list(prepared.test_ids) + [i for t in tasks for i in (*t.train_ids, *t.val_ids)]
+    prepared.share_arrays(ids)
+    if any(t.spec.get("semi") for t in tasks):
+        prepared.unlabelled_arrays()  # built once here, shipped with the rest
+    ref = ex.share(prepared)
+    return [dataclasses.replace(t, shared_data=ref) for t in tasks]
 
 
 def prep_key(config: CurveConfig, strategy: str, repeat: int) -> str:

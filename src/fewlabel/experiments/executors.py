@@ -164,6 +164,11 @@ class RayExecutor:
             for ref in pending:  # stopped early (Ctrl-C, an error in the driver): free the cluster
                 ray.cancel(ref, force=True)
 
+    def share(self, obj: Any) -> Any:
+        """Put ``obj`` in the object store once; tasks receive the reference (every worker of a node
+        reads the same copy) instead of rebuilding it."""
+        return self._ray.put(obj)
+
     def cluster_cpus(self) -> int:
         """CPUs of the cluster this executor runs on (at least 1)."""
         return max(1, int(self._ray.cluster_resources().get("CPU", 1)))

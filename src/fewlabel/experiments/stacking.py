@@ -140,7 +140,7 @@ def run_stack(stack: StackTask) -> list[CellOutput]:
     first = cells[0]
     _set_threads(first.threads)
     try:
-        data = open_data(first.backend, first.data_args, first.fingerprint)
+        data = open_data(first.backend, first.data_args, first.fingerprint, first.shared_data)
         spec = pipeline.StrategySpec.from_dict(dict(first.spec))
         config = pipeline.finetune_config_for(spec, FinetuneConfig.from_dict(dict(first.finetune)))
         on_gpu = select_device(config.device).type == "cuda"

@@ -89,6 +89,8 @@ class PreparedData:
     content_keys: dict[str, str]  # sample id -> content key (``data.identity``)
     unlabelled: catalog_mod.Catalog | None = None
     original_groups: dict[str, str] = field(default_factory=dict)  # id -> group before merging
+    # Preprocessed arrays made once by the driver for workers (``share_arrays``): (id -> row, block).
+    shared: tuple[dict[str, int], np.ndarray] | None = None
 
     @property
     def pool_ids(self) -> list[str]:
@@ -128,8 +130,18 @@ class PreparedData:
 
     def arrays(self, ids: list[str], preprocess: tensors.Preprocess | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
+        if preprocess is None and self.shared is not None and all(i in self.shared[0] for i in ids):
+            index, block = self.shared
+            return block[[index[i] for i in ids]], self.catalog.labels(ids)
         pre = preprocess or self.preprocess
         return tensors.load_images(self.catalog, ids, pre), self.catalog.labels(ids)
+
+    def share_arrays(self, ids: list[str]) -> None:
+        """Decode and preprocess ``ids`` once into one block that travels with this object: a Ray
+        worker that receives it (through the object store) reads arrays instead of decoding files."""
+        ids = list(dict.fromkeys(ids))
+        block = tensors.load_images(self.catalog, ids, self.preprocess)
+        self.shared = ({i: k for k, i in enumerate(ids)}, block)
 
     @cached_property
     def test_arrays(self) -> tuple[np.ndarray, np.ndarray]:
