@@ -4,7 +4,7 @@ same draws (same test set, same labelled images, same seeds), paired.
     .venv/bin/python benchmarks/vs_plain.py --dataset pbc [--arms plain,imagenet,recipe,...] [--quick]
 
 Each arm is one ``fewlabel curve`` run folder (``<out>/<arm>/``) with the same data, seed, test size
-and sizes, so every arm gets the same split.json draws (checked) and a stopped run resumes where it
+and sizes, so every arm gets the same plan.json draws (checked) and a stopped run resumes where it
 stopped. The ``plain`` arm is the reference recipe: MobileNetV2 from the ImageNet file, all layers
 trained, new linear head (torchvision's dropout 0.2 kept), images resized to 224 px (bilinear) with
 ImageNet normalisation, Adam lr 1e-4, batch 16, <= 100 epochs with patience 15 on validation loss
@@ -129,10 +129,10 @@ def arm_options(arm: str, data_mean: list[float], data_std: list[float], max_epo
 
 def draws_of(run_dir: Path) -> dict[tuple[int, Any], list[str]]:
     """Labelled ids per (size, repeat), and the test ids under key (0, "test")."""
-    split = json.loads((run_dir / "split.json").read_text())
+    plan = json.loads((run_dir / "plan.json").read_text())
     draws: dict[tuple[int, Any], list[str]] = {
-        (int(d["n_per_class"]), int(d["repeat"])): list(d["ids"]) for d in split["draws"]}
-    draws[(0, "test")] = list(split["test"])
+        (int(d["n_per_class"]), int(d["repeat"])): list(d["labelled"]) for d in plan["draws"].values()}
+    draws[(0, "test")] = list(plan["test"]["ids"])
     return draws
 
 
@@ -194,7 +194,7 @@ def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[
     """Median accuracy / ROC-AUC per n x arm and the paired difference to plain (mean, 95 % CI)."""
     from fewlabel.evaluate.compare import paired_difference
 
-    done = [a for a in arms if (out / a / "split.json").exists()]
+    done = [a for a in arms if (out / a / "plan.json").exists()]
     if "plain" not in done:
         print("no finished plain cells yet")
         return
