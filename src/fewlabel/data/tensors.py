@@ -12,11 +12,12 @@ numbers. The order of steps, all recorded in the dataclass:
 3. geometry to ``size``: ``resize`` interpolates (bilinear 2D with antialias when shrinking, trilinear
    3D; masks nearest-exact), ``pad_crop`` pads with zeros / crops around the centre (e.g. volumes of
    different depth to one depth without touching in-plane pixels).
-4. per-channel z-score with ``mean``/``std`` fitted on the TRAINING ids only (``fit_preprocess``).
+4. per-channel z-score with ``mean``/``std`` fitted on the ids given to ``fit_preprocess`` — in the
+   pipeline, the labelled pool (every labelled non-test image), never a test image.
 
 Caching: ``load_images`` keeps the result of steps 1-3 in memory, keyed by (path, size, mtime, the
-geometry part of the policy), so a learning-curve sweep decodes each file once even though each cell
-fits its own mean/std (step 4 is cheap and done on every call). The cache is an LRU bounded by
+geometry part of the policy), so a learning-curve sweep decodes each file once; the z-score (step 4)
+is cheap and applied on every call with the one fitted mean/std that every cell of a curve shares. The cache is an LRU bounded by
 ``FEWLABEL_CACHE_MB`` (default 2048 MB); ``clear_cache()`` empties it.
 """
 
