@@ -17,8 +17,8 @@ numbers. The order of steps, all recorded in the dataclass:
 
 Caching: ``load_images`` keeps the result of steps 1-3 in memory, keyed by (path, size, mtime, the
 geometry part of the policy), so a learning-curve sweep decodes each file once; the z-score (step 4)
-is cheap and applied on every call with the one fitted mean/std that every cell of a curve shares. The cache is an LRU bounded by
-``FEWLABEL_CACHE_MB`` (default 2048 MB); ``clear_cache()`` empties it.
+is cheap and applied on every call with the one fitted mean/std that every cell of a curve shares.
+The cache is an LRU bounded by ``FEWLABEL_CACHE_MB`` (default 2048 MB); ``clear_cache()`` empties it.
 """
 
 from __future__ import annotations
