@@ -89,6 +89,7 @@ class PreparedData:
     content_keys: dict[str, str]  # sample id -> content key (``data.identity``)
     unlabelled: catalog_mod.Catalog | None = None
     original_groups: dict[str, str] = field(default_factory=dict)  # id -> group before merging
+    unlabelled_keys: dict[str, str] = field(default_factory=dict)  # pool id -> content key
     # Preprocessed arrays made once by the driver for workers (``share_arrays``): (id -> row, block).
     shared: tuple[dict[str, int], np.ndarray] | None = None
 
@@ -184,11 +185,6 @@ class PreparedData:
             return None
         return tensors.load_images(self.unlabelled, ids, self.preprocess)
 
-    @cached_property
-    def unlabelled_keys(self) -> dict[str, str]:
-        if self.unlabelled is None:
-            return {}
-        return {s.id: file_key(s.path) for s in self.unlabelled.samples}
 
     def pretrain_inputs(self, needs: str) -> PretrainInputs:
         """The images a preparation may see: ``pool`` = the unlabelled pool when there is one, else the
@@ -249,15 +245,17 @@ def _hash(*parts: Any) -> str:
 
 
 def pretrain_pools(catalog: catalog_mod.Catalog, pool_ids: list[str], unlabelled: catalog_mod.Catalog | None,
-                    test_keys: set[str], test_groups: set[str], seed: int) -> dict[str, dict[str, Any]]:
-    """Per source of pretraining images: the ids kept (and, for the pool, how many were dropped)."""
+                   test_keys: set[str], test_groups: set[str], seed: int,
+                   unlabelled_keys: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Per source of pretraining images: the ids kept (and, for the pool, how many were dropped).
+    ``unlabelled_keys``: the pool's content keys when the caller has them (each file is hashed once)."""
     pools: dict[str, dict[str, Any]] = {}
     if unlabelled is not None:
         kept, by_group, by_content = [], 0, 0
         for s in unlabelled.samples:
             if s.group in test_groups:
                 by_group += 1
-            elif file_key(s.path) in test_keys:
+            elif (unlabelled_keys[s.id] if unlabelled_keys else file_key(s.path)) in test_keys:
                 by_content += 1
             else:
                 kept.append(s.id)
@@ -332,8 +330,10 @@ def prepare_data(
             pool_ids, test_ids = splits.holdout_test(catalog, test_size=test_size, seed=seed, count=count)
     size = (image_size,) * 2 if isinstance(image_size, int) else image_size
     pool_catalog = None
+    pool_keys: dict[str, str] = {}
     if unlabelled is not None:
         pool_catalog = catalog_mod.load_pool(unlabelled, group_pattern=group_pattern)
+        pool_keys = {s.id: file_key(s.path) for s in pool_catalog.samples}
     preprocess = tensors.fit_preprocess(catalog, pool_ids, image_size=size, resize=resize)
     if size is not None and isinstance(image_size, int) and preprocess.spatial_dims == 3:
         preprocess = dataclasses.replace(preprocess, size=(image_size,) * 3)
@@ -344,7 +344,7 @@ def prepare_data(
         # The pools follow from the plan's test set: an unlabelled folder the plan did not know (a
         # standalone `pretrain --plan`) gets its entry made the same way a curve makes it.
         pools = pretrain_pools(catalog, list(pool_ids), pool_catalog, test_keys, test_groups,
-                               int(plan.params.get("seed", seed)))
+                               int(plan.params.get("seed", seed)), pool_keys)
         plan.pretrain_pools = {**pools, **{k: v for k, v in plan.pretrain_pools.items() if k == "masks"}}
     else:
         plan = SplitPlan(
@@ -352,11 +352,11 @@ def prepare_data(
             test_ids=list(test_ids), test_labels=[int(v) for v in catalog.labels(test_ids)],
             test_groups=[str(g) for g in catalog.groups(test_ids)], pool_ids=list(pool_ids), merged=merged,
             pretrain_pools=pretrain_pools(catalog, list(pool_ids), pool_catalog, test_keys, test_groups,
-                                           seed),
+                                           seed, pool_keys),
             source={"data": str(Path(data).resolve()) if data is not None else str(catalog.root),
                     "masks": str(Path(masks).resolve()) if masks is not None else None})
     return PreparedData(catalog=catalog, preprocess=preprocess, plan=plan, content_keys=keys,
-                        unlabelled=pool_catalog, original_groups=original)
+                        unlabelled=pool_catalog, original_groups=original, unlabelled_keys=pool_keys)
 
 
 def add_draw(data: PreparedData, n_per_class: int | None, repeat: int, draw_seed: int,
