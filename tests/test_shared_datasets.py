@@ -12,7 +12,7 @@ import pytest
 from fewlabel.cli import main
 from fewlabel.data.catalog import load_catalog, load_pool
 from fewlabel.data.inspect import inspect_data
-from fewlabel.data.splits import draw_labelled, holdout_test, split_validation
+from fewlabel.data.splits import draw_labelled, holdout_test, nested_validation
 
 from factory import corrupt_file
 
@@ -71,7 +71,7 @@ def test_lgg_2d_pairs_and_patients(shared_datasets):
     assert not cat.groups_spanning_classes()
     pool, test = holdout_test(cat, 0.2, seed=0)
     labelled = draw_labelled(cat, pool, 5, seed=1, count="groups")
-    train, val = split_validation(cat, labelled, 0.2, seed=1)
+    train, val = nested_validation(cat, pool, labelled, seed=1)
     assert not set(cat.groups(test)) & set(cat.groups(pool))  # no patient on both sides
     assert not set(cat.groups(train)) & set(cat.groups(val))
     assert len(set(cat.groups(labelled))) == 10

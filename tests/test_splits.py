@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fewlabel.data.catalog import Catalog, Sample, load_catalog
 from fewlabel.data.splits import (
-    SplitRecord,
+    MIN_GROUPS_FOR_VALIDATION,
     draw_labelled,
     holdout_test,
-    make_split,
+    nested_validation,
     predefined_test,
-    split_validation,
 )
 from fewlabel.errors import SplitError
 
-from factory import GROUP_PATTERN, make_class_folder, make_manifest
+from factory import make_manifest
 
 
 def synthetic_catalog(per_class: dict[str, int], group_size: int = 1) -> Catalog:
@@ -117,47 +114,28 @@ def test_draw_too_many_names_class_and_count():
 def test_validation_from_labelled_only_never_test():
     cat = synthetic_catalog({"a": 40, "b": 40}, group_size=2)
     pool, test = holdout_test(cat, 0.2, seed=0)
-    labelled = draw_labelled(cat, pool, 10, seed=3)
-    train, val = split_validation(cat, labelled, 0.2, seed=3)
+    labelled = draw_labelled(cat, pool, 10, seed=3, count="groups")
+    train, val = nested_validation(cat, pool, labelled, seed=3)
     assert set(train) | set(val) == set(labelled) and not set(train) & set(val)
     assert not set(val) & set(test)
     assert not groups_of(cat, train) & groups_of(cat, val)
     assert {cat.by_id[i].label for i in val} == {"a", "b"}
-    assert split_validation(cat, labelled, 0.0, seed=3) == (labelled, [])
+    assert len(groups_of(cat, val)) == 2 * (10 // 5)  # every 5th group of each class validates
 
 
-def test_validation_single_group_class_gets_none():
-    cat = synthetic_catalog({"a": 10, "b": 3}, group_size=3)  # b has one group
-    train, val = split_validation(cat, cat.ids, 0.5, seed=0)
-    assert {cat.by_id[i].label for i in val} == {"a"}
-    assert all(cat.by_id[i].label == "b" for i in train if i.startswith("b/"))
+def test_validation_nests_across_sizes():
+    cat = synthetic_catalog({"a": 60, "b": 60}, group_size=2)
+    pool, _ = holdout_test(cat, 0.2, seed=0)
+    small = nested_validation(cat, pool, draw_labelled(cat, pool, 10, seed=4, count="groups"), seed=4)
+    large = nested_validation(cat, pool, draw_labelled(cat, pool, 20, seed=4, count="groups"), seed=4)
+    assert set(small[0]) <= set(large[0]) and set(small[1]) <= set(large[1])
 
 
-def test_split_record_round_trip(tmp_path):
-    root = make_class_folder(tmp_path / "d", {"a": 12, "b": 12}, size=(4, 4), images_per_group=2)
-    cat = load_catalog(root, group_pattern=GROUP_PATTERN)
-    rec = make_split(cat, test_size=0.25, n_per_class=4, val_fraction=0.25, seed=5, test_seed=0)
-    path = rec.save(tmp_path / "out" / "split.json")
-    assert [p.name for p in path.parent.iterdir()] == ["split.json"]  # no temp file left
-    loaded = SplitRecord.load(path)
-    assert loaded == rec and loaded.to_dict() == json.loads(path.read_text())
-    assert loaded.fingerprint == cat.fingerprint()
-    loaded.check(cat)
-    assert make_split(cat, test_size=0.25, n_per_class=4, val_fraction=0.25, seed=5, test_seed=0) == rec
-    leaky = SplitRecord(test=rec.test, pool=rec.pool + rec.test[:1])
-    with pytest.raises(SplitError, match="shares"):
-        leaky.check(cat)
-    (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(SplitError, match="cannot read split file") as exc:
-        SplitRecord.load(tmp_path / "bad.json")
-    assert str(tmp_path / "bad.json") in str(exc.value)
-
-
-def test_split_record_params_normalised():
-    rec = SplitRecord(test=["a"], pool=["b"], params={"size": (1, 2)})
-    assert rec.params == {"size": [1, 2]}
-    with pytest.raises(SplitError, match="JSON"):
-        SplitRecord(test=[], pool=[], params={"x": object()})
+def test_validation_too_few_groups_trains_on_everything():
+    cat = synthetic_catalog({"a": 30, "b": 30}, group_size=3)
+    pool, _ = holdout_test(cat, 0.2, seed=0)
+    labelled = draw_labelled(cat, pool, MIN_GROUPS_FOR_VALIDATION - 1, seed=1, count="groups")
+    assert nested_validation(cat, pool, labelled, seed=1) == (labelled, [])
 
 
 def test_predefined_test_from_manifest(tmp_path):

@@ -16,31 +16,25 @@ Why it is built this way:
 * ``count="groups"`` counts groups (patients); ``count="images"`` counts images: whole groups are taken
   in permutation order until at least n images are reached (a group is never split, so a draw may
   exceed n by less than one group). Without groups both are the same.
-* Validation comes out of the labelled ids only, never out of test; with one labelled group in a
-  class that class gets no validation sample (what is possible is returned, not an error).
+* Validation comes out of the labelled ids only, never out of test, and nests across sizes like the
+  draws; with fewer than ``MIN_GROUPS_FOR_VALIDATION`` labelled groups in some class everything trains
+  (what is possible is returned, not an error).
 
-A ``SplitRecord`` holds all ids, the seed and the parameters; it is saved as JSON via a temporary file
-and ``os.replace`` (never half-written) and loads back identically.
+The saved form of a split is ``fewlabel.data.plan.SplitPlan`` (``plan.json``).
 """
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from fewlabel.data.catalog import Catalog
 from fewlabel.errors import SplitError
-from fewlabel.fileio import atomic_write_json
 
-__all__ = ["holdout_test", "predefined_test", "draw_labelled", "split_validation", "nested_validation",
-           "group_holdout", "SplitRecord", "make_split", "group_table", "MIN_GROUPS_FOR_VALIDATION",
-           "VALIDATION_EVERY"]
+__all__ = ["holdout_test", "predefined_test", "draw_labelled", "nested_validation", "group_holdout",
+           "group_table", "MIN_GROUPS_FOR_VALIDATION", "VALIDATION_EVERY"]
 
 _COUNTS = ("images", "groups")
 # With fewer labelled groups than this in some class, no validation split is drawn and training runs
@@ -48,7 +42,6 @@ _COUNTS = ("images", "groups")
 MIN_GROUPS_FOR_VALIDATION = 5
 # Every VALIDATION_EVERY-th group of a class's draw order validates (20 %), the rest train.
 VALIDATION_EVERY = 5
-SPLIT_FORMAT = "fewlabel-split/1"
 
 
 def _rng(seed: int, purpose: str, cls: str) -> np.random.Generator:
@@ -198,28 +191,6 @@ def draw_labelled(catalog: Catalog, pool_ids: Iterable[str], n_per_class: int | 
     return chosen
 
 
-def split_validation(catalog: Catalog, ids: Iterable[str], fraction: float = 0.2,
-                     seed: int = 0) -> tuple[list[str], list[str]]:
-    """(train_ids, val_ids) from the labelled ``ids`` only, whole groups, stratified.
-
-    Per class ``round(fraction × groups)`` groups, at least 1 and leaving at least 1 for training;
-    a class with a single group gives no validation sample. Empty val when ``fraction`` is 0.
-    """
-    if not 0 <= fraction < 1:
-        raise SplitError(f"validation fraction must be in [0, 1) (got {fraction})")
-    ids = list(ids)
-    val: set[str] = set()
-    for cls, gmap in group_table(catalog, ids).items():
-        groups = list(gmap.items())
-        if fraction == 0 or len(groups) < 2:
-            continue
-        order = _rng(seed, "val", cls).permutation(len(groups))
-        k = min(max(1, round(fraction * len(groups))), len(groups) - 1)
-        for i in order[:k]:
-            val.update(groups[i][1])
-    return [i for i in ids if i not in val], [i for i in ids if i in val]
-
-
 def nested_validation(catalog: Catalog, pool_ids: Iterable[str], labelled_ids: Iterable[str],
                       seed: int) -> tuple[list[str], list[str]]:
     """(train_ids, val_ids) of a labelled draw, nested across sizes like the draws themselves.
@@ -266,94 +237,3 @@ def group_holdout(groups: Sequence[str], fraction: float, seed: int) -> tuple[li
     train = [i for i, g in enumerate(groups) if g not in val_groups]
     val = [i for i, g in enumerate(groups) if g in val_groups]
     return train, val
-
-
-@dataclass
-class SplitRecord:
-    """All ids of one split, the seed and the parameters that made it; a value that saves and loads."""
-
-    test: list[str]
-    pool: list[str]
-    labelled: list[str] = field(default_factory=list)
-    train: list[str] = field(default_factory=list)
-    val: list[str] = field(default_factory=list)
-    seed: int = 0
-    params: dict[str, Any] = field(default_factory=dict)
-    fingerprint: str | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("test", "pool", "labelled", "train", "val"):
-            setattr(self, name, [str(i) for i in getattr(self, name)])
-        self.seed = int(self.seed)
-        try:  # params as JSON will give them back (tuples → lists), so that load(save(r)) == r
-            self.params = json.loads(json.dumps(dict(self.params)))
-        except (TypeError, ValueError) as exc:
-            raise SplitError(f"split params must be JSON values ({exc})") from exc
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": SPLIT_FORMAT, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], path: str | Path | None = None) -> SplitRecord:
-        fmt = data.get("format", SPLIT_FORMAT)
-        if fmt != SPLIT_FORMAT:
-            raise SplitError(f"not a fewlabel split file (format {fmt!r})", path=path)
-        try:
-            return cls(test=data["test"], pool=data["pool"], labelled=data.get("labelled", []),
-                       train=data.get("train", []), val=data.get("val", []), seed=data.get("seed", 0),
-                       params=dict(data.get("params", {})), fingerprint=data.get("fingerprint"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SplitError(f"split file is incomplete or malformed ({exc})", path=path) from exc
-
-    def save(self, path: str | Path) -> Path:
-        """Write JSON to a temporary file, then rename: a split file is never half-written."""
-        return atomic_write_json(path, self.to_dict(), indent=1)
-
-    @classmethod
-    def load(cls, path: str | Path) -> SplitRecord:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise SplitError("split file does not exist", path=path) from exc
-        except (OSError, ValueError) as exc:
-            raise SplitError(f"cannot read split file: {exc}", path=path) from exc
-        if not isinstance(data, dict):
-            raise SplitError("split file does not hold a JSON object", path=path)
-        return cls.from_dict(data, path=path)
-
-    def check(self, catalog: Catalog) -> None:
-        """Raise ``SplitError`` when ids are unknown to ``catalog`` or a group spans test and the rest,
-        or train and val. Why: a split loaded from disk must still fit the data it is applied to."""
-        known = set(catalog.ids)
-        for name in ("test", "pool", "labelled", "train", "val"):
-            missing = [i for i in getattr(self, name) if i not in known]
-            if missing:
-                raise SplitError(f"{len(missing)} {name} id(s) not in the data, e.g. {missing[0]!r}",
-                                 path=catalog.root)
-        test_groups = set(catalog.groups(self.test))
-        rest = set(self.pool) | set(self.labelled) | set(self.train) | set(self.val)
-        shared = test_groups & set(catalog.groups(rest))
-        if shared or (set(self.test) & rest):
-            raise SplitError(f"test set shares {len(shared)} group(s) with training data, e.g. "
-                             f"{sorted(shared)[:1]}", path=catalog.root)
-        tv = set(catalog.groups(self.train)) & set(catalog.groups(self.val))
-        if tv:
-            raise SplitError(f"train and val share {len(tv)} group(s), e.g. {sorted(tv)[0]!r}",
-                             path=catalog.root)
-
-
-def make_split(catalog: Catalog, *, test_size: float | int = 0.2, n_per_class: int | None = None,
-               val_fraction: float = 0.2, seed: int = 0, test_seed: int | None = None,
-               count: str = "images") -> SplitRecord:
-    """The whole chain in one call: test (``test_seed``, default ``seed``), labelled draw, validation."""
-    tseed = seed if test_seed is None else test_seed
-    pool, test = holdout_test(catalog, test_size=test_size, seed=tseed, count=count)
-    labelled = (pool if n_per_class is None
-                else draw_labelled(catalog, pool, n_per_class, seed=seed, count=count))
-    train, val = split_validation(catalog, labelled, fraction=val_fraction, seed=seed)
-    return SplitRecord(test=test, pool=pool, labelled=labelled, train=train, val=val, seed=seed,
-                       params={"test_size": test_size, "n_per_class": n_per_class,
-                               "val_fraction": val_fraction, "test_seed": tseed, "count": count,
-                               "group_pattern": catalog.group_pattern},
-                       fingerprint=catalog.fingerprint())
