@@ -53,13 +53,14 @@ def run_set(name: str, seed: int, args: argparse.Namespace) -> Path:
 
 def analyse(run_dir: Path, fit_max: int, targets_per_run: int, n_boot: int) -> list[dict[str, Any]]:
     """One record per target: truth (full curve), estimate and interval (sizes <= fit_max only)."""
-    from fewlabel.experiments.store import load_run
+    from fewlabel.experiments.run_view import RunView
     from fewlabel.report.curves import curves, fit_power_law, size_to_target
     from fewlabel.report.label_need import estimate_need, observed_need
     from fewlabel.report.run_data import curve_bootstrap
 
-    _, rows = load_run(run_dir)
-    boot = curve_bootstrap(run_dir, rows, "roc_auc", n_boot=n_boot, seed=0)["scratch"]
+    run = RunView(run_dir)
+    rows = run.rows()
+    boot = curve_bootstrap(run, rows, "roc_auc", n_boot=n_boot, seed=0)["scratch"]
     sizes = np.asarray(boot.sizes)
     small = sizes <= fit_max
     if small.sum() < 3 or small.all():

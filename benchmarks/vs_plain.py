@@ -127,12 +127,12 @@ def arm_options(arm: str, data_mean: list[float], data_std: list[float], max_epo
     return strategy, options
 
 
-def draws_of(run_dir: Path) -> dict[tuple[int, Any], list[str]]:
-    """Labelled ids per (size, repeat), and the test ids under key (0, "test")."""
-    plan = json.loads((run_dir / "plan.json").read_text())
+def draws_of(run: Any) -> dict[tuple[int, Any], list[str]]:
+    """Labelled ids per (size, repeat) of a ``RunView``'s plan, and the test ids under key (0, "test")."""
+    plan = run.plan
     draws: dict[tuple[int, Any], list[str]] = {
-        (int(d["n_per_class"]), int(d["repeat"])): list(d["labelled"]) for d in plan["draws"].values()}
-    draws[(0, "test")] = list(plan["test"]["ids"])
+        (int(d["n_per_class"]), int(d["repeat"])): list(d["labelled"]) for d in plan.draws.values()}
+    draws[(0, "test")] = list(plan.test_ids)
     return draws
 
 
@@ -141,7 +141,7 @@ def main() -> int:
     proto = DATASETS[args.dataset]
     root = dataset_or_exit(proto["folder"])
     use_shared_imagenet_weights()
-    from fewlabel.experiments import load_run, run_curve
+    from fewlabel.experiments import RunView, run_curve
     from fewlabel.pipeline import prepare_data
 
     data = root / proto["subdir"] if proto["subdir"] else root
@@ -186,29 +186,29 @@ def main() -> int:
                   strategy_options={strategy: options} if options else None,
                   cpus_per_cell=args.cpus_per_cell, command=" ".join(sys.argv), **data_args)
         print(f"== arm {arm}: {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
-    print_comparison(out, table_arms, args.dataset, reductions, load_run)
+    print_comparison(out, table_arms, args.dataset, reductions, RunView)
     return 0
 
 
-def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[str], load_run: Any) -> None:
+def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[str], run_view: Any) -> None:
     """Median accuracy / ROC-AUC per n x arm and the paired difference to plain (mean, 95 % CI)."""
     from fewlabel.evaluate.compare import paired_difference
 
-    done = [a for a in arms if (out / a / "plan.json").exists()]
-    if "plain" not in done:
+    runs = {a: run_view(out / a) for a in arms
+            if (out / a / "run.json").exists() and (out / a / "plan.json").exists()}
+    if "plain" not in runs:
         print("no finished plain cells yet")
         return
-    reference = draws_of(out / "plain")
+    reference = draws_of(runs["plain"])
     cells: dict[str, dict[tuple[int, int], dict[str, Any]]] = {}
-    for arm in done:
-        draws = draws_of(out / arm)
+    for arm, run in runs.items():
+        draws = draws_of(run)
         # Pairing is only honest on identical draws: an arm may run fewer sizes or repeats than plain,
         # but every (size, repeat) it shares with plain must hold the same labelled ids.
         if any(draws[k] != reference[k] for k in set(draws) & set(reference)):
             print(f"warning: arm {arm} has other draws than plain; left out")
             continue
-        _, rows = load_run(out / arm)
-        cells[arm] = {(int(r["n_per_class"]), int(r["repeat"])): r for r in rows if r.get("status") == "ok"}
+        cells[arm] = {(int(r["n_per_class"]), int(r["repeat"])): r for r in run.rows(status="ok")}
     sizes = sorted({n for n, _ in reference if n > 0})
     table = []
     for n in sizes:

@@ -21,7 +21,7 @@ CURVES = {"scratch": (0.93, 0.45, 0.45), "gan": (0.96, 0.35, 0.5), "ssl": (0.97,
 def make_test_set(classes: Sequence[str], n_per_class: int = 6, size: int = 16, seed: int = 0,
                   spatial_dims: int = 2):
     """A tiny test set where class k has a bright blob in a different place (2D or 3D)."""
-    from fewlabel.explain.run import TestSet
+    from fewlabel.experiments.run_view import TestSet
 
     rng = np.random.default_rng(seed)
     xs, ys, ids = [], [], []

@@ -11,7 +11,7 @@ import pytest
 from curve_fakes import FakeBackend, make_fake_data
 
 from fewlabel.errors import ConfigMismatchError, FewlabelError
-from fewlabel.experiments import CSV_COLUMNS, Curve, ResultStore, load_run, run_curve
+from fewlabel.experiments import CSV_COLUMNS, Curve, ResultStore, RunView, run_curve
 from fewlabel.experiments.grid import train_seed
 
 GRID = {"strategies": "scratch,ssl", "sizes": [2, 5], "repeats": 2}
@@ -105,7 +105,7 @@ def test_another_configuration_is_refused_and_named(data, tmp_path):
     (data / "fake.json").write_text(json.dumps({"classes": {"a": 21, "b": 20, "c": 20}}))
     with pytest.raises(ConfigMismatchError, match="data "):
         _run(data, out, repeats=1)
-    assert len(load_run(out)[1]) == 4  # nothing was mixed in
+    assert len(RunView(out).rows()) == 4  # nothing was mixed in
 
 
 def test_a_folder_that_is_not_a_run_is_refused(data, tmp_path):

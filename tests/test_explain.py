@@ -155,13 +155,14 @@ def test_figures_are_pngs_for_2d_and_3d() -> None:
 def test_explain_run_writes_index_and_reuses_unchanged_cells(tmp_path) -> None:
     from report_fixtures import HOSTILE, make_run, make_test_set
 
-    from fewlabel.explain.run import explain_run, read_index
+    from fewlabel.experiments.run_view import RunView
+    from fewlabel.explain.run import explain_run
 
     run = make_run(tmp_path / "run", strategies=("scratch", "ssl"), sizes=(2, 5), repeats=2, missing=(),
                    failed=())
     ts = make_test_set(["healthy", HOSTILE], n_per_class=4)
     index = explain_run(run, n_per_class=2, test_set=ts)
-    assert read_index(run) == json.loads(json.dumps(index))
+    assert RunView(run).explanations() == json.loads(json.dumps(index))
     assert len(index["cells"]) == 4 and not index["errors"]
     assert [e["label"] for e in index["examples"]] == ["healthy", "healthy", HOSTILE, HOSTILE]
     for cell in index["cells"]:

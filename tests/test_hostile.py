@@ -23,7 +23,8 @@ import pytest
 
 from fewlabel.data.readers import read_image, read_meta
 from fewlabel.errors import FewlabelError
-from fewlabel.experiments.store import ResultStore, load_run
+from fewlabel.experiments.run_view import RunView
+from fewlabel.experiments.store import ResultStore
 
 from factory import (
     _chunk,
@@ -381,7 +382,7 @@ def test_corrupt_run_json_names_the_file(tmp_path: Path, capfd, content: str) ->
     run = _run_dir(tmp_path)
     (run / "run.json").write_bytes(content.encode("latin-1"))
     with pytest.raises(FewlabelError, match="run.json"):
-        load_run(run)
+        RunView(run).check()
     code, err = _cli(capfd, "report", run)
     assert code == USAGE
     last = err.strip().splitlines()[-1]

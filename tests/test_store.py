@@ -8,8 +8,10 @@ import sqlite3
 import numpy as np
 import pytest
 
+from fewlabel.errors import FewlabelError
 from fewlabel.experiments.grid import Cell, CurveConfig, derive_seed, draw_seed, train_seed
-from fewlabel.experiments.store import CSV_COLUMNS, ResultStore, atomic_write_json, load_run, summarise
+from fewlabel.experiments.run_view import RunView
+from fewlabel.experiments.store import CSV_COLUMNS, ResultStore, atomic_write_json, summarise
 
 
 def _row(strategy="scratch", n=5, r=0, status="ok", auc=0.8, **kw):
@@ -90,12 +92,17 @@ def test_export_csv_columns_and_order(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
-def test_load_run(tmp_path):
+def test_run_view_reads_run_json_and_rows(tmp_path):
     atomic_write_json(tmp_path / "run.json", {"config_hash": "abc"})
+    assert RunView(tmp_path).rows() == []  # no store yet: no rows, no error
     with ResultStore(tmp_path) as store:
         store.add(_row())
-    config, rows = load_run(tmp_path)
-    assert config["config_hash"] == "abc" and len(rows) == 1
+        store.add(_row("ssl", 5, 1, status="failed", auc=None))
+    view = RunView(tmp_path)
+    assert view.info["config_hash"] == "abc" and len(view.rows()) == 2
+    assert [r["strategy"] for r in view.rows(status="ok")] == ["scratch"]
+    with pytest.raises(FewlabelError, match="run.json is missing"):
+        RunView(tmp_path / "elsewhere")
 
 
 def test_summarise_matches_numpy():

@@ -27,14 +27,14 @@ RUN_DIR layout (the report and explanations read it; keep it stable)::
       explanations/     written later by ``fewlabel.explain.run.explain_run`` (not by the curve)
       .lock             held (flock) while a curve writes; the OS drops it even after kill -9
 
-API (stable; used by the report writer)::
+Readers (explanations, the report, benchmarks) go through ``experiments.run_view.RunView``.
+API (stable; used by the curve driver and ``RunView``)::
 
     store = ResultStore(run_dir)           # opens or creates RUN_DIR/store.sqlite
     store.add(row) -> bool                 # one transaction; never duplicates a cell
     store.rows(status=None) -> list[dict]  # flat dicts; confusion_matrix decoded to list[list[int]]
     store.done_keys() -> set[Cell]         # cells that need no re-run (status ok or skipped)
     store.export_csv(path=None) -> Path    # RUN_DIR/results.csv, atomically
-    load_run(run_dir) -> (config dict from run.json, rows)
 
 A row: ``strategy, n_per_class, repeat, seed, status ("ok" | "failed" | "skipped"), error`` (one line,
 failed/skipped only), the metrics ``roc_auc, accuracy, balanced_accuracy, macro_f1`` each with
@@ -294,19 +294,6 @@ class ResultStore:
 def _csv_value(value: Any) -> Any:
     # repr-exact floats: a CSV written twice from the same numbers is byte-identical.
     return repr(value) if isinstance(value, float) else value
-
-
-def load_run(run_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(run.json as a dict, store rows) of a finished or partial run, for the report writer."""
-    run_dir = Path(run_dir)
-    run_file = run_dir / RUN_FILE
-    if not run_file.exists():
-        raise FewlabelError("no fewlabel run here (run.json is missing)", path=run_dir)
-    config = read_json(run_file)
-    if not (run_dir / STORE_FILE).exists():
-        return config, []
-    with ResultStore(run_dir, create=False) as store:
-        return config, store.rows()
 
 
 def summarise(rows: Iterable[Mapping[str, Any]], metric: str = "roc_auc") -> list[dict[str, Any]]:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fewlabel.experiments.run_view import EXPLAIN_INDEX, RunView, TestSet
 from fewlabel.explain.attributions import METHODS, attribute, lrp_notes
 from fewlabel.explain.embedding import extract_features, tsne_embedding
 from fewlabel.explain.figures import attribution_grid, save_png, tsne_scatter
@@ -24,46 +24,7 @@ from fewlabel.fileio import atomic_path, atomic_write_json
 
 INDEX_VERSION = 1
 CHECKS_VERSION = 1  # bump when the checks change, so cached cells are recomputed
-EXPLAIN_DIR = "explanations"
 MAX_TSNE_POINTS = 2000  # t-SNE cost grows ~ n log n; a stratified subsample keeps a report quick
-
-
-@dataclass
-class TestSet:
-    """The run's fixed test set, preprocessed exactly as the models saw it."""
-
-    x: np.ndarray  # (N, C, *spatial) float32
-    y: np.ndarray  # (N,) class index
-    ids: list[str]
-    class_names: list[str]
-    masks: np.ndarray | None = None  # (N, 1, *spatial) int64 where every test image has a mask
-
-
-def open_test_set(run_dir: str | Path) -> TestSet:
-    """Re-open the run's test set by its saved plan (``plan.json``): the very images the metrics
-    came from, in the row order of every ``proba_test.npy``."""
-    from fewlabel.data.plan import PLAN_FILE
-    from fewlabel.errors import FewlabelError
-    from fewlabel.pipeline import prepare_data
-
-    run_dir = Path(run_dir)
-    run = json.loads((run_dir / "run.json").read_text())
-    data_args = dict(run.get("data_args") or {})
-    if not data_args:
-        raise FewlabelError("run.json has no data_args: cannot re-open the test set",
-                            path=run_dir / "run.json")
-    if isinstance(data_args.get("image_size"), list):
-        data_args["image_size"] = tuple(data_args["image_size"])
-    data_args.pop("plan", None)
-    data = prepare_data(**data_args, plan=run_dir / PLAN_FILE)
-    x, y = data.test_arrays
-    masks = None
-    if all(data.catalog.by_id[i].mask is not None for i in data.test_ids):
-        from fewlabel.data.tensors import load_masks
-
-        masks = load_masks(data.catalog, list(data.test_ids), data.preprocess)
-    return TestSet(x=np.asarray(x, np.float32), y=np.asarray(y), ids=list(data.test_ids),
-                   class_names=list(data.class_names), masks=masks)
 
 
 def choose_examples(y: np.ndarray, n_per_class: int, seed: int = 0) -> list[int]:
@@ -91,15 +52,13 @@ def explain_model(classifier: Any, x: np.ndarray, methods: Sequence[str] = METHO
     return {m: attribute(classifier, x, target=target, method=m) for m in methods}
 
 
-def _model_dirs(run_dir: Path, rows: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[int, Path]]:
+def _model_dirs(view: RunView) -> dict[tuple[str, int], tuple[int, Path]]:
     """(strategy, size) → (repeat, model dir): repeat 0 when it has a kept model, else the lowest."""
     found: dict[tuple[str, int], tuple[int, Path]] = {}
-    for row in sorted(rows, key=lambda r: (r["strategy"], int(r["n_per_class"]), int(r["repeat"]))):
-        if row.get("status") != "ok" or not row.get("model_path"):
-            continue
-        path = run_dir / str(row["model_path"])
+    for row in sorted(view.rows(), key=lambda r: (r["strategy"], int(r["n_per_class"]), int(r["repeat"]))):
+        path = view.model_dir(row)
         key = (str(row["strategy"]), int(row["n_per_class"]))
-        if key not in found and (path / "config.json").exists():
+        if path is not None and key not in found:
             found[key] = (int(row["repeat"]), path)
     return found
 
@@ -116,41 +75,31 @@ def _write_index(path: Path, index: dict[str, Any]) -> None:
     atomic_write_json(path, index, indent=1)
 
 
-def read_index(run_dir: str | Path) -> dict[str, Any] | None:
-    """The explanations index of a run, or None when there is none (yet)."""
-    path = Path(run_dir) / EXPLAIN_DIR / "index.json"
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str] = METHODS,
                 test_set: TestSet | None = None, seed: int = 0, tsne: bool = True, checks: bool = True,
                 log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Compute (or reuse) the explanation figures of every strategy × size of a run; returns the index.
 
-    ``test_set`` defaults to ``open_test_set(run_dir)``. With ``checks`` each method's maps are
+    ``test_set`` defaults to ``RunView(run_dir).open_test_set()``. With ``checks`` each method's maps are
     checked (faithfulness, model randomisation, share inside masks; ``fewlabel.explain.checks``) and
     the figures stored under the cell's ``checks``. A cell that fails (e.g. a model file that no
     longer loads) is recorded under ``errors`` and the others go on.
     """
-    from fewlabel.experiments.store import load_run
     from fewlabel.models.io import load_model_dir
 
-    run_dir = Path(run_dir)
-    _, rows = load_run(run_dir)
-    models = _model_dirs(run_dir, rows)
-    out_dir = run_dir / EXPLAIN_DIR
-    old = read_index(run_dir) or {}
+    view = RunView(run_dir)
+    run_dir = view.root
+    models = _model_dirs(view)
+    out_dir = view.explanations_dir
+    old = view.explanations() or {}
     old_cells = {(c["strategy"], c["n_per_class"]): c for c in old.get("cells", [])}
     index: dict[str, Any] = {"version": INDEX_VERSION, "n_per_class": n_per_class, "methods": list(methods),
                              "seed": seed, "examples": [], "cells": [], "errors": []}
     if not models:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_index(out_dir / "index.json", index)
+        _write_index(out_dir / EXPLAIN_INDEX, index)
         return index
-    ts = test_set if test_set is not None else open_test_set(run_dir)
+    ts = test_set if test_set is not None else view.open_test_set()
     examples = choose_examples(ts.y, n_per_class, seed=seed)
     index["examples"] = [{"id": ts.ids[i], "label": ts.class_names[int(ts.y[i])]} for i in examples]
     index["class_names"] = list(ts.class_names)
@@ -207,7 +156,7 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
             if log:
                 log(f"explanations of {strategy} n={size} failed: {msg}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_index(out_dir / "index.json", index)
+    _write_index(out_dir / EXPLAIN_INDEX, index)
     return index
 
 
@@ -238,13 +187,11 @@ def load_for_explain(model_dir: str | Path) -> tuple[Any, Any, list[str]]:
     classifier, config = load_model_dir(model_dir)
     pre = config.get("preprocess")
     names = list(config.get("class_names") or [])
-    if pre is None or not names:
-        parents = model_dir.resolve().parents
-        run_file = parents[2] / "run.json" if len(parents) > 2 else None
-        if run_file is not None and run_file.exists():
-            dataset = json.loads(run_file.read_text()).get("dataset") or {}
-            pre = pre or dataset.get("preprocess")
-            names = names or list(dataset.get("classes") or [])
+    run = RunView.containing(model_dir) if pre is None or not names else None
+    if run is not None:
+        dataset = run.dataset
+        pre = pre or dataset.get("preprocess")
+        names = names or list(dataset.get("classes") or [])
     if not pre:
         raise ModelFileError("the model records no preprocessing (config.json has no 'preprocess', and no "
                              "run.json was found above it)", path=model_dir)

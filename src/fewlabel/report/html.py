@@ -1,9 +1,10 @@
 """``build_report(run_dir)``: one self-contained HTML file from a run's store, run.json and figures.
 
-Everything the page shows comes from ``RUN_DIR`` (rows of the results store, run.json, the
-explanations index); figures are inline base64 PNGs and the page carries a Content-Security-Policy
-that forbids any external load, so the file can be mailed or archived as is. The template is
-rendered by jinja2 with autoescaping on: class names, file names and error messages are escaped.
+Everything the page shows comes from ``RUN_DIR``, read through ``experiments.run_view.RunView`` (rows
+of the results store, run.json, test truth and probabilities, the explanations index); figures are
+inline base64 PNGs and the page carries a Content-Security-Policy that forbids any external load, so
+the file can be mailed or archived as is. The template is rendered by jinja2 with autoescaping on:
+class names, file names and error messages are escaped.
 
 Longer than most modules on purpose: it is the one place where a run becomes the page's context, one
 small function per section (``report_context`` calls them in page order); the statistics live in
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fewlabel.evaluate.metrics import HEADLINE_METRICS
+from fewlabel.experiments.run_view import RunView
 from fewlabel.fileio import atomic_write_text
 from fewlabel.report.curves import (
     METRIC_LABELS,
@@ -295,7 +297,7 @@ def _confusions(rows: list[dict], classes: list[str], strategies: list[str]) -> 
     return out
 
 
-def _explanations(run_dir: Path, index: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def _explanations(view: RunView, index: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     if not index:
         return []
     out = []
@@ -312,7 +314,7 @@ def _explanations(run_dir: Path, index: Mapping[str, Any] | None) -> list[dict[s
                              "failures": list(c.get("failures") or [])}
                             for m, c in (cell.get("checks") or {}).items()]}
         for key in ("grid", "tsne"):
-            path = run_dir / cell[key] if cell.get(key) else None
+            path = view.root / cell[key] if cell.get(key) else None
             entry[key] = _b64(path.read_bytes()) if path is not None and path.is_file() else None
         out.append(entry)
     return out
@@ -330,11 +332,8 @@ def report_context(run_dir: str | Path, metric: str = "roc_auc", target: float =
                    explanations: Mapping[str, Any] | None = None,
                    explain_error: str | None = None) -> dict[str, Any]:
     """Every number and figure of the report, as plain values (what the template renders; tests read it)."""
-    from fewlabel.experiments.store import load_run
-    from fewlabel.explain.run import read_index
-
-    run_dir = Path(run_dir)
-    run, rows = load_run(run_dir)
+    view = RunView(run_dir)
+    run_dir, run, rows = view.root, view.info, view.rows()
     config = run.get("config") or {}
     dataset = run.get("dataset") or {}
     classes = [str(c) for c in dataset.get("classes") or config.get("class_names") or []]
@@ -345,7 +344,7 @@ def report_context(run_dir: str | Path, metric: str = "roc_auc", target: float =
         for s in strategies:
             cm.setdefault(s, [])
     cmaps = {m: {s: cm[s] for s in strategies} for m, cm in cmaps.items()}
-    rb = run_bootstrap(run_dir, rows, metric, n_boot=n_boot, seed=seed) if rows else None
+    rb = run_bootstrap(view, rows, metric, n_boot=n_boot, seed=seed) if rows else None
     if rb is not None:
         fits, targets, paired = _bootstrap_answers(rb, cmaps[metric], strategies, target, baseline,
                                                    _chance(metric, len(classes)))
@@ -360,7 +359,7 @@ def report_context(run_dir: str | Path, metric: str = "roc_auc", target: float =
             figures.append({"metric": m, "label": METRIC_LABELS.get(m, m), "png": _b64(plot_curves(
                 cmaps[m], m, target=target if m == metric else None, fits=fits if m == metric else None,
                 extend_to=extend if m == metric else None))})
-    index = explanations if explanations is not None else read_index(run_dir)
+    index = explanations if explanations is not None else view.explanations()
     synthetic = _is_synthetic(run)
     n_test = dataset.get("n_test") or next((r.get("n_test") for r in rows if r.get("n_test")), None)
     return {
@@ -389,7 +388,7 @@ def report_context(run_dir: str | Path, metric: str = "roc_auc", target: float =
         "targets": [{"strategy": s, "text": t.text, "how": t.how, "extrapolated": t.extrapolated,
                      "fit": _fit_text(fits.get(s)) or _fit_text(_fit_of(t))} for s, t in targets.items()],
         "confusions": _confusions(rows, classes, strategies),
-        "explanations": _explanations(run_dir, index),
+        "explanations": _explanations(view, index),
         "explain_methods": (index or {}).get("methods", []),
         "explain_examples": (index or {}).get("examples", []),
         "explain_errors": (index or {}).get("errors", []),
@@ -429,14 +428,10 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, metric: 
     """
     from fewlabel.errors import FewlabelError
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "run.json").exists():
-        raise FewlabelError("no fewlabel run here (run.json is missing)", path=run_dir)
+    view = RunView(run_dir)
     if metric not in METRICS:
         raise FewlabelError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    from fewlabel.experiments.store import load_run
-
-    load_run(run_dir)  # a corrupt run.json or store is one line here, before any explanation work
+    view.check()  # a corrupt run.json or store is one line here, before any explanation work
     index, error = None, None
     if explain:
         from fewlabel.explain.run import explain_run
@@ -449,7 +444,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, metric: 
                 log(f"explanations skipped: {error}")
     context = report_context(run_dir, metric=metric, target=target, baseline=baseline, n_boot=n_boot,
                              seed=seed, explanations=index, explain_error=error)
-    path = Path(out) if out is not None else run_dir / REPORT_FILE
+    path = Path(out) if out is not None else view.root / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, render(context))
     return path

@@ -1,63 +1,20 @@
-"""What the report needs from a run folder beyond the store's rows: the test set's true labels and
-groups, and each cell's test probabilities; and, from them, the shared bootstrap over test groups ×
-repeats behind every CI, paired difference and labels-needed interval of the report.
-
-``test_truth`` is the one place that reads the test set's truth: ``plan.json`` (``test.labels``,
-``test.groups``, in the row order of every ``proba_test.npy``), else ``split.json``'s ``test_labels``
-/ ``test_groups`` (the same order). Runs with neither fall back to repeat-only statistics, and the
-report says so.
+"""The shared bootstrap over test groups × repeats behind every CI, paired difference and
+labels-needed interval of the report, drawn from what ``RunView`` reads of a run: the test set's true
+labels and groups (``RunView.test_truth``) and each ok cell's test probabilities (``RunView.probas``).
+Runs without them fall back to repeat-only statistics, and the report says so.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fewlabel.evaluate.cluster_bootstrap import BootstrapPlan, RepeatMetrics, draw_plan, per_repeat_metric
-
-
-def test_truth(run_dir: str | Path) -> tuple[np.ndarray, np.ndarray, str] | None:
-    """(labels, groups, source file name) of the run's test set in proba row order, or None."""
-    run_dir = Path(run_dir)
-    for name, pick in (("plan.json", lambda d: (d.get("test") or {}).get("labels"),),
-                       ("split.json", lambda d: d.get("test_labels"))):
-        try:
-            data = json.loads((run_dir / name).read_text())
-        except (OSError, ValueError):
-            continue
-        labels = pick(data)
-        if not labels:
-            continue
-        groups = ((data.get("test") or {}).get("groups") if name == "plan.json" else data.get("test_groups"))
-        if not groups or len(groups) != len(labels):
-            groups = [str(i) for i in range(len(labels))]  # no groups recorded: each image its own
-        return np.asarray(labels, dtype=np.int64), np.asarray([str(g) for g in groups]), name
-    return None
-
-
-def cell_probas(run_dir: str | Path, rows: Iterable[Mapping[str, Any]], n_test: int
-                ) -> dict[tuple[str, int], dict[int, np.ndarray]]:
-    """(strategy, size) → {repeat: proba (n_test, K)} for every ok cell whose file is readable."""
-    run_dir = Path(run_dir)
-    out: dict[tuple[str, int], dict[int, np.ndarray]] = {}
-    for row in rows:
-        if row.get("status", "ok") != "ok":
-            continue
-        strategy, size, repeat = str(row["strategy"]), int(row["n_per_class"]), int(row["repeat"])
-        rel = row.get("proba_path") or f"cells/{strategy}/n{size}_r{repeat}/proba_test.npy"
-        try:
-            proba = np.load(run_dir / str(rel), allow_pickle=False)
-        except (OSError, ValueError):
-            continue
-        if proba.ndim == 2 and proba.shape[0] == n_test and np.all(np.isfinite(proba)):
-            out.setdefault((strategy, size), {})[repeat] = proba
-    return out
+from fewlabel.experiments.run_view import RunView
 
 
 @dataclass
@@ -102,14 +59,14 @@ class RunBootstrap:
         return CurveBootstrap(sizes, point, boot, cells)
 
 
-def run_bootstrap(run_dir: str | Path, rows: list[Mapping[str, Any]], metric: str = "roc_auc",
+def run_bootstrap(view: RunView, rows: list[Mapping[str, Any]], metric: str = "roc_auc",
                   n_boot: int = 2000, seed: int = 0) -> RunBootstrap | None:
     """The shared bootstrap of a run, or None when its test truth or probabilities cannot be read."""
-    truth = test_truth(run_dir)
+    truth = view.test_truth()
     if truth is None:
         return None
     labels, groups, source = truth
-    probas = cell_probas(run_dir, rows, len(labels))
+    probas = view.probas(rows, len(labels))
     if not probas:
         return None
     slots = max(len(v) for v in probas.values())
@@ -119,10 +76,10 @@ def run_bootstrap(run_dir: str | Path, rows: list[Mapping[str, Any]], metric: st
                         probas=probas)
 
 
-def curve_bootstrap(run_dir: str | Path, rows: list[Mapping[str, Any]], metric: str = "roc_auc",
+def curve_bootstrap(view: RunView, rows: list[Mapping[str, Any]], metric: str = "roc_auc",
                     n_boot: int = 2000, seed: int = 0) -> dict[str, CurveBootstrap]:
     """Per strategy its bootstrapped curve (empty when the run lacks test truth or probabilities)."""
-    rb = run_bootstrap(run_dir, rows, metric, n_boot=n_boot, seed=seed)
+    rb = run_bootstrap(view, rows, metric, n_boot=n_boot, seed=seed)
     if rb is None:
         return {}
     strategies = dict.fromkeys(s for s, _ in rb.cells)
