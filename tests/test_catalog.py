@@ -254,3 +254,23 @@ def test_save_manifest_round_trip(tmp_path):
     again = load_catalog(csv_path)
     assert again.ids == cat.ids and again.groups() == cat.groups() and again.classes == cat.classes
     assert [s.mask for s in again.samples] == [s.mask for s in cat.samples]
+
+
+def test_sources_registry_picks_the_first_that_detects_and_refuses_the_rest(tmp_path, monkeypatch):
+    from fewlabel.data.catalog import load as load_mod
+    from fewlabel.data.catalog.table import Catalog, Sample
+
+    odd = tmp_path / "list.weird"
+    odd.write_text("x")
+    with pytest.raises(DataError, match="expected a folder") as exc:
+        load_catalog(odd)
+    assert str(odd) in str(exc.value) and "\n" not in str(exc.value)
+
+    def from_weird(path, masks):
+        samples = [Sample(id=f"{c}/{i}", path=str(path), label=c, group=f"{c}/{i}")
+                   for c in "ab" for i in range(2)]
+        return Catalog(samples=samples, classes=["a", "b"], root=path.parent)
+
+    weird = load_mod.Source(lambda p: p.suffix == ".weird", from_weird)
+    monkeypatch.setitem(load_mod.SOURCES, "weird", weird)
+    assert load_catalog(odd).ids == ["a/0", "a/1", "b/0", "b/1"]  # one registry line made it a source

@@ -7,8 +7,9 @@ only looks at names, so it is fast even for thousands of files.
 
 Layout: ``table`` (``Sample``, ``Catalog``, ``Issue``: what every source produces), ``scan`` (the
 folder walk shared by class folders, mask folders and the pool), one module per source (``folders``,
-``manifest``, ``medmnist``, ``pool``) and ``load`` (``load_catalog`` picks the source). A NEW SOURCE is
-one module with a ``from_<kind>(path, ...) -> Catalog`` plus one branch in ``load.load_catalog``.
+``manifest``, ``medmnist``, ``pool``) and ``load`` (``load_catalog`` picks the source from the registry
+``load.SOURCES``). A NEW SOURCE is one module with a ``detect(path) -> bool`` and a
+``from_<kind>(path, masks) -> Catalog`` plus one line in ``load.SOURCES``.
 
 Sources (``load_catalog``):
 

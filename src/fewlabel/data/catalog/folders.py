@@ -16,6 +16,10 @@ from fewlabel.data.catalog.table import Catalog, Issue, Sample, natural_key
 from fewlabel.errors import DataError, MaskError, UnknownFormatError
 
 
+def is_folder(path: Path) -> bool:
+    return path.is_dir()
+
+
 def from_folder(root: Path, masks: str | Path | None) -> Catalog:
     layout = "class-folders"
     image_root = root

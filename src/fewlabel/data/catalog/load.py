@@ -1,20 +1,40 @@
-"""``load_catalog``: picks the source (class folders, CSV manifest, MedMNIST npz) for what it is given."""
+"""``load_catalog``: picks the source (class folders, CSV manifest, MedMNIST npz) for what it is given.
+
+``SOURCES`` is the registry: source name → ``Source(detect, load)``; the first whose ``detect(path)``
+holds catalogs the input. A new source is one module (a ``detect`` and a ``from_<kind>``) plus one line
+here, like ``readers.dispatch.READERS`` for image formats.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 from fewlabel.data import readers
-from fewlabel.data.catalog.folders import from_folder
-from fewlabel.data.catalog.manifest import from_manifest
-from fewlabel.data.catalog.medmnist import from_npz
+from fewlabel.data.catalog import folders, manifest, medmnist
 from fewlabel.data.catalog.table import Catalog, Issue, apply_group_pattern
 from fewlabel.errors import DataError
 
 
+class Source(NamedTuple):
+    """One kind of labelled input: ``detect(path)`` says whether ``path`` is one; ``load(path, masks)``
+    catalogs it."""
+
+    detect: Callable[[Path], bool]
+    load: Callable[[Path, str | Path | None], Catalog]
+
+
+SOURCES: dict[str, Source] = {
+    "manifest": Source(manifest.is_manifest, manifest.from_manifest),
+    "medmnist": Source(medmnist.is_npz, medmnist.from_npz),
+    "folder": Source(folders.is_folder, folders.from_folder),
+}
+
+
 def load_catalog(source: str | Path, masks: str | Path | None = None, group_pattern: str | None = None,
                  strict: bool = True) -> Catalog:
-    """Catalog a class folder, a CSV manifest or a MedMNIST-style .npz (see the module docstring).
+    """Catalog a class folder, a CSV manifest or a MedMNIST-style .npz (see the package docstring).
 
     ``masks``: a folder mirroring the image tree. ``group_pattern``: regex whose first capture group
     is the group. ``strict=False`` collects problems in ``.issues`` instead of raising (only the input
@@ -23,17 +43,11 @@ def load_catalog(source: str | Path, masks: str | Path | None = None, group_patt
     src = Path(source)
     if not src.exists():
         raise DataError(readers.dangling_reason(src) or "does not exist", path=src)
-    if src.is_file():
-        suffix = readers.split_suffix(src.name)[1]
-        if suffix in (".csv", ".tsv"):
-            cat = from_manifest(src, masks)
-        elif suffix == ".npz":
-            cat = from_npz(src)
-        else:
-            raise DataError("expected a folder (one sub-folder per class), a CSV manifest or a "
-                            "MedMNIST-style .npz", path=src)
-    else:
-        cat = from_folder(src, masks)
+    kind = next((s for s in SOURCES.values() if s.detect(src)), None)
+    if kind is None:
+        raise DataError("expected a folder (one sub-folder per class), a CSV manifest or a "
+                        "MedMNIST-style .npz", path=src)
+    cat = kind.load(src, masks)
     if group_pattern:
         apply_group_pattern(cat, group_pattern)
     _check_classes(cat)

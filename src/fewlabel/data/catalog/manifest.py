@@ -14,6 +14,13 @@ from fewlabel.data.catalog.scan import rel_any
 from fewlabel.data.catalog.table import Catalog, Issue, Sample, natural_key
 from fewlabel.errors import ManifestError, MaskError, UnknownFormatError
 
+SUFFIXES = (".csv", ".tsv")
+
+
+def is_manifest(path: Path) -> bool:
+    return path.is_file() and readers.split_suffix(path.name)[1] in SUFFIXES
+
+
 _SPLIT_ALIASES = {"": None, "train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "test": "test", "testing": "test"}
 

@@ -14,7 +14,12 @@ from fewlabel.data.catalog.table import Catalog, Sample, natural_key
 from fewlabel.errors import DataError
 
 
-def from_npz(path: Path) -> Catalog:
+def is_npz(path: Path) -> bool:
+    return path.is_file() and readers.split_suffix(path.name)[1] == ".npz"
+
+
+def from_npz(path: Path, masks: str | Path | None = None) -> Catalog:
+    """``masks`` is accepted for a uniform source signature; an .npz carries no mask files."""
     try:
         with np.load(path, allow_pickle=False) as z:
             keys = list(z.files)
