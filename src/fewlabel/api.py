@@ -94,7 +94,7 @@ class Model:
         images (channels, value type, size: ``data.mismatch``) is an error too, or with
         ``allow_mismatch`` a warning beside its scores."""
         from fewlabel.data.mismatch import describe_mismatch
-        from fewlabel.data.readers import read_image
+        from fewlabel.data.readers import collect_image_paths, read_image
 
         paths, errors = collect_image_paths([inputs] if isinstance(inputs, (str, Path)) else inputs)
         warnings: list[tuple[str, str]] = []
@@ -131,24 +131,6 @@ class Model:
         out = Path(out)
         save_model_dir(out, self.classifier, self.config)
         return out
-
-
-def collect_image_paths(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand folders recursively into image files; what is missing or not an image is reported."""
-    from fewlabel.data.readers import dangling_reason, discover_images
-
-    paths: list[Path] = []
-    errors: list[tuple[str, str]] = []
-    for item in inputs:
-        item = Path(item)
-        if not item.exists():
-            errors.append((str(item), dangling_reason(item) or "does not exist"))
-            continue
-        found, unknown = discover_images(item)
-        paths.extend(found)
-        errors.extend((str(u), dangling_reason(u) or "unknown file extension; not an image fewlabel can read")
-                      for u in unknown)
-    return paths, errors
 
 
 def load_model(model_dir: str | Path, device: str = "auto") -> Model:

@@ -51,3 +51,9 @@ class ModelFileError(FewlabelError):
 
 class ConfigMismatchError(FewlabelError):
     """A run directory holds results of another configuration."""
+
+
+def one_line(exc: BaseException) -> str:
+    """``"TypeName: message"`` on one line: how a failed cell, explanation or command is recorded."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"

@@ -14,9 +14,12 @@ import re
 import types
 import typing
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fewlabel.errors import FewlabelError
+
+if TYPE_CHECKING:
+    import torch
 
 _Rule = tuple[Callable[[Any], bool], str]
 
@@ -152,9 +155,23 @@ def validated(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
     return out
 
 
+def select_device(preference: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU (MPS left out on purpose: several 3D ops lack it)."""
+    import torch  # here, not at the top: `settings` is imported by light modules that never train
+
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(preference)
+    except (RuntimeError, TypeError, ValueError):
+        raise FewlabelError(f"unknown device {preference!r}; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FewlabelError(f"device {preference!r} asked for, but CUDA is not available here; "
+                            "use auto or cpu")
+    return device
+
+
 def resolve_device(device: str) -> str:
     """``auto`` made concrete (as the training loop picks it), so a run's recorded configuration
     says which device its numbers came from and a resume elsewhere is noticed."""
-    from fewlabel.training.loop import select_device
-
     return str(select_device(device))

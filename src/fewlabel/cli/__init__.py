@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import typer
 
-from fewlabel.errors import FewlabelError
+from fewlabel.errors import FewlabelError, one_line
 from fewlabel.fileio import atomic_write_text
 
 app = typer.Typer(
@@ -93,7 +93,7 @@ def printable(text: str) -> str:
 
 def _internal_error(exc: BaseException) -> NoReturn:
     """Save the traceback to a log file and say, in one line, where it is and that it is our bug."""
-    summary = printable(" ".join(f"{type(exc).__name__}: {exc}".split())[:300])
+    summary = printable(one_line(exc)[:300])
     log = _write_crash_log(exc)
     where = f"the traceback is in {log}" if log is not None else "no log file could be written"
     typer.echo(f"internal error: {summary} ({where}; please report it with that file)", err=True)

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from fewlabel.errors import one_line
 from fewlabel.experiments.grid import Cell
 from fewlabel.experiments.store import METRICS
 from fewlabel.jsonable import jsonable
@@ -259,25 +260,20 @@ def open_data(backend: Any, data_args: dict[str, Any], fingerprint: str, shared:
     return _DATA_CACHE[key]
 
 
-def _set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None) -> None:
     if threads:
         import torch
 
         torch.set_num_threads(int(threads))
 
 
-def _seed_all(seed: int) -> None:
+def seed_all(seed: int) -> None:
     """Seed Python, NumPy and torch before the pipeline runs: weights initialised before the training
     loop seeds itself (the encoder is built first) would otherwise depend on what this process did
     before, and a cell would give other numbers in a Ray worker than in the driver."""
     from fewlabel.training.loop import seed_everything
 
     seed_everything(seed)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{type(exc).__name__}: {text}"
 
 
 def _metric_fields(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -315,21 +311,21 @@ def run_cell(task: CellTask) -> CellOutput:
     t0 = time.perf_counter()
     row = base_row(task)
     try:
-        _set_threads(task.threads)
+        set_threads(task.threads)
         data = open_data(task.backend, task.data_args, task.fingerprint, task.shared_data)
-        _seed_all(task.seed)
+        seed_all(task.seed)
         result = task.backend.fit_cell(data, list(task.labelled_ids), dict(task.spec), task.seed,
                                        dict(task.finetune), list(task.train_ids), list(task.val_ids))
-        output = _ok_output(task, data, result, row)
+        output = ok_output(task, data, result, row)
     except Exception as exc:  # a cell's own failure; KeyboardInterrupt still stops the sweep
-        row.update(status="failed", error=_one_line(exc), cell_seconds=time.perf_counter() - t0,
+        row.update(status="failed", error=one_line(exc), cell_seconds=time.perf_counter() - t0,
                    extra={"traceback": traceback.format_exc(limit=8)})
         return CellOutput(row=row)
     output.row["cell_seconds"] = time.perf_counter() - t0
     return output
 
 
-def _ok_output(task: CellTask, data: Any, result: Any, row: dict[str, Any]) -> CellOutput:
+def ok_output(task: CellTask, data: Any, result: Any, row: dict[str, Any]) -> CellOutput:
     """The row and files of a cell that trained: metrics, counts, probabilities, ids and the model."""
     fit = getattr(result, "fit", None)
     train_ids, val_ids = list(result.train_ids), list(result.val_ids)
@@ -365,9 +361,9 @@ def _ok_output(task: CellTask, data: Any, result: Any, row: dict[str, Any]) -> C
 def run_pretraining(task: PretrainTask) -> dict[str, Any]:
     """Prepare one strategy's encoder (cached by the pipeline in ``cache_dir``); returns the prepared
     spec and the seconds it took. Raises on failure: the driver marks that strategy's cells failed."""
-    _set_threads(task.threads)
+    set_threads(task.threads)
     t0 = time.perf_counter()
     data = open_data(task.backend, task.data_args, task.fingerprint)
-    _seed_all(task.seed)
+    seed_all(task.seed)
     spec = task.backend.prepare_strategy(dict(task.spec), data, Path(task.cache_dir), task.seed)
     return {"strategy": task.strategy, "spec": spec, "seconds": time.perf_counter() - t0}

@@ -20,7 +20,7 @@ A cell that raises becomes a ``failed`` row (tried again on the next run); the s
 See ``store.py`` for the RUN_DIR layout and the row format, ``run_folder.py`` for the folder's lock,
 guards and ``run.json``, ``progress.py`` for what is printed.
 
-Longer than most modules: the driver is one sequence (settings checked, data opened, draws,
+Why this file is long: the driver is one sequence (settings checked, data opened, draws,
 preparations, cells, records) kept together so it reads top to bottom.
 """
 

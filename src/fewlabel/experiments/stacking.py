@@ -31,17 +31,17 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fewlabel.errors import one_line
 from fewlabel.experiments.cell import (
     CellOutput,
     CellTask,
     PipelineBackend,
-    _ok_output,
-    _one_line,
-    _seed_all,
-    _set_threads,
     base_row,
+    ok_output,
     open_data,
     run_cell,
+    seed_all,
+    set_threads,
 )
 
 MODES = ("auto", "on", "off", "measure")
@@ -132,13 +132,13 @@ def run_stack(stack: StackTask) -> list[CellOutput]:
     """Train a stack's cells together where possible and return each cell's output (as ``run_cell``
     would). Never raises for the cells' own failures."""
     from fewlabel import pipeline
+    from fewlabel.settings import select_device
     from fewlabel.training.finetune import FinetuneConfig
-    from fewlabel.training.loop import select_device
     from fewlabel.training.stacked import unstackable_reason
 
     cells = list(stack.cells)
     first = cells[0]
-    _set_threads(first.threads)
+    set_threads(first.threads)
     try:
         data = open_data(first.backend, first.data_args, first.fingerprint, first.shared_data)
         spec = pipeline.StrategySpec.from_dict(dict(first.spec))
@@ -165,7 +165,7 @@ def _prepare_member(task: CellTask, data: Any, spec: Any) -> _Prepared:
     from fewlabel.pipeline.fit import cell_inputs
     from fewlabel.training.stacked import StackMember
 
-    _seed_all(task.seed)
+    seed_all(task.seed)
     inputs = cell_inputs(data, list(task.labelled_ids), spec, task.seed, train_ids=list(task.train_ids),
                          val_ids=list(task.val_ids))
     member = StackMember(inputs.encoder, inputs.x_train, inputs.y_train, inputs.x_val, inputs.y_val,
@@ -232,7 +232,7 @@ def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any,
             try:
                 result = score_cell(data, p.inputs, classifier, fit, config, p.task.seed, train_seconds,
                                     proba=proba)
-                output = _ok_output(p.task, data, result, base_row(p.task))
+                output = ok_output(p.task, data, result, base_row(p.task))
                 output.row["cell_seconds"] = share
                 output.row["extra"] = {"stacked_with": len(members)}
                 outputs[i] = output
@@ -243,5 +243,5 @@ def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any,
 
 def _failed(task: CellTask, exc: BaseException, t0: float) -> CellOutput:
     row = base_row(task)
-    row.update(status="failed", error=_one_line(exc), cell_seconds=time.perf_counter() - t0)
+    row.update(status="failed", error=one_line(exc), cell_seconds=time.perf_counter() - t0)
     return CellOutput(row=row)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fewlabel.errors import one_line
 from fewlabel.experiments.run_view import EXPLAIN_INDEX, RunView, TestSet
 from fewlabel.explain.attributions import METHODS, attribute, lrp_notes
 from fewlabel.explain.embedding import extract_features, tsne_embedding
@@ -151,7 +152,7 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
             if log:
                 log(f"explained {strategy} n={size} in {entry['seconds']:.1f} s")
         except Exception as exc:  # one broken model must not cost the whole report its figures
-            msg = " ".join(f"{type(exc).__name__}: {exc}".split())
+            msg = one_line(exc)
             index["errors"].append({"strategy": strategy, "n_per_class": size, "error": msg})
             if log:
                 log(f"explanations of {strategy} n={size} failed: {msg}")
@@ -206,8 +207,7 @@ def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: s
     ``<name>_<method>.npy`` (the raw map, input size) in ``out``. Returns one record per image
     (path, predicted class and probability, explained class, written files). ``target``: a class
     name or index; None explains each image's predicted class."""
-    from fewlabel.api import collect_image_paths
-    from fewlabel.data.readers import read_image
+    from fewlabel.data.readers import collect_image_paths, read_image
     from fewlabel.errors import FewlabelError
 
     classifier, pre, names = load_for_explain(model_dir)

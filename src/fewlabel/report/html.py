@@ -426,7 +426,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, metric: 
     With ``explain`` the explanation figures are computed first (cells already explained are reused);
     if that fails the report is still written, with the reason in place of the figures.
     """
-    from fewlabel.errors import FewlabelError
+    from fewlabel.errors import FewlabelError, one_line
 
     view = RunView(run_dir)
     if metric not in METRICS:
@@ -439,7 +439,7 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, metric: 
         try:
             index = explain_run(run_dir, n_per_class=n_per_class, seed=seed, log=log)
         except Exception as exc:  # figures are optional; the numbers must still be reported
-            error = " ".join(f"{type(exc).__name__}: {exc}".split())
+            error = one_line(exc)
             if log:
                 log(f"explanations skipped: {error}")
     context = report_context(run_dir, metric=metric, target=target, baseline=baseline, n_boot=n_boot,

@@ -14,8 +14,9 @@ from torch import nn
 from fewlabel.errors import FewlabelError
 from fewlabel.models.encoder import Encoder
 from fewlabel.models.heads import Classifier
+from fewlabel.settings import select_device
 from fewlabel.training.batches import TensorBatches, sequential_batches
-from fewlabel.training.loop import FitResult, LoopConfig, fit, select_device
+from fewlabel.training.loop import FitResult, LoopConfig, fit
 from fewlabel.training.recipe import (
     AUGMENT_KINDS,
     BN_MODES,

@@ -24,22 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewlabel.errors import FewlabelError
 from fewlabel.fileio import atomic_path
-
-
-def select_device(preference: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU (MPS left out on purpose: several 3D ops lack it)."""
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(preference)
-    except (RuntimeError, TypeError, ValueError):
-        raise FewlabelError(f"unknown device {preference!r}; use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FewlabelError(f"device {preference!r} asked for, but CUDA is not available here; "
-                            "use auto or cpu")
-    return device
+from fewlabel.settings import select_device
 
 
 def seed_everything(seed: int) -> None:

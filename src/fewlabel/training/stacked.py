@@ -36,9 +36,10 @@ from torch.func import functional_call, stack_module_state, vmap
 from fewlabel.errors import FewlabelError
 from fewlabel.models.encoder import Encoder
 from fewlabel.models.heads import Classifier
+from fewlabel.settings import select_device
 from fewlabel.training.batches import TensorBatches
 from fewlabel.training.finetune import FinetuneConfig, class_weights
-from fewlabel.training.loop import FitResult, is_improvement, select_device
+from fewlabel.training.loop import FitResult, is_improvement
 
 # Every FinetuneConfig field whose meaning this module implements (or that does not touch training).
 KNOWN_FIELDS = frozenset({

@@ -57,6 +57,7 @@ from fewlabel.data.readers.dicom import is_dicom_file, is_dicom_series_dir
 from fewlabel.data.readers.dispatch import (
     IMAGE_EXTENSIONS,
     READERS,
+    collect_image_paths,
     dangling_reason,
     discover_images,
     file_format,
@@ -77,6 +78,7 @@ __all__ = [
     "is_dicom_file",
     "is_dicom_series_dir",
     "discover_images",
+    "collect_image_paths",
     "is_ignored_name",
     "IGNORED_NAMES",
     "NPZ_SEP",

@@ -95,6 +95,23 @@ def discover_images(root: str | Path) -> tuple[list[Path], list[Path]]:
     return found, unknown
 
 
+def collect_image_paths(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Expand folders recursively into image files; what is missing or not an image is reported as
+    (path, problem) pairs (``predict`` and ``explain`` take files and folders alike)."""
+    paths: list[Path] = []
+    errors: list[tuple[str, str]] = []
+    for item in inputs:
+        item = Path(item)
+        if not item.exists():
+            errors.append((str(item), dangling_reason(item) or "does not exist"))
+            continue
+        found, unknown = discover_images(item)
+        paths.extend(found)
+        errors.extend((str(u), dangling_reason(u) or "unknown file extension; not an image fewlabel can read")
+                      for u in unknown)
+    return paths, errors
+
+
 def dangling_reason(path: str | Path) -> str | None:
     """Why a symlink cannot be followed ("symlink loop", "broken symlink"), or None.
 
