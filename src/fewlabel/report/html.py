@@ -6,7 +6,7 @@ inline base64 PNGs and the page carries a Content-Security-Policy that forbids a
 the file can be mailed or archived as is. The template is rendered by jinja2 with autoescaping on:
 class names, file names and error messages are escaped.
 
-Longer than most modules on purpose: it is the one place where a run becomes the page's context, one
+Why this file is long: it is the one place where a run becomes the page's context, one
 small function per section (``report_context`` calls them in page order); the statistics live in
 ``evaluate`` and ``report.label_need`` / ``report.paired``, the figures in ``report.curves``.
 """
