@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
 __all__ = ["__version__", "train", "load_model", "Model", "FewlabelError"]
 
 from fewlabel.errors import FewlabelError  # noqa: E402
+from fewlabel.version import __version__  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:

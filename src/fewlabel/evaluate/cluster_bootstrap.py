@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from fewlabel.evaluate.metrics import auc_from_weights, metrics_from_confusion, weighted_confusion
+from fewlabel.evaluate.resample import group_strata, stratified_counts
 
 
 @dataclass
@@ -38,27 +39,6 @@ class BootstrapPlan:
     @property
     def n_boot(self) -> int:
         return int(self.weights.shape[0])
-
-
-def group_strata(groups: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(group index per sample, stratum per group): a group's stratum is its most frequent class."""
-    _, gidx = np.unique(np.asarray(groups), return_inverse=True)
-    n_groups = int(gidx.max()) + 1
-    counts = np.zeros((n_groups, int(labels.max()) + 1))
-    np.add.at(counts, (gidx, labels), 1)
-    return gidx, counts.argmax(axis=1)
-
-
-def stratified_counts(strata: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    """(n_boot, U) counts: within each stratum its units are drawn with replacement, as many as it has."""
-    units = len(strata)
-    counts = np.zeros((n_boot, units))
-    rows = np.arange(n_boot)[:, None]
-    for s in np.unique(strata):
-        members = np.flatnonzero(strata == s)
-        draws = members[rng.integers(0, len(members), size=(n_boot, len(members)))]
-        np.add.at(counts, (np.broadcast_to(rows, draws.shape), draws), 1)
-    return counts
 
 
 def draw_plan(groups: Sequence[Any] | np.ndarray, labels: Sequence[int] | np.ndarray, n_repeats: int,

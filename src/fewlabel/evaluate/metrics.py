@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from fewlabel.evaluate.resample import group_strata, stratified_counts
+
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
 # The same names, ROC-AUC (the headline) first: the column order of results.csv and of the report.
 HEADLINE_METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "macro_f1")
@@ -205,8 +207,6 @@ def classification_metrics(
     boot = None
     if n_boot > 0:
         if stratify:
-            from fewlabel.evaluate.cluster_bootstrap import group_strata, stratified_counts
-
             unit_index, strata = group_strata(group_index if group_index is not None else np.arange(n), y)
 
             def draw(k: int) -> np.ndarray:

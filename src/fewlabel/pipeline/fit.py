@@ -17,6 +17,7 @@ from fewlabel.pipeline.data import PreparedData
 from fewlabel.pipeline.encoders import StrategySpec, build_encoder
 from fewlabel.training.finetune import FinetuneConfig, finetune, predict_proba
 from fewlabel.training.loop import FitResult
+from fewlabel.version import __version__
 
 
 @dataclass
@@ -128,8 +129,6 @@ def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, se
 def model_config(data: PreparedData, spec: StrategySpec, cell: CellResult, seed: int) -> dict[str, Any]:
     """What a model folder records so ``predict`` can repeat the preprocessing, a reader can trust it,
     and a later run can refuse it as an encoder for a test set it has seen (``provenance``)."""
-    from fewlabel import __version__
-
     return {
         "format": "fewlabel-model", "fewlabel_version": __version__,
         "class_names": data.class_names, "preprocess": data.preprocess.to_dict(),
