@@ -24,12 +24,18 @@ from fewlabel.report.curves import (
 )
 from fewlabel.report.html import build_report, render, report_context
 from fewlabel.report.paired import paired_table
+from fewlabel.report.sections import SECTIONS, Section
 
 CHROMIUM = Path("/usr/bin/chromium")
 
 
 def _row(strategy: str, n: int, repeat: int, auc: float) -> dict:
     return {"strategy": strategy, "n_per_class": n, "repeat": repeat, "status": "ok", "roc_auc": auc}
+
+
+def _values(ctx: dict, anchor: str) -> dict:
+    """The values of one section of a report context."""
+    return ctx["sections"][anchor]["values"]
 
 
 def _points(sizes, medians) -> list[CurvePoint]:
@@ -119,40 +125,44 @@ def test_report_content_escaping_and_self_containment(run_dir: Path) -> None:
         assert heading in html
     assert html.count("similarity after weight randomisation") >= 11  # a checks table beside every grid
     ctx = report_context(run_dir, n_boot=300)
-    for e in ctx["explanations"]:
+    for e in _values(ctx, "explain")["explanations"]:
         assert [c["method"] for c in e["checks"]] == ["saliency", "lrp", "gradcam"]
         assert all(c["deletion"] != "—" and c["randomisation"] != "—" for c in e["checks"])
-    assert ctx["summary"][0].startswith("With 20 labelled images per class")
-    assert any("ssl has no finished result at 20" in s for s in ctx["summary"])
-    assert [f["error"] for f in ctx["failed"]] == [f"RuntimeError: out of memory in {HOSTILE}"]
-    ssl20 = next(line for t in ctx["size_tables"] if t["n_per_class"] == 20 for line in t["lines"]
-                 if line["strategy"] == "ssl")
+    summary = _values(ctx, "answer")["summary"]
+    assert summary[0].startswith("With 20 labelled images per class")
+    assert any("ssl has no finished result at 20" in s for s in summary)
+    failed = _values(ctx, "failed")["failed"]
+    assert [f["error"] for f in failed] == [f"RuntimeError: out of memory in {HOSTILE}"]
+    ssl20 = next(line for t in _values(ctx, "sizes")["size_tables"] if t["n_per_class"] == 20
+                 for line in t["lines"] if line["strategy"] == "ssl")
     assert ssl20["metrics"]["roc_auc"] is None  # missing size: a dash, not a crash
 
 
 def test_report_statistics_come_from_test_groups_and_repeats(run_dir: Path, tmp_path: Path) -> None:
     ctx = report_context(run_dir, n_boot=300)
     assert ctx["bootstrap"] == {"source": "plan.json", "n_boot": 300, "n_groups": 20, "repeats": 6}
-    rows = [p for p in ctx["paired"] if p["n_per_class"] == 10]
+    paired, summary = _values(ctx, "paired")["paired"], _values(ctx, "answer")["summary"]
+    rows = [p for p in paired if p["n_per_class"] == 10]
     assert {p["strategy"] for p in rows} == {"gan", "ssl"}
     for p in rows:
         assert p["method"].startswith("paired cluster bootstrap") and p["n"] == 6
         assert p["p_holm"] >= p["p_value"] and p["ci_low"] < p["mean_diff"] < p["ci_high"]
     # at 2 per class ssl is far better than scratch in the fixture (AUC ~0.77 vs ~0.60): it survives Holm
-    assert next(p for p in ctx["paired"] if p["strategy"] == "ssl" and p["n_per_class"] == 2)["survives"]
-    assert any("Holm correction" in s for s in ctx["summary"])
-    assert any("ONE pretraining run" in s and "gan, ssl" in s for s in ctx["summary"])
-    need = {t["strategy"]: t for t in ctx["targets"]}
+    assert next(p for p in paired if p["strategy"] == "ssl" and p["n_per_class"] == 2)["survives"]
+    assert any("Holm correction" in s for s in summary)
+    assert any("ONE pretraining run" in s and "gan, ssl" in s for s in summary)
+    need = {t["strategy"]: t for t in _values(ctx, "target")["targets"]}
     assert need["ssl"]["how"] in ("measured", "extrapolated") and "interval" in need["ssl"]["text"]
     assert need["scratch"]["extrapolated"]  # not reached by 20 per class: fitted, marked, capped at 100
     assert "EXTRAPOLATED" in need["scratch"]["text"] or need["scratch"]["text"].startswith("> 100")
     # per-cell test CIs are class-stratified: every resample used, and the count is shown
-    assert ctx["size_tables"][0]["lines"][0]["test_ci"].endswith("(1000/1000)")
+    assert _values(ctx, "sizes")["size_tables"][0]["lines"][0]["test_ci"].endswith("(1000/1000)")
     per_repeat = make_run(tmp_path / "per_repeat", models=False, pretrain_per_repeat=True)
-    assert not any("ONE pretraining run" in s for s in report_context(per_repeat, n_boot=100)["summary"])
+    assert not any("ONE pretraining run" in s
+                   for s in _values(report_context(per_repeat, n_boot=100), "answer")["summary"])
     old = make_run(tmp_path / "old", models=False, probas=False)
     octx = report_context(old, n_boot=100)
-    assert octx["bootstrap"] is None and "p_holm" in octx["paired"][0]
+    assert octx["bootstrap"] is None and "p_holm" in _values(octx, "paired")["paired"][0]
     assert "no per-image test results" in render(octx)
 
 
@@ -166,6 +176,33 @@ def test_report_degrades_without_models_explanations_or_results(tmp_path: Path) 
     empty.mkdir()
     (empty / "run.json").write_text('{"config": {"strategies": ["scratch"], "sizes": [2], "repeats": 1}}')
     assert "nothing to summarise" in build_report(empty, explain=False).read_text()
+
+
+def test_a_section_in_the_list_is_on_the_page_and_one_left_out_is_not(tmp_path: Path) -> None:
+    root = make_run(tmp_path / "run", strategies=("scratch", "ssl"), sizes=(2, 5), repeats=2, models=False,
+                    failed=(), missing=())
+    fragment = tmp_path / "probe.html.j2"
+    fragment.write_text('<p class="probe">{{ n_finished }} cells finished; {{ note }}</p>\n')
+    probe = Section(anchor="probe", title="Probe of {baseline} by {metric_label}", nav="Probe",
+                    build=lambda data: {"n_finished": sum(r["status"] == "ok" for r in data.rows),
+                                        "note": HOSTILE},
+                    template=fragment)
+    html = render(report_context(root, n_boot=50, sections=(*SECTIONS, probe)))
+    assert '<h2 id="probe">Probe of scratch by ROC-AUC</h2>' in html and '<a href="#probe">Probe</a>' in html
+    assert '<p class="probe">8 cells finished; &lt;script&gt;alert(1)&lt;/script&gt;</p>' in html
+
+    # The page is SECTIONS, in order; a section whose build gives None (no unfinished cell) is left off.
+    page = render(report_context(root, n_boot=50))
+    assert re.findall(r'<h2 id="(\w+)"', page) == [s.anchor for s in SECTIONS if s.anchor != "failed"]
+    assert "probe" not in page and "Confusion matrices" in page and 'href="#confusion"' in page
+    ctx = report_context(root, n_boot=50, sections=[s for s in SECTIONS if s.anchor != "confusion"])
+    without = render(ctx)
+    assert "confusion" not in ctx["sections"]
+    assert "Confusion matrices" not in without and 'id="confusion"' not in without
+    assert 'href="#confusion"' not in without and 'class="cm"' not in without
+    clash = Section(anchor="x", title="x", build=lambda data: {"baseline": "other"}, template=fragment)
+    with pytest.raises(ValueError, match="redefines page values"):
+        report_context(root, n_boot=50, sections=(clash,))
 
 
 def test_report_cli(run_dir: Path, tmp_path: Path, capsys) -> None:
