@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as _dt
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fewlabel.errors import FewlabelError, one_line
 from fewlabel.experiments.run_view import RunView
@@ -21,6 +21,9 @@ from fewlabel.fileio import atomic_write_text
 from fewlabel.report.analysis import METRICS, ReportData, analyse
 from fewlabel.report.curves import METRIC_LABELS
 from fewlabel.report.sections import SECTIONS, Section
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 REPORT_FILE = "report.html"
 PAGE_TEMPLATE = Path(__file__).parent / "templates" / "report.html.j2"
@@ -70,7 +73,7 @@ def report_context(run_dir: str | Path, metric: str = "roc_auc", target: float =
     return {**page, "sections": built}
 
 
-def _environment() -> Any:
+def _environment() -> Environment:
     from jinja2 import Environment, FunctionLoader, StrictUndefined
 
     def load(name: str) -> tuple[str, str, None]:  # templates are named by their file's path
@@ -86,6 +89,7 @@ def render(context: Mapping[str, Any]) -> str:
 
     env = _environment()
     page = {k: v for k, v in context.items() if k != "sections"}
+    # each fragment is rendered with autoescape on, so its output is safe HTML for the page
     sections = [{"anchor": anchor, "title": s["title"], "nav": s["nav"],
                  "html": Markup(env.get_template(s["template"]).render(**page, **s["values"]).strip("\n"))}
                 for anchor, s in context["sections"].items()]
