@@ -11,7 +11,7 @@ import numpy as np
 
 from fewlabel.data import splits, tensors
 from fewlabel.errors import FewlabelError
-from fewlabel.evaluate.metrics import classification_metrics
+from fewlabel.evaluate.metrics import classification_metrics, group_metrics
 from fewlabel.models.heads import Classifier
 from fewlabel.pipeline.data import PreparedData
 from fewlabel.pipeline.encoders import StrategySpec, build_encoder
@@ -105,8 +105,11 @@ def score_cell(data: PreparedData, inputs: CellInputs, classifier: Classifier, f
     x_test, y_test = data.test_arrays
     if proba is None:
         proba = predict_proba(classifier, x_test, device=config.device)
-    metrics = classification_metrics(y_test, proba, class_names=data.class_names, seed=seed,
-                                     groups=data.catalog.groups(data.test_ids))
+    groups = data.catalog.groups(data.test_ids)
+    metrics = classification_metrics(y_test, proba, class_names=data.class_names, seed=seed, groups=groups)
+    patient = group_metrics(y_test, proba, groups, class_names=data.class_names, seed=seed)
+    if patient is not None:
+        metrics["patient"] = patient
     return CellResult(classifier=classifier, fit=fit_result, metrics=metrics, proba_test=proba,
                       train_ids=inputs.train_ids, val_ids=inputs.val_ids, train_seconds=train_seconds,
                       finetune_config=config, seen_files=inputs.seen_files, notes=inputs.notes)
