@@ -13,9 +13,10 @@ sizes count PATIENTS per class (all their slices, up to 4). Reductions (image si
 pretraining steps, sizes, repeats) are printed with the table.
 
 Prints, per arm × size: slice-level and patient-level ROC-AUC (patient = mean of its slices'
-probabilities) as the mean over repeats with a two-way 95 % CI (test patients × repeats, the
-report's bootstrap), patient accuracy, and the paired patient-level difference of each arm to
-scratch. Per-cell values with their own CIs are in <out>/results.csv (patient_* columns).
+probabilities) as the mean over repeats with a two-way 95 % CI (test patients × repeats:
+``fewlabel.report.patients``, what the HTML report shows), patient accuracy, and the paired
+patient-level difference of each arm to scratch. Per-cell values with their own CIs are in
+<out>/results.csv (patient_* columns).
 """
 
 from __future__ import annotations
@@ -94,6 +95,7 @@ def print_tables(out: Path, run: dict[str, Any], rows: list[dict[str, Any]], n_b
     from fewlabel.data.plan import SplitPlan
     from fewlabel.evaluate.cluster_bootstrap import draw_plan, paired_summary, per_repeat_metric
     from fewlabel.evaluate.metrics import pool_by_group
+    from fewlabel.report.patients import mean_over_repeats
 
     plan = SplitPlan.load(out / "plan.json")
     y, groups = np.asarray(plan.test_labels), np.asarray(plan.test_groups)
@@ -102,19 +104,17 @@ def print_tables(out: Path, run: dict[str, Any], rows: list[dict[str, Any]], n_b
         print("no finished cells yet")
         return
     repeats = max(len(v) for v in probas.values())
-    slice_plan = draw_plan(groups, y, repeats, n_boot, seed)
     y_pat, _, pats = pool_by_group(y, np.eye(int(y.max()) + 1)[y], groups)
-    pat_plan = draw_plan(pats, y_pat, repeats, n_boot, seed)
+    pat_ids = np.asarray(pats)
+    pat_plan = draw_plan(pat_ids, y_pat, repeats, n_boot, seed)
     n_slices, n_pat = len(y), len(pats)
 
     def pooled(reps: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
         return {r: pool_by_group(y, p, groups)[1] for r, p in reps.items()}
 
-    def mean_ci(plan: Any, yy: np.ndarray, reps: dict[int, np.ndarray], metric: str) -> tuple[str, Any]:
-        m = per_repeat_metric(plan, yy, reps, metric)
-        boot = m.resampled_mean(plan, len(m.repeats))
-        lo, hi = np.nanquantile(boot, [0.025, 0.975])
-        return f"{np.nanmean(m.point):.3f} [{lo:.3f}, {hi:.3f}]", m
+    def mean_ci(yy: np.ndarray, gg: np.ndarray, reps: dict[int, np.ndarray], metric: str) -> str:
+        m = mean_over_repeats(yy, gg, reps, metric, n_boot, seed)
+        return f"{m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}]"
 
     table, diffs = [], []
     sizes = sorted({n for _, n in probas})
@@ -122,9 +122,10 @@ def print_tables(out: Path, run: dict[str, Any], rows: list[dict[str, Any]], n_b
         ref = None
         for arm in [a for a in ARMS if (a, n) in probas]:
             reps = probas[(arm, n)]
-            s_auc, _ = mean_ci(slice_plan, y, reps, "roc_auc")
-            p_auc, pm = mean_ci(pat_plan, y_pat, pooled(reps), "roc_auc")
-            p_acc, _ = mean_ci(pat_plan, y_pat, pooled(reps), "accuracy")
+            s_auc = mean_ci(y, groups, reps, "roc_auc")
+            p_auc = mean_ci(y_pat, pat_ids, pooled(reps), "roc_auc")
+            p_acc = mean_ci(y_pat, pat_ids, pooled(reps), "accuracy")
+            pm = per_repeat_metric(pat_plan, y_pat, pooled(reps), "roc_auc")
             table.append([arm, str(n), str(len(reps)), s_auc, p_auc, p_acc])
             if arm == "scratch":
                 ref = pm

@@ -39,3 +39,24 @@ def test_no_patient_metrics_when_every_patient_has_one_image():
     proba = np.eye(2)[y]
     assert group_metrics(y, proba, ["a", "b", "c", "d"]) is None
     assert group_metrics(y, proba, None) is None
+
+
+def test_report_patient_table_pools_each_repeat_and_skips_single_image_patients(tmp_path):
+    import json
+
+    from fewlabel.report.patients import patient_table
+
+    y = [0, 0, 0, 0, 1, 1, 1, 1]
+    groups = ["n1", "n1", "n2", "n2", "t1", "t1", "t2", "t2"]
+    (tmp_path / "plan.json").write_text(json.dumps({"test": {"labels": y, "groups": groups}}))
+    p1 = np.array([0.6, 0.3, 0.2, 0.1, 0.95, 0.05, 0.7, 0.5])
+    np.save(tmp_path / "p0.npy", np.stack([1 - p1, p1], axis=1))
+    np.save(tmp_path / "p1.npy", np.stack([p1, 1 - p1], axis=1))  # the reverse: patient AUC 0
+    rows = [{"strategy": "s", "n_per_class": 2, "repeat": r, "status": "ok", "proba_path": f"p{r}.npy"}
+            for r in (0, 1)]
+    table = patient_table(tmp_path, rows, ["s"], n_boot=200)
+    assert table["n_patients"] == 4 and table["n_images"] == 8
+    (row,) = table["rows"]
+    assert row["repeats"] == 2 and row["roc_auc"]["value"] == pytest.approx(0.5)  # mean of 1.0 and 0.0
+    (tmp_path / "plan.json").write_text(json.dumps({"test": {"labels": y, "groups": list("abcdefgh")}}))
+    assert patient_table(tmp_path, rows, ["s"], n_boot=200) is None

@@ -35,6 +35,7 @@ from fewlabel.report.curves import (
 )
 from fewlabel.report.label_need import BACKTEST, INTERVAL_LEVEL, MAX_EXTRAPOLATION, estimate_need
 from fewlabel.report.paired import MIN_PAIRS_FOR_WILCOXON, cluster_paired_table, holm_by_size, paired_table
+from fewlabel.report.patients import patient_table
 from fewlabel.report.run_data import RunBootstrap, run_bootstrap
 
 REPORT_FILE = "report.html"
@@ -380,6 +381,7 @@ def report_context(run_dir: str | Path, metric: str = "roc_auc", target: float =
         "strategies": strategies,
         "figures": figures,
         "size_tables": _size_tables(rows, cmaps, strategies, _cell_cis(rb, metric)),
+        "patients": patient_table(run_dir, rows, strategies, n_boot=n_boot, seed=seed) if rows else None,
         "metric_labels": METRIC_LABELS, "metrics": METRICS,
         "paired": [{**p, "mean_diff_s": f"{p['mean_diff']:+.3f}" if math.isfinite(p["mean_diff"]) else "—",
                     "ci_s": f"{_num(p['ci_low'])} to {_num(p['ci_high'])}", "p_s": _pvalue(p["p_value"]),
