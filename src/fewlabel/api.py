@@ -98,6 +98,11 @@ class Model:
         from fewlabel.data.mismatch import describe_mismatch
         from fewlabel.data.readers import read_image
 
+        name = str((self.config.get("strategy") or {}).get("name", ""))
+        if name in strategy_registry.REGISTRY and strategy_registry.REGISTRY[name].input == "region":
+            # Its classifier learnt on U-Net crops: whole images would be scored on the wrong input.
+            raise FewlabelError(f"this model ({name}) classifies U-Net region crops, which predict does not "
+                                "make yet; score images with a curve or a model of another strategy")
         paths, errors = collect_image_paths([inputs] if isinstance(inputs, (str, Path)) else inputs)
         warnings: list[tuple[str, str]] = []
         ok_paths: list[str] = []
