@@ -34,3 +34,17 @@ def test_curve_keeps_an_explicit_choice(tmp_path):
     run, _ = load_run(tmp_path / "run")
     assert list(run["config"]["strategies"]) == ["ssl"]
     assert not any("default for this data" in line for line in lines)
+
+
+def test_train_without_strategy_on_volumes_says_it_chose_scratch(tmp_path, capsys):
+    import fewlabel
+    from fewlabel.training.finetune import FinetuneConfig
+
+    from factory import make_class_folder
+
+    data = make_class_folder(tmp_path / "vol", classes={"a": 6, "b": 6}, size=(8, 8, 8), fmt="npy")
+    model = fewlabel.train(data, labels_per_class=3, seed=0,
+                           finetune=FinetuneConfig(max_epochs=1, progress=False, device="cpu"))
+    assert model.config["strategy"]["name"] == "scratch"
+    assert model.metrics["strategy_choice"].startswith("strategy: scratch (default for this data: 3D")
+    assert "strategy: scratch" in capsys.readouterr().err
