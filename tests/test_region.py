@@ -25,6 +25,9 @@ def test_region_box_is_a_square_around_the_found_pixels_or_none():
     assert r0 * 40 <= 10 and r1 * 40 >= 14 and c0 * 40 <= 20 and c1 * 40 >= 30  # holds the region
     assert r1 - r0 == pytest.approx(c1 - c0)  # square
     assert (c1 - c0) * 40 == pytest.approx(10 * (1 + 2 * region_mod.MARGIN))  # widened by the margin
+    stray = found.copy()
+    stray[38, 38] = True  # a stray pixel far away does not stretch the box
+    assert region_box(stray) == box
     assert region_box(np.zeros((40, 40), bool)) is None  # nothing found: the caller keeps the whole image
     edge = np.zeros((40, 40), bool)
     edge[0:3, 0:3] = True

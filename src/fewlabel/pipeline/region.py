@@ -7,8 +7,9 @@ is saved whole beside its encoder (``pretrain.segmentation.UNET_FILE``).
 
 Per image, training, validation and test alike, and from the image alone (no mask is ever read):
   1. the U-Net predicts a mask on the preprocessed image (the working size);
-  2. the box around every foreground pixel is made square (a cube in 3D), widened by ``MARGIN`` of
-     its side on each side for context, at least ``MIN_SIDE`` of the image, and shifted inside it;
+  2. the box around the largest connected foreground region is made square (a cube in 3D), widened
+     by ``MARGIN`` of its side on each side for context, at least ``MIN_SIDE`` of the image, and
+     shifted inside it;
      fewer than ``MIN_PIXELS`` foreground pixels = nothing found: the whole image is kept;
   3. that box, as fractions of the image, cuts the ORIGINAL file's pixels (more detail than the
      working-size array), and the crop goes through the data's own preprocessing (resize, z-score).
@@ -47,6 +48,13 @@ def unet_path(encoder_path: str | Path) -> Path:
 def region_box(found: np.ndarray) -> Box | None:
     """The square box (fractions) around the foreground of one predicted mask ``(*spatial)``, or None
     when too little was found."""
+    from scipy import ndimage
+
+    # The largest connected region only: a few stray pixels elsewhere would stretch the box to the
+    # whole image (on LGG slices a third of the U-Net's masks hold more than one region).
+    labels, n = ndimage.label(found)
+    if n > 1:
+        found = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
     if int(found.sum()) < MIN_PIXELS:
         return None
     shape = found.shape
@@ -58,7 +66,7 @@ def region_box(found: np.ndarray) -> Box | None:
     for a, n in enumerate(shape):
         s = min(side, float(n))
         start = min(max((lo[a] + hi[a]) / 2 - s / 2, 0.0), n - s)
-        box.append((start / n, (start + s) / n))
+        box.append((float(start / n), float((start + s) / n)))
     return tuple(box)
 
 
