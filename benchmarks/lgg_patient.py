@@ -134,9 +134,9 @@ def print_tables(out: Path, run: dict[str, Any], rows: list[dict[str, Any]], n_b
                 diffs.append([f"{arm} - scratch", str(n), str(d["n"]),
                               f"{d['mean_diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]",
                               f"{d['p_value']:.3f}"])
-    print(f"\nmean over repeats [95% CI: bootstrap over test patients x repeats]; test: {n_slices} slices, "
-          f"{n_pat} patients; patient = mean of its slices' probabilities")
-    print_table(["arm", "n/class", "reps", "slice ROC-AUC", "patient ROC-AUC", "patient accuracy"], table)
+    print(f"\nmean over repeats [95% CI: bootstrap over test patients x repeats]; test: {n_slices} images, "
+          f"{n_pat} patients; patient = mean of its images' probabilities")
+    print_table(["arm", "n/class", "reps", "image ROC-AUC", "patient ROC-AUC", "patient accuracy"], table)
     if diffs:
         print("\npaired patient-level ROC-AUC difference (same draws, same resamples)")
         print_table(["comparison", "n/class", "reps", "mean diff [95% CI]", "p"], diffs)
