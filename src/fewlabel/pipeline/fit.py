@@ -88,17 +88,18 @@ def cell_inputs(data: PreparedData, labelled_ids: list[str], spec: StrategySpec,
     x_val, y_val = data.arrays(val_ids) if val_ids else (None, None)
     x_test = data.test_arrays[0]
     notes: list[str] = []
+    encoder, seen = build_encoder(spec, data, seed=seed, notes=notes)  # refuses a file that saw a test image
     if strategy_registry.get(spec.name).input == "region":
         if not spec.encoder_weights or spec.semi:
             raise FewlabelError(f"{spec.name} needs its prepared segmentation encoder (and no FixMatch)",
                                 path=data.catalog.root)
-        # Every image (train, validation, test) cropped by the U-Net from the image alone.
+        # After the encoder file's check: every image (train, validation, test) cropped by the U-Net
+        # beside it, from the image alone.
         x_train = region_arrays(data, list(train_ids), spec.encoder_weights)
         x_val = region_arrays(data, list(val_ids), spec.encoder_weights) if val_ids else None
         x_test = region_arrays(data, list(data.test_ids), spec.encoder_weights)
         notes.append(region_note(data, list(train_ids) + list(val_ids) + list(data.test_ids),
                                  spec.encoder_weights))
-    encoder, seen = build_encoder(spec, data, seed=seed, notes=notes)
     seen_keys = set(seen) | set(data.keys_of(list(train_ids) + list(val_ids)))
     x_pool = data.unlabelled_arrays() if spec.semi else None
     if spec.semi and x_pool is not None:
