@@ -306,7 +306,7 @@ def test_unwritable_out_is_refused_before_any_work(tmp_path: Path, capfd) -> Non
     a_file.write_text("keep me")
     for out in (a_file, a_file / "model"):
         t0 = time.perf_counter()
-        code, err = _cli(capfd, "train", data, "--out", out, "--max-epochs", "1")
+        code, err = _cli(capfd, "train", "--strategy", "scratch", data, "--out", out, "--max-epochs", "1")
         assert code == USAGE and time.perf_counter() - t0 < 20
         _one_line(err, str(out))
     assert a_file.read_text() == "keep me"
@@ -324,7 +324,7 @@ def test_unwritable_out_is_refused_before_any_work(tmp_path: Path, capfd) -> Non
 
 def test_control_characters_in_an_error_line_are_escaped(tmp_path: Path, capfd) -> None:
     hostile = tmp_path / "data\x1b[2J\nsecond line"
-    code, err = _cli(capfd, "train", hostile, "--out", tmp_path / "m")
+    code, err = _cli(capfd, "train", "--strategy", "scratch", hostile, "--out", tmp_path / "m")
     assert code == USAGE
     line = _one_line(err, "\\x1b[2J\\nsecond line")
     assert "\x1b" not in line
@@ -335,7 +335,7 @@ def test_existing_model_folder_needs_overwrite(tmp_path: Path, capfd) -> None:
     out = tmp_path / "m"
     out.mkdir()
     (out / "config.json").write_text('{"kept": true}')
-    code, err = _cli(capfd, "train", data, "--out", out, "--max-epochs", "1")
+    code, err = _cli(capfd, "train", "--strategy", "scratch", data, "--out", out, "--max-epochs", "1")
     assert code == USAGE and "--overwrite" in _one_line(err, str(out))
     assert json.loads((out / "config.json").read_text()) == {"kept": True}
 
@@ -432,7 +432,8 @@ def test_damaged_cached_encoder_is_not_trusted(tmp_path: Path) -> None:
 
 def test_image_size_is_bounded(tmp_path: Path, capfd) -> None:
     data = make_class_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(16, 16), seed=0)
-    code, err = _cli(capfd, "train", data, "--out", tmp_path / "m", "--image-size", "100000")
+    code, err = _cli(capfd, "train", "--strategy", "scratch", data, "--out", tmp_path / "m",
+                     "--image-size", "100000")
     assert code == USAGE
     assert "too large" in _one_line(err, "100000")
 
@@ -482,7 +483,7 @@ def test_predict_refuses_images_unlike_the_training_images(tmp_path: Path, capfd
 
     data = make_class_folder(tmp_path / "data", {"a": 8, "b": 8}, size=(16, 16), channels=3, seed=0)
     fast = FinetuneConfig(max_epochs=1, batch_size=8, min_steps_per_epoch=1, augment="none", progress=False)
-    fewlabel.train(data, tmp_path / "m", labels_per_class=4, seed=0, finetune=fast)
+    fewlabel.train(data, tmp_path / "m", strategy="scratch", labels_per_class=4, seed=0, finetune=fast)
     new = tmp_path / "new"
     new.mkdir()
     write_tiff(new / "grey_float.tif", np.random.default_rng(0).random((1, 16, 16)).astype(np.float32))
@@ -525,9 +526,11 @@ def test_kill_9_of_train_keeps_every_file_whole(tmp_path: Path, seed: int) -> No
     data = make_class_folder(tmp_path / "data", {"a": 10, "b": 10}, size=(16, 16), seed=0)
     other, model = tmp_path / "other", tmp_path / "m"
     for out in (other, model):
-        assert run_cli("train", data, "--out", out, "--max-epochs", "2", "--seed", "0") == 0
+        assert run_cli("train", "--strategy", "scratch", data, "--out", out, "--max-epochs", "2",
+                       "--seed", "0") == 0
     kept_other = _snapshot(other)
-    _kill_after(_start(["train", data, "--out", model, "--overwrite", "--max-epochs", "40", "--seed", "1"],
+    _kill_after(_start(["train", "--strategy", "scratch", data, "--out", model, "--overwrite",
+                        "--max-epochs", "40", "--seed", "1"],
                        tmp_path), rng.uniform(1.0, 12.0))
     assert _snapshot(other) == kept_other  # another model folder: untouched
     for name in ("config.json", "metrics.json", "plan.json"):

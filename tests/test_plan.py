@@ -71,7 +71,7 @@ def test_copies_with_different_labels_are_refused(tmp_path: Path, capsys) -> Non
     shutil.copy(src, data / "b" / "mislabelled.png")
     with pytest.raises(DataError, match="same image but are labelled"):
         prepare_data(data)
-    code = run_cli("train", data, "--out", tmp_path / "m", "--max-epochs", "1")
+    code = run_cli("train", "--strategy", "scratch", data, "--out", tmp_path / "m", "--max-epochs", "1")
     err = capsys.readouterr().err
     assert code != 0 and "mislabelled.png" in err and "Traceback" not in err
 
@@ -151,7 +151,7 @@ def test_unrecorded_encoder_is_refused_unless_trusted(tmp_path: Path, capsys) ->
 def test_a_fine_tuned_model_reused_for_another_seed_is_refused(tmp_path: Path, capsys) -> None:
     """Its weights saw seed 0's training images; seed 1 tests on some of them."""
     data = make_class_folder(tmp_path / "d", {"a": 10, "b": 10}, size=(8, 8))
-    fewlabel.train(data, tmp_path / "m0", seed=0, test_size=0.3, finetune=FAST)
+    fewlabel.train(data, tmp_path / "m0", strategy="scratch", seed=0, test_size=0.3, finetune=FAST)
     config = json.loads((tmp_path / "m0" / "config.json").read_text())
     assert config["provenance"]["seen_files"] and config["provenance"]["plan_fingerprint"]
     weights = tmp_path / "m0" / "model.safetensors"
@@ -188,7 +188,7 @@ def test_curve_cached_encoders_record_what_they_saw(tmp_path: Path) -> None:
 def test_pretrain_follows_a_plan_and_train_accepts_the_encoder(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "d", {"a": 8, "b": 8}, size=(8, 8))
     pool = make_pool(tmp_path / "pool", n=6, size=(8, 8))
-    fewlabel.train(data, tmp_path / "m0", seed=3, test_size=0.25, finetune=FAST)
+    fewlabel.train(data, tmp_path / "m0", strategy="scratch", seed=3, test_size=0.25, finetune=FAST)
     plan = tmp_path / "m0" / "plan.json"
     shutil.copy(Path(data) / SplitPlan.load(plan).test_ids[0], pool / "leak.png")
     enc = tmp_path / "enc.safetensors"

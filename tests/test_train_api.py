@@ -33,8 +33,8 @@ def cells(tmp_path_factory) -> Path:
 
 def test_train_writes_model_metrics_and_split(cells: Path, tmp_path: Path) -> None:
     out = tmp_path / "m"
-    model = fewlabel.train(cells, out, labels_per_class=5, group_pattern=GROUP_PATTERN, seed=1,
-                           test_size=0.25, finetune=FinetuneConfig(**{**FAST.to_dict()}))
+    model = fewlabel.train(cells, out, strategy="scratch", labels_per_class=5, group_pattern=GROUP_PATTERN,
+                           seed=1, test_size=0.25, finetune=FinetuneConfig(**{**FAST.to_dict()}))
     metrics = json.loads((out / "metrics.json").read_text())
     for key in METRICS:
         m = metrics[key]
@@ -55,14 +55,17 @@ def test_train_writes_model_metrics_and_split(cells: Path, tmp_path: Path) -> No
 
 
 def test_same_seed_same_numbers(cells: Path) -> None:
-    a = fewlabel.train(cells, labels_per_class=4, seed=3, finetune=FinetuneConfig(**FAST.to_dict()))
-    b = fewlabel.train(cells, labels_per_class=4, seed=3, finetune=FinetuneConfig(**FAST.to_dict()))
+    a = fewlabel.train(cells, strategy="scratch", labels_per_class=4, seed=3,
+                       finetune=FinetuneConfig(**FAST.to_dict()))
+    b = fewlabel.train(cells, strategy="scratch", labels_per_class=4, seed=3,
+                       finetune=FinetuneConfig(**FAST.to_dict()))
     assert a.metrics["roc_auc"] == b.metrics["roc_auc"]
 
 
 def test_predict_new_process_identical_and_corrupt_file_named(cells: Path, tmp_path: Path) -> None:
     out = tmp_path / "m"
-    fewlabel.train(cells, out, labels_per_class=4, seed=0, finetune=FinetuneConfig(**FAST.to_dict()))
+    fewlabel.train(cells, out, strategy="scratch", labels_per_class=4, seed=0,
+                   finetune=FinetuneConfig(**FAST.to_dict()))
     new = make_class_folder(tmp_path / "new", {"x": 3, "y": 2}, size=(20, 20), channels=3, seed=5)
     bad = sorted(new.rglob("*.png"))[0]
     corrupt_file(bad)
@@ -91,7 +94,8 @@ def test_predict_new_process_identical_and_corrupt_file_named(cells: Path, tmp_p
 
 def test_predict_error_names_file_on_stderr(cells: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "m"
-    fewlabel.train(cells, out, labels_per_class=3, seed=0, finetune=FinetuneConfig(**FAST.to_dict()))
+    fewlabel.train(cells, out, strategy="scratch", labels_per_class=3, seed=0,
+                   finetune=FinetuneConfig(**FAST.to_dict()))
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG garbage")
     code = run_cli("predict", out, bad, "--out", tmp_path / "p.csv")
@@ -101,9 +105,10 @@ def test_predict_error_names_file_on_stderr(cells: Path, tmp_path: Path, capsys)
 
 def test_cli_train_and_bad_input_is_one_line(cells: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli_m"
-    code = run_cli("train", cells, "--out", out, "--labels-per-class", "3", "--max-epochs", "2")
+    code = run_cli("train", "--strategy", "scratch", cells, "--out", out, "--labels-per-class", "3",
+                   "--max-epochs", "2")
     assert code == 0 and (out / "metrics.json").is_file()
-    code = run_cli("train", cells, "--out", out, "--labels-per-class", "500")
+    code = run_cli("train", "--strategy", "scratch", cells, "--out", out, "--labels-per-class", "500")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "error:" in err[0] and "Traceback" not in err[0]
 
@@ -124,7 +129,8 @@ def test_same_seed_same_numbers_across_processes(cells: Path, tmp_path: Path) ->
     """torch's start-up seed is random per process: every random start must come from our seed."""
     script = (
         "import sys, fewlabel; from fewlabel.training.finetune import FinetuneConfig as F;"
-        "m = fewlabel.train(sys.argv[1], labels_per_class=3, seed=4, finetune=F(max_epochs=1,"
+        "m = fewlabel.train(sys.argv[1], strategy='scratch', labels_per_class=3, seed=4, finetune=F("
+        "max_epochs=1,"
         " min_steps_per_epoch=1, augment='weak', progress=False));"
         "print(repr(sum(float(v.double().sum()) for v in m.classifier.state_dict().values())))"
     )
@@ -158,14 +164,15 @@ def test_validation_threshold_counts_patients_not_slices(tmp_path: Path) -> None
 
 def test_drop_class_leaves_it_out_everywhere(tmp_path: Path) -> None:
     data = make_class_folder(tmp_path / "d", {"a": 10, "b": 10, "rare": 2}, size=(8, 8), seed=1)
-    code = run_cli("train", data, "--out", tmp_path / "m", "--drop-class", "rare", "--max-epochs", "1",
-                   "--labels-per-class", "3")
+    code = run_cli("train", "--strategy", "scratch", data, "--out", tmp_path / "m", "--drop-class", "rare",
+                   "--max-epochs", "1", "--labels-per-class", "3")
     assert code == 0
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["class_names"] == ["a", "b"]
     plan = SplitPlan.load(tmp_path / "m" / "plan.json")
     assert not any(i.startswith("rare/") for i in plan.test_ids + plan.pool_ids)
-    assert run_cli("train", data, "--out", tmp_path / "m2", "--drop-class", "nope") == 2
+    assert run_cli("train", "--strategy", "scratch", data, "--out", tmp_path / "m2",
+                   "--drop-class", "nope") == 2
 
 
 def test_zero_labels_or_fractional_test_count_is_one_line_not_a_hang(cells: Path, tmp_path: Path,
@@ -182,7 +189,8 @@ def test_zero_labels_or_fractional_test_count_is_one_line_not_a_hang(cells: Path
     old = signal.signal(signal.SIGALRM, too_slow)
     signal.alarm(60)
     try:
-        code = run_cli("train", cells, "--out", tmp_path / "z", "--labels-per-class", "0")
+        code = run_cli("train", "--strategy", "scratch", cells, "--out", tmp_path / "z",
+                       "--labels-per-class", "0")
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and "labels per class" in err[0]
         prepared = pipeline.prepare_data(cells, group_pattern=GROUP_PATTERN, test_size=0.25)
@@ -191,7 +199,7 @@ def test_zero_labels_or_fractional_test_count_is_one_line_not_a_hang(cells: Path
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-    code = run_cli("train", cells, "--out", tmp_path / "f", "--test-size", "1.5")
+    code = run_cli("train", "--strategy", "scratch", cells, "--out", tmp_path / "f", "--test-size", "1.5")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "1.5" in err[0]
 
@@ -235,7 +243,7 @@ def test_a_given_test_split_is_used_and_never_trains(tmp_path: Path) -> None:
 def test_predict_streams_batches_with_the_same_numbers(cells: Path, tmp_path: Path) -> None:
     """Scored batch by batch (a large folder never sits in memory whole): batch size changes nothing,
     and an unreadable file in the middle of a batch leaves the others scored in order."""
-    model = fewlabel.train(cells, tmp_path / "m", labels_per_class=4, seed=0,
+    model = fewlabel.train(cells, tmp_path / "m", strategy="scratch", labels_per_class=4, seed=0,
                            finetune=FinetuneConfig(**FAST.to_dict()))
     new = make_class_folder(tmp_path / "new", {"x": 4, "y": 3}, size=(16, 16), channels=3, seed=5)
     corrupt_file(sorted(new.rglob("*.png"))[2])

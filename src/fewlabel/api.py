@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from fewlabel.pipeline import (
     prepare_data,
     prepare_strategy,
 )
+from fewlabel.pipeline.encoders import StrategySpec
 from fewlabel.training.finetune import FinetuneConfig, predict_proba
 
 
@@ -96,6 +98,11 @@ class Model:
         from fewlabel.data.mismatch import describe_mismatch
         from fewlabel.data.readers import collect_image_paths, read_image
 
+        name = str((self.config.get("strategy") or {}).get("name", ""))
+        if name in strategy_registry.REGISTRY and strategy_registry.REGISTRY[name].input == "region":
+            # Its classifier learnt on U-Net crops: whole images would be scored on the wrong input.
+            raise FewlabelError(f"this model ({name}) classifies U-Net region crops, which predict does not "
+                                "make yet; score images with a curve or a model of another strategy")
         paths, errors = collect_image_paths([inputs] if isinstance(inputs, (str, Path)) else inputs)
         warnings: list[tuple[str, str]] = []
         ok_paths: list[str] = []
@@ -145,7 +152,8 @@ def load_model(model_dir: str | Path, device: str = "auto") -> Model:
 
 
 def train(
-    data: str | Path, out: str | Path | None = None, *, strategy: str = "scratch", encoder: str | None = None,
+    data: str | Path, out: str | Path | None = None, *, strategy: str | None = None,
+    encoder: str | None = None,
     labels_per_class: int | None = None, count: str = "images", test_size: float | int = 0.2, seed: int = 0,
     max_epochs: int | None = None, group_pattern: str | None = None, masks: str | Path | None = None,
     encoder_weights: str | Path | None = None, semi: bool = False, unlabelled: str | Path | None = None,
@@ -156,6 +164,10 @@ def train(
 ) -> Model:
     """Hold out a group-aware test set, draw ``labels_per_class`` labelled images per class from
     the rest, prepare the encoder by ``strategy``, fine-tune, evaluate on the test set.
+
+    ``strategy`` None: chosen by the data (``strategies.default_strategy``: 2D imagenet, 3D
+    segmentation with masks, else scratch); the choice and its reason are printed (stderr) and kept
+    in ``metrics["strategy_choice"]``.
 
     ``plan``: a saved split plan (a ``plan.json`` of a model or run folder) to follow instead of
     drawing a new test set, so this model is tested on exactly that run's test images.
@@ -170,16 +182,22 @@ def train(
     if encoder_weights is not None and not Path(encoder_weights).is_file():
         # Say so before minutes of loading images, not after.
         raise ModelFileError("encoder weights file does not exist", encoder_weights)
-    spec = default_spec(strategy, encoder)
-    if semi:
-        spec.semi = True
-    if encoder_weights is not None:
-        spec.encoder_weights = str(encoder_weights)
-    spec.trust_encoder = trust_encoder
-    if pretrain:
-        from fewlabel.pretrain.common import PretrainConfig
 
-        spec.pretrain = validated(PretrainConfig, dict(pretrain), "pretraining")
+    def make_spec(strategy: str) -> StrategySpec:
+        spec = default_spec(strategy, encoder)
+        if semi:
+            spec.semi = True
+        if encoder_weights is not None:
+            spec.encoder_weights = str(encoder_weights)
+        spec.trust_encoder = trust_encoder
+        if pretrain:
+            from fewlabel.pretrain.common import PretrainConfig
+
+            spec.pretrain = validated(PretrainConfig, dict(pretrain), "pretraining")
+        return spec
+
+    # A named strategy is checked before any image is read; the default needs the data first.
+    spec = make_spec(strategy) if strategy is not None else None
     # A copy: the caller's config object is theirs, not ours to change.
     config = FinetuneConfig.from_dict(finetune.to_dict()) if finetune else FinetuneConfig()
     config.device, config.progress = device, progress
@@ -194,6 +212,14 @@ def train(
     if "skipped" in draw:
         raise SplitError(draw["skipped"], path=prepared.catalog.root)
     labelled = list(draw["labelled"])
+    chosen_note = None
+    if strategy is None:
+        strategy, reason = strategy_registry.default_strategy(prepared.spatial_dims,
+                                                              prepared.catalog.has_masks)
+        chosen_note = strategy_registry.default_note(strategy, reason)
+        print(chosen_note, file=sys.stderr, flush=True)
+        spec = make_spec(strategy)
+    assert spec is not None
     if strategy_registry.get(strategy).prepare and not spec.encoder_weights:
         spec = prepare_strategy(spec, prepared, cache_dir or default_cache_dir() / "pretrained", seed=seed,
                                 progress=progress)
@@ -203,6 +229,8 @@ def train(
     metrics = {**cell.metrics, "n_test": len(prepared.test_ids), "n_train": len(cell.train_ids),
                "n_val": len(cell.val_ids), "strategy": strategy, "labels_per_class": labels_per_class,
                "seed": seed, "notes": [*cell.notes, *filter(None, [dropped_note(prepared.plan)])]}
+    if chosen_note is not None:
+        metrics["strategy_choice"] = chosen_note
     model = Model(cell.classifier, cfg, metrics=metrics, device=device)
     if out is not None:
         out = Path(out)

@@ -18,7 +18,7 @@ def print_metrics_table(metrics: dict[str, Any], title: str = "metrics") -> None
     from rich.console import Console
     from rich.table import Table
 
-    from fewlabel.evaluate.metrics import METRICS
+    from fewlabel.evaluate.metrics import METRICS, PATIENT_METRICS
 
     table = Table(title=title)
     table.add_column("metric")
@@ -29,6 +29,12 @@ def print_metrics_table(metrics: dict[str, Any], title: str = "metrics") -> None
         if not isinstance(m, dict):
             continue
         table.add_row(name, f"{m['value']:.3f}", f"{m['ci_low']:.3f} – {m['ci_high']:.3f}")
+    patient = metrics.get("patient")
+    if isinstance(patient, dict):  # test patients with several images: pooled per patient too
+        for name in PATIENT_METRICS:
+            m = patient[name]
+            table.add_row(f"{name}, per patient ({patient['n_groups']}, {patient['rule']})",
+                          f"{m['value']:.3f}", f"{m['ci_low']:.3f} – {m['ci_high']:.3f}")
     Console().print(table)
 
 

@@ -20,8 +20,9 @@ def register(app: typer.Typer) -> None:
 def curve(
     data: Path = typer.Argument(..., help="Labelled data: folder (one sub-folder per class), CSV or .npz."),
     out: Path = typer.Option(..., "--out", help="Run folder; re-running the same command resumes it."),
-    strategies: str = typer.Option("scratch,imagenet,ssl", help="Comma-separated: "
-                                   + ", ".join(strategy_registry.NAMES) + "."),
+    strategies: str = typer.Option(None, help="Comma-separated: " + ", ".join(strategy_registry.NAMES)
+                                   + ". Default: scratch and the data's default strategy (2D: imagenet; "
+                                   "3D: segmentation with masks, else scratch alone)."),
     sizes: str = typer.Option("1,2,5,10,20,50", help="Labelled images (or groups) per class, e.g. 2,5,20."),
     repeats: int = typer.Option(6, help="Labelled draws per size (each a new nested draw); 6 lets a "
                                 "paired comparison reach significance."),

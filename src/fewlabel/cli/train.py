@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
 def train(
     data: Path = typer.Argument(..., help="Folder (one sub-folder per class), CSV manifest or .npz."),
     out: Path = typer.Option(..., "--out", help="Model folder to write."),
-    strategy: str = typer.Option("scratch", help=" | ".join(strategy_registry.NAMES)),
+    strategy: str = typer.Option(None, help=" | ".join(strategy_registry.NAMES) + ". Default: chosen by "
+                                 "the data (2D: imagenet; 3D: segmentation with masks, else scratch)."),
     encoder: str = typer.Option(None, help="Encoder name (convnet, schouten, mobilenet_v2)."),
     labels_per_class: int = typer.Option(None, help="Labelled images per class (default: all)."),
     count: str = typer.Option("images", help="With groups, N counts 'images' or 'groups' (patients)."),

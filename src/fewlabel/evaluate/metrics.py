@@ -29,6 +29,8 @@ import numpy as np
 from fewlabel.evaluate.resample import group_strata, stratified_counts
 
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "roc_auc")
+# Metrics also reported per patient (group) when a test patient has several images: ``group_metrics``.
+PATIENT_METRICS = ("roc_auc", "accuracy")
 # The same names, ROC-AUC (the headline) first: the column order of results.csv and of the report.
 HEADLINE_METRICS = ("roc_auc", "accuracy", "balanced_accuracy", "macro_f1")
 
@@ -239,3 +241,46 @@ def classification_metrics(
         "n_units": int(group_index.max() + 1) if group_index is not None else int(n),
     }
     return result
+
+
+def pool_by_group(y_true: Any, proba: Any, groups: Sequence[Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One row per group (patient): the MEAN of its images' class probabilities, and its label (the
+    most frequent label among its images; ties to the lower class index). Groups in sorted order.
+
+    Why the mean: it weighs every image alike and keeps probabilities (so ROC-AUC stays defined), while
+    a majority vote of argmaxes would throw the scores away.
+    """
+    y = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(proba, dtype=np.float64)
+    names, gidx = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    n_groups = len(names)
+    sums = np.zeros((n_groups, p.shape[1]))
+    np.add.at(sums, gidx, p)
+    sizes = np.bincount(gidx, minlength=n_groups).astype(np.float64)
+    votes = np.zeros((n_groups, p.shape[1]))
+    np.add.at(votes, (gidx, y), 1)
+    return votes.argmax(axis=1), sums / sizes[:, None], [str(n) for n in names]
+
+
+def group_metrics(y_true: Any, proba: Any, groups: Sequence[Any] | None,
+                  class_names: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0) -> dict | None:
+    """Patient-level metrics: ``classification_metrics`` of the per-group mean probabilities
+    (``pool_by_group``), its bootstrap resampling patients stratified by class, or None when no group
+    holds more than one image (then the image-level metrics already are per patient).
+
+    Returns ``{metric: {"value", "ci_low", "ci_high"}}`` for ``PATIENT_METRICS`` plus ``n_groups`` and
+    ``rule`` ("mean of image probabilities").
+    """
+    if groups is None:
+        return None
+    y, p = _check(y_true, proba, class_names)
+    groups = np.asarray(groups)
+    if len(groups) != len(y):
+        raise ValueError(f"groups has {len(groups)} entries for {len(y)} samples")
+    if len(np.unique(groups.astype(str))) == len(groups):
+        return None
+    yg, pg, names = pool_by_group(y, p, groups)
+    full = classification_metrics(yg, pg, class_names=class_names, n_boot=n_boot, seed=seed)
+    out: dict[str, Any] = {m: full[m] for m in PATIENT_METRICS}
+    out.update(n_groups=len(names), rule="mean of image probabilities")
+    return out

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fewlabel.errors import one_line
+from fewlabel.evaluate.metrics import PATIENT_METRICS
 from fewlabel.experiments.grid import Cell
 from fewlabel.experiments.store import METRICS
 from fewlabel.jsonable import jsonable
@@ -285,6 +286,13 @@ def _metric_fields(metrics: dict[str, Any]) -> dict[str, Any]:
             out[f"{name}_ci_low"], out[f"{name}_ci_high"] = m.get("ci_low"), m.get("ci_high")
         else:
             out[name] = m
+    patient = metrics.get("patient")
+    if isinstance(patient, dict):  # test patients with several images: their pooled metrics too
+        for name in PATIENT_METRICS:
+            m = patient.get(name) or {}
+            out[f"patient_{name}"] = m.get("value")
+            out[f"patient_{name}_ci_low"], out[f"patient_{name}_ci_high"] = m.get("ci_low"), m.get("ci_high")
+        out["n_test_patients"] = patient.get("n_groups")
     return out
 
 

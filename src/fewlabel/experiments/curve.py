@@ -186,7 +186,7 @@ def _spec(backend: Any, name: str, pretrain: dict[str, Any] | None,
 def run_curve(
     data: str | Path,
     out: str | Path,
-    strategies: str | Sequence[str] = ("scratch", "imagenet", "ssl"),
+    strategies: str | Sequence[str] | None = None,
     sizes: str | Sequence[int] = (1, 2, 5, 10, 20, 50),
     repeats: int = 6,
     *,
@@ -216,7 +216,9 @@ def run_curve(
 ) -> RunResult:
     """Run (or resume) a learning curve into ``out`` and return where its results are.
 
-    ``strategies``: names from ``STRATEGIES``; ``sizes``: labelled images (``count="groups"``: groups,
+    ``strategies``: names from ``STRATEGIES``; None = ``scratch`` and the data's default strategy
+    (``fewlabel.strategies.default_strategy``: 2D imagenet, 3D segmentation with masks);
+    ``sizes``: labelled images (``count="groups"``: groups,
     e.g. patients) per class; ``test_size``: fraction, or an int = images per class. ``finetune``:
     overrides of ``FinetuneConfig``; ``pretrain``: overrides of ``PretrainConfig`` for the strategies
     that pretrain (gan, segmentation, ssl), e.g. ``{"steps": 300}``; ``strategy_options``: per
@@ -236,7 +238,9 @@ def run_curve(
     t_start = time.perf_counter()
     out = Path(out)
     backend = backend if backend is not None else PipelineBackend()
-    strategies = parse_names(strategies)
+    # None: chosen by the data once they are open (``strategies.default_strategy``), beside scratch.
+    use_default = strategies is None
+    strategies = () if strategies is None else parse_names(strategies)
     sizes = parse_sizes(sizes)
     if keep_models not in KEEP_MODELS:
         raise ValueError(f"keep_models must be one of {KEEP_MODELS}, got {keep_models!r}")
@@ -247,7 +251,7 @@ def run_curve(
     if unknown:
         raise FewlabelError(f"unknown strategy {', '.join(unknown)}; choose from {', '.join(known)}")
     stray = sorted(set(strategy_options or {}) - set(strategies))
-    if stray:
+    if stray and not use_default:
         raise FewlabelError(f"strategy_options name {', '.join(stray)}, which this curve does not run")
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
@@ -285,9 +289,21 @@ def run_curve(
         if plan.merged:
             say(f"note: {len(plan.merged)} set(s) of identical files merged into one group each "
                 "(a copy never sits on both sides of the split)")
-    if "segmentation" in strategies and not getattr(prepared.catalog, "has_masks", True):
+    if use_default:
+        name, reason = strategy_registry.default_strategy(int(getattr(prepared, "spatial_dims", 2)),
+                                                          bool(getattr(prepared.catalog, "has_masks", False)))
+        strategies = tuple(dict.fromkeys(["scratch", name]))
+        stray = sorted(set(strategy_options or {}) - set(strategies))
+        if stray:
+            raise FewlabelError(f"strategy_options name {', '.join(stray)}, which this curve does not run")
+        strategy_specs = {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}
+        say(strategy_registry.default_note(name, reason).replace("--strategy", "--strategies")
+            + ("" if name == "scratch" else "; scratch runs beside it as the reference"))
+    needs_masks = [s for s in strategies if s in strategy_registry.REGISTRY
+                   and strategy_registry.REGISTRY[s].needs == "masks"]
+    if needs_masks and not getattr(prepared.catalog, "has_masks", True):
         # Checked before anything is written: otherwise every segmentation cell would fail the same way.
-        raise FewlabelError("strategy segmentation needs masks: pass --masks DIR (a tree mirroring the "
+        raise FewlabelError(f"strategy {needs_masks[0]} needs masks: pass --masks DIR (a tree mirroring the "
                             "images) or use the images/ + masks/ layout", path=data)
     config = CurveConfig(
         data_fingerprint=fingerprint_of(prepared) or "",
@@ -508,7 +524,7 @@ class Curve:
         print(result.table())
     """
 
-    def __init__(self, strategies: str | Sequence[str] = ("scratch", "imagenet", "ssl"),
+    def __init__(self, strategies: str | Sequence[str] | None = None,
                  sizes: str | Sequence[int] = (1, 2, 5, 10, 20, 50), repeats: int = 6,
                  **options: Any) -> None:
         self.strategies = strategies

@@ -210,8 +210,9 @@ def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any,
             continue
         by_geometry.setdefault(stack_geometry(prepared.member, config), []).append(prepared)
     index = {id(task): i for i, task in enumerate(cells)}
-    x_test, _ = data.test_arrays
     for members in by_geometry.values():
+        # One strategy per stack: its members see the test images the same way (whole or cropped).
+        x_test = members[0].inputs.x_test if members[0].inputs.x_test is not None else data.test_arrays[0]
         t0 = time.perf_counter()
         try:
             stacked = len(members) > 1 and (

@@ -41,7 +41,9 @@ failed/skipped only), the metrics ``roc_auc, accuracy, balanced_accuracy, macro_
 ``<metric>_ci_low`` / ``<metric>_ci_high``, ``train_seconds, cell_seconds, n_train, n_val, n_test,
 epochs, best_epoch, stopped_because, draw_seed, model_path`` and ``proba_path`` (relative to RUN_DIR;
 model_path empty when the model was not kept), ``config_hash, worker, finished_at`` (ISO time),
-``confusion_matrix`` (rows = true class, in the run's class order) and ``extra`` (a dict).
+``confusion_matrix`` (rows = true class, in the run's class order) and ``extra`` (a dict). When a test
+patient (group) has several images: ``patient_roc_auc, patient_accuracy`` with their ``_ci_low`` /
+``_ci_high`` (mean of a patient's image probabilities; bootstrap over patients) and ``n_test_patients``.
 
 Safety: a row is inserted in one transaction after the cell's files are in place, so ``kill -9`` at
 any moment loses at most the cells in flight. A failed row is replaced when the cell is re-run; an
@@ -64,7 +66,7 @@ from typing import Any
 from fewlabel import fileio
 from fewlabel.data.plan import PLAN_FILE
 from fewlabel.errors import FewlabelError
-from fewlabel.evaluate.metrics import HEADLINE_METRICS, quartiles
+from fewlabel.evaluate.metrics import HEADLINE_METRICS, PATIENT_METRICS, quartiles
 from fewlabel.experiments.grid import Cell
 
 __all__ = ["PLAN_FILE"]  # the run folder's plan file name, re-exported with the other names
@@ -80,6 +82,8 @@ EXTRA_COLUMNS = (
     *(f"{m}_{b}" for m in METRICS for b in ("ci_low", "ci_high")),
     "status", "error", "n_train", "n_val", "n_test", "epochs", "best_epoch", "stopped_because",
     "cell_seconds", "draw_seed", "model_path", "proba_path", "config_hash", "worker", "finished_at",
+    # Per patient (group), when a test patient has several images: empty otherwise (``group_metrics``).
+    *(f"patient_{m}{b}" for m in PATIENT_METRICS for b in ("", "_ci_low", "_ci_high")), "n_test_patients",
 )
 _JSON_COLUMNS = ("confusion_matrix", "extra")
 STATUSES = ("ok", "failed", "skipped")
@@ -89,7 +93,7 @@ _TYPES: dict[str, str] = {
     "seed": "INTEGER", "status": "TEXT NOT NULL", "error": "TEXT", "n_train": "INTEGER",
     "n_val": "INTEGER", "n_test": "INTEGER", "epochs": "INTEGER", "best_epoch": "INTEGER",
     "stopped_because": "TEXT", "draw_seed": "INTEGER", "model_path": "TEXT", "proba_path": "TEXT",
-    "config_hash": "TEXT", "worker": "TEXT", "finished_at": "TEXT",
+    "config_hash": "TEXT", "worker": "TEXT", "finished_at": "TEXT", "n_test_patients": "INTEGER",
     "confusion_matrix": "TEXT", "extra": "TEXT",
 }
 COLUMNS = (*CSV_COLUMNS, *EXTRA_COLUMNS, *_JSON_COLUMNS)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from fewlabel import strategies as strategy_registry
 from fewlabel.errors import one_line
 from fewlabel.experiments.run_view import EXPLAIN_INDEX, RunView, TestSet
 from fewlabel.explain.attributions import METHODS, attribute, lrp_notes
@@ -118,6 +119,12 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
             index["cells"].append(prev)
             continue
         t0 = time.perf_counter()
+        if strategy in strategy_registry.REGISTRY and strategy_registry.REGISTRY[strategy].input == "region":
+            # Its classifier sees U-Net crops; maps over whole test images would explain another input.
+            index["errors"].append({"strategy": strategy, "n_per_class": size,
+                                    "error": "not explained: this strategy classifies U-Net region crops, "
+                                             "which explanations do not make yet"})
+            continue
         try:
             classifier, _ = load_model_dir(model_dir)
             classifier.eval()

@@ -13,6 +13,9 @@ is caught instead of silently mis-loading.
 Tensors are saved as contiguous float32 CPU copies (bf16/fp16 training state too), each its own
 storage, so tied or shared tensors save without safetensors' shared-memory error.
 Every write goes to a temporary name first and is renamed into place: never half-written.
+
+Why this file is long: every weight file fewlabel writes (encoder, model folder, segmentation U-Net)
+shares one header format and one set of checks, so they are defined together rather than in three copies.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from fewlabel.models.heads import Classifier
 
 ENCODER_FORMAT = "fewlabel-encoder"
 MODEL_FORMAT = "fewlabel-model"
+UNET_FORMAT = "fewlabel-unet"  # a whole segmentation U-Net (encoder + decoder), for region crops
 VERSION = 1
 HEADER_KEY = "fewlabel"
 MODEL_FILE = "model.safetensors"
@@ -95,7 +99,8 @@ def read_header(path: str | Path) -> dict[str, Any]:
         header = json.loads(metadata[HEADER_KEY])
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"fewlabel header is not valid JSON ({exc})", path) from exc
-    if not isinstance(header, dict) or header.get("format") not in (ENCODER_FORMAT, MODEL_FORMAT):
+    if not isinstance(header, dict) or header.get("format") not in (ENCODER_FORMAT, MODEL_FORMAT,
+                                                                          UNET_FORMAT):
         raise ModelFileError("fewlabel header names no known format", path)
     if header.get("version") != VERSION:
         raise ModelFileError(
@@ -247,6 +252,29 @@ def load_encoder(
     encoder = _build_encoder(header["encoder"], path).to(map_location)
     _load_strict(encoder, state, path, None)
     return encoder, header.get("meta", {})
+
+
+# ---------------------------------------------------------------------------------------------- U-Nets
+def save_unet(path: str | Path, unet: nn.Module, meta: dict[str, Any] | None = None) -> Path:
+    """Write a whole ``models.unet.UNet`` (encoder and decoder) atomically; ``load_unet`` rebuilds it."""
+    path = Path(path)
+    header = {"format": UNET_FORMAT, "version": VERSION, "encoder": unet.encoder.config,
+              "num_classes": int(unet.num_classes), "meta": meta or {}}
+    _atomic_save_file(_state_for_saving(unet), path, header)
+    return path
+
+
+def load_unet(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """The U-Net saved by ``save_unet``, in eval mode; a one-line ``ModelFileError`` otherwise."""
+    from fewlabel.models.unet import UNet
+
+    path = Path(path)
+    header = read_header(path)
+    if header.get("format") != UNET_FORMAT:
+        raise ModelFileError(f"not a U-Net file (format {header.get('format')!r})", path)
+    unet = UNet(_build_encoder(header["encoder"], path), int(header.get("num_classes", 2)))
+    _load_strict(unet, _read_tensors(path, map_location), path, None)
+    return unet.to(map_location).eval()
 
 
 # ---------------------------------------------------------------------------------------------- models

@@ -9,12 +9,14 @@ from typing import Any
 
 import numpy as np
 
+from fewlabel import strategies as strategy_registry
 from fewlabel.data import splits, tensors
 from fewlabel.errors import FewlabelError
-from fewlabel.evaluate.metrics import classification_metrics
+from fewlabel.evaluate.metrics import classification_metrics, group_metrics
 from fewlabel.models.heads import Classifier
 from fewlabel.pipeline.data import PreparedData
 from fewlabel.pipeline.encoders import StrategySpec, build_encoder
+from fewlabel.pipeline.region import region_arrays, region_note
 from fewlabel.training.finetune import FinetuneConfig, finetune, predict_proba
 from fewlabel.training.loop import FitResult
 from fewlabel.version import __version__
@@ -66,6 +68,8 @@ class CellInputs:
     encoder: Any
     seen_files: list[str]
     notes: list[str]
+    # The test images as this strategy's classifier sees them (whole, or cropped to their region).
+    x_test: np.ndarray | None = None
 
 
 def cell_inputs(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, seed: int, *,
@@ -83,8 +87,20 @@ def cell_inputs(data: PreparedData, labelled_ids: list[str], spec: StrategySpec,
         train_ids, val_ids = split_labelled(data, labelled_ids, seed)
     x_train, y_train = data.arrays(train_ids)
     x_val, y_val = data.arrays(val_ids) if val_ids else (None, None)
+    x_test = data.test_arrays[0]
     notes: list[str] = []
-    encoder, seen = build_encoder(spec, data, seed=seed, notes=notes)
+    encoder, seen = build_encoder(spec, data, seed=seed, notes=notes)  # refuses a file that saw a test image
+    if strategy_registry.get(spec.name).input == "region":
+        if not spec.encoder_weights or spec.semi:
+            raise FewlabelError(f"{spec.name} needs its prepared segmentation encoder (and no FixMatch)",
+                                path=data.catalog.root)
+        # After the encoder file's check: every image (train, validation, test) cropped by the U-Net
+        # beside it, from the image alone.
+        x_train = region_arrays(data, list(train_ids), spec.encoder_weights)
+        x_val = region_arrays(data, list(val_ids), spec.encoder_weights) if val_ids else None
+        x_test = region_arrays(data, list(data.test_ids), spec.encoder_weights)
+        notes.append(region_note(data, list(train_ids) + list(val_ids) + list(data.test_ids),
+                                 spec.encoder_weights))
     seen_keys = set(seen) | set(data.keys_of(list(train_ids) + list(val_ids)))
     x_pool = data.unlabelled_arrays() if spec.semi else None
     if spec.semi and x_pool is not None:
@@ -96,7 +112,7 @@ def cell_inputs(data: PreparedData, labelled_ids: list[str], spec: StrategySpec,
         x_pool = tensors.load_images(data.catalog, rest, data.preprocess) if rest else None
         seen_keys |= set(data.keys_of(rest))
     return CellInputs(list(train_ids), list(val_ids), x_train, y_train, x_val, y_val, x_pool, encoder,
-                      sorted(seen_keys), notes)
+                      sorted(seen_keys), notes, x_test)
 
 
 def score_cell(data: PreparedData, inputs: CellInputs, classifier: Classifier, fit_result: FitResult,
@@ -104,10 +120,15 @@ def score_cell(data: PreparedData, inputs: CellInputs, classifier: Classifier, f
                proba: np.ndarray | None = None) -> CellResult:
     """Test metrics of a trained cell (``proba`` when the caller already scored the test set)."""
     x_test, y_test = data.test_arrays
+    if inputs.x_test is not None:
+        x_test = inputs.x_test
     if proba is None:
         proba = predict_proba(classifier, x_test, device=config.device)
-    metrics = classification_metrics(y_test, proba, class_names=data.class_names, seed=seed,
-                                     groups=data.catalog.groups(data.test_ids))
+    groups = data.catalog.groups(data.test_ids)
+    metrics = classification_metrics(y_test, proba, class_names=data.class_names, seed=seed, groups=groups)
+    patient = group_metrics(y_test, proba, groups, class_names=data.class_names, seed=seed)
+    if patient is not None:
+        metrics["patient"] = patient
     return CellResult(classifier=classifier, fit=fit_result, metrics=metrics, proba_test=proba,
                       train_ids=inputs.train_ids, val_ids=inputs.val_ids, train_seconds=train_seconds,
                       finetune_config=config, seen_files=inputs.seen_files, notes=inputs.notes)

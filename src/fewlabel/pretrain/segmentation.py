@@ -87,6 +87,7 @@ def dice_per_class(pred: torch.Tensor, true: torch.Tensor, num_classes: int) -> 
     return torch.where(denom > 0, 2 * inter / denom.clamp(min=1e-8), torch.ones_like(denom))
 
 
+UNET_FILE = "unet.safetensors"  # in the encoder's ``<stem>_files`` folder (``pretrain.common.artefact_dir``)
 PATCH_SIDES_3D = (16, 64, 64)  # largest (D, H, W) patch; smaller volumes train whole
 PATCH_VOXELS = 2**17  # voxels per 3D step: the batch is this many voxels' worth of patches
 FOREGROUND_FRACTION = 0.5  # share of patches centred on a foreground voxel
@@ -294,6 +295,11 @@ def pretrain_segmentation(
         info["val_dice"] = float(result.best_score) if result.best_score is not None else float("nan")
     show_x, show_m = (xv, mv) if has_val else (x, m)
     if out_dir is not None:
+        # The whole U-Net (best weights) beside the encoder: region crops predict with it later.
+        from fewlabel.models.io import save_unet
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        save_unet(Path(out_dir) / UNET_FILE, unet.cpu().eval(), {"val_dice": info.get("val_dice")})
         n = min(4, len(show_x))
         save_mask_comparison(show_x[:n], show_m[:n], task.predict(show_x[:n]),
                              Path(out_dir) / "masks_val.png")

@@ -45,6 +45,8 @@ class ReportData:
     n_test: int | None
     explanations: Mapping[str, Any] | None  # the explanations index
     explain_error: str | None
+    n_boot: int = 2000  # resamples of every bootstrap a section draws
+    seed: int = 0
 
 
 def point_at(points: list[CurvePoint], n: int) -> CurvePoint | None:
@@ -123,4 +125,4 @@ def analyse(view: RunView, metric: str = "roc_auc", target: float = 0.90, baseli
         strategies=strategies, metric=metric, target=target, baseline=baseline, cmaps=cmaps, bootstrap=rb,
         fits=fits, targets=targets, paired=paired, synthetic=_is_synthetic(run), n_test=n_test,
         explanations=explanations if explanations is not None else view.explanations(),
-        explain_error=explain_error)
+        explain_error=explain_error, n_boot=n_boot, seed=seed)

@@ -1,0 +1,124 @@
+"""Region input: each image cropped to what the segmentation U-Net finds in it, then resized.
+
+The ``segmentation+region`` strategy (``strategies.Strategy.input == "region"``) classifies the
+region the preparation's U-Net segments (a tumour) instead of the whole image: the U-Net was trained
+on the masks of the pool's training patients only (``PreparedData.pretrain_inputs("masks")``) and
+is saved whole beside its encoder (``pretrain.segmentation.UNET_FILE``).
+
+Per image, training, validation and test alike, and from the image alone (no mask is ever read):
+  1. the U-Net predicts a mask on the preprocessed image (the working size);
+  2. the box around the largest connected foreground region is made square (a cube in 3D), widened
+     by ``MARGIN`` of its side on each side for context, at least ``MIN_SIDE`` of the image, and
+     shifted inside it;
+     fewer than ``MIN_PIXELS`` foreground pixels = nothing found: the whole image is kept;
+  3. that box, as fractions of the image, cuts the ORIGINAL file's pixels (more detail than the
+     working-size array), and the crop goes through the data's own preprocessing (resize, z-score).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from fewlabel.data import readers
+from fewlabel.errors import ModelFileError
+from fewlabel.pipeline.data import PreparedData
+
+MARGIN = 0.25  # context around the found region, as a share of its side, on each side
+MIN_SIDE = 0.25  # the crop is never smaller than this share of the image side
+MIN_PIXELS = 4  # fewer predicted foreground pixels count as "nothing found"
+
+Box = tuple[tuple[float, float], ...]  # per spatial axis (start, stop) as fractions of the side
+
+# (U-Net file, preprocessing, sample id) -> cropped array: a curve crops each image once.
+_CROPS: dict[tuple[str, str, str], np.ndarray] = {}
+_FOUND: dict[tuple[str, str, str], bool] = {}
+
+
+def unet_path(encoder_path: str | Path) -> Path:
+    """The U-Net saved beside a segmentation encoder file."""
+    from fewlabel.pretrain.common import artefact_dir
+    from fewlabel.pretrain.segmentation import UNET_FILE
+
+    return artefact_dir(encoder_path) / UNET_FILE
+
+
+def region_box(found: np.ndarray) -> Box | None:
+    """The square box (fractions) around the foreground of one predicted mask ``(*spatial)``, or None
+    when too little was found."""
+    from scipy import ndimage
+
+    # The largest connected region only: a few stray pixels elsewhere would stretch the box to the
+    # whole image (on LGG slices a third of the U-Net's masks hold more than one region).
+    labels, n = ndimage.label(found)
+    if n > 1:
+        found = labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
+    if int(found.sum()) < MIN_PIXELS:
+        return None
+    shape = found.shape
+    where = np.nonzero(found)
+    lo = np.array([w.min() for w in where], float)
+    hi = np.array([w.max() + 1 for w in where], float)
+    side = max(float((hi - lo).max()) * (1 + 2 * MARGIN), MIN_SIDE * max(shape))
+    box = []
+    for a, n in enumerate(shape):
+        s = min(side, float(n))
+        start = min(max((lo[a] + hi[a]) / 2 - s / 2, 0.0), n - s)
+        box.append((float(start / n), float((start + s) / n)))
+    return tuple(box)
+
+
+def predict_found(encoder_path: str | Path, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Boolean ``(N, *spatial)`` foreground of the U-Net's prediction on preprocessed images ``x``."""
+    import torch
+
+    path = unet_path(encoder_path)
+    if not path.is_file():
+        raise ModelFileError("no U-Net beside this segmentation encoder (made by an older fewlabel?); "
+                             "delete the encoder file to have it prepared again", path=encoder_path)
+    from fewlabel.models.io import load_unet
+
+    unet = load_unet(path)
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            logits = unet(torch.from_numpy(np.ascontiguousarray(x[start:start + batch_size])))
+            out.append((logits.argmax(1) > 0).numpy())
+    return np.concatenate(out) if out else np.zeros((0, *x.shape[2:]), bool)
+
+
+def crop_file(path: str, box: Box | None, data: PreparedData) -> np.ndarray:
+    """The original image at ``path`` cut to ``box`` (None: whole), preprocessed like every image."""
+    array, meta = readers.read_image(path)
+    if box is not None:
+        spatial = array.shape[-len(box):]
+        cut = tuple(slice(int(math.floor(a * n)), max(int(math.ceil(b * n)), int(math.floor(a * n)) + 1))
+                    for (a, b), n in zip(box, spatial, strict=True))
+        array = array[(Ellipsis, *cut)]
+    return data.preprocess.apply(array, meta)
+
+
+def region_arrays(data: PreparedData, ids: list[str], encoder_path: str | Path) -> np.ndarray:
+    """float32 ``(N, C, *size)``: each image of ``ids`` cropped to its U-Net region (module docstring).
+    Reads the images only; masks are never opened, for any image."""
+    pre_key = repr(sorted(data.preprocess.to_dict().items()))
+    keys = [(str(encoder_path), pre_key, i) for i in ids]
+    todo = [n for n, k in enumerate(keys) if k not in _CROPS]
+    if todo:
+        x, _ = data.arrays([ids[n] for n in todo])
+        found = predict_found(encoder_path, x)
+        for n, mask in zip(todo, found, strict=True):
+            box = region_box(mask)
+            _CROPS[keys[n]] = crop_file(data.catalog.by_id[ids[n]].path, box, data)
+            _FOUND[keys[n]] = box is not None
+    return np.stack([_CROPS[k] for k in keys]) if keys else np.zeros((0, data.channels, *data.image_size),
+                                                                      np.float32)
+
+
+def region_note(data: PreparedData, ids: list[str], encoder_path: str | Path) -> str:
+    """How many of ``ids`` (after ``region_arrays``) fell back to the whole image."""
+    pre_key = repr(sorted(data.preprocess.to_dict().items()))
+    missed = sum(not _FOUND.get((str(encoder_path), pre_key, i), True) for i in ids)
+    return f"region input: the U-Net found no region in {missed} of {len(ids)} image(s); those stay whole"
