@@ -63,7 +63,8 @@ def main() -> int:
     image_size = args.image_size or (32 if args.three_d else 64)
     name = "lgg_patient" + ("_3d" if args.three_d else "") + ("_quick" if args.quick else "")
     out = args.out or REPO / "runs" / name
-    from fewlabel.experiments import load_run, run_curve
+    from fewlabel.experiments import run_curve
+    from fewlabel.experiments.run_view import RunView
 
     t0 = time.perf_counter()
     if not args.table_only:
@@ -73,33 +74,23 @@ def main() -> int:
                   finetune={"max_epochs": args.max_epochs, "device": "cpu"},
                   pretrain={"steps": args.pretrain_steps, "device": "cpu"},
                   cpus_per_cell=args.cpus_per_cell, prep_cpus=args.cpus_per_cell)
-    run, rows = load_run(out)
+    view = RunView(out)
     dims = "3D" if args.three_d else "2D"
     print(f"\nLGG {dims} grade, {out}: {image_size} px, <= {args.max_epochs} epochs, "
           f"{args.pretrain_steps} segmentation steps, sizes {args.sizes} patients/class, "
           f"{args.repeats} repeats, seed {args.seed}; wall {time.perf_counter() - t0:.0f} s")
-    print_tables(out, run, rows, args.n_boot, args.seed)
+    print_tables(view, args.n_boot, args.seed)
     return 0
 
 
-def load_probas(out: Path, rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[int, np.ndarray]]:
-    probas: dict[tuple[str, int], dict[int, np.ndarray]] = {}
-    for r in rows:
-        if r["status"] == "ok" and r.get("proba_path"):
-            probas.setdefault((r["strategy"], int(r["n_per_class"])), {})[int(r["repeat"])] = np.load(
-                out / r["proba_path"])
-    return probas
-
-
-def print_tables(out: Path, run: dict[str, Any], rows: list[dict[str, Any]], n_boot: int, seed: int) -> None:
-    from fewlabel.data.plan import SplitPlan
+def print_tables(view: Any, n_boot: int, seed: int) -> None:
     from fewlabel.evaluate.cluster_bootstrap import draw_plan, paired_summary, per_repeat_metric
     from fewlabel.evaluate.metrics import pool_by_group
     from fewlabel.report.patients import mean_over_repeats
 
-    plan = SplitPlan.load(out / "plan.json")
-    y, groups = np.asarray(plan.test_labels), np.asarray(plan.test_groups)
-    probas = load_probas(out, rows)
+    rows = view.rows()
+    y, groups = np.asarray(view.plan.test_labels), np.asarray(view.plan.test_groups)
+    probas = view.probas(rows, len(y))
     if not probas:
         print("no finished cells yet")
         return
