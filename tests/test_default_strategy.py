@@ -6,7 +6,8 @@ import pytest
 from curve_fakes import FakeBackend, make_fake_data
 
 from fewlabel import strategies
-from fewlabel.experiments import load_run, run_curve
+from fewlabel.experiments import run_curve
+from fewlabel.experiments.run_view import RunView
 
 
 @pytest.mark.parametrize("dims,masks,expected", [
@@ -22,7 +23,7 @@ def test_curve_without_strategies_runs_scratch_beside_the_default(tmp_path):
     lines: list[str] = []
     run_curve(make_fake_data(tmp_path / "data"), tmp_path / "run", None, "2", 1, backend=FakeBackend(),
               progress=False, log=lines.append)
-    run, _ = load_run(tmp_path / "run")
+    run = RunView(tmp_path / "run").info
     assert list(run["config"]["strategies"]) == ["scratch", "imagenet"]
     assert any(line.startswith("strategy: imagenet (default for this data") for line in lines)
 
@@ -31,7 +32,7 @@ def test_curve_keeps_an_explicit_choice(tmp_path):
     lines: list[str] = []
     run_curve(make_fake_data(tmp_path / "data"), tmp_path / "run", "ssl", "2", 1, backend=FakeBackend(),
               progress=False, log=lines.append)
-    run, _ = load_run(tmp_path / "run")
+    run = RunView(tmp_path / "run").info
     assert list(run["config"]["strategies"]) == ["ssl"]
     assert not any("default for this data" in line for line in lines)
 
