@@ -1,7 +1,7 @@
 """Benchmark: pretraining views before and after they moved onto ``fewlabel.data.augment``.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/views_before_after.py --baseline ../wt_old \
-        [--steps 300] [--seeds 0,1] [--image-size 32] [--sizes 10,20] [--draws 5]
+        [--methods ssl,gan] [--steps 300] [--seeds 0,1] [--image-size 32] [--sizes 10,20] [--draws 5]
 
 ``--baseline`` is a checkout of the commit before the change (``git worktree add --detach ../wt_old
 <commit>``); its ``src/fewlabel/pretrain/views.py`` (global-RNG, zero-padding views) is loaded by path
@@ -100,6 +100,7 @@ def probe_scores(encoder: torch.nn.Module, data, sizes: list[int], draws: int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", type=Path, required=True, help="checkout of the commit before the change")
+    ap.add_argument("--methods", default="ssl,gan")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--image-size", type=int, default=32)
@@ -118,8 +119,11 @@ def main() -> None:
     print(f"data: pool {pool.shape}, test {len(test[1])} images, {data.num_classes} classes "
           f"(loaded in {time.perf_counter() - t0:.1f}s)", flush=True)
 
+    methods = args.methods.split(",")
+    if set(methods) - {"ssl", "gan"}:
+        raise SystemExit(f"--methods: ssl and/or gan, not {args.methods!r}")
     arms = [("random init", None, None)] + [
-        (f"{method} {code}", method, code) for method in ("ssl", "gan") for code in ("before", "after")]
+        (f"{method} {code}", method, code) for method in methods for code in ("before", "after")]
     scores: dict[str, dict[int, list[float]]] = {}
     seconds: dict[str, list[float]] = {}
     for label, method, code in arms:
