@@ -8,9 +8,10 @@ augments its fakes).
 
 Random numbers: every primitive takes a ``torch.Generator`` and draws its parameters on the CPU from
 it (then moves them to the batch's device), so a seed gives the same parameters on any device.
-Pretraining views always pass one (``make_generator``); fine-tuning's ``Augment`` passes ``None``,
-which means torch's global generator: the training loop seeds it, and the stacked trainer replays it
-per model, which keeps fine-tuning results identical to those of earlier versions.
+Pretraining views always pass one (``make_generator``). Fine-tuning's ``Augment`` passes ``None`` unless
+given a seed, meaning torch's global generator: the training loop seeds it and the stacked trainer
+replays it per model, so one-at-a-time and stacked fine-tunings draw the same augmentations and
+dropout masks in the same order.
 
 Conventions, and why:
   * Depth is never flipped, turned or shifted: slice order carries anatomy (superior/inferior) and
@@ -62,8 +63,8 @@ KINDS = ("none", "weak", "strong")
 def make_generator(seed: int, stream: str = "augment") -> torch.Generator:
     """A CPU generator for one named random stream of a run seeded with ``seed``.
 
-    The stream's seed is a hash of (stream, seed): two streams of one run, and torch's global generator
-    (seeded with the bare seed), then never replay the same numbers.
+    The stream's seed is a hash of (stream, seed), so two streams of one run, and torch's global
+    generator (seeded with the bare seed), start from unrelated states.
     """
     digest = hashlib.blake2b(f"{stream}:{int(seed)}".encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
