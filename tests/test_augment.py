@@ -1,11 +1,13 @@
 """Augmentation: shapes and dtypes kept, deterministic from a seed, exact weak transforms, depth never
-flipped, image and mask moved together."""
+flipped, image and mask moved together; the primitives of the pretraining views draw from their
+generator only."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from fewlabel.data import augment
 from fewlabel.data.augment import make_augment, make_paired_augment, paired_spatial
 
 
@@ -104,3 +106,76 @@ def test_strong_jitter_keeps_colour_balance_unless_asked() -> None:
     assert torch.allclose(shared[:, 0], shared[:, 1]) and torch.allclose(shared[:, 1], shared[:, 2])
     per_channel = Augment(2, "strong", seed=0, colour_jitter=True, **kw)(x + 1.0)
     assert not torch.allclose(per_channel[:, 0], per_channel[:, 1])
+
+
+# -- the primitives the pretraining views are composed of ---------------------------------------------
+PRIMITIVES = {
+    "dihedral": lambda x, g: augment.dihedral(x, g),
+    "shift": lambda x, g: augment.apply_spatial(x, augment.draw_spatial(x.shape, g, shift=0.25)),
+    "resized_crop": lambda x, g: augment.resized_crop(x, g, (0.3, 0.6)),
+    "scale_shift": lambda x, g: augment.scale_shift(x, g, 0.2, 0.2, per_channel=True),
+    "add_noise": lambda x, g: augment.add_noise(x, g, 0.1),
+    "blur": lambda x, g: augment.blur(x, g, 1.0, (0.5, 1.5)),
+    "cutout": lambda x, g: augment.cutout(x, g),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRIMITIVES))
+@pytest.mark.parametrize("shape", [(3, 2, 12, 12), (2, 1, 5, 8, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_primitives_draw_from_their_generator_only(name, shape, dtype):
+    """Shape, float dtype and gradients kept; the seed decides; torch's global generator untouched."""
+    fn = PRIMITIVES[name]
+    x = (torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=dtype) * 300).requires_grad_()
+    before = torch.get_rng_state()
+    a = fn(x, augment.make_generator(1))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert a.shape == x.shape and a.dtype == dtype and torch.isfinite(a).all()
+    assert torch.equal(a, fn(x, augment.make_generator(1)))
+    assert not torch.equal(a, fn(x, augment.make_generator(2)))
+    a.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_make_generator_streams_differ_from_each_other_and_from_the_global_one():
+    torch.manual_seed(0)
+    draws = [torch.rand(4), torch.rand(4, generator=augment.make_generator(0)),
+             torch.rand(4, generator=augment.make_generator(0, "figure"))]
+    assert len({tuple(d.tolist()) for d in draws}) == 3
+
+
+def test_padding_reflects_the_image_instead_of_filling_it():
+    x = torch.full((6, 1, 16, 16), 5.0)  # a flat image stays flat under any shift, zoom or turn
+    g = augment.make_generator(0)
+    shifted = augment.apply_spatial(x, augment.draw_spatial(x.shape, g, shift=0.25, rotate_deg=30))
+    torch.testing.assert_close(shifted, x)
+    torch.testing.assert_close(augment.resized_crop(x, g, (0.2, 0.5)), x)
+
+
+def test_dihedral_is_exact_moves_masks_along_and_never_touches_depth():
+    g = augment.make_generator(1)
+    x = torch.randn(16, 2, 8, 8)
+    mask = (x[:, :1] > 0).long()
+    p = augment.draw_spatial(x.shape, g, flips=True, rot90=True)
+    xa, ma = augment.apply_spatial(x, p), augment.apply_spatial(mask, p, nearest=True)
+    assert torch.equal(xa.flatten(1).sort(1).values, x.flatten(1).sort(1).values)  # no interpolation
+    assert torch.equal((xa[:, :1] > 0).long(), ma)
+    vol = torch.randn(4, 1, 5, 8, 8)
+    va = augment.dihedral(vol, g)
+    for d in range(5):
+        assert torch.equal(va[:, :, d].flatten(1).sort(1).values, vol[:, :, d].flatten(1).sort(1).values)
+
+
+def test_blur_keeps_each_channels_mass_2d_3d():
+    img = torch.zeros(2, 3, 9, 9)
+    img[:, :, 4, 4] = torch.tensor([1.0, 2.0, 3.0])
+    torch.testing.assert_close(augment.gaussian_blur(img, 1.0).sum((2, 3)), img.sum((2, 3)))
+    vol = torch.zeros(1, 2, 9, 9, 9)
+    vol[..., 4, 4, 4] = 1.0
+    torch.testing.assert_close(augment.gaussian_blur(vol, 1.0).sum((2, 3, 4)), torch.ones(1, 2))
+
+
+def test_cutout_box_spans_the_asked_share_of_each_side():
+    x = torch.ones(8, 1, 6, 16, 16)
+    out = augment.cutout(x, augment.make_generator(0), (0.5, 0.5))
+    assert torch.equal((out == 0).flatten(1).sum(1), torch.full((8,), 3 * 8 * 8))

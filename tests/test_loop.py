@@ -17,6 +17,7 @@ class ToyTask(Task):
         self.model = nn.Sequential(enc, nn.Linear(enc.out_features, 2))
         self.val_scores = val_scores
         self.calls = 0
+        self.reseeds: list[int] = []
 
     def modules(self) -> nn.Module:
         return self.model
@@ -24,6 +25,9 @@ class ToyTask(Task):
     def optimizers(self) -> list[torch.optim.Optimizer]:
         self.opt = torch.optim.Adam(self.model.parameters(), 1e-2)
         return [self.opt]
+
+    def reseed(self, seed):
+        self.reseeds.append(seed)
 
     def training_step(self, batch, ctx):
         x, y = batch
@@ -103,13 +107,16 @@ def test_step_budget_and_time_budget():
 def test_checkpoint_resume_continues_to_budget(tmp_path):
     x, y = toy_data()
     ckpt = str(tmp_path / "ck.pt")
-    first = fit(ToyTask(), TensorBatches(x, y, 8, seed=0), None,
+    first_task = ToyTask()
+    first = fit(first_task, TensorBatches(x, y, 8, seed=0), None,
                 LoopConfig(max_epochs=3, checkpoint_path=ckpt))
     assert first.steps == 12
     resumed_task = ToyTask(seed=99)  # different init: resume must overwrite it with the checkpoint
     second = fit(resumed_task, TensorBatches(x, y, 8, seed=0), None,
                  LoopConfig(max_epochs=5, checkpoint_path=ckpt))
     assert second.resumed and second.steps == 20 and len(second.history) == 5
+    # The task's own streams (augmentation) restart fresh on resume, as the global one does.
+    assert first_task.reseeds == [] and resumed_task.reseeds == [0 + 7919 * (3 + 1)]
 
 
 def test_tensor_batches_min_steps_and_determinism():

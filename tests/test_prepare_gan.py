@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from fewlabel.data.augment import make_generator
 from fewlabel.errors import DataError
 from fewlabel.models.encoder import create_encoder
 from fewlabel.models.gan import Discriminator, Generator, add_spectral_norm, remove_spectral_norm
 from fewlabel.pretrain.common import PretrainConfig
-from fewlabel.pretrain.gan import pixel_w1, pretrain_gan
+from fewlabel.pretrain.gan import DiffAugment, pixel_w1, pretrain_gan
 
 
 def blob_images(n: int = 48, size: int = 32, channels: int = 1, seed: int = 0) -> np.ndarray:
@@ -96,6 +97,31 @@ def test_stop_and_resume_reaches_the_step_budget(tmp_path):
     _, info2 = pretrain_gan(x, second, encoder=create_encoder("convnet", **enc_cfg), checkpoint_path=ckpt)
     assert info2["resumed"] and info2["steps"] == 8
     assert [r["step"] for r in info2["history"]] == [2.0, 4.0, 6.0, 8.0]
+
+
+def test_gan_pretraining_is_deterministic_for_a_seed():
+    x = blob_images(16, 16)
+
+    def run(seed: int) -> dict[str, torch.Tensor]:
+        cfg = PretrainConfig(steps=4, batch_size=8, log_every=2, progress=False, sample_every=0, seed=seed)
+        torch.manual_seed(99)  # the caller's encoder starts from the same weights every run
+        enc = create_encoder("convnet", in_channels=1, spatial_dims=2, width=4, depth=3, act="leaky_relu")
+        return pretrain_gan(x, cfg, encoder=enc)[0].state_dict()
+
+    first = run(0)
+    assert all(torch.equal(first[k], v) for k, v in run(0).items())
+    assert any(not torch.equal(first[k], v) for k, v in run(1).items())
+
+
+def test_diff_augment_passes_gradients_and_draws_from_its_own_generator():
+    fake = torch.randn(4, 1, 16, 16, requires_grad=True)
+    before = torch.get_rng_state()
+    out = DiffAugment(make_generator(0))(fake)
+    assert torch.equal(torch.get_rng_state(), before)
+    out.sum().backward()  # the generator learns through the augmentation
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert (out == 0).flatten(1).float().mean(1).min() >= 0.25  # a half-side box is cut out of each
+    assert torch.equal(out, DiffAugment(make_generator(0))(fake))
 
 
 def test_rgb_images_any_size_divisible_by_16(tmp_path):

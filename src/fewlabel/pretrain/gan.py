@@ -7,9 +7,10 @@ The head reads the whole last map (DCGAN's full-extent final conv), not pooled f
 head cannot see where objects are, and its generator then puts every object at the same place.
 
 Stabilisation for small pools (tens to thousands of images), and why:
-  * DiffAugment (Zhao et al. 2020): the same random translation (1/8 of a side), cutout (half a
-    side) and flips/90-degree turns on real AND fake images before the discriminator, with
-    gradients through them. With few images a discriminator memorises the pool within a few hundred
+  * DiffAugment (Zhao et al. 2020): the same kinds of random translation (1/8 of a side), cutout
+    (half a side) and flips/90-degree turns on real AND fake images before the discriminator, with
+    gradients through them (``DiffAugment``, from ``fewlabel.data.augment``'s primitives, drawn from
+    its own generator). With few images a discriminator memorises the pool within a few hundred
     steps and the generator's signal collapses; augmenting both sides stops the memorising without
     teaching the generator to produce augmented images. No colour/intensity ops: intensities (phase
     delay, stain) carry the meaning the encoder should learn.
@@ -45,10 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewlabel.data import augment
 from fewlabel.errors import DataError
 from fewlabel.models.encoder import Encoder, create_encoder
 from fewlabel.models.gan import Discriminator, Generator, add_spectral_norm, remove_spectral_norm
-from fewlabel.pretrain import views
 from fewlabel.pretrain.common import (
     PretrainConfig,
     check_images,
@@ -62,11 +63,16 @@ from fewlabel.training.loop import Loop, Task, fit
 GEN_UPSAMPLES = 4  # DCGAN: 4 doublings, so image sides must divide by 16
 
 
-def diff_augment(x: torch.Tensor) -> torch.Tensor:
-    """DiffAugment for the discriminator's inputs: flips/turns, translation, cutout."""
-    (x,) = views.random_dihedral(x)
-    x = views.random_translate(x, 0.125)
-    return views.random_cutout(x, 0.5)
+class DiffAugment:
+    """DiffAugment for the discriminator's inputs, drawn from ``rng``: flips/turns and a whole-pixel
+    translation (up to 1/8 of a side) in one warp, then a cutout of half of each side."""
+
+    def __init__(self, rng: torch.Generator) -> None:
+        self.rng = rng
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        spatial = augment.draw_spatial(x.shape, self.rng, flips=True, rot90=True, shift=0.125)
+        return augment.cutout(augment.apply_spatial(x, spatial), self.rng, (0.5, 0.5))
 
 
 def pixel_w1(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -106,7 +112,9 @@ class GANTask(Task):
                  out_dir: str | Path | None = None) -> None:
         self.generator, self.discriminator, self.config = generator, discriminator, config
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.augment = diff_augment if config.diff_augment else (lambda x: x)
+        # ``rng``, not ``generator``: that name is the GAN's generator network here.
+        self.rng = augment.make_generator(config.seed)
+        self.augment = DiffAugment(self.rng) if config.diff_augment else (lambda x: x)
         # Fixed noise: every sample grid shows the same 16 points of z, so changes are the GAN's.
         g = torch.Generator().manual_seed(config.seed + 1)
         self.fixed_z = torch.randn(16, generator.z_dim, generator=g)
@@ -115,6 +123,9 @@ class GANTask(Task):
 
     def modules(self) -> nn.Module:
         return self._net
+
+    def reseed(self, seed: int) -> None:
+        self.rng.set_state(augment.make_generator(seed).get_state())
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         lr, wd = self.config.learning_rate("gan"), self.config.weight_decay

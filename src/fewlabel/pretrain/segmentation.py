@@ -22,11 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from fewlabel.data.augment import make_paired_augment
+from fewlabel.data.augment import add_noise, make_generator, make_paired_augment, scale_shift
 from fewlabel.errors import DataError, MaskError
 from fewlabel.models.encoder import Encoder, create_encoder
 from fewlabel.models.unet import UNet
-from fewlabel.pretrain import views
 from fewlabel.pretrain.common import PretrainConfig, check_images, check_masks, history_summary, loop_config
 from fewlabel.pretrain.figures import save_mask_comparison
 from fewlabel.training.batches import TensorBatches, sequential_batches
@@ -177,12 +176,16 @@ class SegmentationTask(Task):
         self.unet, self.config = unet, config
         self.patch = patch  # 3D: train on patches of this size, validate by sliding windows
         # The data layer's weak spatial transform: in-plane flips, 90-degree turns, whole-pixel shifts.
-        self.paired = make_paired_augment(unet.spatial_dims, "weak")
+        self.generator = make_generator(config.seed)
+        self.paired = make_paired_augment(unet.spatial_dims, "weak", generator=self.generator)
         self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
         self._opt: torch.optim.Optimizer | None = None
 
     def modules(self) -> nn.Module:
         return self.unet
+
+    def reseed(self, seed: int) -> None:
+        self.generator.set_state(make_generator(seed).get_state())
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         self._opt = torch.optim.AdamW(self.unet.parameters(), lr=self.config.learning_rate("segmentation"),
@@ -193,7 +196,7 @@ class SegmentationTask(Task):
         x, m = batch
         with torch.no_grad():  # one spatial transform for image and mask; mild intensity on the image
             x, m = self.paired(x, m)
-            x = views.random_intensity(views.random_noise(x, 0.05), 0.1, 0.1)
+            x = scale_shift(add_noise(x, self.generator, 0.05), self.generator, 0.1, 0.1)
         with ctx.autocast():
             logits = self.unet(x)
         loss = self.loss_fn(logits.float(), m)

@@ -4,10 +4,13 @@ Lightly's shape, written in-house (lightly needs torchvision, see deps-probe.md)
 shared encoder, plus a projection MLP and a loss; the projection head is thrown away afterwards
 (its output is tuned to the loss, the encoder's pooled features transfer better).
 
-The two views of an image differ by what should NOT change a diagnosis (see ``views`` for why):
-random resized crop (area 0.5-1 by default), flips and 90-degree turns, a mild blur (half the
-views), a little Gaussian noise, and a small intensity scale/shift shared by all channels. No colour
-jitter unless ``colour_jitter=True``: stain colour carries meaning in blood and tissue images.
+The two views of an image differ by what should NOT change a diagnosis (``SimCLRViews``, built from
+``fewlabel.data.augment``'s primitives): random resized crop (area 0.5-1 by default; the object stays
+in view), flips and 90-degree turns (cells and cross-sections have no canonical orientation; exact),
+a mild blur in half the views and a little Gaussian noise (focus and scanner variation), and a small
+intensity scale/shift shared by all channels (exposure). No colour jitter unless
+``colour_jitter=True``: stain colour carries meaning in blood and tissue images. The views draw from
+their own generator (``make_generator(seed)``), so a seed gives the same run.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fewlabel.data import augment
 from fewlabel.errors import DataError
 from fewlabel.models.encoder import Encoder, create_encoder
-from fewlabel.pretrain import views
 from fewlabel.pretrain.common import PretrainConfig, check_images, history_summary, loop_config
 from fewlabel.pretrain.figures import save_image_grid
 from fewlabel.training.batches import TensorBatches
@@ -66,22 +69,26 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> tor
 
 
 class SimCLRViews:
-    """A random view of a batch, on the device. ``colour_jitter`` adds per-channel intensity changes."""
+    """A random view of a batch, drawn from ``generator``. ``colour_jitter`` adds per-channel
+    intensity changes."""
 
-    def __init__(self, crop_scale: tuple[float, float] = (0.5, 1.0), colour_jitter: bool = False,
-                 blur_p: float = 0.5, noise_std: float = 0.05, intensity: float = 0.1) -> None:
+    def __init__(self, generator: torch.Generator, crop_scale: tuple[float, float] = (0.5, 1.0),
+                 colour_jitter: bool = False, blur_p: float = 0.5, noise_std: float = 0.05,
+                 intensity: float = 0.1) -> None:
+        self.generator = generator
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.colour_jitter = colour_jitter
         self.blur_p, self.noise_std, self.intensity = blur_p, noise_std, intensity
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = views.random_resized_crop(x, self.crop_scale)
-        (x,) = views.random_dihedral(x)
-        x = views.random_blur(x, self.blur_p)
-        x = views.random_noise(x, self.noise_std)
-        x = views.random_intensity(x, self.intensity, self.intensity)
+        g = self.generator
+        x = augment.resized_crop(x, g, self.crop_scale)
+        x = augment.dihedral(x, g)
+        x = augment.blur(x, g, self.blur_p)
+        x = augment.add_noise(x, g, self.noise_std)
+        x = augment.scale_shift(x, g, self.intensity, self.intensity)
         if self.colour_jitter and x.shape[1] > 1:
-            x = views.random_intensity(x, 0.3, 0.3, per_channel=True)
+            x = augment.scale_shift(x, g, 0.3, 0.3, per_channel=True)
         return x
 
 
@@ -92,6 +99,9 @@ class SimCLRTask(Task):
 
     def modules(self) -> nn.Module:
         return self.model
+
+    def reseed(self, seed: int) -> None:
+        self.make_view.generator.set_state(augment.make_generator(seed).get_state())
 
     def optimizers(self) -> list[torch.optim.Optimizer]:
         self._opt = torch.optim.AdamW(self.model.parameters(), lr=self.config.learning_rate("ssl"),
@@ -144,10 +154,13 @@ def pretrain_ssl(
         raise DataError(f"encoder is {encoder.spatial_dims}D with {encoder.in_channels} channel(s); images "
                         f"are {x.dim() - 2}D with {x.shape[1]}")
     model = SimCLR(encoder, config.proj_dim)
-    make_view = SimCLRViews(config.crop_scale, config.colour_jitter)
-    if out_dir is not None:
+    make_view = SimCLRViews(augment.make_generator(config.seed), config.crop_scale,
+                            config.colour_jitter)
+    if out_dir is not None:  # its own stream: asking for the picture does not change the training
+        show = SimCLRViews(augment.make_generator(config.seed, "views figure"), config.crop_scale,
+                           config.colour_jitter)
         sample = x[:8]
-        grid = torch.cat([sample, make_view(sample), make_view(sample)])
+        grid = torch.cat([sample, show(sample), show(sample)])
         save_image_grid(grid, Path(out_dir) / "views.png", ncol=len(sample))
     # drop_last: a batch of one would leave a view without negatives and BatchNorm without a batch.
     batches = TensorBatches(x, None, config.batch_size, seed=config.seed, min_steps=config.log_every,

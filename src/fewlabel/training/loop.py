@@ -64,6 +64,10 @@ class Task:
     def on_epoch_end(self, epoch: int, ctx: Loop) -> None:
         """Hook for side outputs (e.g. a GAN's sample grid)."""
 
+    def reseed(self, seed: int) -> None:
+        """Restart the task's own random streams (its augmentation generator) from ``seed``. ``fit``
+        calls it on resuming from a checkpoint, when it reseeds torch's global generator too."""
+
 
 @dataclass
 class LoopConfig:
@@ -241,7 +245,9 @@ def fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | N
         result.best_score = state["best_score"]
         best_state = state["best_state"]
         since_best = int(state["since_best"])
-        torch.manual_seed(config.seed + 7919 * (start_epoch + 1))  # fresh, reproducible stream
+        fresh = config.seed + 7919 * (start_epoch + 1)  # fresh, reproducible streams
+        torch.manual_seed(fresh)
+        task.reseed(fresh)
         result.resumed = True
 
     def save_checkpoint(epoch_done: int) -> None:
