@@ -151,3 +151,24 @@ def test_cached_volumes_equal_freshly_preprocessed_ones(tmp_path) -> None:
     assert first.shape == (8, 1, 8, 12, 12)
     np.testing.assert_array_equal(first, fresh)
     np.testing.assert_array_equal(second, fresh)
+
+
+def test_reusing_freed_memory_changes_no_number(monkeypatch) -> None:
+    """The training loop keeps freed blocks in the heap (``training.heap``): same weights either way."""
+    from fewlabel.training import heap
+    from fewlabel.training.finetune import finetune
+
+    x, y = _volumes(6, seed=3), np.array([0, 1] * 3)
+    weights = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("FEWLABEL_REUSE_MEMORY", flag)
+        torch.manual_seed(0)
+        encoder = create_encoder("convnet", 1, 3, width=4, depth=3)
+        clf, _ = finetune(x[:4], y[:4], x[4:], y[4:], 2, encoder,
+                          FinetuneConfig(max_epochs=2, batch_size=2, device="cpu", progress=False), seed=0)
+        weights.append(torch.cat([p.detach().flatten() for p in clf.parameters()]))
+    assert heap.enabled() is False  # the flag is read at each use
+    assert torch.equal(weights[0], weights[1])
+    with heap.reuse_freed_memory(), heap.reuse_freed_memory():  # nested scopes are one scope
+        assert heap._depth == 2
+    assert heap._depth == 0
