@@ -58,8 +58,8 @@ def _curves(model: nn.Module, x: np.ndarray, order: np.ndarray, target: np.ndarr
         chosen = np.zeros((n, spatial), dtype=bool)
         np.put_along_axis(chosen, order[:, :count], True, axis=1)
         keep = chosen if insert else ~chosen
-        variant = np.where(keep[:, None, :], flat, np.float32(0.0)).reshape(x.shape).astype(np.float32)
-        curve[k] = _probabilities(model, variant, target)
+        variant = np.where(keep[:, None, :], flat, np.float32(0.0)).reshape(x.shape)
+        curve[k] = _probabilities(model, variant.astype(np.float32, copy=False), target)
     return np.trapezoid(curve, dx=1.0 / steps, axis=0)
 
 
