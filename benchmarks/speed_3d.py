@@ -34,7 +34,7 @@ from _common import REPO, dataset_or_exit, print_table
 DATASET = "lgg_mri_3d"
 
 
-def child(part: str, run_dir: str, max_epochs: int, size: int) -> None:
+def child(part: str, run_dir: str, max_epochs: int, size: int, image_size: tuple[int, ...] | None) -> None:
     """Runs inside the measured process, importing fewlabel from PYTHONPATH (the tree measured)."""
     from fewlabel.experiments.store import load_run
 
@@ -45,8 +45,8 @@ def child(part: str, run_dir: str, max_epochs: int, size: int) -> None:
         from fewlabel.experiments.curve import run_curve
 
         run_curve(data, run_dir, strategies=["scratch"], sizes=[size], repeats=1, seed=0,
-                  finetune={"max_epochs": max_epochs, "device": "cpu"}, keep_models="first",
-                  progress=False, log=None)
+                  image_size=image_size, finetune={"max_epochs": max_epochs, "device": "cpu"},
+                  keep_models="first", progress=False, log=None)
         _, rows = load_run(run_dir)
         row = rows[0]
         result = {"roc_auc": row.get("roc_auc"), "status": row.get("status"), "error": row.get("error"),
@@ -69,11 +69,13 @@ def main() -> int:
     ap.add_argument("--max-epochs", type=int, default=2, help="fine-tuning epochs of the cell")
     ap.add_argument("--size", type=int, default=10, help="labelled volumes per class")
     ap.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of both children")
+    ap.add_argument("--image-size", default=None, help="working size D,H,W (default: the most common shape)")
     ap.add_argument("--child", choices=("cell", "explain"), help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        child(args.child, args.run_dir, args.max_epochs, args.size)
+        size = tuple(int(v) for v in args.image_size.split(",")) if args.image_size else None
+        child(args.child, args.run_dir, args.max_epochs, args.size, size)
         return 0
     dataset_or_exit(DATASET)
     trees = ([("before", args.other.resolve())] if args.other else []) + [("after", REPO)]
@@ -91,7 +93,7 @@ def main() -> int:
                              f"{r['user']:.1f}", f"{r['sys']:.1f}", note])
                 print(" | ".join(rows[-1]), flush=True)
     print(f"\n{DATASET}: scratch cell, {args.size} labels/class, {args.max_epochs} epoch(s), CPU, "
-          f"OMP_NUM_THREADS={args.threads}")
+          f"OMP_NUM_THREADS={args.threads}, working size {args.image_size or 'most common (36,128,128)'}")
     print_table(["tree", "part", "wall s", "peak RSS MB", "user s", "sys s", "result"], rows)
     return 0
 
@@ -102,6 +104,8 @@ def _measured(tree: Path, part: str, run_dir: Path, args: argparse.Namespace) ->
            "MKL_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", part, "--run-dir", str(run_dir),
            "--max-epochs", str(args.max_epochs), "--size", str(args.size)]
+    if args.image_size:
+        cmd += ["--image-size", args.image_size]
     with tempfile.TemporaryFile("w+") as log:
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=str(tree))
