@@ -154,7 +154,7 @@ def test_cached_volumes_equal_freshly_preprocessed_ones(tmp_path) -> None:
 
 
 def test_reusing_freed_memory_changes_no_number(monkeypatch) -> None:
-    """The training loop keeps freed blocks in the heap (``training.heap``): same weights either way."""
+    """FEWLABEL_REUSE_MEMORY=1 keeps freed blocks in the heap (``training.heap``): same weights."""
     from fewlabel.training import heap
     from fewlabel.training.finetune import finetune
 
@@ -167,7 +167,7 @@ def test_reusing_freed_memory_changes_no_number(monkeypatch) -> None:
         clf, _ = finetune(x[:4], y[:4], x[4:], y[4:], 2, encoder,
                           FinetuneConfig(max_epochs=2, batch_size=2, device="cpu", progress=False), seed=0)
         weights.append(torch.cat([p.detach().flatten() for p in clf.parameters()]))
-    assert heap.enabled() is False  # the flag is read at each use
+    assert heap.enabled() is False  # the flag is read at each use; off unless asked for
     assert torch.equal(weights[0], weights[1])
     with heap.reuse_freed_memory(), heap.reuse_freed_memory():  # nested scopes are one scope
         assert heap._depth == 2

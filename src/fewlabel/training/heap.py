@@ -4,8 +4,9 @@ glibc serves every block above 32 MB with its own ``mmap`` and unmaps it on free
 working size allocates several GB of such blocks (activations, their gradients), so every step faults
 and zeroes them in again: on 36x128x128 volumes in batches of 16 that system time was as large as the
 arithmetic. With ``mmap`` off and no trimming, freed blocks go back to the heap and the next step
-reuses them. The price is a higher peak (the heap fragments), which is why it is scoped to the loop
-and why ``FEWLABEL_REUSE_MEMORY=0`` turns it off. Nothing numerical changes.
+reuses them. The price is a higher peak (the heap fragments: one 3D cell, 16 volumes a batch, peaked
+at 6.3 GB instead of 3.9 GB for 28% less CPU time), so it is opt-in: ``FEWLABEL_REUSE_MEMORY=1``
+for a machine with memory to spare. Scoped to the loop; nothing numerical changes.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _glibc() -> ctypes.CDLL | None:
 
 
 def enabled() -> bool:
-    return os.environ.get("FEWLABEL_REUSE_MEMORY", "1") != "0" and _glibc() is not None
+    return os.environ.get("FEWLABEL_REUSE_MEMORY", "0") == "1" and _glibc() is not None
 
 
 @contextmanager
