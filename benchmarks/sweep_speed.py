@@ -72,7 +72,8 @@ def main() -> int:
 
     cache = REPO / "runs" / "sweep_speed_pretrained"
     tasks_by_strategy: dict[str, list[CellTask]] = {}
-    draws = {(n, r): backend.draw(data, n, draw_seed(args.seed, r), "images") for n in sizes
+    # The plan's draws (labelled ids and their train / validation split), as the curve records them.
+    draws = {(n, r): backend.draw(data, n, r, draw_seed(args.seed, r), "images") for n in sizes
              for r in range(args.repeats)}
     for name in strategies:
         spec = backend.strategy_spec(name)
@@ -83,7 +84,8 @@ def main() -> int:
         print(f"{name}: encoder ready in {time.perf_counter() - t0:.1f} s")
         tasks_by_strategy[name] = [
             CellTask(cell=Cell(name, n, r), seed=train_seed(args.seed, r, n),
-                     draw_seed=draw_seed(args.seed, r), labelled_ids=tuple(draws[(n, r)]), spec=spec,
+                     draw_seed=draw_seed(args.seed, r), labelled_ids=tuple(draws[(n, r)]["labelled"]),
+                     train_ids=tuple(draws[(n, r)]["train"]), val_ids=tuple(draws[(n, r)]["val"]), spec=spec,
                      finetune=finetune, data_args=data_args, fingerprint=str(fingerprint),
                      config_hash="sweep-speed", keep_model=False, backend=backend)
             for n in sizes for r in range(args.repeats)]

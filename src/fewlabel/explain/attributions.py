@@ -6,7 +6,8 @@ spatial shape of the input (channels folded), so figures and tests treat every m
 * ``saliency``: |d logit_target / d x| (Simonyan et al. 2014), maximum over channels.
 * ``lrp``: layer-wise relevance propagation (captum) with the epsilon rule (epsilon =
   ``DEFAULT_EPSILON``), BatchNorm folded into the preceding convolution, and the z^B rule at the
-  input layer (bounds: each channel's lowest and highest value in the explained batch); summed over
+  input layer (bounds: each channel's lowest and highest value over all images given to
+  ``attribute``, so a map does not depend on how the images are batched); summed over
   channels, so the map's sum is close to the target logit. ``lrp_gamma``: gamma rule in the lower
   convolutions.
 * ``gradcam``: Grad-CAM (Selvaraju et al. 2017) on the encoder's last stage map, the map every
@@ -26,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from fewlabel.explain.rules import DEFAULT_EPSILON, first_conv, fold_batchnorm, lrp_rules, zb_relevance
+from fewlabel.training import batches
+from fewlabel.training.batches import bounded_batch_size
 
 METHODS = ("saliency", "lrp", "gradcam")
 ALL_METHODS = ("saliency", "lrp", "lrp_gamma", "gradcam")
@@ -45,10 +48,13 @@ def _as_tensor(x: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tens
 
 
 def _targets(model: nn.Module, x: torch.Tensor, target: int | Sequence[int] | None) -> torch.Tensor:
-    """One class index per image; ``None`` means the predicted class."""
+    """One class index per image; ``None`` means the predicted class (found in bounded batches)."""
     if target is None:
+        if len(x) == 0:
+            return torch.zeros(0, dtype=torch.long, device=x.device)
+        step = bounded_batch_size(x.shape[1:], len(x))
         with torch.no_grad():
-            return model(x).argmax(1)
+            return torch.cat([model(x[i:i + step]).argmax(1) for i in range(0, len(x), step)])
     t = torch.as_tensor(target, dtype=torch.long, device=x.device).reshape(-1)
     if t.numel() == 1:
         t = t.expand(x.shape[0])
@@ -64,12 +70,19 @@ def saliency(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.T
     return grads.amax(1)
 
 
+def channel_bounds(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each channel's lowest and highest value over a batch (B, C, ...): the z^B rule's bounds."""
+    dims = [0, *range(2, x.dim())]
+    return x.detach().amin(dim=dims, keepdim=True), x.detach().amax(dim=dims, keepdim=True)
+
+
 def lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: str = "epsilon",
-        epsilon: float = DEFAULT_EPSILON, gamma: float = 0.25, input_rule: str = "zb"
-        ) -> tuple[torch.Tensor, list[str]]:
+        epsilon: float = DEFAULT_EPSILON, gamma: float = 0.25, input_rule: str = "zb",
+        bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, list[str]]:
     """Relevance summed over channels, and notes on what makes it approximate for this model.
 
-    ``input_rule``: ``zb`` (z^B at the first convolution) or ``same`` (the composite's rule there)."""
+    ``input_rule``: ``zb`` (z^B at the first convolution) or ``same`` (the composite's rule there).
+    ``bounds``: the z^B rule's per-channel (low, high); None = those of ``x``."""
     from captum.attr import LRP, LayerLRP
 
     # captum rewrites weights and hangs hooks/attributes on the modules while it runs: work on a
@@ -82,8 +95,7 @@ def lrp(model: nn.Module, x: torch.Tensor, target: torch.Tensor, composite: str 
             relevance = LRP(work).attribute(x, target=target)
         else:
             out_rel = LayerLRP(work, first).attribute(x, target=target, attribute_to_layer_input=False)
-            dims = [0, *range(2, x.dim())]
-            low, high = x.detach().amin(dim=dims, keepdim=True), x.detach().amax(dim=dims, keepdim=True)
+            low, high = bounds if bounds is not None else channel_bounds(x)
             relevance = zb_relevance(first, x, out_rel, low, high)
     return relevance.sum(1), notes
 
@@ -135,7 +147,8 @@ def attribute(classifier: nn.Module, x: np.ndarray | torch.Tensor, target: int |
 
     ``target``: class index (one for all, or one per image); ``None`` = each image's predicted class.
     ``options`` go to the method (``epsilon``, ``gamma`` for LRP). The classifier is put in eval mode
-    and its weights are left untouched.
+    and its weights are left untouched. Batches are capped by ``GRADIENT_VOXELS``: every method keeps
+    the activations of its batch for the backward pass, so whole volumes are explained one at a time.
     """
     if method not in ALL_METHODS:
         raise ValueError(f"unknown attribution method {method!r}: use {', '.join(ALL_METHODS)}")
@@ -143,6 +156,10 @@ def attribute(classifier: nn.Module, x: np.ndarray | torch.Tensor, target: int |
     device = _device(classifier)
     xt = _as_tensor(x, device)
     targets = _targets(classifier, xt, target)
+    batch_size = bounded_batch_size(xt.shape[1:], batch_size, batches.GRADIENT_VOXELS)
+    zb_input = method.startswith("lrp") and options.get("input_rule", "zb") == "zb"
+    if zb_input and len(xt) and "bounds" not in options:  # one set of bounds, however x is batched
+        options = {**options, "bounds": channel_bounds(xt)}
     out: list[np.ndarray] = []
     for start in range(0, xt.shape[0], batch_size):
         xb = xt[start:start + batch_size].detach().clone().requires_grad_(True)

@@ -25,6 +25,8 @@ import torch
 from scipy import stats
 from torch import nn
 
+from fewlabel.training.batches import bounded_batch_size
+
 RANDOMISATION_LIMIT = 0.5
 STEPS = 10
 RANDOMISATION_SEED_OFFSET = 7_919_000
@@ -32,6 +34,7 @@ RANDOMISATION_SEED_OFFSET = 7_919_000
 
 def _probabilities(model: nn.Module, x: np.ndarray, target: np.ndarray, batch: int = 64) -> np.ndarray:
     p = next(model.parameters())
+    batch = bounded_batch_size(x.shape[1:], batch)
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch):
@@ -43,18 +46,20 @@ def _probabilities(model: nn.Module, x: np.ndarray, target: np.ndarray, batch: i
 
 def _curves(model: nn.Module, x: np.ndarray, order: np.ndarray, target: np.ndarray, steps: int,
             insert: bool) -> np.ndarray:
-    """(N,) area under the probability-vs-share curve for each image and its pixel order."""
+    """(N,) area under the probability-vs-share curve for each image and its pixel order.
+
+    One step's N perturbed images at a time: all ``steps + 1`` at once would be 11 copies of every
+    volume in memory and in one forward pass."""
     n, spatial = len(x), int(np.prod(x.shape[2:]))
     flat = x.reshape(n, x.shape[1], spatial)
-    variants = []
+    curve = np.empty((steps + 1, n), dtype=np.float32)
     for k in range(steps + 1):
         count = int(round(k * spatial / steps))
         chosen = np.zeros((n, spatial), dtype=bool)
         np.put_along_axis(chosen, order[:, :count], True, axis=1)
         keep = chosen if insert else ~chosen
-        variants.append(np.where(keep[:, None, :], flat, 0.0).reshape(x.shape))
-    probs = _probabilities(model, np.concatenate(variants).astype(np.float32), np.tile(target, steps + 1))
-    curve = probs.reshape(steps + 1, n)
+        variant = np.where(keep[:, None, :], flat, np.float32(0.0)).reshape(x.shape)
+        curve[k] = _probabilities(model, variant.astype(np.float32, copy=False), target)
     return np.trapezoid(curve, dx=1.0 / steps, axis=0)
 
 

@@ -8,7 +8,11 @@ from torch import nn
 
 
 def extract_features(classifier: nn.Module, x: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Pooled encoder features (N, F) of preprocessed images ``x`` (N, C, *spatial), eval mode."""
+    """Pooled encoder features (N, F) of preprocessed images ``x`` (N, C, *spatial), eval mode, in
+    batches capped by ``INFERENCE_VOXELS`` (a test set of whole volumes never runs at once)."""
+    from fewlabel.training.batches import bounded_batch_size
+
+    batch_size = bounded_batch_size(tuple(x.shape)[1:], batch_size)
     classifier.eval()
     p = next(classifier.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")

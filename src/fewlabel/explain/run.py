@@ -171,9 +171,14 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
 def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
     import torch
 
+    from fewlabel.training.batches import bounded_batch_size
+
     p = next(classifier.parameters())
+    step = bounded_batch_size(x.shape[1:], len(x))
     with torch.no_grad():
-        return classifier(torch.as_tensor(x, dtype=torch.float32, device=p.device)).float().cpu().numpy()
+        return np.concatenate([
+            classifier(torch.as_tensor(x[i:i + step], dtype=torch.float32, device=p.device)).float().cpu()
+            .numpy() for i in range(0, len(x), step)])
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

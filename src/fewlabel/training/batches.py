@@ -4,12 +4,27 @@ start-up time. Shuffling uses a private generator, so the order depends on the s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from fewlabel.errors import DataError
+
+# Spatial voxels one batch may hold in a forward pass without gradients (prediction, validation,
+# features) and with them (attribution maps). 64 images of 224x224 stay one batch; whole 36x128x128
+# volumes go 7 (resp. 1) at a time, so the activations stay within a few hundred MB per stage.
+INFERENCE_VOXELS = 2**22
+GRADIENT_VOXELS = 2**20
+
+
+def bounded_batch_size(sample_shape: Sequence[int], batch_size: int, max_voxels: int | None = None) -> int:
+    """``batch_size`` capped so that one batch of samples ``(C, *spatial)`` holds at most ``max_voxels``
+    (default ``INFERENCE_VOXELS``) spatial voxels, at least one sample. Eval-mode outputs are per
+    sample, so the cap changes memory, not results."""
+    budget = INFERENCE_VOXELS if max_voxels is None else max_voxels
+    voxels = math.prod(int(s) for s in tuple(sample_shape)[1:])
+    return max(1, min(int(batch_size), budget // max(voxels, 1)))
 
 
 class TensorBatches:

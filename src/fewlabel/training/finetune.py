@@ -15,7 +15,7 @@ from fewlabel.errors import FewlabelError
 from fewlabel.models.encoder import Encoder
 from fewlabel.models.heads import Classifier
 from fewlabel.settings import select_device
-from fewlabel.training.batches import TensorBatches, sequential_batches
+from fewlabel.training.batches import TensorBatches, bounded_batch_size, sequential_batches
 from fewlabel.training.loop import FitResult, LoopConfig, fit
 from fewlabel.training.recipe import (
     AUGMENT_KINDS,
@@ -91,7 +91,8 @@ def finetune(
             x_val, y_val = _on(x_val, dev, torch.float32), _on(y_val, dev, torch.long)
     train_batches = TensorBatches(x_train, y_train, config.batch_size, seed=seed,
                                   min_steps=config.min_steps_per_epoch)
-    val_batches = sequential_batches(x_val, y_val, 64) if has_val else None
+    val_batches = (sequential_batches(x_val, y_val, bounded_batch_size(x_val.shape[1:], 64)) if has_val
+                   else None)
     epochs = config.max_epochs if has_val or config.epochs_without_validation is None else (
         config.epochs_without_validation)
     task.total_steps = len(train_batches) * epochs
@@ -113,11 +114,11 @@ def _on(array: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
 def frozen_features(encoder: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 64,
                     device: torch.device | None = None, views: bool = False) -> torch.Tensor:
     """Pooled features in eval mode; with ``views`` the 8 flips / quarter turns are stacked view-major
-    ((8 * N, F), identity first)."""
+    ((8 * N, F), identity first). Batches are capped by ``INFERENCE_VOXELS`` (whole volumes)."""
     device = device or next(encoder.parameters()).device
     encoder.eval()
     out = []
-    for xb in sequential_batches(x, None, batch_size):
+    for xb in sequential_batches(x, None, bounded_batch_size(x.shape[1:], batch_size)):
         xb = xb.to(device)
         batches = dihedral_views(xb) if views else [xb]
         out.append(torch.stack([encoder(v).float() for v in batches]))  # (V, B, F)
@@ -161,12 +162,13 @@ def predict_proba(classifier: nn.Module, x: np.ndarray | torch.Tensor, batch_siz
     """Softmax probabilities (N, K) in eval mode, float32, on CPU.
 
     ``tta``: average the probabilities over the 8 flips / quarter turns; None = the classifier's own
-    setting (``classifier.tta``, set by ``finetune``)."""
+    setting (``classifier.tta``, set by ``finetune``). Batches are capped by ``INFERENCE_VOXELS``, so
+    a test set of whole volumes never passes through the network at once."""
     dev = select_device(device) if isinstance(device, str) else device
     classifier.eval().to(dev)
     tta = bool(getattr(classifier, "tta", False)) if tta is None else tta
     out = []
-    for xb in sequential_batches(x, None, batch_size):
+    for xb in sequential_batches(x, None, bounded_batch_size(x.shape[1:], batch_size)):
         xb = xb.to(dev)
         views = dihedral_views(xb) if tta else [xb]
         probs = torch.stack([torch.softmax(classifier(v).float(), dim=1) for v in views]).mean(0)

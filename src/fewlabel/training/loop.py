@@ -26,6 +26,7 @@ from torch import nn
 
 from fewlabel.fileio import atomic_path
 from fewlabel.settings import select_device
+from fewlabel.training.heap import reuse_freed_memory
 
 
 def seed_everything(seed: int) -> None:
@@ -219,6 +220,13 @@ def fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | N
     step, at the epoch's start or end) and when the run ends, and a later call with the same path
     resumes from it (optimiser state and counters too).
     """
+    # With FEWLABEL_REUSE_MEMORY=1 large freed blocks stay in the process between steps (``heap``).
+    with reuse_freed_memory():
+        return _fit(task, train_batches, val_batches, config)
+
+
+def _fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | None,
+         config: LoopConfig | None) -> FitResult:
     config = config or LoopConfig()
     # Denormal floats (tiny activations of a GAN on smooth phase maps) make x86 CPUs 10-20x slower.
     # Flushing them to zero changes no fine-tuning result.

@@ -219,12 +219,20 @@ class ClassifierTask(Task):
         return {"loss": loss.detach()}
 
     def validate(self, batches: Any, ctx: Loop) -> dict[str, float]:
-        total, correct, n = 0.0, 0, 0
+        # Sums stay on the device (float64, as the host sums were) and are read once per epoch:
+        # a GPU never waits for the host between validation batches.
+        total = correct = None
+        n = 0
         for x, y in batches:
             x, y = ctx.to_device((x, y))
             logits = self.classifier(x).float()
             # Unweighted mean loss: the validation set is small and its class mix is the data's.
-            total += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(1) == y).sum())
+            loss = nn.functional.cross_entropy(logits, y, reduction="sum").double()
+            hits = (logits.argmax(1) == y).sum()
+            total = loss if total is None else total + loss
+            correct = hits if correct is None else correct + hits
             n += len(y)
-        return {"val_loss": total / max(n, 1), "val_accuracy": correct / max(n, 1)}
+        if total is None or correct is None:
+            return {"val_loss": 0.0, "val_accuracy": 0.0}
+        loss_sum, hit_sum = torch.stack([total, correct.double()]).tolist()
+        return {"val_loss": loss_sum / max(n, 1), "val_accuracy": int(hit_sum) / max(n, 1)}
