@@ -43,8 +43,6 @@ DATASET = "lgg_mri_3d"
 
 def child(part: str, run_dir: str, max_epochs: int, size: int, image_size: tuple[int, ...] | None) -> None:
     """Runs inside the measured process, importing fewlabel from PYTHONPATH (the tree measured)."""
-    from fewlabel.experiments.store import load_run
-
     data = str(dataset_or_exit(DATASET))
     t0 = time.perf_counter()
     result: dict = {}
@@ -54,7 +52,14 @@ def child(part: str, run_dir: str, max_epochs: int, size: int, image_size: tuple
         run_curve(data, run_dir, strategies=["scratch"], sizes=[size], repeats=1, seed=0,
                   image_size=image_size, finetune={"max_epochs": max_epochs, "device": "cpu"},
                   keep_models="first", progress=False, log=None)
-        _, rows = load_run(run_dir)
+        try:
+            from fewlabel.experiments.run_view import RunView
+
+            rows = RunView(run_dir).rows()
+        except ImportError:  # a checkout from before RunView, measured as "before"
+            from fewlabel.experiments.store import load_run
+
+            _, rows = load_run(run_dir)
         row = rows[0]
         result = {"roc_auc": row.get("roc_auc"), "status": row.get("status"), "error": row.get("error"),
                   "train_seconds": row.get("train_seconds"), "epochs": row.get("epochs")}
