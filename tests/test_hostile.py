@@ -438,6 +438,22 @@ def test_image_size_is_bounded(tmp_path: Path, capfd) -> None:
     assert "too large" in _one_line(err, "100000")
 
 
+def test_image_size_per_axis_keeps_a_volume_s_depth(tmp_path: Path, capfd) -> None:
+    data = make_class_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(6, 16, 16), fmt="npy", seed=0)
+    code, err = _cli(capfd, "train", "--strategy", "scratch", data, "--out", tmp_path / "m",
+                     "--image-size", "6,8,8", "--max-epochs", "1")
+    assert code == 0, err
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["preprocess"]["size"] == [6, 8, 8]
+    code, err = _cli(capfd, "train", "--strategy", "scratch", data, "--out", tmp_path / "m2",
+                     "--image-size", "6,eight,8")
+    assert code == USAGE and "--image-size" in err and "Traceback" not in err
+    code, err = _cli(capfd, "train", "--strategy", "scratch", data, "--out", tmp_path / "m3",
+                     "--image-size", "8,16")
+    assert code != 0
+    assert "does not fit 3D data" in _one_line(err, "image_size")
+
+
 # -- inspect notes -------------------------------------------------------------------------------
 
 

@@ -157,7 +157,7 @@ def train(
     labels_per_class: int | None = None, count: str = "images", test_size: float | int = 0.2, seed: int = 0,
     max_epochs: int | None = None, group_pattern: str | None = None, masks: str | Path | None = None,
     encoder_weights: str | Path | None = None, semi: bool = False, unlabelled: str | Path | None = None,
-    image_size: int | None = None, device: str = "auto", progress: bool | None = None,
+    image_size: int | tuple[int, ...] | None = None, device: str = "auto", progress: bool | None = None,
     finetune: FinetuneConfig | None = None, cache_dir: str | Path | None = None,
     drop_classes: list[str] | tuple[str, ...] = (), test_split: str = "auto",
     plan: str | Path | None = None, trust_encoder: bool = False, pretrain: dict[str, Any] | None = None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import typer
@@ -12,6 +13,23 @@ def test_size_value(value: float) -> float | int:
     """``--test-size``: a fraction below 1, or a whole count per class (``5`` or ``5.0``) from 1 up.
     ``1.5`` stays a float, so the split refuses it instead of silently holding out 1 per class."""
     return int(value) if value >= 1 and float(value).is_integer() else value
+
+
+def image_size_value(text: str | None) -> int | tuple[int, ...] | None:
+    """``--image-size``: ``64`` (every side; a cube for volumes) or one size per axis, ``36,64,64``
+    (depth, height, width) or ``64x96``, so a volume can keep its few slices while shrinking in-plane."""
+    if text is None or not str(text).strip():
+        return None
+    parts = [p.strip() for p in re.split(r"[,x×]", str(text).strip().lower())]
+    try:
+        sides = tuple(int(p) for p in parts)
+    except ValueError:
+        raise typer.BadParameter(f"expected a whole number or one per axis such as 36,64,64; got {text!r}",
+                                 param_hint="--image-size") from None
+    if len(sides) not in (1, 2, 3) or min(sides) < 1:
+        raise typer.BadParameter(f"expected 1, 2 or 3 positive sides; got {text!r}",
+                                 param_hint="--image-size")
+    return sides[0] if len(sides) == 1 else sides
 
 
 def print_metrics_table(metrics: dict[str, Any], title: str = "metrics") -> None:

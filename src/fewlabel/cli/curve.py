@@ -33,7 +33,8 @@ def curve(
     count: str = typer.Option("images", help="Sizes count 'images' or 'groups' (e.g. patients) per class."),
     drop_class: list[str] = typer.Option(None, "--drop-class", help="Leave a class out (repeatable)."),
     seed: int = typer.Option(0, help="Base seed: test split, draws and training seeds derive from it."),
-    image_size: int = typer.Option(None, help="Resize images to this side (default: most common size)."),
+    image_size: str = typer.Option(None, help="Resize: one side (64) or one per axis "
+                                  "(36,64,64); default: the most common size."),
     max_epochs: int = typer.Option(None, help="Fine-tuning epochs at most (default: FinetuneConfig's)."),
     device: str = typer.Option(None, help="auto | cpu | cuda (fine-tuning device)."),
     settings: list[str] = typer.Option(None, "--set", help="Fine-tuning setting KEY=VALUE (repeatable), "
@@ -54,7 +55,7 @@ def curve(
 ) -> None:
     """Run a learning curve: one fixed test set, nested labelled draws shared by all strategies,
     one row per cell in RUN_DIR/store.sqlite and RUN_DIR/results.csv."""
-    from fewlabel.cli.common import parse_settings, test_size_value
+    from fewlabel.cli.common import image_size_value, parse_settings, test_size_value
     from fewlabel.experiments import run_curve
     from fewlabel.fileio import check_output_dir
 
@@ -69,7 +70,7 @@ def curve(
         result = run_curve(
             data, out, strategies, sizes, repeats, unlabelled=unlabelled, masks=masks,
             group_pattern=group_pattern, drop_classes=drop_class or (), test_size=test, seed=seed,
-            image_size=image_size, count=count, finetune=finetune,
+            image_size=image_size_value(image_size), count=count, finetune=finetune,
             pretrain=parse_settings(pretrain_settings, "--pretrain"), executor=executor, workers=workers,
             ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
             keep_models=keep_models, pretrain_per_repeat=pretrain_per_repeat,

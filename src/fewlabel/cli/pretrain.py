@@ -48,7 +48,8 @@ def pretrain(
     encoder: str = typer.Option("convnet", help="Encoder name (the shared family: convnet)."),
     width: int = typer.Option(16, help="Channels of the first stage (doubles per stage)."),
     depth: int = typer.Option(4, help="Stages; image sides must divide by 2**(depth-1)."),
-    image_size: int = typer.Option(None, help="Resize to this side (gan: default 64; else most common)."),
+    image_size: str = typer.Option(None, help="Resize: one side (64) or one per axis "
+                                  "(36,64,64); gan: default 64, else the most common size."),
     steps: int = typer.Option(2000, help="Training steps."),
     batch_size: int = typer.Option(32),
     seed: int = typer.Option(0),
@@ -74,11 +75,14 @@ def pretrain(
 
     if method not in METHODS:
         raise FewlabelError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if method == "gan" and image_size is None:
-        image_size = 64
+    from fewlabel.cli.common import image_size_value
+
+    size = image_size_value(image_size)
+    if method == "gan" and size is None:
+        size = 64
     test = test_size_value(test_size)
     loaded = _load(method, data, masks=masks, group_pattern=group_pattern, holdout_from=holdout_from,
-                   test_size=test, seed=seed, image_size=image_size, no_holdout=no_holdout, count=count,
+                   test_size=test, seed=seed, image_size=size, no_holdout=no_holdout, count=count,
                    plan=plan)
     inputs, preprocess, notes, plan_fp = loaded
     images, mask_arrays, fingerprint = inputs.images, inputs.masks, inputs.fingerprint
@@ -129,7 +133,8 @@ def _default_cache() -> Path:
 
 
 def _load(method: str, data: Path, *, masks: Path | None, group_pattern: str | None,
-          holdout_from: Path | None, test_size: float | int, seed: int, image_size: int | None,
+          holdout_from: Path | None, test_size: float | int, seed: int,
+          image_size: int | tuple[int, ...] | None,
           no_holdout: bool, count: str = "images", plan: Path | None = None
           ) -> tuple[Any, dict[str, Any], str, str | None]:
     """(pretraining inputs, preprocess dict, a note for the user, the plan's fingerprint or None)."""
@@ -186,8 +191,7 @@ def _load(method: str, data: Path, *, masks: Path | None, group_pattern: str | N
         ids = list(cat.ids)
     keys = {s.id: file_key(s.path) for s in cat.samples}
     cat, _ = merge_duplicates(cat, {i: keys[i] for i in cat.ids}) if needs == "masks" else (cat, [])
-    size = (image_size,) * 2 if image_size is not None else None
-    pre = tensors.fit_preprocess(cat, ids, image_size=size)
+    pre = tensors.fit_preprocess(cat, ids, image_size=image_size)
     from fewlabel.pipeline import pretrain_pools
 
     empty = Plan(params={"seed": seed, "no_holdout": True}, data_fingerprint=cat.fingerprint(),

@@ -33,7 +33,8 @@ def train(
     encoder_weights: Path = typer.Option(None, help="Encoder file from `fewlabel pretrain` (or .pth)."),
     semi: bool = typer.Option(False, "--semi", help="FixMatch with the unlabelled pool."),
     unlabelled: Path = typer.Option(None, help="Folder of unlabelled images (pretraining / --semi)."),
-    image_size: int = typer.Option(None, help="Resize images to this side (default: most common)."),
+    image_size: str = typer.Option(None, help="Resize: one side (64) or one per axis "
+                                  "(36,64,64); default: the most common size."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     drop_class: list[str] = typer.Option(None, "--drop-class", help="Leave a class out (repeatable)."),
     test_split: str = typer.Option("auto", help="auto: the data's own test split (manifest/.npz) if "
@@ -47,7 +48,7 @@ def train(
 ) -> None:
     """Hold out a test set, fine-tune on N labels per class, print test metrics with 95% CIs."""
     from fewlabel import api
-    from fewlabel.cli.common import parse_settings
+    from fewlabel.cli.common import image_size_value, parse_settings
     from fewlabel.fileio import check_output_dir
 
     # Before any work: an unwritable --out must not be found out after an hour of training.
@@ -57,7 +58,7 @@ def train(
     model = api.train(data, out, strategy=strategy, encoder=encoder, labels_per_class=labels_per_class,
                       count=count, test_size=test, seed=seed, max_epochs=max_epochs,
                       group_pattern=group_pattern, masks=masks, encoder_weights=encoder_weights, semi=semi,
-                      unlabelled=unlabelled, image_size=image_size, device=device,
+                      unlabelled=unlabelled, image_size=image_size_value(image_size), device=device,
                       drop_classes=tuple(drop_class or ()), test_split=test_split, plan=plan,
                       trust_encoder=trust_encoder, pretrain=parse_settings(pretrain_settings, "--pretrain"))
     for note in model.metrics.get("notes") or []:

@@ -328,15 +328,13 @@ def prepare_data(
             params["test_size"] = "given"
         else:
             pool_ids, test_ids = splits.holdout_test(catalog, test_size=test_size, seed=seed, count=count)
-    size = (image_size,) * 2 if isinstance(image_size, int) else image_size
     pool_catalog = None
     pool_keys: dict[str, str] = {}
     if unlabelled is not None:
         pool_catalog = catalog_mod.load_pool(unlabelled, group_pattern=group_pattern)
         pool_keys = {s.id: file_key(s.path) for s in pool_catalog.samples}
-    preprocess = tensors.fit_preprocess(catalog, pool_ids, image_size=size, resize=resize)
-    if size is not None and isinstance(image_size, int) and preprocess.spatial_dims == 3:
-        preprocess = dataclasses.replace(preprocess, size=(image_size,) * 3)
+    # an int is every side (a cube for volumes); a tuple is one side per axis
+    preprocess = tensors.fit_preprocess(catalog, pool_ids, image_size=image_size, resize=resize)
     test_masks = [catalog.by_id[i].mask for i in test_ids]
     test_keys = {keys[i] for i in test_ids} | set(file_keys(m for m in test_masks if m is not None))
     test_groups = set(catalog.groups(test_ids)) | {original[i] for i in test_ids}
