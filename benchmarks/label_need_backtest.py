@@ -79,8 +79,20 @@ def analyse(run_dir: Path, fit_max: int, targets_per_run: int, n_boot: int) -> l
         est = estimate_need(boot.subset(small), float(target), chance=0.5)
         old = size_to_target(old_points, float(target), old_fit).n
         out.append({"run": run_dir.name, "target": float(target), "truth": truth, "estimate": est.n,
+                    "fit_max": float(sizes[small][-1]),
                     "low": est.low, "high": est.high, "how": est.how, "old": old})
     return out
+
+
+def _coverage_ci(hits: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval of a coverage rate: with tens of cases, 100% and 85% can both be a
+    90% interval working as stated."""
+    from scipy.stats import beta
+
+    alpha = (1 - level) / 2
+    lo = 0.0 if hits == 0 else float(beta.ppf(alpha, hits, n - hits + 1))
+    hi = 1.0 if hits == n else float(beta.ppf(1 - alpha, hits + 1, n - hits))
+    return lo, hi
 
 
 def _rel(pred: float | None, truth: float) -> float:
@@ -123,7 +135,7 @@ def main() -> int:
     table, errors, olds, covered, closed = [], [], [], [], []
     for r in records:
         if not math.isfinite(r.get("target", float("nan"))):
-            table.append([r["set"], str(r["seed"]), "—", "—", "—", "—", "—", "—", r["note"]])
+            table.append([r["set"], str(r["seed"]), "—", "—", "—", "—", "—", "—", "—", r["note"]])
             continue
         rel, rel_old = _rel(r["estimate"], r["truth"]), _rel(r["old"], r["truth"])
         hit = r["low"] is not None and r["low"] <= r["truth"] <= (r["high"] or math.inf)
@@ -134,22 +146,26 @@ def main() -> int:
         interval = f"{r['low']:.1f}–{r['high']:.1f}" if r["low"] is not None and r["high"] is not None else (
             f"{r['low']:.1f}–>cap" if r["low"] is not None else "—")
         table.append([r["set"], str(r["seed"]), f"{r['target']:.3f}", f"{r['truth']:.1f}",
+                      f"{r['truth'] / r['fit_max']:.1f}×",
                       "—" if r["estimate"] is None else f"{r['estimate']:.1f}", interval,
                       "—" if not math.isfinite(rel) else f"{rel:.0%}", "yes" if hit else "NO",
                       "—" if not math.isfinite(rel_old) else f"{rel_old:.0%}"])
     print()
-    print_table(["set", "seed", "target AUC", "truth n", "estimate", "90% interval", "rel. error", "covered",
-                 "old fit rel. error"], table)
+    print_table(["set", "seed", "target AUC", "truth n", "truth / largest fitted", "estimate", "90% interval",
+                 "rel. error", "covered", "old fit rel. error"], table)
     if errors:
         e, o = np.asarray(errors), np.asarray(olds)
         with np.errstate(all="ignore"):
             mine = np.nanmedian(e) if np.isfinite(e).any() else float("nan")
             theirs = np.nanmedian(o) if np.isfinite(o).any() else float("nan")
+        cov_lo, cov_hi = _coverage_ci(int(np.sum(covered)), len(covered))
         # a refused or missing estimate counts as an infinite error in the second median
         print(f"\n{len(errors)} cases: median relative error {mine:.0%} over the {int(np.isfinite(e).sum())} "
               f"estimated (refused / not reached: {int(np.isnan(e).sum())}; counting those as misses: "
               f"{np.median(np.where(np.isfinite(e), e, np.inf)):.0%}); 90% interval covers the truth in "
-              f"{np.mean(covered):.0%} ({int(np.sum(closed))} of {len(closed)} intervals closed, the others "
+              f"{np.mean(covered):.0%} ({int(np.sum(covered))} of {len(covered)}; 95% CI "
+              f"{cov_lo:.0%}–{cov_hi:.0%}; "
+              f"{int(np.sum(closed))} of {len(closed)} intervals closed, the others "
               f"open above the cap); old unweighted fit to the medians: median relative error {theirs:.0%} "
               f"over {int(np.isfinite(o).sum())} estimated")
     return 0
