@@ -12,6 +12,22 @@ every bootstrap resample, which is where the interval comes from.
 A target already reached on the measured curve is read off it (linear in log n between the two sizes
 around it); the interval then comes from the resampled curves. Past the largest size run, the fit
 answers only up to ``MAX_EXTRAPOLATION`` times that size, and refuses beyond.
+
+The interval past the largest size is the percentile interval of the refitted inverse over the
+resamples. Percentiles follow any monotone reparametrisation, so the interval does not depend on
+whether the curve is parametrised by its plateau, its exponent or the size itself; a resample whose
+curve never reaches the target sorts above every size, so the upper end is "open above the cap"
+exactly when more than 5% of resamples put the need past the cap.
+
+Such an interval is often open, and that is the data speaking, not the method: from a handful of
+sizes between 1 and 10 per class, a curve that levels off just above the target and one that keeps
+rising fit equally well within the noise, and the inverse n(target) is steep where a curve is flat.
+``benchmarks/label_need_calibration.py`` measures it on simulated curves with a known answer
+(``report.curve_simulation``, the same bootstrap as a run's): this interval covers the true need at
+about its nominal rate; a profile likelihood-ratio interval with a bootstrap-calibrated threshold,
+calibrated by construction, covers no better and is closed less often; Efron's bias-corrected
+percentile is closed more often but under-covers. Intervals close when the target lies near the
+largest size run: running one larger size narrows the answer more than any interval construction.
 """
 
 from __future__ import annotations
