@@ -51,6 +51,10 @@ def run_set(name: str, seed: int, args: argparse.Namespace) -> Path:
     return out
 
 
+# The curve families compared side by side on the same resamples (the report uses label_need.SHIFTS).
+MODELS = {"power law a - b n^-c": (0.0,), "shifted power law, shift 0-4": (0.0, 1.0, 2.0, 4.0)}
+
+
 def analyse(run_dir: Path, fit_max: int, targets_per_run: int, n_boot: int) -> list[dict[str, Any]]:
     """One record per target: truth (full curve), estimate and interval (sizes <= fit_max only)."""
     from fewlabel.experiments.store import load_run
@@ -78,9 +82,12 @@ def analyse(run_dir: Path, fit_max: int, targets_per_run: int, n_boot: int) -> l
         truth = observed_need(sizes, full_curve, float(target))
         est = estimate_need(boot.subset(small), float(target), chance=0.5)
         old = size_to_target(old_points, float(target), old_fit).n
+        models = {name: estimate_need(boot.subset(small), float(target), chance=0.5, shifts=shifts)
+                  for name, shifts in MODELS.items()}
         out.append({"run": run_dir.name, "target": float(target), "truth": truth, "estimate": est.n,
                     "fit_max": float(sizes[small][-1]),
-                    "low": est.low, "high": est.high, "how": est.how, "old": old})
+                    "low": est.low, "high": est.high, "how": est.how, "old": old,
+                    "models": {k: (e.n, e.low, e.high) for k, e in models.items()}})
     return out
 
 
@@ -168,7 +175,23 @@ def main() -> int:
               f"{int(np.sum(closed))} of {len(closed)} intervals closed, the others "
               f"open above the cap); old unweighted fit to the medians: median relative error {theirs:.0%} "
               f"over {int(np.isfinite(o).sum())} estimated")
+        print("(cases from one run share its curve: the interval on the coverage is optimistic)\n")
+        print_table(["curve family (same resamples)", "median rel. error", "coverage", "closed"],
+                    [_model_row(name, [r for r in records if math.isfinite(r.get("target", math.nan))])
+                     for name in MODELS])
     return 0
+
+
+def _model_row(name: str, records: list[dict[str, Any]]) -> list[str]:
+    errs, hits, closed = [], [], []
+    for r in records:
+        n, low, high = r["models"][name]
+        errs.append(_rel(n, r["truth"]))
+        hits.append(low is not None and low <= r["truth"] <= (high if high is not None else math.inf))
+        closed.append(low is not None and high is not None)
+    e = np.asarray(errs)
+    med = f"{np.nanmedian(e):.0%} ({int(np.isfinite(e).sum())} estimated)" if np.isfinite(e).any() else "—"
+    return [name, med, f"{int(sum(hits))}/{len(hits)}", f"{int(sum(closed))}/{len(closed)}"]
 
 
 if __name__ == "__main__":

@@ -6,16 +6,21 @@ Every construction sees the same simulated curves (``fewlabel.report.curve_simul
 ``a - b n^-c`` plus repeat and test-set noise, resampled through the package's bootstrap plan; one
 seed) and the same refitted resamples:
 
-- percentile: the shipped one (``label_need.estimate_need``), 5th and 95th percentiles of the
-  refitted inverse over the resamples;
+- percentile: the shipped one (``label_need.estimate_need``, shifted power law), 5th and 95th
+  percentiles of the refitted inverse over the resamples;
 - bias-corrected percentile (Efron's BC): the same resamples, the percentile levels shifted by how
   far the point estimate sits from the resamples' median;
 - profile likelihood ratio: every n whose best curve through (n, target) raises the weighted SSE by
   no more than the 90th percentile of that same rise in the resamples (each tested at the point
-  estimate, the truth of the bootstrap world).
+  estimate, the truth of the bootstrap world);
+- percentile, plain power law: the shipped interval with the curve family cut to ``a - b n^-c``
+  (no shift), the estimator before shifted curves were admitted.
 
-Prints, per how far past the largest size the truth lies, each construction's coverage of the true
-need (nominal 90%) and how many of its intervals are closed below the cap.
+``--shift 2`` draws curves ``a - b (n + 2)^-c``: a curve that lags its power law at the smallest
+sizes, which the plain power law cannot express and the shipped family (shifts ``label_need.SHIFTS``)
+can. Prints, per how far past the largest size the truth
+lies, each construction's coverage of the true need (nominal 90%) and how many of its intervals are
+closed below the cap.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from fewlabel.report.label_need import (
     EXPONENTS,
     INTERVAL_LEVEL,
     MAX_EXTRAPOLATION,
+    SHIFTS,
     NeedEstimate,
     estimate_need,
     fit_curves,
@@ -55,7 +61,7 @@ def _bias_corrected(ns: np.ndarray, limit: float) -> Interval:
 
 def _sse_free(sizes: np.ndarray, values: np.ndarray, w: np.ndarray) -> np.ndarray:
     fit = fit_curves(sizes, values, w, chance=0.5)
-    pred = fit.a[:, None] - fit.b[:, None] * sizes[None, :] ** -fit.c[:, None]
+    pred = np.stack([fit(sizes, row) for row in range(len(fit.a))])
     return (w * (np.atleast_2d(values) - pred) ** 2).sum(-1)
 
 
@@ -63,8 +69,10 @@ def _sse_through(sizes: np.ndarray, values: np.ndarray, w: np.ndarray, ns: np.nd
                  ) -> np.ndarray:
     """(rows, len(ns)): least weighted SSE of a constrained curve through (n, target), over c and b."""
     y = np.atleast_2d(values)[:, None, None, :]
-    x = sizes[None, :] ** -EXPONENTS[:, None]  # (C, S)
-    xn = np.where(np.isinf(ns)[None, :], 0.0, np.asarray(ns)[None, :] ** -EXPONENTS[:, None])  # (C, N)
+    c = np.repeat(EXPONENTS, len(SHIFTS))[:, None]  # the estimator's grid of exponents × shifts
+    d = np.tile(np.asarray(SHIFTS), len(EXPONENTS))[:, None]
+    x = ((sizes[None, :] + d) / (1 + d)) ** -c  # (K, S), 1 at n = 1
+    xn = np.where(np.isinf(ns)[None, :], 0.0, ((np.asarray(ns)[None, :] + d) / (1 + d)) ** -c)  # (K, N)
     z = (x[:, None, :] - xn[:, :, None])[None]  # through (n, t): m(s) = t - b z
     b = (w * z * (target - y)).sum(-1) / (w * z * z).sum(-1)
     with np.errstate(divide="ignore"):
@@ -92,16 +100,21 @@ def main() -> int:
     ap.add_argument("--cases", type=int, default=216)
     ap.add_argument("--n-boot", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--shift", type=float, default=0.0, help="true curves a - b (n + shift)^-c: a positive "
+                    "shift is a curve the fitted model cannot express (misspecified)")
     args = ap.parse_args()
     rng = np.random.default_rng(args.seed)
-    methods = ("percentile (shipped)", "bias-corrected percentile", "profile likelihood ratio")
+    methods = ("percentile (shipped)", "bias-corrected percentile", "profile likelihood ratio",
+               "percentile, plain power law")
     tally: dict[float, dict[str, list[tuple[bool, bool]]]] = {}
-    for case in calibration_cases(args.cases):
+    for case in calibration_cases(args.cases, shift=args.shift):
         curve = simulate_curve(rng, case.truth, case.sizes, n_boot=args.n_boot, repeat_sd=case.repeat_sd,
                                test_sd=case.test_sd)
         limit = MAX_EXTRAPOLATION * case.sizes[-1]
         est = estimate_need(curve, case.target, chance=0.5)
         intervals: dict[str, Interval] = {m: (est.low, est.high) for m in methods}
+        plain = estimate_need(curve, case.target, chance=0.5, shifts=(0.0,))
+        intervals[methods[3]] = (plain.low, plain.high)
         if est.fit is not None and math.isfinite(est.fit.inverse(case.target)[0]):
             intervals[methods[1]] = _bias_corrected(est.fit.inverse(case.target), limit)
             intervals[methods[2]] = _profile(curve, case.target, est, limit)
@@ -116,7 +129,8 @@ def main() -> int:
             v = np.asarray(per[m])
             rows.append([f"{ratio}×" if ratio != "all" else "all", m, str(len(v)), f"{v[:, 0].mean():.0%}",
                          f"{int(v[:, 1].sum())} ({v[:, 1].mean():.0%})"])
-    print(f"{args.cases} simulated curves, {args.n_boot} resamples each, seed {args.seed}; nominal "
+    print(f"{args.cases} simulated curves (shift {args.shift:g}), {args.n_boot} resamples each, "
+          f"seed {args.seed}; nominal "
           f"{INTERVAL_LEVEL:.0%}; cap {MAX_EXTRAPOLATION:g}× the largest size\n")
     print_table(["true need / largest size", "interval", "cases", "coverage", "closed below the cap"], rows)
     return 0

@@ -24,18 +24,21 @@ from fewlabel.report.run_data import CurveBootstrap
 
 @dataclass(frozen=True)
 class TrueCurve:
-    """``m(n) = a - b * n**(-c)``: the population curve a simulation draws around."""
+    """``m(n) = a - b * (n + shift)**(-c)``: the population curve a simulation draws around. A positive
+    ``shift`` is a curve the estimator's model cannot express (slower at the smallest sizes than the
+    power law its later part follows): the misspecified case."""
 
     a: float
     b: float
     c: float
+    shift: float = 0.0
 
     def need(self, target: float) -> float:
         """Labelled images per class at which the population curve reaches ``target`` (inf: never)."""
-        return (self.b / (self.a - target)) ** (1.0 / self.c) if self.a > target else math.inf
+        return (self.b / (self.a - target)) ** (1.0 / self.c) - self.shift if self.a > target else math.inf
 
     def at(self, n: float) -> float:
-        return self.a - self.b * n ** (-self.c)
+        return self.a - self.b * (n + self.shift) ** (-self.c)
 
 
 def simulate_curve(rng: np.random.Generator, truth: TrueCurve, sizes: list[int], repeats: int = 6,
@@ -80,9 +83,10 @@ class CalibrationCase:
         return self.truth.need(self.target)
 
 
-def calibration_cases(count: int) -> list[CalibrationCase]:
+def calibration_cases(count: int, shift: float = 0.0) -> list[CalibrationCase]:
     """``count`` cases cycling over plateaus, exponents, size grids, noise levels and how far past the
-    largest size the truth lies (1.5×, 2.5× and 4×; the estimator's cap is 5×)."""
+    largest size the truth lies (1.5×, 2.5× and 4×; the estimator's cap is 5×); ``shift`` as in
+    ``TrueCurve``."""
     plateaus, exponents = (0.90, 0.97), (0.3, 0.6, 1.0)
     grids = ([1, 2, 3, 5, 7, 10], [1, 2, 3, 4])
     noises = ((0.03, 0.01), (0.015, 0.005))
@@ -91,7 +95,8 @@ def calibration_cases(count: int) -> list[CalibrationCase]:
     for i in range(count):
         a, c = plateaus[i % 2], exponents[(i // 2) % 3]
         sizes, (repeat_sd, test_sd) = grids[(i // 6) % 2], noises[(i // 12) % 2]
-        truth = TrueCurve(a, a - 0.70, c)  # m(1) = 0.70: well above chance, far below the plateau
+        # m(1) = 0.70: well above chance, far below the plateau
+        truth = TrueCurve(a, (a - 0.70) * (1.0 + shift) ** c, c, shift)
         target = truth.at(ratios[(i // 24) % 3] * sizes[-1])
         out.append(CalibrationCase(truth, sizes, target, repeat_sd, test_sd))
     return out

@@ -90,7 +90,11 @@ def _command(run: Mapping[str, Any]) -> str:
 
 
 def _fit_text(fit: PowerLaw | None) -> str | None:
-    return f"{fit.a:.3f} − {fit.b:.3f}·n^−{fit.c:.2f}" if fit is not None else None
+    if fit is None:
+        return None
+    if fit.shift == 0:
+        return f"{fit.a:.3f} − {fit.b:.3f}·n^−{fit.c:.2f}"
+    return f"{fit.a:.3f} − {fit.b:.3f}·((n+{fit.shift:g})/{1 + fit.shift:g})^−{fit.c:.2f}"
 
 
 def _point(points: list[CurvePoint], n: int) -> CurvePoint | None:
@@ -225,7 +229,8 @@ def _chance(metric: str, n_classes: int) -> float:
 
 def _fit_of(estimate: Any) -> PowerLaw | None:
     fit = getattr(estimate, "fit", None)
-    return None if fit is None else PowerLaw(float(fit.a[0]), float(fit.b[0]), float(fit.c[0]))
+    return None if fit is None else PowerLaw(float(fit.a[0]), float(fit.b[0]), float(fit.c[0]),
+                                             shift=float(fit.d[0]))
 
 
 def _bootstrap_answers(rb: RunBootstrap, cmap: dict[str, list[CurvePoint]], strategies: list[str],

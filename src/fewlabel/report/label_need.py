@@ -43,37 +43,50 @@ from fewlabel.report.run_data import CurveBootstrap
 MAX_EXTRAPOLATION = 5.0
 INTERVAL_LEVEL = 0.90
 EXPONENTS = np.geomspace(0.05, 3.0, 80)
+# How many labelled images per class a curve may lag behind its power law (0: a plain power law).
+SHIFTS = (0.0, 1.0, 2.0, 4.0)
 MIN_SIZES_TO_FIT = 3
+
+
+def _basis(sizes: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``((n + d) / (1 + d)) ** -c``: 1 at n = 1 whatever the shift, so ``a - b`` is always m(1)."""
+    return np.power((sizes + d) / (1.0 + d), -c)
 
 
 @dataclass
 class CurveFit:
-    """``m(n) = a - b * n**(-c)`` per row (the point curve first, then each resample)."""
+    """``m(n) = a - b * ((n + d) / (1 + d))**(-c)`` per row (the point curve first, then each
+    resample); ``d = 0`` is the plain power law ``a - b n^-c``."""
 
     a: np.ndarray
     b: np.ndarray
     c: np.ndarray
+    d: np.ndarray
 
     def inverse(self, target: float) -> np.ndarray:
         """n reaching ``target`` per row; inf where the plateau stays at or below it."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            n = np.power(self.b / (self.a - target), 1.0 / self.c)
+            n = (1.0 + self.d) * np.power(self.b / (self.a - target), 1.0 / self.c) - self.d
         n = np.where((self.a > target) & (self.b > 0), n, np.inf)
         return np.where(np.isfinite(n), np.maximum(n, 1.0), np.inf)
 
     def __call__(self, n: np.ndarray | float, row: int = 0) -> np.ndarray:
-        return self.a[row] - self.b[row] * np.power(np.asarray(n, dtype=np.float64), -self.c[row])
+        x = _basis(np.asarray(n, dtype=np.float64), self.c[row], self.d[row])
+        return self.a[row] - self.b[row] * x
 
 
-def fit_curves(sizes: np.ndarray, values: np.ndarray, weights: np.ndarray, chance: float, upper: float = 1.0
-               ) -> CurveFit:
-    """Constrained weighted least squares of ``values`` (rows, S) at ``sizes`` (S,), one fit per row.
+def fit_curves(sizes: np.ndarray, values: np.ndarray, weights: np.ndarray, chance: float, upper: float = 1.0,
+               shifts: tuple[float, ...] = SHIFTS) -> CurveFit:
+    """Constrained weighted least squares of ``values`` (rows, S) at ``sizes`` (S,), one fit per row,
+    over the grid of exponents × ``shifts``.
 
-    Constraints: ``b >= 0``, ``a <= upper``, ``a - b >= chance``. For each exponent the best of the
-    unconstrained solution (when feasible) and the best point on each constraint is kept."""
+    Constraints: ``b >= 0``, ``a <= upper``, ``a - b >= chance``. For each (exponent, shift) the best
+    of the unconstrained solution (when feasible) and the best point on each constraint is kept."""
     y = np.atleast_2d(np.asarray(values, dtype=np.float64))[:, None, :]  # (R, 1, S)
     w = np.asarray(weights, dtype=np.float64)[None, None, :]
-    x = np.power(np.asarray(sizes, dtype=np.float64)[None, :], -EXPONENTS[:, None])[None]  # (1, C, S)
+    grid_c = np.repeat(EXPONENTS, len(shifts))
+    grid_d = np.tile(np.asarray(shifts, dtype=np.float64), len(EXPONENTS))
+    x = _basis(np.asarray(sizes, dtype=np.float64)[None, :], grid_c[:, None], grid_d[:, None])[None]  # 1,K,S
     sw, swx, swxx = w.sum(-1), (w * x).sum(-1), (w * x * x).sum(-1)
     swy, swxy = (w * y).sum(-1), (w * x * y).sum(-1)
     det = sw * swxx - swx**2
@@ -85,7 +98,7 @@ def fit_curves(sizes: np.ndarray, values: np.ndarray, weights: np.ndarray, chanc
         b_top = np.clip((swx * upper - swxy) / swxx, 0.0, upper - chance)
         u = 1.0 - x  # on the floor a - b = chance: y - chance x = a (1 - x)
         a_floor = np.clip((w * u * (y - chance * x)).sum(-1) / (w * u * u).sum(-1), chance, upper)
-    shape = (y.shape[0], len(EXPONENTS))
+    shape = (y.shape[0], len(grid_c))
     a_free, b_free, a_flat, b_top, a_floor = (np.broadcast_to(v, shape).copy()
                                               for v in (a_free, b_free, a_flat, b_top, a_floor))
     candidates = [
@@ -107,7 +120,7 @@ def fit_curves(sizes: np.ndarray, values: np.ndarray, weights: np.ndarray, chanc
                                         np.where(better, sse, best_sse))
     k = best_sse.argmin(axis=1)
     rows = np.arange(best_sse.shape[0])
-    return CurveFit(a=best_a[rows, k], b=best_b[rows, k], c=EXPONENTS[k])
+    return CurveFit(a=best_a[rows, k], b=best_b[rows, k], c=grid_c[k], d=grid_d[k])
 
 
 def observed_need(sizes: np.ndarray | list[int], values: np.ndarray, target: float) -> float | None:
@@ -173,7 +186,8 @@ def _span(low: float | None, high: float | None, open_above: float) -> str:
 
 
 def estimate_need(curve: CurveBootstrap, target: float, chance: float, upper: float = 1.0,
-                  cap: float = MAX_EXTRAPOLATION, level: float = INTERVAL_LEVEL) -> NeedEstimate:
+                  cap: float = MAX_EXTRAPOLATION, level: float = INTERVAL_LEVEL,
+                  shifts: tuple[float, ...] = SHIFTS) -> NeedEstimate:
     """The labels-needed answer for one strategy's bootstrapped curve (sizes per class)."""
     sizes = np.asarray(curve.sizes, dtype=np.float64)
     ok = np.isfinite(curve.point)
@@ -203,7 +217,7 @@ def estimate_need(curve: CurveBootstrap, target: float, chance: float, upper: fl
     var = np.nanvar(curve.boot, axis=0)
     weights = 1.0 / np.maximum(var, 1e-6)
     values = np.vstack([curve.point[None], np.nan_to_num(curve.boot, nan=chance)])
-    fit = fit_curves(sizes, values, weights, chance=chance, upper=upper)
+    fit = fit_curves(sizes, values, weights, chance=chance, upper=upper, shifts=shifts)
     ns = fit.inverse(target)
     n = float(ns[0])
     low, high = _interval(ns[1:], limit, level)
