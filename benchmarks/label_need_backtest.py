@@ -52,7 +52,11 @@ def run_set(name: str, seed: int, args: argparse.Namespace) -> Path:
 
 
 # The curve families compared side by side on the same resamples (the report uses label_need.SHIFTS).
-MODELS = {"power law a - b n^-c": (0.0,), "shifted power law, shift 0-4": (0.0, 1.0, 2.0, 4.0)}
+MODELS: dict[str, dict[str, Any]] = {
+    "shipped (label_need.SHIFTS, EXPONENTS)": {},
+    "plain power law, c <= 1": {"shifts": (0.0,)},
+    "previous: plain power law, c <= 3": {"shifts": (0.0,), "exponents": np.geomspace(0.05, 3.0, 80)},
+}
 
 
 def analyse(run_dir: Path, fit_max: int, targets_per_run: int, n_boot: int) -> list[dict[str, Any]]:
@@ -82,8 +86,8 @@ def analyse(run_dir: Path, fit_max: int, targets_per_run: int, n_boot: int) -> l
         truth = observed_need(sizes, full_curve, float(target))
         est = estimate_need(boot.subset(small), float(target), chance=0.5)
         old = size_to_target(old_points, float(target), old_fit).n
-        models = {name: estimate_need(boot.subset(small), float(target), chance=0.5, shifts=shifts)
-                  for name, shifts in MODELS.items()}
+        models = {name: estimate_need(boot.subset(small), float(target), chance=0.5, **options)
+                  for name, options in MODELS.items()}
         out.append({"run": run_dir.name, "target": float(target), "truth": truth, "estimate": est.n,
                     "fit_max": float(sizes[small][-1]),
                     "low": est.low, "high": est.high, "how": est.how, "old": old,

@@ -44,10 +44,7 @@ def test_interval_covers_the_true_need_at_roughly_its_nominal_rate() -> None:
             errors.append(abs(est.n - truth) / truth)
         hi = est.high if est.high is not None else np.inf
         covered += est.low is not None and est.low <= truth <= hi
-    # nominal 90%; this one configuration (3.2x past the largest size, repeat noise only, 100 curves)
-    # sits at 0.74-0.76 with or without shifted curves: calibration across configurations is
-    # test_label_need_calibration's
-    assert 0.70 <= covered / sims <= 0.99, covered / sims
+    assert 0.75 <= covered / sims <= 0.99, covered / sims  # nominal 90%
     assert np.median(errors) < 0.35, np.median(errors)
 
 

@@ -83,17 +83,18 @@ class CalibrationCase:
         return self.truth.need(self.target)
 
 
-def calibration_cases(count: int, shift: float = 0.0) -> list[CalibrationCase]:
-    """``count`` cases cycling over plateaus, exponents, size grids, noise levels and how far past the
-    largest size the truth lies (1.5×, 2.5× and 4×; the estimator's cap is 5×); ``shift`` as in
+def calibration_cases(count: int, shift: float = 0.0, exponents: tuple[float, ...] = (0.3, 0.6, 1.0)
+                      ) -> list[CalibrationCase]:
+    """``count`` cases cycling over plateaus, ``exponents``, size grids, noise levels and how far past
+    the largest size the truth lies (1.5×, 2.5× and 4×; the estimator's cap is 5×); ``shift`` as in
     ``TrueCurve``."""
-    plateaus, exponents = (0.90, 0.97), (0.3, 0.6, 1.0)
+    plateaus = (0.90, 0.97)
     grids = ([1, 2, 3, 5, 7, 10], [1, 2, 3, 4])
     noises = ((0.03, 0.01), (0.015, 0.005))
     ratios = (1.5, 2.5, 4.0)
     out = []
     for i in range(count):
-        a, c = plateaus[i % 2], exponents[(i // 2) % 3]
+        a, c = plateaus[i % 2], exponents[(i // 2) % len(exponents)]
         sizes, (repeat_sd, test_sd) = grids[(i // 6) % 2], noises[(i // 12) % 2]
         # m(1) = 0.70: well above chance, far below the plateau
         truth = TrueCurve(a, (a - 0.70) * (1.0 + shift) ** c, c, shift)

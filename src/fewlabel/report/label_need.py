@@ -42,7 +42,9 @@ from fewlabel.report.run_data import CurveBootstrap
 # An estimate past this multiple of the largest size run is refused ("more than ..."), not given.
 MAX_EXTRAPOLATION = 5.0
 INTERVAL_LEVEL = 0.90
-EXPONENTS = np.geomspace(0.05, 3.0, 80)
+# The exponents a learning curve may have: at most 1, the fastest rate at which a fixed model's excess
+# error usually falls (1/n); deep nets measure well below it (0.07-0.5, Hestness et al. 2017).
+EXPONENTS = np.geomspace(0.05, 1.0, 80)
 # How many labelled images per class a curve may lag behind its power law (0: a plain power law).
 SHIFTS = (0.0, 1.0, 2.0, 4.0)
 MIN_SIZES_TO_FIT = 3
@@ -76,7 +78,7 @@ class CurveFit:
 
 
 def fit_curves(sizes: np.ndarray, values: np.ndarray, weights: np.ndarray, chance: float, upper: float = 1.0,
-               shifts: tuple[float, ...] = SHIFTS) -> CurveFit:
+               shifts: tuple[float, ...] = SHIFTS, exponents: np.ndarray = EXPONENTS) -> CurveFit:
     """Constrained weighted least squares of ``values`` (rows, S) at ``sizes`` (S,), one fit per row,
     over the grid of exponents × ``shifts``.
 
@@ -84,8 +86,8 @@ def fit_curves(sizes: np.ndarray, values: np.ndarray, weights: np.ndarray, chanc
     of the unconstrained solution (when feasible) and the best point on each constraint is kept."""
     y = np.atleast_2d(np.asarray(values, dtype=np.float64))[:, None, :]  # (R, 1, S)
     w = np.asarray(weights, dtype=np.float64)[None, None, :]
-    grid_c = np.repeat(EXPONENTS, len(shifts))
-    grid_d = np.tile(np.asarray(shifts, dtype=np.float64), len(EXPONENTS))
+    grid_c = np.repeat(np.asarray(exponents, dtype=np.float64), len(shifts))
+    grid_d = np.tile(np.asarray(shifts, dtype=np.float64), len(exponents))
     x = _basis(np.asarray(sizes, dtype=np.float64)[None, :], grid_c[:, None], grid_d[:, None])[None]  # 1,K,S
     sw, swx, swxx = w.sum(-1), (w * x).sum(-1), (w * x * x).sum(-1)
     swy, swxy = (w * y).sum(-1), (w * x * y).sum(-1)
@@ -187,7 +189,7 @@ def _span(low: float | None, high: float | None, open_above: float) -> str:
 
 def estimate_need(curve: CurveBootstrap, target: float, chance: float, upper: float = 1.0,
                   cap: float = MAX_EXTRAPOLATION, level: float = INTERVAL_LEVEL,
-                  shifts: tuple[float, ...] = SHIFTS) -> NeedEstimate:
+                  shifts: tuple[float, ...] = SHIFTS, exponents: np.ndarray = EXPONENTS) -> NeedEstimate:
     """The labels-needed answer for one strategy's bootstrapped curve (sizes per class)."""
     sizes = np.asarray(curve.sizes, dtype=np.float64)
     ok = np.isfinite(curve.point)
@@ -217,7 +219,7 @@ def estimate_need(curve: CurveBootstrap, target: float, chance: float, upper: fl
     var = np.nanvar(curve.boot, axis=0)
     weights = 1.0 / np.maximum(var, 1e-6)
     values = np.vstack([curve.point[None], np.nan_to_num(curve.boot, nan=chance)])
-    fit = fit_curves(sizes, values, weights, chance=chance, upper=upper, shifts=shifts)
+    fit = fit_curves(sizes, values, weights, chance=chance, upper=upper, shifts=shifts, exponents=exponents)
     ns = fit.inverse(target)
     n = float(ns[0])
     low, high = _interval(ns[1:], limit, level)
