@@ -60,3 +60,24 @@ def test_no_answer_and_no_interval_end_passes_the_cap() -> None:
             assert est.low is None or est.low <= limit, est.text
             refused += est.how in ("beyond cap", "not reached")
     assert refused >= 24, refused  # most of the 30 far targets are refused outright
+
+
+def test_a_curve_with_its_test_set_fixed_resamples_the_repeats_only() -> None:
+    from fewlabel.evaluate.cluster_bootstrap import RepeatMetrics, draw_plan
+    from fewlabel.report.run_data import RunBootstrap
+
+    plan = draw_plan(np.arange(20), np.arange(20) % 2, n_repeats=3, n_boot=100, seed=0)
+    rng = np.random.default_rng(0)
+    same = RepeatMetrics([0, 1, 2], np.full(3, 0.8), 0.8 + rng.normal(0, 0.02, (100, 3)))
+    varied = RepeatMetrics([0, 1, 2], np.array([0.85, 0.9, 0.95]), 0.9 + rng.normal(0, 0.02, (100, 3)))
+    rb = RunBootstrap(plan=plan, cells={("s", 1): same, ("s", 2): varied}, source="plan.json", slots=3,
+                      labels=np.zeros(20, dtype=int), groups=np.arange(20).astype(str), probas={})
+    fixed, resampled = rb.curve("s", test_set_fixed=True), rb.curve("s")
+    assert np.array_equal(fixed.point, resampled.point)
+    # identical repeats leave nothing to resample once the test set is fixed; the test set's noise is gone
+    assert np.allclose(fixed.boot[:, 0], 0.8, rtol=0, atol=1e-12) and resampled.boot[:, 0].std() > 0.005
+    # what remains is the spread between repeats, each scored on the whole test set: every resample
+    # is a mean of three of the repeats' own values
+    v = np.array([0.85, 0.9, 0.95])
+    means = {round(float(m), 9) for m in (v[:, None, None] + v[None, :, None] + v[None, None, :]).ravel() / 3}
+    assert {round(float(m), 9) for m in fixed.boot[:, 1]} <= means and fixed.boot[:, 1].std() > 0.01
