@@ -110,7 +110,7 @@ def main() -> int:
     rng = np.random.default_rng(args.seed)
     methods = ("percentile (shipped)", "bias-corrected percentile", "profile likelihood ratio",
                "percentile, plain power law", "previous: plain, c <= 3")
-    tally: dict[float, dict[str, list[tuple[bool, bool]]]] = {}
+    tally: dict[float, dict[str, list[tuple[bool, bool, float]]]] = {}
     exponents = tuple(float(c) for c in args.exponents.split(","))
     for case in calibration_cases(args.cases, shift=args.shift, exponents=exponents):
         curve = simulate_curve(rng, case.truth, case.sizes, n_boot=args.n_boot, repeat_sd=case.repeat_sd,
@@ -126,21 +126,27 @@ def main() -> int:
             intervals[methods[1]] = _bias_corrected(est.fit.inverse(case.target), limit)
             intervals[methods[2]] = _profile(curve, case.target, est, limit)
         ratio = round(case.true_need / case.sizes[-1], 1)
+        points = {m: est.n for m in methods} | {methods[3]: plain.n, methods[4]: previous.n}
         for m, (lo, hi) in intervals.items():
             hit = lo is not None and lo <= case.true_need <= (hi if hi is not None else math.inf)
-            tally.setdefault(ratio, {}).setdefault(m, []).append((hit, lo is not None and hi is not None))
+            err = math.nan if points[m] is None else abs(points[m] - case.true_need) / case.true_need
+            closed = lo is not None and hi is not None
+            tally.setdefault(ratio, {}).setdefault(m, []).append((hit, closed, err))
     rows = []
     for ratio in [*sorted(tally), "all"]:
         per = {m: sum((tally[r][m] for r in tally), []) for m in methods} if ratio == "all" else tally[ratio]
         for m in methods:
-            v = np.asarray(per[m])
+            v = np.asarray(per[m], dtype=np.float64)
+            est_ok = np.isfinite(v[:, 2])
+            err = f"{np.median(v[est_ok, 2]):.0%} ({int(est_ok.sum())})" if est_ok.any() else "—"
             rows.append([f"{ratio}×" if ratio != "all" else "all", m, str(len(v)), f"{v[:, 0].mean():.0%}",
-                         f"{int(v[:, 1].sum())} ({v[:, 1].mean():.0%})"])
+                         f"{int(v[:, 1].sum())} ({v[:, 1].mean():.0%})", err])
     print(f"{args.cases} simulated curves (shift {args.shift:g}, exponents {args.exponents}), "
           f"{args.n_boot} resamples each, "
           f"seed {args.seed}; nominal "
           f"{INTERVAL_LEVEL:.0%}; cap {MAX_EXTRAPOLATION:g}× the largest size\n")
-    print_table(["true need / largest size", "interval", "cases", "coverage", "closed below the cap"], rows)
+    print_table(["true need / largest size", "interval", "cases", "coverage", "closed below the cap",
+                 "estimate: median rel. error (estimated)"], rows)
     return 0
 
 
