@@ -27,7 +27,7 @@ exactly when more than 5% of resamples put the need past the cap.
 Its calibration is measured, not assumed: ``benchmarks/label_need_calibration.py`` simulates curves
 with a known answer (``report.curve_simulation``, bootstrapped as a run's are), with and without a
 lag at the smallest sizes, and compares this interval with a profile likelihood-ratio interval whose
-threshold is bootstrap-calibrated (calibrated by construction: it covers no better and closes less
+threshold is bootstrap-calibrated (calibrated by construction: it covers as often and closes less
 often) and Efron's bias-corrected percentile (closes as often, under-covers). It also shows what the
 bound on the exponent costs when a true curve breaks it (exponent 1.5).
 
