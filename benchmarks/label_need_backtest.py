@@ -1,6 +1,7 @@
 """Backtest of the labels-needed estimate: how wrong is "≈ N labelled images (90% interval a–b)"?
 
-    .venv/bin/python benchmarks/label_need_backtest.py [--quick] [--seeds 0,1,2] [--analyse-only]
+    .venv/bin/python benchmarks/label_need_backtest.py [--quick] [--seeds 0,1,2] [--targets 5]
+                                                       [--analyse-only]
 
 For each shared set and seed it runs (or resumes) one `fewlabel curve` run folder, then pretends only
 the smaller sizes had been run (``--fit-max`` per class): the estimator of
@@ -53,9 +54,11 @@ def run_set(name: str, seed: int, args: argparse.Namespace) -> Path:
 
 # The curve families compared side by side on the same resamples (the report uses label_need.SHIFTS).
 MODELS: dict[str, dict[str, Any]] = {
-    "shipped (label_need.SHIFTS, EXPONENTS)": {},
-    "plain power law, c <= 1": {"shifts": (0.0,)},
-    "previous: plain power law, c <= 3": {"shifts": (0.0,), "exponents": np.geomspace(0.05, 3.0, 80)},
+    "shipped: power law, c <= 3": {},
+    "power law, c <= 1": {"exponents": np.geomspace(0.05, 1.0, 80)},
+    "shifted (d = 0, 1, 2, 4), c <= 1": {"shifts": (0.0, 1.0, 2.0, 4.0),
+                                         "exponents": np.geomspace(0.05, 1.0, 80)},
+    "shifted (d = 0, 1, 2, 4), c <= 3": {"shifts": (0.0, 1.0, 2.0, 4.0)},
 }
 
 
