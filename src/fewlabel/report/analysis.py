@@ -57,7 +57,8 @@ def point_at(points: list[CurvePoint], n: int) -> CurvePoint | None:
 def fit_of(estimate: Any) -> PowerLaw | None:
     """The fitted curve of a labels-needed estimate, if it has one."""
     fit = getattr(estimate, "fit", None)
-    return None if fit is None else PowerLaw(float(fit.a[0]), float(fit.b[0]), float(fit.c[0]))
+    return None if fit is None else PowerLaw(float(fit.a[0]), float(fit.b[0]), float(fit.c[0]),
+                                             shift=float(fit.d[0]))
 
 
 def _chance(metric: str, n_classes: int) -> float:

@@ -81,21 +81,24 @@ def curves(rows: Iterable[Mapping[str, Any]], metric: str = "roc_auc", n_boot: i
 
 @dataclass
 class PowerLaw:
-    """``m(n) = a - b * n**(-c)``: rises towards the plateau ``a`` as n grows."""
+    """``m(n) = a - b * ((n + shift) / (1 + shift))**(-c)``: rises towards the plateau ``a`` as n
+    grows; ``shift = 0`` is the plain ``a - b n^-c``."""
 
     a: float
     b: float
     c: float
     sizes: list[int] = field(default_factory=list)  # the sizes it was fitted on
+    shift: float = 0.0
 
     def __call__(self, n: np.ndarray | float) -> np.ndarray:
-        return self.a - self.b * np.power(np.asarray(n, dtype=np.float64), -self.c)
+        x = (np.asarray(n, dtype=np.float64) + self.shift) / (1.0 + self.shift)
+        return self.a - self.b * np.power(x, -self.c)
 
     def inverse(self, target: float) -> float | None:
         """The n where the fit reaches ``target``; None when its plateau stays below it."""
         if target >= self.a or self.b <= 0 or self.c <= 0:
             return None
-        return float((self.b / (self.a - target)) ** (1.0 / self.c))
+        return float((1.0 + self.shift) * (self.b / (self.a - target)) ** (1.0 / self.c) - self.shift)
 
 
 def fit_power_law(points: Sequence[CurvePoint], upper: float = 1.0) -> PowerLaw | None:

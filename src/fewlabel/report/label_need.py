@@ -7,11 +7,37 @@ repeats), so noisy small sizes do not dominate. Two constraints keep it a learni
 ``a`` is at most the metric's maximum, and ``m(1) = a - b`` is at least chance (a floor: the curve
 never predicts worse than guessing). For a fixed exponent ``c`` the model is linear in ``(a, b)``, so
 the fit is an exact constrained weighted least squares on a grid of ``c`` — fast enough to refit
-every bootstrap resample, which is where the interval comes from.
+every bootstrap resample, which is where the interval comes from. The fit also takes a grid of shifts
+``d`` (``m(n) = a - b ((n + d) / (1 + d))**(-c)``, a curve lagging its power law at the smallest
+sizes) and another exponent grid; the defaults are the plain law, for the reason below.
 
 A target already reached on the measured curve is read off it (linear in log n between the two sizes
 around it); the interval then comes from the resampled curves. Past the largest size run, the fit
 answers only up to ``MAX_EXTRAPOLATION`` times that size, and refuses beyond.
+
+The interval past the largest size is the percentile interval of the refitted inverse over the
+resamples. Percentiles follow any monotone reparametrisation, so the interval does not depend on
+whether the curve is parametrised by its plateau, its exponent or the size itself; a resample whose
+curve never reaches the target sorts above every size, so the upper end is "open above the cap"
+exactly when more than 5% of resamples put the need past the cap.
+
+Its calibration is measured, not assumed. ``benchmarks/label_need_calibration.py`` simulates curves
+with a known answer (``report.curve_simulation``, bootstrapped as a run's are): this interval covers
+the true need at about its nominal rate; a profile likelihood-ratio interval with a
+bootstrap-calibrated threshold (calibrated by construction) covers as often and closes less often;
+Efron's bias-corrected percentile under-covers. It also measures the alternatives the fit allows:
+bounding the exponent by 1 (the 1/n rate) closes more intervals but fails on curves steeper than
+that, and shifted curves with that bound stay calibrated on curves that lag at the smallest sizes,
+where the plain law fails. On real curves (``benchmarks/label_need_backtest.py``) neither alternative
+covered more often than the plain law, so the plain law stays.
+
+Such an interval is often open above the cap, and mostly that is the data speaking: from a handful
+of sizes between 1 and 10 per class, a curve that levels off just above the target and one that
+keeps rising fit equally well within the noise, and the inverse n(target) is steep where a curve is
+flat. Much of that noise is the test set's (which patients happen to be in it), which shifts every
+size's value together and so moves the plateau; the interval includes it because the question is
+about the population, not this test set. Intervals close when the target lies near the largest size
+run: running one larger size narrows the answer more than any interval construction.
 """
 
 from __future__ import annotations
@@ -27,37 +53,51 @@ from fewlabel.report.run_data import CurveBootstrap
 MAX_EXTRAPOLATION = 5.0
 INTERVAL_LEVEL = 0.90
 EXPONENTS = np.geomspace(0.05, 3.0, 80)
+# How many labelled images per class a curve may lag behind its power law: 0 alone is the plain law.
+# The benchmarks measure shifted families side by side; the module docstring says why 0 alone.
+SHIFTS: tuple[float, ...] = (0.0,)
 MIN_SIZES_TO_FIT = 3
+
+
+def _basis(sizes: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``((n + d) / (1 + d)) ** -c``: 1 at n = 1 whatever the shift, so ``a - b`` is always m(1)."""
+    return np.power((sizes + d) / (1.0 + d), -c)
 
 
 @dataclass
 class CurveFit:
-    """``m(n) = a - b * n**(-c)`` per row (the point curve first, then each resample)."""
+    """``m(n) = a - b * ((n + d) / (1 + d))**(-c)`` per row (the point curve first, then each
+    resample); ``d = 0`` is the plain power law ``a - b n^-c``."""
 
     a: np.ndarray
     b: np.ndarray
     c: np.ndarray
+    d: np.ndarray
 
     def inverse(self, target: float) -> np.ndarray:
         """n reaching ``target`` per row; inf where the plateau stays at or below it."""
         with np.errstate(divide="ignore", invalid="ignore"):
-            n = np.power(self.b / (self.a - target), 1.0 / self.c)
+            n = (1.0 + self.d) * np.power(self.b / (self.a - target), 1.0 / self.c) - self.d
         n = np.where((self.a > target) & (self.b > 0), n, np.inf)
         return np.where(np.isfinite(n), np.maximum(n, 1.0), np.inf)
 
     def __call__(self, n: np.ndarray | float, row: int = 0) -> np.ndarray:
-        return self.a[row] - self.b[row] * np.power(np.asarray(n, dtype=np.float64), -self.c[row])
+        x = _basis(np.asarray(n, dtype=np.float64), self.c[row], self.d[row])
+        return self.a[row] - self.b[row] * x
 
 
-def fit_curves(sizes: np.ndarray, values: np.ndarray, weights: np.ndarray, chance: float, upper: float = 1.0
-               ) -> CurveFit:
-    """Constrained weighted least squares of ``values`` (rows, S) at ``sizes`` (S,), one fit per row.
+def fit_curves(sizes: np.ndarray, values: np.ndarray, weights: np.ndarray, chance: float, upper: float = 1.0,
+               shifts: tuple[float, ...] = SHIFTS, exponents: np.ndarray = EXPONENTS) -> CurveFit:
+    """Constrained weighted least squares of ``values`` (rows, S) at ``sizes`` (S,), one fit per row,
+    over the grid of exponents × ``shifts``.
 
-    Constraints: ``b >= 0``, ``a <= upper``, ``a - b >= chance``. For each exponent the best of the
-    unconstrained solution (when feasible) and the best point on each constraint is kept."""
+    Constraints: ``b >= 0``, ``a <= upper``, ``a - b >= chance``. For each (exponent, shift) the best
+    of the unconstrained solution (when feasible) and the best point on each constraint is kept."""
     y = np.atleast_2d(np.asarray(values, dtype=np.float64))[:, None, :]  # (R, 1, S)
     w = np.asarray(weights, dtype=np.float64)[None, None, :]
-    x = np.power(np.asarray(sizes, dtype=np.float64)[None, :], -EXPONENTS[:, None])[None]  # (1, C, S)
+    grid_c = np.repeat(np.asarray(exponents, dtype=np.float64), len(shifts))
+    grid_d = np.tile(np.asarray(shifts, dtype=np.float64), len(exponents))
+    x = _basis(np.asarray(sizes, dtype=np.float64)[None, :], grid_c[:, None], grid_d[:, None])[None]  # 1,K,S
     sw, swx, swxx = w.sum(-1), (w * x).sum(-1), (w * x * x).sum(-1)
     swy, swxy = (w * y).sum(-1), (w * x * y).sum(-1)
     det = sw * swxx - swx**2
@@ -69,7 +109,7 @@ def fit_curves(sizes: np.ndarray, values: np.ndarray, weights: np.ndarray, chanc
         b_top = np.clip((swx * upper - swxy) / swxx, 0.0, upper - chance)
         u = 1.0 - x  # on the floor a - b = chance: y - chance x = a (1 - x)
         a_floor = np.clip((w * u * (y - chance * x)).sum(-1) / (w * u * u).sum(-1), chance, upper)
-    shape = (y.shape[0], len(EXPONENTS))
+    shape = (y.shape[0], len(grid_c))
     a_free, b_free, a_flat, b_top, a_floor = (np.broadcast_to(v, shape).copy()
                                               for v in (a_free, b_free, a_flat, b_top, a_floor))
     candidates = [
@@ -91,7 +131,7 @@ def fit_curves(sizes: np.ndarray, values: np.ndarray, weights: np.ndarray, chanc
                                         np.where(better, sse, best_sse))
     k = best_sse.argmin(axis=1)
     rows = np.arange(best_sse.shape[0])
-    return CurveFit(a=best_a[rows, k], b=best_b[rows, k], c=EXPONENTS[k])
+    return CurveFit(a=best_a[rows, k], b=best_b[rows, k], c=grid_c[k], d=grid_d[k])
 
 
 def observed_need(sizes: np.ndarray | list[int], values: np.ndarray, target: float) -> float | None:
@@ -157,7 +197,8 @@ def _span(low: float | None, high: float | None, open_above: float) -> str:
 
 
 def estimate_need(curve: CurveBootstrap, target: float, chance: float, upper: float = 1.0,
-                  cap: float = MAX_EXTRAPOLATION, level: float = INTERVAL_LEVEL) -> NeedEstimate:
+                  cap: float = MAX_EXTRAPOLATION, level: float = INTERVAL_LEVEL,
+                  shifts: tuple[float, ...] = SHIFTS, exponents: np.ndarray = EXPONENTS) -> NeedEstimate:
     """The labels-needed answer for one strategy's bootstrapped curve (sizes per class)."""
     sizes = np.asarray(curve.sizes, dtype=np.float64)
     ok = np.isfinite(curve.point)
@@ -187,7 +228,7 @@ def estimate_need(curve: CurveBootstrap, target: float, chance: float, upper: fl
     var = np.nanvar(curve.boot, axis=0)
     weights = 1.0 / np.maximum(var, 1e-6)
     values = np.vstack([curve.point[None], np.nan_to_num(curve.boot, nan=chance)])
-    fit = fit_curves(sizes, values, weights, chance=chance, upper=upper)
+    fit = fit_curves(sizes, values, weights, chance=chance, upper=upper, shifts=shifts, exponents=exponents)
     ns = fit.inverse(target)
     n = float(ns[0])
     low, high = _interval(ns[1:], limit, level)
@@ -208,13 +249,19 @@ def estimate_need(curve: CurveBootstrap, target: float, chance: float, upper: fl
 # What benchmarks/label_need_backtest.py measured (quoted by the report's "how good is this estimate"):
 # a measurement with the command and grid that made it, to be re-measured when the estimator changes.
 BACKTEST: dict[str, object] | None = {
-    "command": "benchmarks/label_need_backtest.py --seeds 0,1,2",
+    "command": "benchmarks/label_need_backtest.py --seeds 0,1,2,3,4,5 --targets 5",
     "text": (
-        "Measured by a backtest (benchmarks/label_need_backtest.py, reduced grid: scratch, 32 px, 15 epochs, "
-        "6 repeats, 3 test splits each of PBC-8 and BCCD): fitted on the smaller sizes only (PBC ≤ 10, "
-        "BCCD ≤ 4 per class) and asked for targets the larger sizes reached, it estimated 15 of 18 cases "
-        "with a median relative error of 22% (28% counting the 3 it declined as misses; a plain unweighted "
-        "power-law fit to the medians: 48%). Its 90% intervals covered the truth in 18 of 18 cases, but "
-        "15 of them were open above the extrapolation cap: the intervals are honest but wide, and a "
-        "single point estimate can be off by a factor of 2 (worst case seen: +142%)."),
+        "Measured by a backtest (benchmarks/label_need_backtest.py, reduced grid: scratch, 32 px, 15 "
+        "epochs, 6 repeats, 6 test splits each of PBC-8 and BCCD): fitted on the smaller sizes only (PBC "
+        "≤ 10, BCCD ≤ 4 per class) and asked for 5 targets per curve that the larger sizes reached (1.1 "
+        "to 3.4 times the largest size fitted), it estimated 41 of 60 cases with a median relative error "
+        "of 23% (35% counting the 19 it declined as misses; a plain unweighted power-law fit to the "
+        "medians: 31% over the 48 it estimated; worst cases seen: +206% and -41%). Its 90% intervals "
+        "covered the truth in 51 of 60 cases (4 misses on one PBC curve that slowed down more than any "
+        "power law fitted to its small sizes; 5 on a BCCD curve whose small sizes rose too little beyond "
+        "their noise to be fitted), and 13 were closed below the extrapolation cap: much of their width "
+        "is the test set's own sampling noise, which this backtest's truth shares (with the test set held"
+        " fixed: 50 of 60 covered, 23 closed). Sixty targets on twelve curves pin the coverage down only "
+        "loosely; on simulated curves with a known answer (benchmarks/label_need_calibration.py) the "
+        "interval covers 88%."),
 }

@@ -49,11 +49,16 @@ class RunBootstrap:
     groups: np.ndarray
     probas: dict[tuple[str, int], dict[int, np.ndarray]]
 
-    def curve(self, strategy: str) -> CurveBootstrap | None:
+    def curve(self, strategy: str, test_set_fixed: bool = False) -> CurveBootstrap | None:
+        """The strategy's bootstrapped curve. ``test_set_fixed``: resample the repeats only, each
+        scored on the whole test set — the curve's uncertainty about *this* test set's values, which
+        is what a check against the same test set's larger sizes measures."""
         sizes = sorted(n for s, n in self.cells if s == strategy)
         if not sizes:
             return None
         cells = [self.cells[(strategy, n)] for n in sizes]
+        if test_set_fixed:
+            cells = [RepeatMetrics(c.repeats, c.point, np.broadcast_to(c.point, c.boot.shape)) for c in cells]
         point = np.array([np.nanmean(c.point) if np.isfinite(c.point).any() else math.nan for c in cells])
         boot = np.stack([c.resampled_mean(self.plan, self.slots) for c in cells], axis=1)
         return CurveBootstrap(sizes, point, boot, cells)
@@ -77,10 +82,11 @@ def run_bootstrap(view: RunView, rows: list[Mapping[str, Any]], metric: str = "r
 
 
 def curve_bootstrap(view: RunView, rows: list[Mapping[str, Any]], metric: str = "roc_auc",
-                    n_boot: int = 2000, seed: int = 0) -> dict[str, CurveBootstrap]:
+                    n_boot: int = 2000, seed: int = 0, test_set_fixed: bool = False
+                    ) -> dict[str, CurveBootstrap]:
     """Per strategy its bootstrapped curve (empty when the run lacks test truth or probabilities)."""
     rb = run_bootstrap(view, rows, metric, n_boot=n_boot, seed=seed)
     if rb is None:
         return {}
     strategies = dict.fromkeys(s for s, _ in rb.cells)
-    return {s: c for s in strategies if (c := rb.curve(s)) is not None}
+    return {s: c for s in strategies if (c := rb.curve(s, test_set_fixed)) is not None}

@@ -11,7 +11,11 @@ from fewlabel.report.sections.section import Section, fragment
 
 
 def _fit_text(fit: PowerLaw | None) -> str | None:
-    return f"{fit.a:.3f} − {fit.b:.3f}·n^−{fit.c:.2f}" if fit is not None else None
+    if fit is None:
+        return None
+    if fit.shift == 0:
+        return f"{fit.a:.3f} − {fit.b:.3f}·n^−{fit.c:.2f}"
+    return f"{fit.a:.3f} − {fit.b:.3f}·((n+{fit.shift:g})/{1 + fit.shift:g})^−{fit.c:.2f}"
 
 
 def build(data: ReportData) -> dict[str, Any]:
