@@ -199,7 +199,8 @@ except KeyboardInterrupt:
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     data = make_fake_data(tmp_path / "data")
     out = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "FAKE_DELAY": "0.2", "OMP_NUM_THREADS": "1"}
+    # 1 s a cell: a loaded machine must still find the run mid-way when the signal arrives
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "FAKE_DELAY": "1.0", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", _SCRIPT_CTRL_C, str(data), str(out)], env=env)
     try:
         while len(_rows(out / "store.sqlite")) < 2:
