@@ -34,6 +34,7 @@ from fewlabel.pipeline import (
     prepare_data,
     prepare_strategy,
 )
+from fewlabel.pipeline import region as region_input
 from fewlabel.pipeline.encoders import StrategySpec
 from fewlabel.training.finetune import FinetuneConfig, predict_proba
 
@@ -73,7 +74,7 @@ class Model:
     """A trained classifier with the preprocessing it was trained with."""
 
     def __init__(self, classifier: Any, config: dict[str, Any], metrics: dict[str, Any] | None = None,
-                 device: str = "auto") -> None:
+                 device: str = "auto", unet_file: str | Path | None = None) -> None:
         from fewlabel.data.tensors import Preprocess
 
         self.classifier = classifier.eval()
@@ -82,10 +83,45 @@ class Model:
         self.preprocess = Preprocess.from_dict(config["preprocess"])
         self.metrics = metrics if metrics is not None else config.get("metrics", {})
         self.device = device
+        # A region model's U-Net (``pipeline.region``): it crops every image before the classifier sees it.
+        self.unet_file = Path(unet_file) if unet_file is not None else None
+        self._unet: Any = None
 
-    def predict_arrays(self, x: np.ndarray) -> np.ndarray:
+    @property
+    def crops_region(self) -> bool:
+        """Whether the classifier was trained on U-Net region crops (``segmentation+region``)."""
+        return region_input.crops_region(self.config)
+
+    def region_inputs(self, x: np.ndarray, paths: list[str]) -> np.ndarray:
+        """What the classifier sees for preprocessed images ``x`` of the files ``paths``: ``x`` itself,
+        or for a region model each original file cropped as in training (``region.crop_images``)."""
+        if not self.crops_region:
+            return x
+        from fewlabel.pipeline.region import crop_images
+
+        crops, _ = crop_images(self._region_unet(), [str(p) for p in paths], x, self.preprocess)
+        return np.stack(crops) if crops else x
+
+    def _region_unet(self) -> Any:
+        from fewlabel.pipeline.region import load_region_unet
+
+        if self.unet_file is None:
+            # Its classifier learnt on U-Net crops: whole images would be scored on the wrong input.
+            raise FewlabelError("this region model carries no U-Net to crop with (saved by an older "
+                                "fewlabel?); train it again")
+        if self._unet is None:
+            self._unet = load_region_unet(self.unet_file)
+        return self._unet
+
+    def predict_arrays(self, x: np.ndarray, paths: list[str] | None = None) -> np.ndarray:
         """Probabilities for already-preprocessed arrays (N, C, ...), with the test-time augmentation
-        the model was trained to use (``finetune.tta``)."""
+        the model was trained to use (``finetune.tta``). A region model also needs the arrays' image
+        files (``paths``): it crops the original pixels, as in training."""
+        if self.crops_region:
+            if paths is None or len(paths) != len(x):
+                raise FewlabelError("a region model crops each image's original file: pass the arrays' "
+                                    "paths (one per array)")
+            x = self.region_inputs(x, paths)
         tta = bool((self.config.get("finetune") or {}).get("tta", False))
         return predict_proba(self.classifier, x, device=self.device, tta=tta)
 
@@ -94,15 +130,12 @@ class Model:
         """Score image files; folders are searched recursively. Unreadable files end up in
         ``errors`` with their problem; the others are still scored. An image unlike the training
         images (channels, value type, size: ``data.mismatch``) is an error too, or with
-        ``allow_mismatch`` a warning beside its scores."""
+        ``allow_mismatch`` a warning beside its scores. A region model scores each image's U-Net crop."""
         from fewlabel.data.mismatch import describe_mismatch
         from fewlabel.data.readers import collect_image_paths, read_image
 
-        name = str((self.config.get("strategy") or {}).get("name", ""))
-        if name in strategy_registry.REGISTRY and strategy_registry.REGISTRY[name].input == "region":
-            # Its classifier learnt on U-Net crops: whole images would be scored on the wrong input.
-            raise FewlabelError(f"this model ({name}) classifies U-Net region crops, which predict does not "
-                                "make yet; score images with a curve or a model of another strategy")
+        if self.crops_region:
+            self._region_unet()  # a model without its U-Net is refused before any file is read
         paths, errors = collect_image_paths([inputs] if isinstance(inputs, (str, Path)) else inputs)
         warnings: list[tuple[str, str]] = []
         ok_paths: list[str] = []
@@ -124,10 +157,10 @@ class Model:
                 errors.append((str(p), exc.problem))
             # Streamed: a batch is scored as soon as it is full, so a large folder never sits in memory.
             if len(arrays) == batch_size:
-                scored.append(self.predict_arrays(np.stack(arrays)))
+                scored.append(self.predict_arrays(np.stack(arrays), ok_paths[-len(arrays):]))
                 arrays = []
         if arrays:
-            scored.append(self.predict_arrays(np.stack(arrays)))
+            scored.append(self.predict_arrays(np.stack(arrays), ok_paths[-len(arrays):]))
         proba = np.concatenate(scored) if scored else np.zeros((0, len(self.class_names)), np.float32)
         return Predictions(paths=ok_paths, proba=proba, class_names=self.class_names, errors=errors,
                            warnings=warnings)
@@ -136,19 +169,20 @@ class Model:
         from fewlabel.models.io import save_model_dir
 
         out = Path(out)
-        save_model_dir(out, self.classifier, self.config)
+        save_model_dir(out, self.classifier, self.config, unet=self.unet_file)
         return out
 
 
 def load_model(model_dir: str | Path, device: str = "auto") -> Model:
     """Load a model folder written by ``train``/``Model.save``. Reads safetensors + JSON only."""
-    from fewlabel.models.io import load_model_dir
+    from fewlabel.models.io import load_model_dir, model_unet_file
 
     classifier, config = load_model_dir(model_dir)
     metrics_path = Path(model_dir) / "metrics.json"
     metrics = (read_json(metrics_path, "model metrics", fix="train the model again")
                if metrics_path.exists() else None)
-    return Model(classifier, config, metrics=metrics, device=device)
+    return Model(classifier, config, metrics=metrics, device=device,
+                 unet_file=model_unet_file(model_dir, config))
 
 
 def train(
@@ -231,7 +265,8 @@ def train(
                "seed": seed, "notes": [*cell.notes, *filter(None, [dropped_note(prepared.plan)])]}
     if chosen_note is not None:
         metrics["strategy_choice"] = chosen_note
-    model = Model(cell.classifier, cfg, metrics=metrics, device=device)
+    model = Model(cell.classifier, cfg, metrics=metrics, device=device,
+                  unet_file=region_input.region_unet_source(spec))
     if out is not None:
         out = Path(out)
         model.save(out)

@@ -120,9 +120,11 @@ class PipelineBackend:
     def save_model(self, directory: Path, result: Any, data: Any, spec: dict[str, Any], seed: int) -> None:
         from fewlabel import pipeline
         from fewlabel.models.io import save_model_dir
+        from fewlabel.pipeline.region import region_unet_source
 
-        config = pipeline.model_config(data, pipeline.StrategySpec.from_dict(spec), result, seed)
-        save_model_dir(directory, result.classifier, jsonable(config))
+        strategy = pipeline.StrategySpec.from_dict(spec)
+        config = pipeline.model_config(data, strategy, result, seed)
+        save_model_dir(directory, result.classifier, jsonable(config), unet=region_unet_source(strategy))
 
     def finetune_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
         from fewlabel.settings import resolve_device, validated

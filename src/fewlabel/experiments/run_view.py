@@ -47,6 +47,7 @@ class TestSet:
     ids: list[str]
     class_names: list[str]
     masks: np.ndarray | None = None  # (N, 1, *spatial) int64 where every test image has a mask
+    paths: list[str] | None = None  # the image files, for models that crop the original pixels
 
 
 class RunView:
@@ -194,4 +195,5 @@ class RunView:
 
             masks = load_masks(data.catalog, list(data.test_ids), data.preprocess)
         return TestSet(x=np.asarray(x, np.float32), y=np.asarray(y), ids=list(data.test_ids),
-                       class_names=list(data.class_names), masks=masks)
+                       class_names=list(data.class_names), masks=masks,
+                       paths=[data.catalog.by_id[i].path for i in data.test_ids])

@@ -26,6 +26,7 @@ from fewlabel.fileio import atomic_path, atomic_write_json
 
 INDEX_VERSION = 1
 CHECKS_VERSION = 1  # bump when the checks change, so cached cells are recomputed
+REGION_CAPTION = "maps over the U-Net region crop the classifier saw"
 MAX_TSNE_POINTS = 2000  # t-SNE cost grows ~ n log n; a stratified subsample keeps a report quick
 
 
@@ -119,21 +120,25 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
             index["cells"].append(prev)
             continue
         t0 = time.perf_counter()
-        if strategy in strategy_registry.REGISTRY and strategy_registry.REGISTRY[strategy].input == "region":
-            # Its classifier sees U-Net crops; maps over whole test images would explain another input.
-            index["errors"].append({"strategy": strategy, "n_per_class": size,
-                                    "error": "not explained: this strategy classifies U-Net region crops, "
-                                             "which explanations do not make yet"})
-            continue
         try:
-            classifier, _ = load_model_dir(model_dir)
+            entry_of = strategy_registry.REGISTRY.get(strategy)
+            region = entry_of is not None and entry_of.input == "region"
+            if region:
+                # Its classifier sees U-Net crops: the maps are computed over the crop of each image.
+                classifier, unet, pre = _region_model(model_dir)
+                x_in = _crops(unet, pre, ts, examples)
+            else:
+                classifier, _ = load_model_dir(model_dir)
+                x_in = x_ex
             classifier.eval()
-            maps = explain_model(classifier, x_ex, methods, target=None)
-            proba = _softmax(_logits(classifier, x_ex))
+            maps = explain_model(classifier, x_in, methods, target=None)
+            proba = _softmax(_logits(classifier, x_in))
             labels = [f"{ts.class_names[int(t)]} → {ts.class_names[int(p.argmax())]} {p.max():.2f}"
                       for t, p in zip(y_ex, proba, strict=True)]
             title = f"{strategy}, {size} labelled per class (repeat {repeat}); row: true → predicted p"
-            save_png(attribution_grid(x_ex, maps, labels, title=title), grid_path)
+            if region:
+                title += f"; {REGION_CAPTION}"
+            save_png(attribution_grid(x_in, maps, labels, title=title), grid_path)
             entry: dict[str, Any] = {
                 "strategy": strategy, "n_per_class": size, "repeat": repeat,
                 "model_dir": model_dir.relative_to(run_dir).as_posix(), "weights": weights,
@@ -141,14 +146,18 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
                 "predicted": [ts.class_names[int(p.argmax())] for p in proba],
                 "lrp_notes": lrp_notes(classifier) if any(m.startswith("lrp") for m in methods) else [],
             }
+            if region:
+                entry["input"] = REGION_CAPTION
             if checks:
                 from fewlabel.explain.checks import check_methods
 
-                ex_masks = ts.masks[examples] if ts.masks is not None else None
-                entry["checks"] = check_methods(classifier, x_ex, maps, proba.argmax(1), attribute,
+                # Masks outline the whole image, not the crop: no inside-mask share for a region model.
+                ex_masks = ts.masks[examples] if ts.masks is not None and not region else None
+                entry["checks"] = check_methods(classifier, x_in, maps, proba.argmax(1), attribute,
                                                 masks=ex_masks, seed=seed)
             if tsne:
-                feats = extract_features(classifier, ts.x[tsne_idx])
+                x_tsne = _crops(unet, pre, ts, tsne_idx) if region else ts.x[tsne_idx]
+                feats = extract_features(classifier, x_tsne)
                 emb = tsne_embedding(feats, seed=seed)
                 save_png(tsne_scatter(emb, ts.y[tsne_idx], ts.class_names,
                                       title=f"{strategy}, n={size}: test features"), tsne_path)
@@ -166,6 +175,27 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_index(out_dir / EXPLAIN_INDEX, index)
     return index
+
+
+def _region_model(model_dir: Path) -> tuple[Any, Any, Any]:
+    """(classifier, U-Net, Preprocess) of a region model folder."""
+    from fewlabel.models.io import read_model_config
+    from fewlabel.pipeline.region import folder_unet
+
+    classifier, pre, _ = load_for_explain(model_dir)
+    return classifier, folder_unet(model_dir, read_model_config(model_dir)), pre
+
+
+def _crops(unet: Any, pre: Any, ts: TestSet, idx: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Test images ``idx`` cropped by ``unet`` from their files, as the region model was trained."""
+    from fewlabel.errors import FewlabelError
+    from fewlabel.pipeline.region import crop_images
+
+    if ts.paths is None:
+        raise FewlabelError("the test set records no image files, which a region model crops")
+    idx = [int(i) for i in idx]
+    crops, _ = crop_images(unet, [ts.paths[i] for i in idx], ts.x[idx], pre)
+    return np.stack(crops).astype(np.float32)
 
 
 def _logits(classifier: Any, x: np.ndarray) -> np.ndarray:
@@ -221,8 +251,11 @@ def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: s
     name or index; None explains each image's predicted class."""
     from fewlabel.data.readers import collect_image_paths, read_image
     from fewlabel.errors import FewlabelError
+    from fewlabel.models.io import read_model_config
+    from fewlabel.pipeline.region import crop_images, folder_unet
 
     classifier, pre, names = load_for_explain(model_dir)
+    unet = folder_unet(model_dir, read_model_config(model_dir))  # None: the model sees whole images
     if target is not None and not isinstance(target, int):
         if str(target) in names:
             target = names.index(str(target))
@@ -243,6 +276,8 @@ def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: s
     for path in paths:
         array, meta = read_image(path)
         x = pre.apply(array, meta)[None].astype(np.float32)
+        if unet is not None:  # a region model: explained on the crop it classifies
+            x = np.stack(crop_images(unet, [str(path)], x, pre)[0]).astype(np.float32)
         proba = _softmax(_logits(classifier, x))[0]
         explained = int(proba.argmax()) if target is None else int(target)
         amap = attribute(classifier, x, target=explained, method=method)
@@ -252,10 +287,12 @@ def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: s
         used.add(stem)
         png, npy = out / f"{stem}_{method}.png", out / f"{stem}_{method}.npy"
         label = f"{names[explained]} (p={proba[explained]:.2f})"
-        save_png(attribution_grid(x, {method: amap}, [label], title=Path(path).name), png)
+        title = Path(path).name + (f" ({REGION_CAPTION})" if unet is not None else "")
+        save_png(attribution_grid(x, {method: amap}, [label], title=title), png)
         with atomic_path(npy, suffix=".npy") as tmp:  # np.save would append .npy to any other name
             np.save(tmp, amap[0])
         records.append({"path": str(path), "predicted": names[int(proba.argmax())],
                         "probability": float(proba.max()), "explained": names[explained],
-                        "png": str(png), "npy": str(npy)})
+                        "png": str(png), "npy": str(npy),
+                        **({"input": REGION_CAPTION} if unet is not None else {})})
     return records

@@ -8,7 +8,8 @@ Model folder: ``model.safetensors`` (the ``Classifier`` state: ``encoder.*`` + `
 kind of header, format ``fewlabel-model``) + ``config.json`` (encoder config, ``num_classes``,
 ``dropout``, the weights' sha256, and whatever the caller adds: class names, preprocess, seed,
 metrics ...). The sha256 ties the two files together, so a config edited or paired with other weights
-is caught instead of silently mis-loading.
+is caught instead of silently mis-loading. A region model (``segmentation+region``) also holds
+``unet.safetensors``, the U-Net that crops its inputs, tied to ``config.json`` by ``unet_sha256``.
 
 Tensors are saved as contiguous float32 CPU copies (bf16/fp16 training state too), each its own
 storage, so tied or shared tensors save without safetensors' shared-memory error.
@@ -47,6 +48,7 @@ VERSION = 1
 HEADER_KEY = "fewlabel"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+UNET_FILE = "unet.safetensors"  # in a region model's folder: the U-Net that crops its inputs
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -279,13 +281,16 @@ def load_unet(path: str | Path, map_location: str | torch.device = "cpu") -> nn.
 
 # ---------------------------------------------------------------------------------------------- models
 def save_model_dir(
-    directory: str | Path, classifier: Classifier, config: dict[str, Any] | None = None
+    directory: str | Path, classifier: Classifier, config: dict[str, Any] | None = None,
+    unet: str | Path | None = None,
 ) -> Path:
     """Write ``directory/model.safetensors`` + ``directory/config.json`` atomically; return ``directory``.
 
     ``config`` is the caller's (class names, preprocess, data fingerprint, seed, metrics ...); fewlabel
     adds ``format``, ``version``, ``encoder``, ``num_classes``, ``dropout`` and ``weights_sha256``,
     which win over caller keys of the same name (they describe the weights actually written).
+    ``unet``: a U-Net file (``save_unet``) the model crops its inputs with, copied in as ``UNET_FILE``
+    and recorded as ``unet_sha256``.
     """
     directory = Path(directory)
     header = {
@@ -297,15 +302,18 @@ def save_model_dir(
         # In the weights file too: a model.safetensors reused as an encoder carries what it saw.
         header["meta"] = full["provenance"]
     full.update(header)
+    full.pop("unet_sha256", None)  # set again below only when this save writes a U-Net
+    if unet is not None:
+        load_unet(unet)  # a damaged or wrong file fails here, before any model file is written
     directory.parent.mkdir(parents=True, exist_ok=True)
 
     if not directory.exists():
         with _new_dir_atomically(directory) as tmp:
-            _write_model_files(tmp, classifier, header, full)
+            _write_model_files(tmp, classifier, header, full, unet)
         return directory
     # Existing folder (other files of the caller may live there): replace each file atomically, the
-    # weights first; a crash between the two leaves a sha256 mismatch that load_model_dir reports.
-    _write_model_files(directory, classifier, header, full)
+    # weights first; a crash between them leaves a sha256 mismatch that load_model_dir reports.
+    _write_model_files(directory, classifier, header, full, unet)
     return directory
 
 
@@ -323,10 +331,17 @@ def _new_dir_atomically(directory: Path) -> Iterator[Path]:
         raise
 
 
-def _write_model_files(directory: Path, classifier: Classifier, header: dict, full: dict) -> None:
+def _write_model_files(directory: Path, classifier: Classifier, header: dict, full: dict,
+                       unet: str | Path | None) -> None:
     weights = directory / MODEL_FILE
     _atomic_save_file(_state_for_saving(classifier), weights, header)
     full["weights_sha256"] = file_sha256(weights)
+    if unet is not None:
+        target = directory / UNET_FILE
+        if Path(unet).resolve() != target.resolve():  # re-saving a loaded model: already in place
+            with atomic_path(target) as tmp:
+                shutil.copyfile(unet, tmp)
+        full["unet_sha256"] = file_sha256(target)
     atomic_write_text(directory / CONFIG_FILE, _dumps(full, indent=2) + "\n")
 
 
@@ -420,4 +435,21 @@ def load_model_dir(
         raise ModelFileError(f"cannot build the classifier: {exc}", directory / CONFIG_FILE) from exc
     state = _read_tensors(weights)
     _load_strict(classifier, state, weights, None)
+    model_unet_file(directory, config)  # a region model's U-Net is part of the folder: checked too
     return classifier.to(map_location), config
+
+
+def model_unet_file(directory: str | Path, config: Mapping[str, Any]) -> Path | None:
+    """The region U-Net of a model folder (``UNET_FILE``), checked against ``unet_sha256`` in its
+    config; None for a model that crops nothing. Missing or changed: a one-line ``ModelFileError``."""
+    expected = config.get("unet_sha256")
+    if expected is None:
+        return None
+    path = Path(directory) / UNET_FILE
+    if not path.is_file():
+        raise ModelFileError(f"missing: this region model crops its inputs with it ({CONFIG_FILE} lists it); "
+                             "restore the folder or train the model again", path)
+    if file_sha256(path) != expected:
+        raise ModelFileError(f"does not match {CONFIG_FILE} (sha256 differs): the U-Net was changed or "
+                             "comes from another save", path)
+    return path

@@ -13,18 +13,24 @@ Per image, training, validation and test alike, and from the image alone (no mas
      fewer than ``MIN_PIXELS`` foreground pixels = nothing found: the whole image is kept;
   3. that box, as fractions of the image, cuts the ORIGINAL file's pixels (more detail than the
      working-size array), and the crop goes through the data's own preprocessing (resize, z-score).
+
+A model folder of this strategy carries its U-Net (``models.io.UNET_FILE``), and ``predict`` and
+``explain`` crop new images through the same ``crop_images``.
 """
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from fewlabel.data import readers
+from fewlabel.data.tensors import Preprocess
 from fewlabel.errors import ModelFileError
 from fewlabel.pipeline.data import PreparedData
+from fewlabel.pipeline.encoders import StrategySpec
 
 MARGIN = 0.25  # context around the found region, as a share of its side, on each side
 MIN_SIDE = 0.25  # the crop is never smaller than this share of the image side
@@ -43,6 +49,39 @@ def unet_path(encoder_path: str | Path) -> Path:
     from fewlabel.pretrain.segmentation import UNET_FILE
 
     return artefact_dir(encoder_path) / UNET_FILE
+
+
+def region_unet_source(spec: StrategySpec) -> Path | None:
+    """The U-Net a model of ``spec`` crops with (to be copied into its model folder); None when the
+    strategy classifies whole images."""
+    from fewlabel import strategies
+
+    if strategies.get(spec.name).input != "region" or not spec.encoder_weights:
+        return None
+    return unet_path(spec.encoder_weights)
+
+
+def crops_region(config: dict[str, Any]) -> bool:
+    """Whether a model folder's config (``pipeline.model_config``) is of a region strategy."""
+    from fewlabel import strategies
+
+    name = str((config.get("strategy") or {}).get("name", ""))
+    return name in strategies.REGISTRY and strategies.REGISTRY[name].input == "region"
+
+
+def folder_unet(model_dir: str | Path, config: dict[str, Any]) -> Any:
+    """The U-Net a region model folder crops with (checked against its config), loaded; None for a
+    model of whole images. A region model without one is refused in one line."""
+    from fewlabel.models.io import model_unet_file
+
+    if not crops_region(config):
+        return None
+    path = model_unet_file(model_dir, config)
+    if path is None:
+        # Its classifier learnt on U-Net crops: whole images would be scored on the wrong input.
+        raise ModelFileError("this region model carries no U-Net to crop with (saved by an older "
+                             "fewlabel?); train it again", path=model_dir)
+    return load_region_unet(path)
 
 
 def region_box(found: np.ndarray) -> Box | None:
@@ -70,17 +109,21 @@ def region_box(found: np.ndarray) -> Box | None:
     return tuple(box)
 
 
-def predict_found(encoder_path: str | Path, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Boolean ``(N, *spatial)`` foreground of the U-Net's prediction on preprocessed images ``x``."""
-    import torch
-
-    path = unet_path(encoder_path)
-    if not path.is_file():
-        raise ModelFileError("no U-Net beside this segmentation encoder (made by an older fewlabel?); "
-                             "delete the encoder file to have it prepared again", path=encoder_path)
+def load_region_unet(path: str | Path, encoder_path: str | Path | None = None) -> Any:
+    """The U-Net at ``path`` (eval mode). ``encoder_path``: the encoder it was saved beside, named
+    in the error when the U-Net is missing (an encoder prepared by an older fewlabel)."""
     from fewlabel.models.io import load_unet
 
-    unet = load_unet(path)
+    if not Path(path).is_file():
+        raise ModelFileError("no U-Net beside this segmentation encoder (made by an older fewlabel?); "
+                             "delete the encoder file to have it prepared again", path=encoder_path or path)
+    return load_unet(path)
+
+
+def predict_found(unet: Any, x: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Boolean ``(N, *spatial)`` foreground of ``unet``'s prediction on preprocessed images ``x``."""
+    import torch
+
     out = []
     with torch.no_grad():
         for start in range(0, len(x), batch_size):
@@ -89,7 +132,7 @@ def predict_found(encoder_path: str | Path, x: np.ndarray, batch_size: int = 32)
     return np.concatenate(out) if out else np.zeros((0, *x.shape[2:]), bool)
 
 
-def crop_file(path: str, box: Box | None, data: PreparedData) -> np.ndarray:
+def crop_file(path: str, box: Box | None, preprocess: Preprocess) -> np.ndarray:
     """The original image at ``path`` cut to ``box`` (None: whole), preprocessed like every image."""
     array, meta = readers.read_image(path)
     if box is not None:
@@ -97,7 +140,19 @@ def crop_file(path: str, box: Box | None, data: PreparedData) -> np.ndarray:
         cut = tuple(slice(int(math.floor(a * n)), max(int(math.ceil(b * n)), int(math.floor(a * n)) + 1))
                     for (a, b), n in zip(box, spatial, strict=True))
         array = array[(Ellipsis, *cut)]
-    return data.preprocess.apply(array, meta)
+    return preprocess.apply(array, meta)
+
+
+def crop_images(unet: Any, paths: list[str], x: np.ndarray,
+                preprocess: Preprocess) -> tuple[list[np.ndarray], list[bool]]:
+    """Each image ``paths[n]`` (preprocessed: ``x[n]``) cropped to the region ``unet`` finds in it,
+    and whether one was found. The one crop of training, evaluation, ``predict`` and ``explain``."""
+    crops, found = [], []
+    for path, mask in zip(paths, predict_found(unet, x), strict=True):
+        box = region_box(mask)
+        crops.append(crop_file(path, box, preprocess))
+        found.append(box is not None)
+    return crops, found
 
 
 def region_arrays(data: PreparedData, ids: list[str], encoder_path: str | Path) -> np.ndarray:
@@ -108,11 +163,11 @@ def region_arrays(data: PreparedData, ids: list[str], encoder_path: str | Path) 
     todo = [n for n, k in enumerate(keys) if k not in _CROPS]
     if todo:
         x, _ = data.arrays([ids[n] for n in todo])
-        found = predict_found(encoder_path, x)
-        for n, mask in zip(todo, found, strict=True):
-            box = region_box(mask)
-            _CROPS[keys[n]] = crop_file(data.catalog.by_id[ids[n]].path, box, data)
-            _FOUND[keys[n]] = box is not None
+        unet = load_region_unet(unet_path(encoder_path), encoder_path)
+        crops, found = crop_images(unet, [data.catalog.by_id[ids[n]].path for n in todo], x, data.preprocess)
+        for n, crop, hit in zip(todo, crops, found, strict=True):
+            _CROPS[keys[n]] = crop
+            _FOUND[keys[n]] = hit
     return np.stack([_CROPS[k] for k in keys]) if keys else np.zeros((0, data.channels, *data.image_size),
                                                                       np.float32)
 
