@@ -64,7 +64,10 @@ def train(
     for note in model.metrics.get("notes") or []:
         typer.echo(f"note: {note}", err=True)
     print_metrics_table(model.metrics, title=f"test metrics ({model.metrics.get('n_test')} images)")
-    typer.echo(f"model written to {out}  (metrics.json, plan.json, model.safetensors, config.json)")
+    files = "metrics.json, plan.json, model.safetensors, config.json"
+    if model.unet_file is not None:
+        files += ", unet.safetensors"
+    typer.echo(f"model written to {out}  ({files})")
 
 
 def predict(
