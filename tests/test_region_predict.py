@@ -121,6 +121,11 @@ def test_explain_run_explains_region_models_on_their_crops(region_curve):
     proba = np.load(view.root / view.rows()[0]["proba_path"])
     picked = [ts.ids.index(e["id"]) for e in index["examples"]]
     assert cell["predicted"] == [ts.class_names[int(p.argmax())] for p in proba[picked]]
+    # The report says the maps are over the crop (explain=False: the index above is what it shows).
+    from fewlabel.report.html import build_report
+
+    html = build_report(view.root, explain=False, n_boot=50).read_text()
+    assert f"{REGION_CAPTION}: the images and maps are the crops" in html
 
 
 def test_explain_files_maps_the_crop(region_curve, tmp_path, monkeypatch):

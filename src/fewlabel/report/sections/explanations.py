@@ -18,6 +18,7 @@ def _explanations(view: RunView, index: Mapping[str, Any] | None) -> list[dict[s
     for cell in sorted(index.get("cells", []), key=lambda c: (c["strategy"], int(c["n_per_class"]))):
         entry = {"strategy": cell["strategy"], "n_per_class": cell["n_per_class"],
                  "repeat": cell.get("repeat", 0), "notes": cell.get("lrp_notes", []),
+                 "input": cell.get("input"),
                  "checks": [{"method": m, "deletion": num(c.get("deletion")),
                              "deletion_random": num(c.get("deletion_random")),
                              "insertion": num(c.get("insertion")),
