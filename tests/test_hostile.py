@@ -281,6 +281,18 @@ def test_symlink_loops_are_named_not_followed(tmp_path: Path, capfd) -> None:
     assert not out_csv.exists()
 
 
+@pytest.mark.parametrize("command", ["curve", "train", "pretrain"])
+def test_a_data_path_that_loops_is_one_line_not_a_crash(tmp_path: Path, capfd, command: str) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to("loop")
+    args = {"curve": ["curve", loop, "--out", tmp_path / "r", "--strategies", "scratch", "--sizes", "2"],
+            "train": ["train", loop, "--strategy", "scratch", "--out", tmp_path / "m"],
+            "pretrain": ["pretrain", "ssl", loop, "--out", tmp_path / "e.safetensors", "--steps", "1"]}
+    code, err = _cli(capfd, *args[command])
+    assert code == USAGE
+    assert "symlink loop" in _one_line(err, "loop")
+
+
 def test_markup_and_control_characters_in_class_names(tmp_path: Path, capfd) -> None:
     files = tmp_path / "files"
     lines = ["path,label"]

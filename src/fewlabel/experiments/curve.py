@@ -183,6 +183,17 @@ def _spec(backend: Any, name: str, pretrain: dict[str, Any] | None,
     return check(spec) if check is not None else spec
 
 
+def _resolved(path: str | Path) -> str:
+    """The absolute path run.json records; a symlink loop or a dangling link is the user's to fix,
+    named in one line (``Path.resolve`` would raise a bare RuntimeError on a loop)."""
+    from fewlabel.data.readers import dangling_reason
+
+    reason = dangling_reason(path)
+    if reason is not None:
+        raise FewlabelError(reason.split(",")[0].split(" (")[0] + ": cannot read it", path=path)
+    return str(Path(path).resolve())
+
+
 def run_curve(
     data: str | Path,
     out: str | Path,
@@ -263,13 +274,13 @@ def run_curve(
     strategy_specs = {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}
     check_out_dir(out)
     data_args: dict[str, Any] = {
-        "data": str(Path(data).resolve()),
-        "masks": str(Path(masks).resolve()) if masks is not None else None,
+        "data": _resolved(data),
+        "masks": _resolved(masks) if masks is not None else None,
         "group_pattern": group_pattern,
         "test_size": test_size,
         "seed": seed,
         "image_size": list(image_size) if image_size is not None else None,
-        "unlabelled": str(Path(unlabelled).resolve()) if unlabelled is not None else None,
+        "unlabelled": _resolved(unlabelled) if unlabelled is not None else None,
         "count": count,  # an integer test size counts images or groups, as the labelled sizes do
     }
     if drop_classes:
