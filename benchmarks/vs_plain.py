@@ -68,6 +68,10 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
                                                                             "bn_mode": "train"}}),
     "recipe_no_probe": ("imagenet", {"encoder_kwargs": AT_224, "finetune": {**RECIPE_FINETUNE,
                                                                             "probe_init": False}}),
+    # Every drawn label trains (no validation hold-out, so no early stopping), cosine decay to the
+    # last epoch, at least 2 steps an epoch, the 8 flips / turns averaged at test time.
+    "allfit": ("imagenet", {"finetune": {"hold_out": False, "schedule": "cosine", "warmup_epochs": 1.0,
+                                         "min_steps_per_epoch": 2, "tta": True}}),
     "scratch_mnv2": ("scratch", {"encoder": "mobilenet_v2", "encoder_kwargs": AT_224,
                                  "finetune": PLAIN_FINETUNE}),
 }

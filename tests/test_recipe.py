@@ -190,3 +190,22 @@ def test_cell_with_adapter_and_tta_survives_save_and_load(tmp_path, encoder, kwa
     if encoder == "convnet":  # a model whose outputs move with the input: TTA must have been applied
         no_tta = predict_proba(model.classifier, data.test_arrays[0], tta=False)
         assert np.abs(np.log(no_tta) - np.log(cell.proba_test)).max() > 1e-3
+
+
+def test_hold_out_off_trains_on_the_whole_draw_for_a_fixed_schedule(tmp_path):
+    """``hold_out=False``: the draw's validation part trains too, nothing validates, the epochs are the
+    fixed schedule's; with the default the same draw keeps a validation part."""
+    from fewlabel import pipeline
+
+    from factory import make_class_folder
+
+    root = make_class_folder(tmp_path / "data", {"a": 12, "b": 12}, size=(16, 16), channels=3, seed=0)
+    data = pipeline.prepare_data(root, test_size=3, seed=0)
+    spec = pipeline.StrategySpec(name="scratch", encoder="convnet", encoder_kwargs={"width": 8, "depth": 2})
+    draw = list(data.pool_ids[:16])
+    held = pipeline.fit_cell(data, draw, spec, 0, FinetuneConfig(**{**FAST, "max_epochs": 3}))
+    assert held.val_ids and set(held.train_ids) | set(held.val_ids) == set(draw)
+    config = FinetuneConfig(**{**FAST, "max_epochs": 9, "epochs_without_validation": 3, "hold_out": False})
+    cell = pipeline.fit_cell(data, draw, spec, 0, config)
+    assert cell.val_ids == [] and sorted(cell.train_ids) == sorted(draw)
+    assert cell.fit.epochs == 3 and not set(cell.train_ids) & set(data.test_ids)

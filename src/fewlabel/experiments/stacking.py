@@ -160,14 +160,14 @@ class _Prepared:
     inputs: Any  # pipeline.fit.CellInputs
 
 
-def _prepare_member(task: CellTask, data: Any, spec: Any) -> _Prepared:
+def _prepare_member(task: CellTask, data: Any, spec: Any, config: Any) -> _Prepared:
     """What ``pipeline.fit_cell`` does before fine-tuning, for one cell (semi is never stacked)."""
     from fewlabel.pipeline.fit import cell_inputs
     from fewlabel.training.stacked import StackMember
 
     seed_all(task.seed)
     inputs = cell_inputs(data, list(task.labelled_ids), spec, task.seed, train_ids=list(task.train_ids),
-                         val_ids=list(task.val_ids))
+                         val_ids=list(task.val_ids), hold_out=config.hold_out)
     member = StackMember(inputs.encoder, inputs.x_train, inputs.y_train, inputs.x_val, inputs.y_val,
                          task.seed)
     return _Prepared(task, member, inputs)
@@ -204,7 +204,7 @@ def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any,
     by_geometry: dict[Any, list[_Prepared]] = {}
     for i, task in enumerate(cells):
         try:
-            prepared = _prepare_member(task, data, spec)
+            prepared = _prepare_member(task, data, spec, config)
         except Exception:
             outputs[i] = run_cell(task)
             continue

@@ -73,10 +73,12 @@ class CellInputs:
 
 
 def cell_inputs(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, seed: int, *,
-                train_ids: list[str] | None = None, val_ids: list[str] | None = None) -> CellInputs:
+                train_ids: list[str] | None = None, val_ids: list[str] | None = None,
+                hold_out: bool = True) -> CellInputs:
     """A cell's training material: the plan's split of its draw (``train_ids``/``val_ids``; without
-    them computed from the draw with ``seed``), its arrays, its encoder, and the content keys of every
-    image its weights will have seen (the encoder's record, the draw, FixMatch's pool)."""
+    them computed from the draw with ``seed``; with ``hold_out`` False all of the draw trains), its
+    arrays, its encoder, and the content keys of every image its weights will have seen (the
+    encoder's record, the draw, FixMatch's pool)."""
     leaked = set(labelled_ids) & set(data.test_ids)
     if leaked:  # a guard, not a user error: it means a bug upstream
         raise AssertionError(f"{len(leaked)} test images in the labelled draw")
@@ -85,6 +87,8 @@ def cell_inputs(data: PreparedData, labelled_ids: list[str], spec: StrategySpec,
                             path=data.catalog.root)
     if train_ids is None or val_ids is None:
         train_ids, val_ids = split_labelled(data, labelled_ids, seed)
+    if not hold_out:
+        train_ids, val_ids = list(train_ids) + list(val_ids), []
     x_train, y_train = data.arrays(train_ids)
     x_val, y_val = data.arrays(val_ids) if val_ids else (None, None)
     x_test = data.test_arrays[0]
@@ -139,7 +143,8 @@ def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, se
              val_ids: list[str] | None = None) -> CellResult:
     """Fine-tune one strategy on one labelled draw and evaluate it on the fixed test set."""
     config = finetune_config_for(spec, finetune_config)
-    inputs = cell_inputs(data, labelled_ids, spec, seed, train_ids=train_ids, val_ids=val_ids)
+    inputs = cell_inputs(data, labelled_ids, spec, seed, train_ids=train_ids, val_ids=val_ids,
+                         hold_out=config.hold_out)
     t0 = time.perf_counter()
     classifier, fit_result = finetune(inputs.x_train, inputs.y_train, inputs.x_val, inputs.y_val,
                                       data.num_classes, inputs.encoder, config, seed=seed,

@@ -7,7 +7,8 @@ Recipe levers (all in ``FinetuneConfig``, all off by default so older configs tr
 blocks learn faster than the first ones), ``bn_mode="eval"`` (BatchNorm statistics frozen: batches of
 a few images give noisy ones), ``probe_init`` (linear probe on frozen features, then fine-tune:
 Kumar et al. 2022), ``probe_only_max_per_class`` (stop after the probe when labels are that few),
-``tta`` (predictions averaged over the 8 flips / quarter turns) and ``epochs_without_validation``.
+``tta`` (predictions averaged over the 8 flips / quarter turns), ``epochs_without_validation`` and
+``hold_out=False`` (every drawn label trains; no validation split, so a fixed schedule).
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ class FinetuneConfig:
     semi_weight: float = 1.0
     # Recipe levers (see the module docstring); the defaults keep the historical recipe.
     epochs_without_validation: int | None = None  # no validation split: this many epochs (None: max_epochs)
+    # False: the validation part of the draw trains too (no early stopping, a fixed schedule). With
+    # a few labels per class, one validation image per class picks epochs by noise while costing a
+    # fifth of the training labels.
+    hold_out: bool = True
     schedule: str = "constant"  # "constant" | "cosine" (per step, over max_epochs)
     warmup_epochs: float = 0.0  # linear warm-up of every learning rate from 0
     layer_decay: float | None = None  # encoder block i of B learns at encoder_lr * decay**(B-1-i)
