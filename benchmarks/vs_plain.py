@@ -72,6 +72,8 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     # last epoch, at least 2 steps an epoch, the 8 flips / turns averaged at test time.
     "allfit": ("imagenet", {"finetune": {"hold_out": False, "schedule": "cosine", "warmup_epochs": 1.0,
                                          "min_steps_per_epoch": 2, "tta": True}}),
+    # Three members of the imagenet recipe with their own seeds, probabilities averaged, plus TTA.
+    "ensemble3_tta": ("imagenet", {"finetune": {"ensemble": 3, "tta": True}}),
     "scratch_mnv2": ("scratch", {"encoder": "mobilenet_v2", "encoder_kwargs": AT_224,
                                  "finetune": PLAIN_FINETUNE}),
 }

@@ -209,3 +209,14 @@ def test_hold_out_off_trains_on_the_whole_draw_for_a_fixed_schedule(tmp_path):
     cell = pipeline.fit_cell(data, draw, spec, 0, config)
     assert cell.val_ids == [] and sorted(cell.train_ids) == sorted(draw)
     assert cell.fit.epochs == 3 and not set(cell.train_ids) & set(data.test_ids)
+
+
+def test_a_users_setting_wins_over_the_strategys_recipe():
+    """imagenet's recipe sets lr 1e-4 and dihedral augmentation: a user's lr stays, the rest fills in."""
+    from fewlabel import pipeline
+
+    spec = pipeline.default_spec("imagenet")
+    assert spec.finetune["lr"] == 1e-4 and spec.finetune["augment"] == "dihedral"
+    config = pipeline.finetune_config_for(spec, FinetuneConfig(lr=5e-3, ensemble=3))
+    assert config.lr == 5e-3 and config.ensemble == 3 and config.augment == "dihedral"
+    assert pipeline.finetune_config_for(spec, FinetuneConfig()).lr == 1e-4

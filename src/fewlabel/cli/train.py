@@ -45,22 +45,28 @@ def train(
     pretrain_settings: list[str] = typer.Option(None, "--pretrain", help="Pretraining setting KEY=VALUE "
                                                 "(repeatable), e.g. --pretrain steps=300."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in --out."),
+    settings: list[str] = typer.Option(None, "--set", help="Fine-tuning setting KEY=VALUE (repeatable), "
+                                       "e.g. --set ensemble=5; it wins over the strategy's recipe."),
 ) -> None:
     """Hold out a test set, fine-tune on N labels per class, print test metrics with 95% CIs."""
     from fewlabel import api
     from fewlabel.cli.common import image_size_value, parse_settings
     from fewlabel.fileio import check_output_dir
+    from fewlabel.settings import validated
+    from fewlabel.training.finetune import FinetuneConfig
 
     # Before any work: an unwritable --out must not be found out after an hour of training.
     check_output_dir(out, "model folder (--out)", markers=MODEL_FILES, overwrite=overwrite)
 
     test = test_size_value(test_size)
+    finetune = FinetuneConfig(**validated(FinetuneConfig, parse_settings(settings, "--set"), "fine-tuning"))
     model = api.train(data, out, strategy=strategy, encoder=encoder, labels_per_class=labels_per_class,
                       count=count, test_size=test, seed=seed, max_epochs=max_epochs,
                       group_pattern=group_pattern, masks=masks, encoder_weights=encoder_weights, semi=semi,
                       unlabelled=unlabelled, image_size=image_size_value(image_size), device=device,
                       drop_classes=tuple(drop_class or ()), test_split=test_split, plan=plan,
-                      trust_encoder=trust_encoder, pretrain=parse_settings(pretrain_settings, "--pretrain"))
+                      trust_encoder=trust_encoder, pretrain=parse_settings(pretrain_settings, "--pretrain"),
+                      finetune=finetune)
     for note in model.metrics.get("notes") or []:
         typer.echo(f"note: {note}", err=True)
     print_metrics_table(model.metrics, title=f"test metrics ({model.metrics.get('n_test')} images)")

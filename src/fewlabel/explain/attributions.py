@@ -156,6 +156,12 @@ def attribute(classifier: nn.Module, x: np.ndarray | torch.Tensor, target: int |
     device = _device(classifier)
     xt = _as_tensor(x, device)
     targets = _targets(classifier, xt, target)
+    members = getattr(classifier, "members", None)
+    if members is not None:
+        # An ensemble's map is its members' mean map for the class the ensemble predicts: each
+        # method then runs on an ordinary classifier, whose layers its rules know.
+        return np.mean([attribute(m, xt, targets.tolist(), method, batch_size, **options) for m in members],
+                       axis=0).astype(np.float32)
     batch_size = bounded_batch_size(xt.shape[1:], batch_size, batches.GRADIENT_VOXELS)
     zb_input = method.startswith("lrp") and options.get("input_rule", "zb") == "zb"
     if zb_input and len(xt) and "bounds" not in options:  # one set of bounds, however x is batched
@@ -180,6 +186,10 @@ def lrp_notes(classifier: nn.Module) -> list[str]:
     approximate (for the report), without running it."""
     from fewlabel.explain.rules import assign_rules, clear_rules
 
+    members = getattr(classifier, "members", None)
+    if members is not None:  # every member has the same layers, so the same rules
+        return [f"each of the {len(members)} ensemble members explained, maps averaged",
+                *lrp_notes(members[0])]
     work = copy.deepcopy(classifier).eval()
     folded = fold_batchnorm(work)
     try:

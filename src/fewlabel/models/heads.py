@@ -38,3 +38,38 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, num_classes); softmax is the caller's (the loss wants logits)."""
         return self.head(self.encoder(x))
+
+
+class Ensemble(nn.Module):
+    """Classifiers of one architecture whose class probabilities are averaged.
+
+    ``forward`` returns the log of the mean softmax: a logit vector whose softmax is the members'
+    mean probability, so prediction, test-time augmentation and gradients treat an ensemble like one
+    classifier. Keys in the state dict are ``members.<k>.encoder.*`` and ``members.<k>.head.1.*``.
+    """
+
+    def __init__(self, members: list[Classifier]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, not {len(members)}")
+        first = members[0]
+        for member in members[1:]:
+            if (member.encoder.config != first.encoder.config or member.num_classes != first.num_classes
+                    or member.dropout != first.dropout):
+                raise ValueError("ensemble members must share encoder, classes and dropout")
+        self.members = nn.ModuleList(members)
+        self.num_classes = first.num_classes
+        self.dropout = first.dropout
+        self.tta = bool(getattr(first, "tta", False))
+
+    @property
+    def encoder_config(self) -> dict:
+        return self.members[0].encoder.config
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The members' pooled features side by side (B, members * out_features)."""
+        return torch.cat([m.features(x) for m in self.members], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(0)
+        return torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))

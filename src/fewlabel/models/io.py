@@ -39,7 +39,10 @@ from torch import nn
 from fewlabel.errors import FewlabelError, ModelFileError
 from fewlabel.fileio import atomic_path, atomic_write_text, file_sha256, read_json
 from fewlabel.models.encoder import Encoder, create_encoder
-from fewlabel.models.heads import Classifier
+from fewlabel.models.heads import Classifier, Ensemble
+
+# An ensemble's members are whole classifiers: more than this is a corrupt or tampered config.
+MAX_MEMBERS = 64
 
 ENCODER_FORMAT = "fewlabel-encoder"
 MODEL_FORMAT = "fewlabel-model"
@@ -221,13 +224,15 @@ def encoder_state(
     """``(state_dict, info)`` of an encoder file; ``info`` is the header (``encoder`` config, ``meta``, ...).
 
     A model file (``model.safetensors``) works too: its ``encoder.*`` tensors are returned without the
-    prefix and the head is left out, so a fine-tuned model can seed another run.
+    prefix and the head is left out, so a fine-tuned model can seed another run (an ensemble's file
+    gives its first member's encoder).
     """
     path = Path(path)
     header = read_header(path)
     state = _read_tensors(path, map_location)
     if header["format"] == MODEL_FORMAT:
-        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        prefix = "members.0.encoder." if header.get("members") else "encoder."
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     return state, header
 
 
@@ -281,23 +286,29 @@ def load_unet(path: str | Path, map_location: str | torch.device = "cpu") -> nn.
 
 # ---------------------------------------------------------------------------------------------- models
 def save_model_dir(
-    directory: str | Path, classifier: Classifier, config: dict[str, Any] | None = None,
+    directory: str | Path, classifier: Classifier | Ensemble, config: dict[str, Any] | None = None,
     unet: str | Path | None = None,
 ) -> Path:
     """Write ``directory/model.safetensors`` + ``directory/config.json`` atomically; return ``directory``.
 
     ``config`` is the caller's (class names, preprocess, data fingerprint, seed, metrics ...); fewlabel
     adds ``format``, ``version``, ``encoder``, ``num_classes``, ``dropout`` and ``weights_sha256``,
-    which win over caller keys of the same name (they describe the weights actually written).
+    which win over caller keys of the same name (they describe the weights actually written); for an
+    ``Ensemble`` also ``members``, the number of classifiers whose probabilities it averages.
     ``unet``: a U-Net file (``save_unet``) the model crops its inputs with, copied in as ``UNET_FILE``
     and recorded as ``unet_sha256``.
     """
     directory = Path(directory)
+    ensemble = isinstance(classifier, Ensemble)
     header = {
-        "format": MODEL_FORMAT, "version": VERSION, "encoder": classifier.encoder.config,
+        "format": MODEL_FORMAT, "version": VERSION,
+        "encoder": classifier.encoder_config if ensemble else classifier.encoder.config,
         "num_classes": classifier.num_classes, "dropout": classifier.dropout,
     }
+    if ensemble:
+        header["members"] = len(classifier.members)
     full = dict(config or {})
+    full.pop("members", None)  # set again from the weights written
     if isinstance(full.get("provenance"), dict):
         # In the weights file too: a model.safetensors reused as an encoder carries what it saw.
         header["meta"] = full["provenance"]
@@ -331,7 +342,7 @@ def _new_dir_atomically(directory: Path) -> Iterator[Path]:
         raise
 
 
-def _write_model_files(directory: Path, classifier: Classifier, header: dict, full: dict,
+def _write_model_files(directory: Path, classifier: Classifier | Ensemble, header: dict, full: dict,
                        unet: str | Path | None) -> None:
     weights = directory / MODEL_FILE
     _atomic_save_file(_state_for_saving(classifier), weights, header)
@@ -378,6 +389,10 @@ def check_config_bounds(config: Mapping[str, Any], path: Path) -> None:
     def number(value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
 
+    members = config.get("members")
+    if members is not None and (not isinstance(members, int) or isinstance(members, bool)
+                                or not 2 <= members <= MAX_MEMBERS):
+        raise ModelFileError(f"members {members!r} is not a whole number from 2 to {MAX_MEMBERS}", path)
     classes = config.get("num_classes")
     if not isinstance(classes, int) or isinstance(classes, bool) or not 1 <= classes <= MAX_CLASSES:
         raise ModelFileError(f"num_classes {classes!r} is not a whole number from 1 to {MAX_CLASSES}", path)
@@ -406,8 +421,9 @@ def _bounded_size(size: Any, path: Path, what: str) -> None:
 
 def load_model_dir(
     directory: str | Path, map_location: str | torch.device = "cpu"
-) -> tuple[Classifier, dict[str, Any]]:
-    """Rebuild the classifier of a model folder and load its weights strictly: ``(classifier, config)``."""
+) -> tuple[Classifier | Ensemble, dict[str, Any]]:
+    """Rebuild the classifier (or ensemble) of a model folder and load its weights strictly:
+    ``(classifier, config)``."""
     directory = Path(directory)
     config = read_model_config(directory)
     weights = directory / MODEL_FILE
@@ -428,9 +444,15 @@ def load_model_dir(
             f"the weights were saved with {header.get('num_classes')}",
             weights,
         )
-    encoder = _build_encoder(config["encoder"], directory / CONFIG_FILE)
+    members = config.get("members")
+    if header.get("members") != members:
+        raise ModelFileError(f"{CONFIG_FILE} says members {members}, the weights were saved with "
+                             f"{header.get('members')}", weights)
     try:
-        classifier = Classifier(encoder, int(config["num_classes"]), float(config.get("dropout", 0.0)))
+        built = [Classifier(_build_encoder(config["encoder"], directory / CONFIG_FILE),
+                            int(config["num_classes"]), float(config.get("dropout", 0.0)))
+                 for _ in range(members or 1)]
+        classifier: Classifier | Ensemble = Ensemble(built) if members else built[0]
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"cannot build the classifier: {exc}", directory / CONFIG_FILE) from exc
     state = _read_tensors(weights)

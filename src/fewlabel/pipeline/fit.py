@@ -37,8 +37,13 @@ class CellResult:
 
 
 def finetune_config_for(spec: StrategySpec, base: FinetuneConfig | None = None) -> FinetuneConfig:
+    """The strategy's recipe (``spec.finetune``) over ``base``, except where ``base`` departs from
+    the defaults: a value the user set (``--set lr=...``) is never silently replaced."""
+    defaults = FinetuneConfig().to_dict()
     base_dict = (base or FinetuneConfig()).to_dict()
-    base_dict.update(spec.finetune)
+    for key, value in spec.finetune.items():
+        if base_dict.get(key) == defaults.get(key):
+            base_dict[key] = value
     if spec.semi:
         base_dict["semi"] = True
     return FinetuneConfig.from_dict(base_dict)

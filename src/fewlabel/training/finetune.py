@@ -5,6 +5,8 @@ unlabelled pool, FixMatch-style). Uses THE loop (``loop.fit``); the recipe and i
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -13,7 +15,7 @@ from torch import nn
 
 from fewlabel.errors import FewlabelError
 from fewlabel.models.encoder import Encoder
-from fewlabel.models.heads import Classifier
+from fewlabel.models.heads import Classifier, Ensemble
 from fewlabel.settings import select_device
 from fewlabel.training.batches import TensorBatches, bounded_batch_size, sequential_batches
 from fewlabel.training.loop import FitResult, LoopConfig, fit
@@ -55,17 +57,22 @@ def finetune(
     x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None,
     num_classes: int, encoder: Encoder, config: FinetuneConfig | None = None, *, seed: int = 0,
     x_unlabelled: np.ndarray | None = None, checkpoint_path: str | None = None,
-) -> tuple[Classifier, FitResult]:
+) -> tuple[Classifier | Ensemble, FitResult]:
     """Fine-tune ``encoder`` with a fresh linear head on (x_train, y_train).
 
     With a validation set: best epoch by validation loss, early stopping after ``patience``.
     Without one (a handful of labels): a fixed number of epochs, as in Schouten et al.'s smallest sizes.
     With ``config.semi`` and ``x_unlabelled``: FixMatch on the pool beside the labels.
+    With ``config.ensemble`` > 1: that many members, each fine-tuned as above from a copy of
+    ``encoder`` with its own seed (the first with ``seed``), returned as one ``Ensemble``.
     """
     config = config or FinetuneConfig()
     if config.max_epochs < 1:  # 0 epochs would evaluate (and save) the untrained head as if trained
         raise FewlabelError(f"max_epochs must be at least 1 (got {config.max_epochs})")
     check_config(config)
+    if config.ensemble > 1:
+        return _finetune_ensemble(x_train, y_train, x_val, y_val, num_classes, encoder, config, seed=seed,
+                                  x_unlabelled=x_unlabelled, checkpoint_path=checkpoint_path)
     torch.manual_seed(seed)  # the head's initial weights depend on the seed only
     classifier = Classifier(encoder, num_classes, dropout=config.dropout)
     classifier.tta = config.tta  # read by predict_proba
@@ -104,6 +111,37 @@ def finetune(
     result = fit(task, train_batches, val_batches, loop_config)
     classifier.eval()
     return classifier, result
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Member ``member``'s seed: the cell's own for the first, so a one-member ensemble is the cell."""
+    return (int(seed) + 1_000_003 * int(member)) % 2**31
+
+
+def _finetune_ensemble(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None,
+    num_classes: int, encoder: Encoder, config: FinetuneConfig, *, seed: int,
+    x_unlabelled: np.ndarray | None, checkpoint_path: str | None,
+) -> tuple[Ensemble, FitResult]:
+    """``config.ensemble`` members one after another; the first member's history and stopping, the
+    members' summed steps, samples and seconds."""
+    single = dataclasses.replace(config, ensemble=1)
+    start = copy.deepcopy(encoder)  # every member starts from these weights, untouched by the others
+    members: list[Classifier] = []
+    results: list[FitResult] = []
+    for k in range(config.ensemble):
+        last = k == config.ensemble - 1
+        member, result = finetune(
+            x_train, y_train, x_val, y_val, num_classes, start if last else copy.deepcopy(start), single,
+            seed=member_seed(seed, k), x_unlabelled=x_unlabelled,
+            checkpoint_path=None if checkpoint_path is None else f"{checkpoint_path}.member{k}")
+        members.append(member)
+        results.append(result)
+    ensemble = Ensemble(members)
+    summary = dataclasses.replace(
+        results[0], steps=sum(r.steps for r in results), seconds=sum(r.seconds for r in results),
+        samples_seen=sum(r.samples_seen for r in results), resumed=any(r.resumed for r in results))
+    return ensemble.eval(), summary
 
 
 def _on(array: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -8,7 +8,8 @@ blocks learn faster than the first ones), ``bn_mode="eval"`` (BatchNorm statisti
 a few images give noisy ones), ``probe_init`` (linear probe on frozen features, then fine-tune:
 Kumar et al. 2022), ``probe_only_max_per_class`` (stop after the probe when labels are that few),
 ``tta`` (predictions averaged over the 8 flips / quarter turns), ``epochs_without_validation`` and
-``hold_out=False`` (every drawn label trains; no validation split, so a fixed schedule).
+``hold_out=False`` (every drawn label trains; no validation split, so a fixed schedule) and
+``ensemble`` (members with their own seeds, probabilities averaged).
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ class FinetuneConfig:
     # a few labels per class, one validation image per class picks epochs by noise while costing a
     # fifth of the training labels.
     hold_out: bool = True
+    # Members trained on the same labels from the same starting weights with their own seeds (head,
+    # augmentation, batch order); their probabilities are averaged. Few labels make one fine-tune's
+    # result depend on its seed; the average removes much of that variance at members x the cost.
+    ensemble: int = 1
     schedule: str = "constant"  # "constant" | "cosine" (per step, over max_epochs)
     warmup_epochs: float = 0.0  # linear warm-up of every learning rate from 0
     layer_decay: float | None = None  # encoder block i of B learns at encoder_lr * decay**(B-1-i)
@@ -88,6 +93,7 @@ def class_weights(y: np.ndarray, num_classes: int) -> torch.Tensor:
 AUGMENT_KINDS = ("none", "weak", "strong", "dihedral")
 SCHEDULES = ("constant", "cosine")
 BN_MODES = ("train", "eval")
+MAX_ENSEMBLE = 32
 
 
 def check_config(config: FinetuneConfig) -> None:
@@ -102,6 +108,8 @@ def check_config(config: FinetuneConfig) -> None:
         raise FewlabelError(f"layer_decay must be in (0, 1], not {config.layer_decay}")
     if config.warmup_epochs < 0:
         raise FewlabelError(f"warmup_epochs must be >= 0, not {config.warmup_epochs}")
+    if not 1 <= config.ensemble <= MAX_ENSEMBLE:
+        raise FewlabelError(f"ensemble must be from 1 to {MAX_ENSEMBLE} members, not {config.ensemble}")
     if config.epochs_without_validation is not None and config.epochs_without_validation < 1:
         raise FewlabelError(
             f"epochs_without_validation must be at least 1, not {config.epochs_without_validation}")
