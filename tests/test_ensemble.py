@@ -25,7 +25,8 @@ def fitted():
     torch.manual_seed(0)
     start = tiny_encoder()
     single, one = finetune(x, y, None, None, 2, _copy(start), FinetuneConfig(**CONFIG), seed=7)
-    ensemble, result = finetune(x, y, None, None, 2, _copy(start), FinetuneConfig(**CONFIG, ensemble=3), seed=7)
+    three = FinetuneConfig(**CONFIG, ensemble=3)
+    ensemble, result = finetune(x, y, None, None, 2, _copy(start), three, seed=7)
     return x, y, single, ensemble, (one, result)
 
 
@@ -52,7 +53,8 @@ def test_ensemble_probabilities_are_the_members_mean(fitted):
     x, _, _, ensemble, _ = fitted
     members = np.mean([predict_proba(m, x, tta=False) for m in ensemble.members], axis=0)
     np.testing.assert_allclose(predict_proba(ensemble, x, tta=False), members, atol=1e-6)
-    assert ensemble.features(torch.as_tensor(x[:2])).shape == (2, 3 * ensemble.members[0].encoder.out_features)
+    width = ensemble.members[0].encoder.out_features
+    assert ensemble.features(torch.as_tensor(x[:2])).shape == (2, 3 * width)
 
 
 def test_ensemble_saves_and_loads_as_one_model(fitted, tmp_path):
@@ -107,6 +109,7 @@ def test_cli_trains_predicts_and_explains_an_ensemble(tmp_path):
     import csv
 
     import fewlabel
+
     from factory import make_class_folder, run_cli
 
     data = make_class_folder(tmp_path / "data", {"a": 10, "b": 10}, size=(16, 16), channels=3, seed=0)
@@ -115,7 +118,8 @@ def test_cli_trains_predicts_and_explains_an_ensemble(tmp_path):
                    "--set", "ensemble=2", "--set", "max_epochs=2", "--set", "progress=false")
     assert code == 0
     model = fewlabel.load_model(out, device="cpu")
-    assert isinstance(model.classifier, Ensemble) and json.loads((out / "config.json").read_text())["members"] == 2
+    assert isinstance(model.classifier, Ensemble)
+    assert json.loads((out / "config.json").read_text())["members"] == 2
     images = sorted(data.rglob("*.png"))[:3]
     assert run_cli("predict", out, *images, "--out", tmp_path / "p.csv") == 0
     rows = list(csv.DictReader((tmp_path / "p.csv").open()))
