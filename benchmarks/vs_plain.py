@@ -74,9 +74,15 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
                                          "min_steps_per_epoch": 2, "tta": True}}),
     # Three members of the imagenet recipe with their own seeds, probabilities averaged, plus TTA.
     "ensemble3_tta": ("imagenet", {"finetune": {"ensemble": 3, "tta": True}}),
+    # Self-training (imagenet+pseudo) on the rest of the labelled pool, labels ignored: the data set's
+    # own unlabelled folder (BCCD's red cells) is not of the classes being learnt (NO_UNLABELLED).
+    "pseudo_rest": ("imagenet+pseudo", {}),
     "scratch_mnv2": ("scratch", {"encoder": "mobilenet_v2", "encoder_kwargs": AT_224,
                                  "finetune": PLAIN_FINETUNE}),
 }
+
+# Arms that ignore the data set's unlabelled folder (their pool is the labelled pool minus the draw).
+NO_UNLABELLED = {"pseudo_rest"}
 
 DATASETS: dict[str, dict[str, Any]] = {
     # PBC-8: 200 images per class; the protocol's test set is 100 per class.
@@ -188,7 +194,8 @@ def main() -> int:
         t0 = time.perf_counter()
         print(f"\n== arm {arm}: strategy {strategy}, options {json.dumps(options)}", flush=True)
         run_curve(data, out / arm, strategies=[strategy], sizes=sizes, repeats=repeats,
-                  unlabelled=unlabelled, finetune=finetune, pretrain=pretrain,
+                  unlabelled=None if arm in NO_UNLABELLED else unlabelled, finetune=finetune,
+                  pretrain=pretrain,
                   strategy_options={strategy: options} if options else None,
                   cpus_per_cell=args.cpus_per_cell, command=" ".join(sys.argv), **data_args)
         print(f"== arm {arm}: {(time.perf_counter() - t0) / 60:.1f} min", flush=True)

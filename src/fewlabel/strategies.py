@@ -81,6 +81,12 @@ REGISTRY: dict[str, Strategy] = {s.name: s for s in (
     Strategy("imagenet+semi", "ImageNet weights fine-tuned with FixMatch on the unlabelled pool (2D only)",
              encoder="mobilenet_v2", init="imagenet", semi=True, encoder_kwargs=_IMAGENET_INPUT,
              finetune=_IMAGENET_FINETUNE),
+    # Self-training costs two fine-tunes and one pass over the pool: cheap beside FixMatch, whose
+    # every step also runs the pool's weak and strong views.
+    Strategy("imagenet+pseudo", "ImageNet weights; self-training: the fine-tuned model labels the "
+             "unlabelled pool, its most confident images per class join the labels (2D only)",
+             encoder="mobilenet_v2", init="imagenet", encoder_kwargs=_IMAGENET_INPUT,
+             finetune={**_IMAGENET_FINETUNE, "pseudo_per_label": 1.0}),
 )}
 
 NAMES: tuple[str, ...] = tuple(REGISTRY)

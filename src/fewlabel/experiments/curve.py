@@ -456,10 +456,16 @@ def _share_data(ex: Executor, prepared: Any, tasks: list[CellTask]) -> list[Cell
         return tasks
     ids = list(prepared.test_ids) + [i for t in tasks for i in (*t.train_ids, *t.val_ids)]
     prepared.share_arrays(ids)
-    if any(t.spec.get("semi") for t in tasks):
+    if any(_trains_on_pool(t) for t in tasks):
         prepared.unlabelled_arrays()  # built once here, shipped with the rest
     ref = ex.share(prepared)
     return [dataclasses.replace(t, shared_data=ref) for t in tasks]
+
+
+def _trains_on_pool(task: CellTask) -> bool:
+    """FixMatch or self-training: the cell's fine-tuning reads the unlabelled pool."""
+    recipe = {**task.finetune, **(task.spec.get("finetune") or {})}
+    return bool(task.spec.get("semi")) or float(recipe.get("pseudo_per_label") or 0) > 0
 
 
 def prep_key(config: CurveConfig, strategy: str, repeat: int) -> str:

@@ -79,11 +79,12 @@ class CellInputs:
 
 def cell_inputs(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, seed: int, *,
                 train_ids: list[str] | None = None, val_ids: list[str] | None = None,
-                hold_out: bool = True) -> CellInputs:
+                hold_out: bool = True, with_pool: bool = False) -> CellInputs:
     """A cell's training material: the plan's split of its draw (``train_ids``/``val_ids``; without
     them computed from the draw with ``seed``; with ``hold_out`` False all of the draw trains), its
-    arrays, its encoder, and the content keys of every image its weights will have seen (the
-    encoder's record, the draw, FixMatch's pool)."""
+    arrays, its encoder, the unlabelled pool when FixMatch (``spec.semi``) or pseudo-labelling
+    (``with_pool``) trains on it, and the content keys of every image its weights will have seen (the
+    encoder's record, the draw, the pool)."""
     leaked = set(labelled_ids) & set(data.test_ids)
     if leaked:  # a guard, not a user error: it means a bug upstream
         raise AssertionError(f"{len(leaked)} test images in the labelled draw")
@@ -99,9 +100,11 @@ def cell_inputs(data: PreparedData, labelled_ids: list[str], spec: StrategySpec,
     x_test = data.test_arrays[0]
     notes: list[str] = []
     encoder, seen = build_encoder(spec, data, seed=seed, notes=notes)  # refuses a file that saw a test image
+    with_pool = with_pool or spec.semi
     if strategy_registry.get(spec.name).input == "region":
-        if not spec.encoder_weights or spec.semi:
-            raise FewlabelError(f"{spec.name} needs its prepared segmentation encoder (and no FixMatch)",
+        if not spec.encoder_weights or with_pool:
+            raise FewlabelError(f"{spec.name} needs its prepared segmentation encoder (and no FixMatch or "
+                                "pseudo-labels: the pool is not cropped)",
                                 path=data.catalog.root)
         # After the encoder file's check: every image (train, validation, test) cropped by the U-Net
         # beside it, from the image alone.
@@ -111,10 +114,10 @@ def cell_inputs(data: PreparedData, labelled_ids: list[str], spec: StrategySpec,
         notes.append(region_note(data, list(train_ids) + list(val_ids) + list(data.test_ids),
                                  spec.encoder_weights))
     seen_keys = set(seen) | set(data.keys_of(list(train_ids) + list(val_ids)))
-    x_pool = data.unlabelled_arrays() if spec.semi else None
-    if spec.semi and x_pool is not None:
+    x_pool = data.unlabelled_arrays() if with_pool else None
+    if with_pool and x_pool is not None:
         seen_keys |= {data.unlabelled_keys[i] for i in data.pool_without_test_groups()}
-    if spec.semi and x_pool is None:
+    if with_pool and x_pool is None:
         # No separate pool: the labelled pool minus this draw plays the unlabelled part.
         drawn = set(labelled_ids)
         rest = [i for i in data.pool_ids if i not in drawn]
@@ -149,7 +152,7 @@ def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, se
     """Fine-tune one strategy on one labelled draw and evaluate it on the fixed test set."""
     config = finetune_config_for(spec, finetune_config)
     inputs = cell_inputs(data, labelled_ids, spec, seed, train_ids=train_ids, val_ids=val_ids,
-                         hold_out=config.hold_out)
+                         hold_out=config.hold_out, with_pool=config.pseudo_per_label > 0)
     t0 = time.perf_counter()
     classifier, fit_result = finetune(inputs.x_train, inputs.y_train, inputs.x_val, inputs.y_val,
                                       data.num_classes, inputs.encoder, config, seed=seed,

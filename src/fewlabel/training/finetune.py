@@ -65,6 +65,7 @@ def finetune(
     With ``config.semi`` and ``x_unlabelled``: FixMatch on the pool beside the labels.
     With ``config.ensemble`` > 1: that many members, each fine-tuned as above from a copy of
     ``encoder`` with its own seed (the first with ``seed``), returned as one ``Ensemble``.
+    With ``config.pseudo_per_label`` > 0 and ``x_unlabelled``: self-training (``_self_train``).
     """
     config = config or FinetuneConfig()
     if config.max_epochs < 1:  # 0 epochs would evaluate (and save) the untrained head as if trained
@@ -73,6 +74,9 @@ def finetune(
     if config.ensemble > 1:
         return _finetune_ensemble(x_train, y_train, x_val, y_val, num_classes, encoder, config, seed=seed,
                                   x_unlabelled=x_unlabelled, checkpoint_path=checkpoint_path)
+    if config.pseudo_per_label > 0 and x_unlabelled is not None and len(x_unlabelled):
+        return _self_train(x_train, y_train, x_val, y_val, num_classes, encoder, config, seed=seed,
+                           x_unlabelled=x_unlabelled, checkpoint_path=checkpoint_path)
     torch.manual_seed(seed)  # the head's initial weights depend on the seed only
     classifier = Classifier(encoder, num_classes, dropout=config.dropout)
     classifier.tta = config.tta  # read by predict_proba
@@ -142,6 +146,60 @@ def _finetune_ensemble(
         results[0], steps=sum(r.steps for r in results), seconds=sum(r.seconds for r in results),
         samples_seen=sum(r.samples_seen for r in results), resumed=any(r.resumed for r in results))
     return ensemble.eval(), summary
+
+
+def pseudo_labels(proba: np.ndarray, labelled_counts: np.ndarray,
+                  per_label: float) -> tuple[np.ndarray, np.ndarray]:
+    """Class-balanced pseudo-labels: for each class c, the ``round(per_label * labelled_counts[c])``
+    pool images predicted c with the highest probability (ties by position). ``(indices, labels)``.
+
+    Balanced on purpose: the teacher's confident predictions crowd into its easiest classes, and
+    taking them by a global threshold would teach the student that imbalance."""
+    proba = np.asarray(proba, dtype=np.float64)
+    predicted = proba.argmax(1)
+    picked: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for c, count in enumerate(np.asarray(labelled_counts)):
+        want = int(round(per_label * int(count)))
+        candidates = np.flatnonzero(predicted == c)
+        if want <= 0 or not len(candidates):
+            continue
+        best = candidates[np.argsort(-proba[candidates, c], kind="stable")[:want]]
+        picked.append(best)
+        labels.append(np.full(len(best), c, dtype=np.int64))
+    if not picked:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(picked), np.concatenate(labels)
+
+
+def _self_train(
+    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None,
+    num_classes: int, encoder: Encoder, config: FinetuneConfig, *, seed: int, x_unlabelled: np.ndarray,
+    checkpoint_path: str | None,
+) -> tuple[Classifier, FitResult]:
+    """Self-training, one round: the teacher (the recipe on the labels) scores the pool; its
+    class-balanced most confident predictions (``pseudo_labels``) join the labels, and the student is
+    fine-tuned from the same starting weights and seed. Validation, when there is one, stays the
+    labelled images only. The student's history and stopping, both fits' summed work."""
+    single = dataclasses.replace(config, pseudo_per_label=0.0)
+    start = copy.deepcopy(encoder)
+    teacher, first = finetune(x_train, y_train, x_val, y_val, num_classes, copy.deepcopy(start), single,
+                              seed=seed, checkpoint_path=None if checkpoint_path is None else
+                              f"{checkpoint_path}.teacher")
+    proba = predict_proba(teacher, x_unlabelled, device=config.device, tta=False)
+    del teacher
+    y_train = np.asarray(y_train, dtype=np.int64)
+    counts = np.bincount(y_train, minlength=num_classes)
+    picks, labels = pseudo_labels(proba, counts, config.pseudo_per_label)
+    pool = x_unlabelled[picks.tolist()] if isinstance(x_unlabelled, torch.Tensor) else np.asarray(
+        x_unlabelled)[picks]
+    x_student = np.concatenate([np.asarray(x_train, dtype=np.float32), np.asarray(pool, dtype=np.float32)])
+    student, result = finetune(x_student, np.concatenate([y_train, labels]), x_val, y_val, num_classes, start,
+                               single, seed=seed, checkpoint_path=checkpoint_path)
+    result = dataclasses.replace(
+        result, steps=first.steps + result.steps, seconds=first.seconds + result.seconds,
+        samples_seen=first.samples_seen + result.samples_seen, resumed=first.resumed or result.resumed)
+    return student, result
 
 
 def _on(array: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:

@@ -9,7 +9,8 @@ a few images give noisy ones), ``probe_init`` (linear probe on frozen features, 
 Kumar et al. 2022), ``probe_only_max_per_class`` (stop after the probe when labels are that few),
 ``tta`` (predictions averaged over the 8 flips / quarter turns), ``epochs_without_validation`` and
 ``hold_out=False`` (every drawn label trains; no validation split, so a fixed schedule) and
-``ensemble`` (members with their own seeds, probabilities averaged).
+``ensemble`` (members with their own seeds, probabilities averaged) and ``pseudo_per_label``
+(self-training on the unlabelled pool with class-balanced pseudo-labels).
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class FinetuneConfig:
     # augmentation, batch order); their probabilities are averaged. Few labels make one fine-tune's
     # result depend on its seed; the average removes much of that variance at members x the cost.
     ensemble: int = 1
+    # Self-training: a first fine-tune (the teacher) labels the unlabelled pool; for each class the
+    # pool images it most confidently puts there, this many per labelled image of the class, join
+    # the labels, and the model is fine-tuned again from the same start. 0: off.
+    pseudo_per_label: float = 0.0
     schedule: str = "constant"  # "constant" | "cosine" (per step, over max_epochs)
     warmup_epochs: float = 0.0  # linear warm-up of every learning rate from 0
     layer_decay: float | None = None  # encoder block i of B learns at encoder_lr * decay**(B-1-i)
@@ -94,6 +99,7 @@ AUGMENT_KINDS = ("none", "weak", "strong", "dihedral")
 SCHEDULES = ("constant", "cosine")
 BN_MODES = ("train", "eval")
 MAX_ENSEMBLE = 32
+MAX_PSEUDO_PER_LABEL = 100.0
 
 
 def check_config(config: FinetuneConfig) -> None:
@@ -110,6 +116,11 @@ def check_config(config: FinetuneConfig) -> None:
         raise FewlabelError(f"warmup_epochs must be >= 0, not {config.warmup_epochs}")
     if not 1 <= config.ensemble <= MAX_ENSEMBLE:
         raise FewlabelError(f"ensemble must be from 1 to {MAX_ENSEMBLE} members, not {config.ensemble}")
+    if not 0 <= config.pseudo_per_label <= MAX_PSEUDO_PER_LABEL:
+        raise FewlabelError(f"pseudo_per_label must be from 0 to {MAX_PSEUDO_PER_LABEL}, "
+                            f"not {config.pseudo_per_label}")
+    if config.pseudo_per_label > 0 and config.semi:
+        raise FewlabelError("pseudo_per_label and semi (FixMatch) are two uses of the pool: choose one")
     if config.epochs_without_validation is not None and config.epochs_without_validation < 1:
         raise FewlabelError(
             f"epochs_without_validation must be at least 1, not {config.epochs_without_validation}")
