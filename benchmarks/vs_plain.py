@@ -77,6 +77,9 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     # Self-training (imagenet+pseudo) on the rest of the labelled pool, labels ignored: the data set's
     # own unlabelled folder (BCCD's red cells) is not of the classes being learnt (NO_UNLABELLED).
     "pseudo_rest": ("imagenet+pseudo", {}),
+    # imagenet with every drawn label training (no validation hold-out, the same constant rate and
+    # epochs) and TTA: what the hold-out costs, alone.
+    "all_labels_tta": ("imagenet", {"finetune": {"hold_out": False, "tta": True}}),
     "scratch_mnv2": ("scratch", {"encoder": "mobilenet_v2", "encoder_kwargs": AT_224,
                                  "finetune": PLAIN_FINETUNE}),
 }
