@@ -96,16 +96,35 @@ def test_another_configuration_is_refused_and_named(data, tmp_path):
     out = tmp_path / "run"
     _run(data, out, sizes=[2, 5], repeats=1)
     with pytest.raises(ConfigMismatchError) as err:
-        _run(data, out, sizes=[2, 5, 10], repeats=1)
+        _run(data, out, sizes=[2, 10], repeats=1)  # drops size 5: not a growth
     msg = str(err.value)
-    assert msg.startswith(f"{out}: holds a run of another configuration (sizes 2,5 vs 2,5,10)")
-    assert msg.endswith("use a new --out or delete it")
+    assert msg.startswith(f"{out}: holds a run of another configuration (sizes 2,5 vs 2,10)")
+    assert msg.endswith("a run may only add sizes or repeats: use a new --out or delete it")
     with pytest.raises(ConfigMismatchError, match="strategies scratch,ssl vs scratch"):
         _run(data, out, strategies="scratch", repeats=1)
     (data / "fake.json").write_text(json.dumps({"classes": {"a": 21, "b": 20, "c": 20}}))
     with pytest.raises(ConfigMismatchError, match="data "):
         _run(data, out, repeats=1)
     assert len(RunView(out).rows()) == 4  # nothing was mixed in
+
+
+def test_a_run_grows_by_sizes_and_repeats_and_keeps_its_cells(data, tmp_path):
+    out = tmp_path / "run"
+    first = _run(data, out, sizes=[2, 5], repeats=1)
+    before = {(r["strategy"], r["n_per_class"], r["repeat"]): r for r in RunView(out).rows()}
+    old_hash = json.loads((out / "run.json").read_text())["config_hash"]
+    grown = _run(data, out, sizes=[2, 5, 10], repeats=2)
+    assert grown.ran == 2 * 3 * 2 - len(first.rows) and grown.resumed == len(first.rows)
+    after = {(r["strategy"], r["n_per_class"], r["repeat"]): r for r in RunView(out).rows()}
+    for key, row in before.items():  # the finished cells were kept, not run again
+        assert after[key]["finished_at"] == row["finished_at"] and after[key]["roc_auc"] == row["roc_auc"]
+    run = json.loads((out / "run.json").read_text())
+    assert run["grown_from"] == [old_hash] and run["config"]["sizes"] == [2, 5, 10]
+    plan = json.loads((out / "plan.json").read_text())
+    assert {"n10_r1", "n2_r0"} <= set(plan["draws"])
+    assert _run(data, out, sizes=[2, 5, 10], repeats=2).ran == 0
+    with pytest.raises(ConfigMismatchError, match="repeats 2 vs 1"):
+        _run(data, out, sizes=[2, 5, 10], repeats=1)  # fewer repeats: not a growth
 
 
 def test_a_folder_that_is_not_a_run_is_refused(data, tmp_path):

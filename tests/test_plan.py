@@ -345,3 +345,20 @@ def test_shared_arrays_travel_with_the_data_and_match_decoding(tmp_path: Path) -
     np.testing.assert_array_equal(got, expected[::-1])
     np.testing.assert_array_equal(got_labels, labels[::-1])
     assert copy.fingerprint() == prepared.fingerprint()
+
+
+def test_a_real_run_grows_with_the_draws_it_would_have_made_from_the_start(tmp_path: Path) -> None:
+    """Growing a curve (more sizes and repeats) keeps every stored draw and finished cell, and the new
+    draws are the ones a run with the larger grid from the start makes: nested and seeded alike."""
+    from fewlabel.experiments import RunView, run_curve
+
+    data = make_class_folder(tmp_path / "data", {"a": 14, "b": 14}, size=(16, 16), channels=3, seed=0)
+    args = {"test_size": 0.25, "finetune": {"max_epochs": 1}, "progress": False, "log": None}
+    run_curve(data, tmp_path / "grown", ["scratch"], [2], 1, **args)
+    first = json.loads((tmp_path / "grown" / "plan.json").read_text())["draws"]
+    run_curve(data, tmp_path / "grown", ["scratch"], [2, 4], 2, **args)
+    run_curve(data, tmp_path / "whole", ["scratch"], [2, 4], 2, **args)
+    grown, whole = (json.loads((tmp_path / d / "plan.json").read_text())["draws"] for d in ("grown", "whole"))
+    assert all(grown[k] == v for k, v in first.items()) and grown == whole and len(grown) == 4
+    rows = {(r["n_per_class"], r["repeat"]): r["roc_auc"] for r in RunView(tmp_path / "grown").rows()}
+    assert rows == {(r["n_per_class"], r["repeat"]): r["roc_auc"] for r in RunView(tmp_path / "whole").rows()}

@@ -131,8 +131,8 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def _make_draws(out: Path, data: Any, config: CurveConfig, backend: Any,
-                log: Log) -> dict[tuple[int, int], dict[str, Any]]:
+def _make_draws(out: Path, data: Any, config: CurveConfig, backend: Any, log: Log,
+                grown: bool = False) -> dict[tuple[int, int], dict[str, Any]]:
     """Every (size, repeat) draw, kept in the run's plan (``plan.json``). A resumed run follows the
     stored draws; a new run draws them once and saves the plan before any cell starts."""
     path = out / PLAN_FILE
@@ -152,8 +152,8 @@ def _make_draws(out: Path, data: Any, config: CurveConfig, backend: Any,
     for n in too_big:
         reason = next(d["skipped"] for (m, _), d in draws.items() if m == n and "skipped" in d)
         log(f"note: n={n} per class cannot be drawn ({reason}); those cells are recorded as skipped")
-    if not resumed:
-        backend.save_plan(data, path)
+    if not resumed or grown:
+        backend.save_plan(data, path)  # a grown run's plan gains the new draws; the old are unchanged
     return draws
 
 
@@ -335,12 +335,14 @@ def run_curve(
     with run_lock(out):
         info = open_run(out, config, config_hash, command, backend.summary(prepared), data_args,
                          executor_info)
-        draws = _make_draws(out, prepared, config, backend, say)
+        draws = _make_draws(out, prepared, config, backend, say, grown=bool(info.get("grown_from")))
         store = ResultStore(out)
         try:
             stored_hash = store.get_meta("config_hash")
             if stored_hash is None:
                 store.set_meta("config_hash", config_hash)
+            elif stored_hash != config_hash and stored_hash in info.get("grown_from", []):
+                store.set_meta("config_hash", config_hash)  # the same results, in a larger grid
             elif stored_hash != config_hash:  # run.json was replaced by hand: the store still decides
                 raise ConfigMismatchError(f"store.sqlite holds results of config {stored_hash}, "
                                           f"run.json says {config_hash}; use a new --out", path=out)

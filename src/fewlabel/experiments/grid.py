@@ -41,6 +41,9 @@ HASHED_FIELDS = (
     "pretrain_per_repeat",
 )
 
+# The grid: a run may add sizes or repeats to these (``CurveConfig.grows``), never drop one.
+GRID_FIELDS = ("sizes", "repeats")
+
 # How a field is named in a mismatch message.
 _FIELD_LABELS = {
     "data_fingerprint": "data",
@@ -159,6 +162,20 @@ class CurveConfig:
     def cells(self) -> list[Cell]:
         """Every cell, repeat-major then size then strategy: a stopped run has whole repeats first."""
         return [Cell(s, n, r) for r in range(self.repeats) for n in self.sizes for s in self.strategies]
+
+    def grows(self, stored: Mapping[str, Any]) -> bool:
+        """Whether this configuration is the stored one (``to_dict()`` of a run) with sizes and/or
+        repeats added and nothing else changed: such a run may grow. Draws depend only on the seed,
+        the repeat and the size, so the finished cells stay valid and only the new ones run."""
+        mine = self.hashed()
+        theirs = canonical({name: stored.get(name) for name in HASHED_FIELDS})
+        if mine == theirs or any(mine[n] != theirs[n] for n in HASHED_FIELDS if n not in GRID_FIELDS):
+            return False
+        try:
+            old_sizes, old_repeats = {int(v) for v in theirs["sizes"] or ()}, int(theirs["repeats"] or 0)
+        except (TypeError, ValueError):
+            return False
+        return old_sizes <= set(mine["sizes"]) and old_repeats <= int(mine["repeats"])
 
     def differences(self, stored: Mapping[str, Any]) -> list[str]:
         """What differs between a stored config (``to_dict()`` of another run) and this one, as

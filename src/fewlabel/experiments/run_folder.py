@@ -85,18 +85,23 @@ def run_lock(out: Path) -> Iterator[None]:
 
 def open_run(out: Path, config: CurveConfig, config_hash: str, command: str, dataset: dict[str, Any],
               data_args: dict[str, Any], executor_info: dict[str, Any]) -> dict[str, Any]:
-    """Create run.json, or check the stored one is this configuration and record this invocation."""
+    """Create run.json, or check the stored one is this configuration (or grows it: ``grown_from``
+    lists the earlier hashes) and record this invocation."""
     run_file = out / RUN_FILE
     now = _now()
     if run_file.exists():
         info = read_json(run_file)
         stored_hash = info.get("config_hash")
-        if stored_hash != config_hash:
+        if stored_hash != config_hash and config.grows(info.get("config") or {}):
+            # More sizes or repeats, nothing else: the run grows; its finished cells are kept.
+            info.setdefault("grown_from", []).append(stored_hash)
+            info["config_hash"], info["config"] = config_hash, config.to_dict()
+        elif stored_hash != config_hash:
             diffs = config.differences(info.get("config") or {})
             what = "; ".join(diffs[:4]) + (f"; and {len(diffs) - 4} more" if len(diffs) > 4 else "")
             what = what or f"config hash {stored_hash} vs {config_hash}"
-            raise ConfigMismatchError(f"holds a run of another configuration ({what}); "
-                                      "use a new --out or delete it", path=out)
+            raise ConfigMismatchError(f"holds a run of another configuration ({what}); a run may only "
+                                      "add sizes or repeats: use a new --out or delete it", path=out)
         info.setdefault("invocations", []).append({"command": command, "at": now, "executor": executor_info})
         info["updated"] = now
     else:
