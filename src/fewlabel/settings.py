@@ -58,6 +58,7 @@ RULES: dict[str, _Rule] = {
     "epochs_without_validation": (_positive, "be >= 1"),
     "ensemble": (lambda v: 1 <= v <= 32, "be from 1 to 32"),
     "pseudo_per_label": (lambda v: 0 <= v <= 100, "be from 0 to 100"),
+    "pseudo_min_probability": (lambda v: 0 <= v <= 1, "be in [0, 1]"),
     "probe_only_max_per_class": (_non_negative, "be >= 0"),
     "balance": (lambda v: v in ("loss_weights", "none"), "be loss_weights or none"),
     "time_budget_s": (_positive, "be > 0"),

@@ -148,15 +148,17 @@ def _finetune_ensemble(
     return ensemble.eval(), summary
 
 
-def pseudo_labels(proba: np.ndarray, labelled_counts: np.ndarray,
-                  per_label: float) -> tuple[np.ndarray, np.ndarray]:
+def pseudo_labels(proba: np.ndarray, labelled_counts: np.ndarray, per_label: float,
+                  min_probability: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Class-balanced pseudo-labels: for each class c, the ``round(per_label * labelled_counts[c])``
-    pool images predicted c with the highest probability (ties by position). ``(indices, labels)``.
+    pool images predicted c with the highest probability, at least ``min_probability`` (ties by
+    position). ``(indices, labels)``.
 
     Balanced on purpose: the teacher's confident predictions crowd into its easiest classes, and
-    taking them by a global threshold would teach the student that imbalance."""
+    taking them by a global threshold alone would teach the student that imbalance. The floor keeps
+    a class the pool barely holds from being filled with the teacher's guesses."""
     proba = np.asarray(proba, dtype=np.float64)
-    predicted = proba.argmax(1)
+    predicted = np.where(proba.max(1) >= min_probability, proba.argmax(1), -1)
     picked: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     for c, count in enumerate(np.asarray(labelled_counts)):
@@ -190,7 +192,7 @@ def _self_train(
     del teacher
     y_train = np.asarray(y_train, dtype=np.int64)
     counts = np.bincount(y_train, minlength=num_classes)
-    picks, labels = pseudo_labels(proba, counts, config.pseudo_per_label)
+    picks, labels = pseudo_labels(proba, counts, config.pseudo_per_label, config.pseudo_min_probability)
     pool = x_unlabelled[picks.tolist()] if isinstance(x_unlabelled, torch.Tensor) else np.asarray(
         x_unlabelled)[picks]
     x_student = np.concatenate([np.asarray(x_train, dtype=np.float32), np.asarray(pool, dtype=np.float32)])

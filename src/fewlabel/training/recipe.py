@@ -68,6 +68,9 @@ class FinetuneConfig:
     # pool images it most confidently puts there, this many per labelled image of the class, join
     # the labels, and the model is fine-tuned again from the same start. 0: off.
     pseudo_per_label: float = 0.0
+    # ... and only images the teacher gives at least this probability (more than all other classes
+    # together at 0.5): a class the pool barely holds is not filled with guesses.
+    pseudo_min_probability: float = 0.5
     schedule: str = "constant"  # "constant" | "cosine" (per step, over max_epochs)
     warmup_epochs: float = 0.0  # linear warm-up of every learning rate from 0
     layer_decay: float | None = None  # encoder block i of B learns at encoder_lr * decay**(B-1-i)
@@ -119,6 +122,8 @@ def check_config(config: FinetuneConfig) -> None:
     if not 0 <= config.pseudo_per_label <= MAX_PSEUDO_PER_LABEL:
         raise FewlabelError(f"pseudo_per_label must be from 0 to {MAX_PSEUDO_PER_LABEL}, "
                             f"not {config.pseudo_per_label}")
+    if not 0 <= config.pseudo_min_probability <= 1:
+        raise FewlabelError(f"pseudo_min_probability must be in [0, 1], not {config.pseudo_min_probability}")
     if config.pseudo_per_label > 0 and config.semi:
         raise FewlabelError("pseudo_per_label and semi (FixMatch) are two uses of the pool: choose one")
     if config.epochs_without_validation is not None and config.epochs_without_validation < 1:
