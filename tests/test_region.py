@@ -59,7 +59,6 @@ def test_unet_saw_no_test_patient_and_is_saved_beside_the_encoder(region_run):
 
 def test_test_crops_never_read_a_mask(region_run, monkeypatch, tmp_path):
     data, spec = region_run
-    region_mod._CROPS.clear()
     read: list[str] = []
     real_read = readers.read_image
 
@@ -86,8 +85,13 @@ def test_test_crops_never_read_a_mask(region_run, monkeypatch, tmp_path):
     # the same call on a fresh cache gives the same arrays.
     whole, _ = data.arrays(test)
     assert not np.allclose(x, whole)
-    region_mod._CROPS.clear()
+    tensors.clear_cache()
     np.testing.assert_array_equal(region_arrays(data, test, spec.encoder_weights), x)
+    # Crops share the image cache's budget: with room for none, they are cropped again, the same.
+    monkeypatch.setenv("FEWLABEL_CACHE_MB", "0.000001")
+    tensors.clear_cache()
+    np.testing.assert_array_equal(region_arrays(data, test, spec.encoder_weights), x)
+    assert tensors.cache_info()["bytes"] == 0
 
 
 def test_region_cell_trains_on_crops_and_reports_patients(region_run):

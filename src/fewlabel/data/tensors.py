@@ -38,7 +38,8 @@ from fewlabel.data.readers import ImageMeta
 from fewlabel.errors import ConfigMismatchError, DataError, InvalidImageError, MaskError
 from fewlabel.limits import check_target_size
 
-__all__ = ["Preprocess", "fit_preprocess", "load_images", "load_masks", "clear_cache", "cache_info"]
+__all__ = ["Preprocess", "fit_preprocess", "load_images", "load_masks", "clear_cache", "cache_info",
+           "cache_lookup", "cache_store"]
 
 PREPROCESS_FORMAT = "fewlabel-preprocess/1"
 _RESIZE = ("resize", "pad_crop")
@@ -322,6 +323,17 @@ def _cache_put(key: tuple, value: np.ndarray) -> None:
     while _CACHE_BYTES > budget and _CACHE:
         _, old = _CACHE.popitem(last=False)
         _CACHE_BYTES -= old.nbytes
+
+
+def cache_lookup(key: tuple) -> np.ndarray | None:
+    """An array another module cached under ``key`` (read-only), or None: one LRU and one budget
+    (``FEWLABEL_CACHE_MB``) for every derived array, e.g. region crops."""
+    return _cache_get(("derived", *key))
+
+
+def cache_store(key: tuple, value: np.ndarray) -> None:
+    """Cache ``value`` under ``key`` for ``cache_lookup`` (dropped when alone over the budget)."""
+    _cache_put(("derived", *key), value)
 
 
 def clear_cache() -> None:

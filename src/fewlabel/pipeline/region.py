@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fewlabel.data import readers
+from fewlabel.data import readers, tensors
 from fewlabel.data.tensors import Preprocess
 from fewlabel.errors import ModelFileError
 from fewlabel.pipeline.data import PreparedData
@@ -38,8 +38,9 @@ MIN_PIXELS = 4  # fewer predicted foreground pixels count as "nothing found"
 
 Box = tuple[tuple[float, float], ...]  # per spatial axis (start, stop) as fractions of the side
 
-# (U-Net file, preprocessing, sample id) -> cropped array: a curve crops each image once.
-_CROPS: dict[tuple[str, str, str], np.ndarray] = {}
+# (U-Net file, preprocessing, sample id) -> whether a region was found. The crops themselves live
+# in the image cache (``tensors.cache_store``), under its memory budget: a curve crops each image
+# once while it fits.
 _FOUND: dict[tuple[str, str, str], bool] = {}
 
 
@@ -159,17 +160,23 @@ def region_arrays(data: PreparedData, ids: list[str], encoder_path: str | Path) 
     """float32 ``(N, C, *size)``: each image of ``ids`` cropped to its U-Net region (module docstring).
     Reads the images only; masks are never opened, for any image."""
     pre_key = repr(sorted(data.preprocess.to_dict().items()))
-    keys = [(str(encoder_path), pre_key, i) for i in ids]
-    todo = [n for n, k in enumerate(keys) if k not in _CROPS]
+    keys = [("region", str(encoder_path), pre_key, i) for i in ids]
+    crops: dict[int, np.ndarray] = {}
+    for n, key in enumerate(keys):
+        hit = tensors.cache_lookup(key) if key[1:] in _FOUND else None
+        if hit is not None:
+            crops[n] = hit
+    todo = [n for n in range(len(keys)) if n not in crops]
     if todo:
         x, _ = data.arrays([ids[n] for n in todo])
         unet = load_region_unet(unet_path(encoder_path), encoder_path)
-        crops, found = crop_images(unet, [data.catalog.by_id[ids[n]].path for n in todo], x, data.preprocess)
-        for n, crop, hit in zip(todo, crops, found, strict=True):
-            _CROPS[keys[n]] = crop
-            _FOUND[keys[n]] = hit
-    return np.stack([_CROPS[k] for k in keys]) if keys else np.zeros((0, data.channels, *data.image_size),
-                                                                      np.float32)
+        made, found = crop_images(unet, [data.catalog.by_id[ids[n]].path for n in todo], x, data.preprocess)
+        for n, crop, hit in zip(todo, made, found, strict=True):
+            crops[n] = crop
+            tensors.cache_store(keys[n], crop)
+            _FOUND[keys[n][1:]] = hit
+    return np.stack([crops[n] for n in range(len(keys))]) if keys else np.zeros(
+        (0, data.channels, *data.image_size), np.float32)
 
 
 def region_note(data: PreparedData, ids: list[str], encoder_path: str | Path) -> str:
