@@ -199,13 +199,15 @@ except KeyboardInterrupt:
 def test_ctrl_c_stops_cleanly_and_resumes(tmp_path):
     data = make_fake_data(tmp_path / "data")
     out = tmp_path / "run"
-    # 1 s a cell: a loaded machine must still find the run mid-way when the signal arrives
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "FAKE_DELAY": "1.0", "OMP_NUM_THREADS": "1"}
+    # 3 s a cell (36 s in all): a heavily loaded machine, whose polling here may stall for seconds,
+    # must still find the run mid-way when the signal arrives
+    env = {**os.environ, "PYTHONPATH": str(TESTS), "FAKE_DELAY": "3.0", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-c", _SCRIPT_CTRL_C, str(data), str(out)], env=env)
     try:
         while len(_rows(out / "store.sqlite")) < 2:
             assert proc.poll() is None
             time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 130
     finally:
