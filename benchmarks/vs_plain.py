@@ -77,6 +77,8 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     # Self-training (imagenet+pseudo) on the rest of the labelled pool, labels ignored: the data set's
     # own unlabelled folder (BCCD's red cells) is not of the classes being learnt (NO_UNLABELLED).
     "pseudo_rest": ("imagenet+pseudo", {}),
+    # the same without the teacher-probability floor (every class filled with its top picks)
+    "pseudo_rest_nofloor": ("imagenet+pseudo", {"finetune": {"pseudo_min_probability": 0.0}}),
     # imagenet with every drawn label training (no validation hold-out, the same constant rate and
     # epochs) and TTA: what the hold-out costs, alone.
     "all_labels_tta": ("imagenet", {"finetune": {"hold_out": False, "tta": True}}),
@@ -85,7 +87,7 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 # Arms that ignore the data set's unlabelled folder (their pool is the labelled pool minus the draw).
-NO_UNLABELLED = {"pseudo_rest"}
+NO_UNLABELLED = {"pseudo_rest", "pseudo_rest_nofloor"}
 
 DATASETS: dict[str, dict[str, Any]] = {
     # PBC-8: 200 images per class; the protocol's test set is 100 per class.
