@@ -38,6 +38,8 @@ PLAIN_FINETUNE: dict[str, Any] = {
     "label_smoothing": 0.0, "min_steps_per_epoch": 1, "dropout": 0.2, "schedule": "constant",
     "warmup_epochs": 0.0, "layer_decay": None, "bn_mode": "train", "probe_init": False,
     "probe_only_max_per_class": 0, "tta": False, "freeze_encoder": False,
+    # pinned, so a change to the house imagenet recipe never reaches the reference
+    "ensemble": 1, "hold_out": True, "pseudo_per_label": 0.0,
 }
 # fewlabel's candidate recipe for pretrained encoders: LP-FT, warm-up + cosine, frozen BN
 # statistics, the 8 flips / turns in training and at test time.

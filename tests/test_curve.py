@@ -119,7 +119,7 @@ def test_a_run_grows_by_sizes_and_repeats_and_keeps_its_cells(data, tmp_path):
     for key, row in before.items():  # the finished cells were kept, not run again
         assert after[key]["finished_at"] == row["finished_at"] and after[key]["roc_auc"] == row["roc_auc"]
     run = json.loads((out / "run.json").read_text())
-    assert run["grown_from"] == [old_hash] and run["config"]["sizes"] == [2, 5, 10]
+    assert run["earlier_hashes"] == [old_hash] and run["config"]["sizes"] == [2, 5, 10]
     plan = json.loads((out / "plan.json").read_text())
     assert {"n10_r1", "n2_r0"} <= set(plan["draws"])
     assert _run(data, out, sizes=[2, 5, 10], repeats=2).ran == 0

@@ -362,3 +362,30 @@ def test_a_real_run_grows_with_the_draws_it_would_have_made_from_the_start(tmp_p
     assert all(grown[k] == v for k, v in first.items()) and grown == whole and len(grown) == 4
     rows = {(r["n_per_class"], r["repeat"]): r["roc_auc"] for r in RunView(tmp_path / "grown").rows()}
     assert rows == {(r["n_per_class"], r["repeat"]): r["roc_auc"] for r in RunView(tmp_path / "whole").rows()}
+
+
+def test_a_run_from_before_a_new_fine_tuning_setting_still_resumes(tmp_path: Path) -> None:
+    """A run written when ``FinetuneConfig`` lacked a setting (its stored settings miss the key, and
+    its hash was taken over them) resumes without running a cell again; the new hash is recorded."""
+    from fewlabel.experiments import ResultStore, run_curve
+
+    data = make_class_folder(tmp_path / "data", {"a": 14, "b": 14}, size=(16, 16), channels=3, seed=0)
+    args = {"test_size": 0.25, "finetune": {"max_epochs": 1}, "progress": False, "log": None}
+    out = tmp_path / "run"
+    run_curve(data, out, ["scratch"], [2], 1, **args)
+    run = json.loads((out / "run.json").read_text())
+    new_hash = run["config_hash"]
+    for key in ("hold_out", "ensemble", "pseudo_per_label", "pseudo_min_probability"):
+        del run["config"]["finetune"][key]
+    run["config_hash"] = "feedfacefeedface"
+    (out / "run.json").write_text(json.dumps(run))
+    store = ResultStore(out)
+    store.set_meta("config_hash", "feedfacefeedface")
+    store.close()
+    again = run_curve(data, out, ["scratch"], [2], 1, **args)
+    assert again.ran == 0 and again.resumed == 1
+    run = json.loads((out / "run.json").read_text())
+    assert run["config_hash"] == new_hash and run["earlier_hashes"] == ["feedfacefeedface"]
+    # a setting that differs from its default is still another configuration
+    with pytest.raises(FewlabelError, match="another configuration"):
+        run_curve(data, out, ["scratch"], [2], 1, **{**args, "finetune": {"max_epochs": 1, "ensemble": 2}})

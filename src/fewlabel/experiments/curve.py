@@ -335,13 +335,13 @@ def run_curve(
     with run_lock(out):
         info = open_run(out, config, config_hash, command, backend.summary(prepared), data_args,
                          executor_info)
-        draws = _make_draws(out, prepared, config, backend, say, grown=bool(info.get("grown_from")))
+        draws = _make_draws(out, prepared, config, backend, say, grown=bool(info.get("earlier_hashes")))
         store = ResultStore(out)
         try:
             stored_hash = store.get_meta("config_hash")
             if stored_hash is None:
                 store.set_meta("config_hash", config_hash)
-            elif stored_hash != config_hash and stored_hash in info.get("grown_from", []):
+            elif stored_hash != config_hash and stored_hash in info.get("earlier_hashes", []):
                 store.set_meta("config_hash", config_hash)  # the same results, in a larger grid
             elif stored_hash != config_hash:  # run.json was replaced by hand: the store still decides
                 raise ConfigMismatchError(f"store.sqlite holds results of config {stored_hash}, "

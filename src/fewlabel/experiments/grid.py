@@ -144,7 +144,7 @@ class CurveConfig:
 
     def hashed(self) -> dict[str, Any]:
         """The part of the configuration that changes results, in canonical JSON-able form."""
-        return canonical({name: getattr(self, name) for name in HASHED_FIELDS})
+        return _hashed_form({name: getattr(self, name) for name in HASHED_FIELDS})
 
     def config_hash(self) -> str:
         """16 hex digits of SHA-256 over ``hashed()``; equal hashes may resume each other."""
@@ -163,13 +163,15 @@ class CurveConfig:
         """Every cell, repeat-major then size then strategy: a stopped run has whole repeats first."""
         return [Cell(s, n, r) for r in range(self.repeats) for n in self.sizes for s in self.strategies]
 
-    def grows(self, stored: Mapping[str, Any]) -> bool:
-        """Whether this configuration is the stored one (``to_dict()`` of a run) with sizes and/or
-        repeats added and nothing else changed: such a run may grow. Draws depend only on the seed,
-        the repeat and the size, so the finished cells stay valid and only the new ones run."""
+    def extends(self, stored: Mapping[str, Any]) -> bool:
+        """Whether this configuration is the stored one (``to_dict()`` of a run), perhaps with sizes
+        and/or repeats added, and nothing else changed: the run may go on (and grow) under this
+        configuration's hash. Draws depend only on the seed, the repeat and the size, so finished
+        cells stay valid and only new ones run. (Equal with another hash: a run written before a
+        fine-tuning setting was added, which then held its default.)"""
         mine = self.hashed()
-        theirs = canonical({name: stored.get(name) for name in HASHED_FIELDS})
-        if mine == theirs or any(mine[n] != theirs[n] for n in HASHED_FIELDS if n not in GRID_FIELDS):
+        theirs = _hashed_form({name: stored.get(name) for name in HASHED_FIELDS})
+        if any(mine[n] != theirs[n] for n in HASHED_FIELDS if n not in GRID_FIELDS):
             return False
         try:
             old_sizes, old_repeats = {int(v) for v in theirs["sizes"] or ()}, int(theirs["repeats"] or 0)
@@ -181,7 +183,7 @@ class CurveConfig:
         """What differs between a stored config (``to_dict()`` of another run) and this one, as
         ``"<field> <stored> vs <this>"`` phrases, e.g. ``"sizes 2,5,20 vs 2,5"``."""
         mine = self.hashed()
-        theirs = canonical({name: stored.get(name) for name in HASHED_FIELDS})
+        theirs = _hashed_form({name: stored.get(name) for name in HASHED_FIELDS})
         out: list[str] = []
         for name in HASHED_FIELDS:
             if mine[name] != theirs[name]:
@@ -236,6 +238,28 @@ def parse_names(text: str | Iterable[str]) -> tuple[str, ...]:
     """``"scratch, ssl"`` → ("scratch", "ssl")."""
     parts = text.split(",") if isinstance(text, str) else list(text)
     return tuple(p.strip() for p in parts if p.strip())
+
+
+def _hashed_form(fields: dict[str, Any]) -> dict[str, Any]:
+    """``canonical`` of the hashed fields, with fine-tuning settings at their defaults left out: a
+    setting added to ``FinetuneConfig`` later (at a default that keeps the old behaviour) leaves the
+    configuration of earlier runs as it was, while a changed default still shows as a difference."""
+    out = canonical(fields)
+    from fewlabel.training.recipe import FinetuneConfig  # here: grid stays light to import
+
+    defaults = canonical(FinetuneConfig().to_dict())
+
+    def sparse(settings: Any) -> Any:
+        if not isinstance(settings, dict):
+            return settings
+        return {k: v for k, v in settings.items() if k not in defaults or v != defaults[k]}
+
+    out["finetune"] = sparse(out.get("finetune"))
+    # A strategy's recipe value equal to the default is no recipe at all (the base's value stands).
+    for spec in (out.get("strategy_specs") or {}).values():
+        if isinstance(spec, dict) and "finetune" in spec:
+            spec["finetune"] = sparse(spec["finetune"])
+    return out
 
 
 def canonical(value: Any) -> Any:

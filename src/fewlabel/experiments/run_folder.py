@@ -85,16 +85,17 @@ def run_lock(out: Path) -> Iterator[None]:
 
 def open_run(out: Path, config: CurveConfig, config_hash: str, command: str, dataset: dict[str, Any],
               data_args: dict[str, Any], executor_info: dict[str, Any]) -> dict[str, Any]:
-    """Create run.json, or check the stored one is this configuration (or grows it: ``grown_from``
-    lists the earlier hashes) and record this invocation."""
+    """Create run.json, or check the stored one is this configuration (or extends it:
+    ``earlier_hashes`` lists the hashes it had before) and record this invocation."""
     run_file = out / RUN_FILE
     now = _now()
     if run_file.exists():
         info = read_json(run_file)
         stored_hash = info.get("config_hash")
-        if stored_hash != config_hash and config.grows(info.get("config") or {}):
-            # More sizes or repeats, nothing else: the run grows; its finished cells are kept.
-            info.setdefault("grown_from", []).append(stored_hash)
+        if stored_hash != config_hash and config.extends(info.get("config") or {}):
+            # The same configuration (perhaps with more sizes or repeats): it goes on, and grows;
+            # its finished cells are kept.
+            info.setdefault("earlier_hashes", []).append(stored_hash)
             info["config_hash"], info["config"] = config_hash, config.to_dict()
         elif stored_hash != config_hash:
             diffs = config.differences(info.get("config") or {})
