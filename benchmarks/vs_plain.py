@@ -55,7 +55,10 @@ AT_224 = {"input_size": 224}
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "plain": ("imagenet", {"encoder_kwargs": {**AT_224, "imagenet_norm": True}, "finetune": PLAIN_FINETUNE}),
     "scratch": ("scratch", {}),
+    # the house default, whatever it is now (since this session: 3 members and TTA)
     "imagenet": ("imagenet", {}),
+    # the house default before that: one model, no TTA
+    "imagenet_single": ("imagenet", {}),
     "gan": ("gan", {}),
     "ssl": ("ssl", {}),
     "semi": ("semi", {}),
@@ -87,6 +90,15 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "scratch_mnv2": ("scratch", {"encoder": "mobilenet_v2", "encoder_kwargs": AT_224,
                                  "finetune": PLAIN_FINETUNE}),
 }
+
+# Every ImageNet arm but the house default and the ensemble is ONE model, without TTA unless it says
+# so: pinned, so that a change of the house recipe never changes what an arm measured.
+for _arm, (_strategy, _options) in ARMS.items():
+    if _strategy.startswith("imagenet") and _arm not in ("imagenet", "ensemble3_tta"):
+        _recipe = _options.setdefault("finetune", {})
+        if _recipe is not PLAIN_FINETUNE:
+            _recipe.setdefault("ensemble", 1)
+            _recipe.setdefault("tta", False)
 
 # Arms that ignore the data set's unlabelled folder (their pool is the labelled pool minus the draw).
 NO_UNLABELLED = {"pseudo_rest", "pseudo_rest_nofloor"}

@@ -220,3 +220,8 @@ def test_a_users_setting_wins_over_the_strategys_recipe():
     config = pipeline.finetune_config_for(spec, FinetuneConfig(lr=5e-3, ensemble=3))
     assert config.lr == 5e-3 and config.ensemble == 3 and config.augment == "dihedral"
     assert pipeline.finetune_config_for(spec, FinetuneConfig()).lr == 1e-4
+    # the recipe's ensemble and TTA are the default's; a user's explicit one model, no TTA, wins
+    house = pipeline.finetune_config_for(spec, FinetuneConfig())
+    assert house.ensemble == 3 and house.tta is True
+    mine = pipeline.finetune_config_for(spec, FinetuneConfig(ensemble=1, tta=False))
+    assert mine.ensemble == 1 and mine.tta is False

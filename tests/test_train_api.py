@@ -121,7 +121,10 @@ def test_float32_single_channel_tiff_trains_with_imagenet(tmp_path: Path, monkey
     model = fewlabel.train(data, tmp_path / "m", strategy="imagenet", labels_per_class=4,
                            finetune=FinetuneConfig(**{**FAST.to_dict(), "max_epochs": 1}))
     assert model.config["preprocess"]["channels"] == 1
-    assert model.classifier.encoder.in_channels == 1
+    # the house imagenet recipe: three members (each adapted to one channel), TTA at test time
+    members = model.classifier.members
+    assert len(members) == 3 and all(m.encoder.in_channels == 1 for m in members)
+    assert model.config["finetune"]["tta"] is True
     assert json.loads((tmp_path / "m" / "metrics.json").read_text())["strategy"] == "imagenet"
 
 

@@ -29,6 +29,7 @@ from fewlabel.pipeline import (
     add_draw,
     default_spec,
     dropped_note,
+    finetune_config_for,
     fit_cell,
     model_config,
     prepare_data,
@@ -211,7 +212,7 @@ def train(
     """
     from fewlabel.data.plan import PLAN_FILE
     from fewlabel.errors import ModelFileError, SplitError
-    from fewlabel.settings import validated
+    from fewlabel.settings import select_device, validated
 
     if encoder_weights is not None and not Path(encoder_weights).is_file():
         # Say so before minutes of loading images, not after.
@@ -257,6 +258,9 @@ def train(
     if strategy_registry.get(strategy).prepare and not spec.encoder_weights:
         spec = prepare_strategy(spec, prepared, cache_dir or default_cache_dir() / "pretrained", seed=seed,
                                 progress=progress)
+    members = finetune_config_for(spec, config).ensemble or 1
+    if members > 1 and select_device(config.device).type == "cpu":
+        print(strategy_registry.ensemble_note(strategy, members), file=sys.stderr, flush=True)
     cell = fit_cell(prepared, labelled, spec, seed=seed, finetune_config=config, train_ids=draw["train"],
                     val_ids=draw["val"])
     cfg = model_config(prepared, spec, cell, seed)

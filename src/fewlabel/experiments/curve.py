@@ -310,6 +310,12 @@ def run_curve(
         strategy_specs = {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}
         say(strategy_registry.default_note(name, reason).replace("--strategy", "--strategies")
             + ("" if name == "scratch" else "; scratch runs beside it as the reference"))
+    if finetune_config.get("device") == "cpu":
+        for name in strategies:
+            members = finetune_config.get("ensemble") or (strategy_specs[name].get("finetune") or {}).get(
+                "ensemble") or 1
+            if members > 1:
+                say(strategy_registry.ensemble_note(name, int(members)))
     needs_masks = [s for s in strategies if s in strategy_registry.REGISTRY
                    and strategy_registry.REGISTRY[s].needs == "masks"]
     if needs_masks and not getattr(prepared.catalog, "has_masks", True):

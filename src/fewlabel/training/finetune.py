@@ -71,7 +71,7 @@ def finetune(
     if config.max_epochs < 1:  # 0 epochs would evaluate (and save) the untrained head as if trained
         raise FewlabelError(f"max_epochs must be at least 1 (got {config.max_epochs})")
     check_config(config)
-    if config.ensemble > 1:
+    if (config.ensemble or 1) > 1:
         return _finetune_ensemble(x_train, y_train, x_val, y_val, num_classes, encoder, config, seed=seed,
                                   x_unlabelled=x_unlabelled, checkpoint_path=checkpoint_path)
     if config.pseudo_per_label > 0 and x_unlabelled is not None and len(x_unlabelled):
@@ -79,7 +79,7 @@ def finetune(
                            x_unlabelled=x_unlabelled, checkpoint_path=checkpoint_path)
     torch.manual_seed(seed)  # the head's initial weights depend on the seed only
     classifier = Classifier(encoder, num_classes, dropout=config.dropout)
-    classifier.tta = config.tta  # read by predict_proba
+    classifier.tta = bool(config.tta)  # read by predict_proba
     weights = class_weights(y_train, num_classes) if config.balance == "loss_weights" else torch.ones(
         num_classes)
     has_val = x_val is not None and y_val is not None and len(x_val) > 0

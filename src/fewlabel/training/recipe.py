@@ -63,7 +63,7 @@ class FinetuneConfig:
     # Members trained on the same labels from the same starting weights with their own seeds (head,
     # augmentation, batch order); their probabilities are averaged. Few labels make one fine-tune's
     # result depend on its seed; the average removes much of that variance at members x the cost.
-    ensemble: int = 1
+    ensemble: int | None = None  # None: as the strategy's recipe says (else 1)
     # Self-training: a first fine-tune (the teacher) labels the unlabelled pool; for each class the
     # pool images it most confidently puts there, this many per labelled image of the class, join
     # the labels, and the model is fine-tuned again from the same start. 0: off.
@@ -77,7 +77,8 @@ class FinetuneConfig:
     bn_mode: str = "train"  # "train" | "eval" (encoder BatchNorm statistics frozen while training)
     probe_init: bool = False  # fit the head on frozen features before fine-tuning (LP-FT)
     probe_only_max_per_class: int = 0  # at most this many labels per class: the probe is the model
-    tta: bool = False  # average test predictions over the 8 flips / quarter turns
+    # None: as the strategy's recipe says (else off), so a user's explicit false still wins over it.
+    tta: bool | None = None  # average test predictions over the 8 flips / quarter turns
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -117,7 +118,7 @@ def check_config(config: FinetuneConfig) -> None:
         raise FewlabelError(f"layer_decay must be in (0, 1], not {config.layer_decay}")
     if config.warmup_epochs < 0:
         raise FewlabelError(f"warmup_epochs must be >= 0, not {config.warmup_epochs}")
-    if not 1 <= config.ensemble <= MAX_ENSEMBLE:
+    if config.ensemble is not None and not 1 <= config.ensemble <= MAX_ENSEMBLE:
         raise FewlabelError(f"ensemble must be from 1 to {MAX_ENSEMBLE} members, not {config.ensemble}")
     if not 0 <= config.pseudo_per_label <= MAX_PSEUDO_PER_LABEL:
         raise FewlabelError(f"pseudo_per_label must be from 0 to {MAX_PSEUDO_PER_LABEL}, "
