@@ -249,16 +249,18 @@ def _hashed_form(fields: dict[str, Any]) -> dict[str, Any]:
 
     defaults = canonical(FinetuneConfig().to_dict())
 
-    def sparse(settings: Any) -> Any:
+    def sparse(settings: Any, neutral: dict[str, Any]) -> Any:
         if not isinstance(settings, dict):
             return settings
-        return {k: v for k, v in settings.items() if k not in defaults or v != defaults[k]}
+        return {k: v for k, v in settings.items()
+                if (k not in defaults or v != defaults[k]) and (k not in neutral or v != neutral[k])}
 
-    out["finetune"] = sparse(out.get("finetune"))
-    # A strategy's recipe value equal to the default is no recipe at all (the base's value stands).
+    out["finetune"] = sparse(out.get("finetune"), {})
+    # A strategy's recipe value equal to the default is no recipe at all (the base's value stands),
+    # nor is one equal to what an unset setting means (one model, no TTA).
     for spec in (out.get("strategy_specs") or {}).values():
         if isinstance(spec, dict) and "finetune" in spec:
-            spec["finetune"] = sparse(spec["finetune"])
+            spec["finetune"] = sparse(spec["finetune"], FinetuneConfig.UNSET_MEANS)
     return out
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -80,6 +80,9 @@ class FinetuneConfig:
     # None: as the strategy's recipe says (else off), so a user's explicit false still wins over it.
     tta: bool | None = None  # average test predictions over the 8 flips / quarter turns
     extra: dict[str, Any] = field(default_factory=dict)
+
+    # What a setting left at None means (the strategy's recipe decides; without one, this).
+    UNSET_MEANS: ClassVar[dict[str, Any]] = {"ensemble": 1, "tta": False}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
