@@ -79,6 +79,8 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
                                          "min_steps_per_epoch": 2, "tta": True}}),
     # Three members of the imagenet recipe with their own seeds, probabilities averaged, plus TTA.
     "ensemble3_tta": ("imagenet", {"finetune": {"ensemble": 3, "tta": True}}),
+    # the default with every drawn label training (no validation hold-out)
+    "ensemble3_tta_all": ("imagenet", {"finetune": {"ensemble": 3, "tta": True, "hold_out": False}}),
     # Self-training (imagenet+pseudo) on the rest of the labelled pool, labels ignored: the data set's
     # own unlabelled folder (BCCD's red cells) is not of the classes being learnt (NO_UNLABELLED).
     "pseudo_rest": ("imagenet+pseudo", {}),
@@ -94,7 +96,7 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
 # Every ImageNet arm but the house default and the ensemble is ONE model, without TTA unless it says
 # so: pinned, so that a change of the house recipe never changes what an arm measured.
 for _arm, (_strategy, _options) in ARMS.items():
-    if _strategy.startswith("imagenet") and _arm not in ("imagenet", "ensemble3_tta"):
+    if _strategy.startswith("imagenet") and _arm not in ("imagenet", "ensemble3_tta", "ensemble3_tta_all"):
         _recipe = _options.setdefault("finetune", {})
         if _recipe is not PLAIN_FINETUNE:
             _recipe.setdefault("ensemble", 1)
