@@ -125,6 +125,8 @@ def test_a_run_grows_by_sizes_and_repeats_and_keeps_its_cells(data, tmp_path):
     assert _run(data, out, sizes=[2, 5, 10], repeats=2).ran == 0
     with pytest.raises(ConfigMismatchError, match="repeats 2 vs 1"):
         _run(data, out, sizes=[2, 5, 10], repeats=1)  # fewer repeats: not a growth
+    with pytest.raises(ConfigMismatchError, match="pretraining per repeat"):  # named, not a KeyError
+        _run(data, out, sizes=[2, 5, 10, 20], repeats=2, pretrain_per_repeat=True)
 
 
 def test_a_folder_that_is_not_a_run_is_refused(data, tmp_path):

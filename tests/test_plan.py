@@ -377,6 +377,7 @@ def test_a_run_from_before_a_new_fine_tuning_setting_still_resumes(tmp_path: Pat
     new_hash = run["config_hash"]
     for key in ("hold_out", "ensemble", "pseudo_per_label", "pseudo_min_probability"):
         del run["config"]["finetune"][key]
+    run["config"]["finetune"]["tta"] = False  # the default of that time
     run["config_hash"] = "feedfacefeedface"
     (out / "run.json").write_text(json.dumps(run))
     store = ResultStore(out)

@@ -24,6 +24,8 @@ def test_pseudo_labels_take_the_most_confident_per_class_in_proportion():
     picks, labels = pseudo_labels(proba, np.array([10, 0, 0]), per_label=1.0)
     assert picks.tolist() == [0, 2, 1] and set(labels.tolist()) == {0}
     assert pseudo_labels(proba, np.array([0, 0, 0]), per_label=1.0)[0].size == 0
+    # halves round up: half a pick per label with one label is one pick, not none
+    assert pseudo_labels(proba, np.array([1, 0, 0]), per_label=0.5)[0].tolist() == [0]
     # a floor: row 1 (.6) and row 5 (.55) fall below .65, so class 0 gets two and class 1 one
     picks, labels = pseudo_labels(proba, np.array([3, 3, 0]), per_label=1.0, min_probability=0.65)
     assert picks.tolist() == [0, 2, 3] and labels.tolist() == [0, 0, 1]

@@ -472,8 +472,10 @@ def _share_data(ex: Executor, prepared: Any, tasks: list[CellTask]) -> list[Cell
 
 def _trains_on_pool(task: CellTask) -> bool:
     """FixMatch or self-training: the cell's fine-tuning reads the unlabelled pool."""
-    recipe = {**task.finetune, **(task.spec.get("finetune") or {})}
-    return bool(task.spec.get("semi")) or float(recipe.get("pseudo_per_label") or 0) > 0
+    # the user's value wins over the recipe's, as in ``pipeline.finetune_config_for``
+    per_label = task.finetune.get("pseudo_per_label") or (task.spec.get("finetune") or {}).get(
+        "pseudo_per_label") or 0
+    return bool(task.spec.get("semi")) or float(per_label) > 0
 
 
 def prep_key(config: CurveConfig, strategy: str, repeat: int) -> str:

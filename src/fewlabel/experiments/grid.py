@@ -60,6 +60,7 @@ _FIELD_LABELS = {
     "image_size": "image size",
     "count": "count",
     "finetune": "finetune",
+    "pretrain_per_repeat": "pretraining per repeat",
 }
 
 
@@ -255,7 +256,12 @@ def _hashed_form(fields: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in settings.items()
                 if (k not in defaults or v != defaults[k]) and (k not in neutral or v != neutral[k])}
 
-    out["finetune"] = sparse(out.get("finetune"), {})
+    base = out.get("finetune")
+    if isinstance(base, dict) and "ensemble" not in base and base.get("tta") is False:
+        # Written before ensemble / tta could be left to the recipe: tta false was then the default,
+        # which meant what unset means now.
+        base = {k: v for k, v in base.items() if k != "tta"}
+    out["finetune"] = sparse(base, {})
     # A strategy's recipe value equal to the default is no recipe at all (the base's value stands),
     # nor is one equal to what an unset setting means (one model, no TTA).
     for spec in (out.get("strategy_specs") or {}).values():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -150,7 +151,7 @@ def _finetune_ensemble(
 
 def pseudo_labels(proba: np.ndarray, labelled_counts: np.ndarray, per_label: float,
                   min_probability: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """Class-balanced pseudo-labels: for each class c, the ``round(per_label * labelled_counts[c])``
+    """Class-balanced pseudo-labels: for each class c, ``per_label * labelled_counts[c]`` (halves up)
     pool images predicted c with the highest probability, at least ``min_probability`` (ties by
     position). ``(indices, labels)``.
 
@@ -162,7 +163,7 @@ def pseudo_labels(proba: np.ndarray, labelled_counts: np.ndarray, per_label: flo
     picked: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     for c, count in enumerate(np.asarray(labelled_counts)):
-        want = int(round(per_label * int(count)))
+        want = int(math.floor(per_label * int(count) + 0.5))  # halves up (round() goes to even)
         candidates = np.flatnonzero(predicted == c)
         if want <= 0 or not len(candidates):
             continue
