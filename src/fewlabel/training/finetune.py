@@ -142,11 +142,7 @@ def _finetune_ensemble(
             checkpoint_path=None if checkpoint_path is None else f"{checkpoint_path}.member{k}")
         members.append(member)
         results.append(result)
-    ensemble = Ensemble(members)
-    summary = dataclasses.replace(
-        results[0], steps=sum(r.steps for r in results), seconds=sum(r.seconds for r in results),
-        samples_seen=sum(r.samples_seen for r in results), resumed=any(r.resumed for r in results))
-    return ensemble.eval(), summary
+    return Ensemble(members).eval(), _summed(results[0], results)
 
 
 def pseudo_labels(proba: np.ndarray, labelled_counts: np.ndarray, per_label: float,
@@ -199,10 +195,14 @@ def _self_train(
     x_student = np.concatenate([np.asarray(x_train, dtype=np.float32), np.asarray(pool, dtype=np.float32)])
     student, result = finetune(x_student, np.concatenate([y_train, labels]), x_val, y_val, num_classes, start,
                                single, seed=seed, checkpoint_path=checkpoint_path)
-    result = dataclasses.replace(
-        result, steps=first.steps + result.steps, seconds=first.seconds + result.seconds,
-        samples_seen=first.samples_seen + result.samples_seen, resumed=first.resumed or result.resumed)
-    return student, result
+    return student, _summed(result, [first, result])
+
+
+def _summed(shown: FitResult, fits: list[FitResult]) -> FitResult:
+    """``shown``'s history and stopping, with the steps, samples and seconds of all ``fits``."""
+    return dataclasses.replace(
+        shown, steps=sum(r.steps for r in fits), seconds=sum(r.seconds for r in fits),
+        samples_seen=sum(r.samples_seen for r in fits), resumed=any(r.resumed for r in fits))
 
 
 def _on(array: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
