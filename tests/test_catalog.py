@@ -236,7 +236,14 @@ def test_pool(tmp_path):
 def test_fingerprint_stable_and_sensitive(tmp_path):
     root = make_class_folder(tmp_path / "d", {"a": 2, "b": 2}, size=(8, 8))
     fp = load_catalog(root).fingerprint()
-    assert fp == load_catalog(root).fingerprint() and len(fp) == 16
+    assert fp == load_catalog(root).fingerprint() and fp.startswith("c-") and len(fp) == 18
+    stat_fp = load_catalog(root).stat_fingerprint()
+    assert len(stat_fp) == 16 and load_catalog(root).fingerprint_like(stat_fp) == stat_fp
+    # contents, not times: a file rewritten with its own bytes leaves it alone; the older kind moves
+    again = root / "a" / "p0001_s00.png"
+    time.sleep(0.01)
+    again.write_bytes(again.read_bytes())
+    assert load_catalog(root).fingerprint() == fp and load_catalog(root).stat_fingerprint() != stat_fp
     assert load_catalog(root, group_pattern=r"(p\d)").fingerprint() != fp
     target = root / "a" / "p0001_s00.png"
     time.sleep(0.01)

@@ -7,6 +7,7 @@ command, split copies of one image apart, or trusted an encoder that cannot say 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -390,3 +391,71 @@ def test_a_run_from_before_a_new_fine_tuning_setting_still_resumes(tmp_path: Pat
     # a setting that differs from its default is still another configuration
     with pytest.raises(FewlabelError, match="another configuration"):
         run_curve(data, out, ["scratch"], [2], 1, **{**args, "finetune": {"max_epochs": 1, "ensemble": 2}})
+
+
+def _copy_with_new_times(src: Path, dst: Path) -> Path:
+    """The files copied as a plain ``cp -r`` does: same bytes, new modification times."""
+    shutil.copytree(src, dst, copy_function=shutil.copyfile)
+    return dst
+
+
+def test_a_run_resumes_on_a_copy_of_its_data_and_refuses_changed_contents(tmp_path: Path) -> None:
+    """The data's fingerprint is its contents: a copy (other folder, new modification times) is the
+    same data, so the run resumes; one image rewritten is other data, refused in one line."""
+    from fewlabel.errors import ConfigMismatchError
+    from fewlabel.experiments import run_curve
+
+    data = make_class_folder(tmp_path / "data", {"a": 14, "b": 14}, size=(16, 16), channels=3, seed=0)
+    pool = make_pool(tmp_path / "pool", 6, size=(16, 16), channels=3)
+    args = {"test_size": 0.25, "finetune": {"max_epochs": 1}, "progress": False, "log": None}
+    out = tmp_path / "run"
+    run_curve(data, out, ["scratch"], [2], 1, unlabelled=pool, **args)
+    copy = _copy_with_new_times(data, tmp_path / "copy")
+    pool_copy = _copy_with_new_times(pool, tmp_path / "pool_copy")
+    first = next(p for p in sorted(copy.rglob("*.png")))
+    assert first.stat().st_mtime_ns != (data / first.relative_to(copy)).stat().st_mtime_ns
+    again = run_curve(copy, out, ["scratch"], [2], 1, unlabelled=pool_copy, **args)
+    assert again.ran == 0 and again.resumed == 1
+    write_image(first, np.full((3, 16, 16), 7, np.uint8))
+    with pytest.raises(ConfigMismatchError, match="other files"):
+        run_curve(copy, out, ["scratch"], [2], 1, unlabelled=pool_copy, **args)
+
+
+def test_a_run_planned_with_stat_fingerprints_still_resumes_on_untouched_files(tmp_path: Path) -> None:
+    """Plans written before fingerprints hashed contents hold one of sizes + modification times:
+    such a run resumes while its files are untouched (no cell runs again), and is refused when a
+    file's time changes, as it was then."""
+    from fewlabel.data.catalog import load_catalog, load_pool
+    from fewlabel.errors import ConfigMismatchError
+    from fewlabel.experiments import ResultStore, run_curve
+    from fewlabel.experiments.grid import CurveConfig
+
+    data = make_class_folder(tmp_path / "data", {"a": 14, "b": 14}, size=(16, 16), channels=3, seed=0)
+    pool = make_pool(tmp_path / "pool", 6, size=(16, 16), channels=3)
+    args = {"test_size": 0.25, "finetune": {"max_epochs": 1}, "progress": False, "log": None,
+            "unlabelled": pool}
+    out = tmp_path / "run"
+    run_curve(data, out, ["scratch"], [2], 1, **args)
+    # Rewrite the run as the older code wrote it: stat fingerprints in the plan and the config.
+    plan = SplitPlan.load(out / "plan.json")
+    assert plan.data_fingerprint.startswith("c-")
+    plan.data_fingerprint = load_catalog(data).stat_fingerprint()
+    (out / "plan.json").write_text(json.dumps(plan.to_dict()))
+    legacy = prepare_data(data, unlabelled=pool, plan=out / "plan.json", test_size=0.25)
+    assert legacy.unlabelled_fingerprint() == load_pool(pool).stat_fingerprint()
+    run = json.loads((out / "run.json").read_text())
+    run["config"]["data_fingerprint"] = legacy.fingerprint()
+    run["config"]["unlabelled_fingerprint"] = legacy.unlabelled_fingerprint()
+    run["config_hash"] = CurveConfig.from_dict(run["config"]).config_hash()
+    (out / "run.json").write_text(json.dumps(run))
+    store = ResultStore(out)
+    store.set_meta("config_hash", run["config_hash"])
+    store.close()
+    again = run_curve(data, out, ["scratch"], [2], 1, **args)
+    assert again.ran == 0 and again.resumed == 1
+    assert json.loads((out / "run.json").read_text())["config_hash"] == run["config_hash"]
+    touched = next(iter(sorted(data.rglob("*.png"))))
+    stat = touched.stat()
+    os.utime(touched, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(ConfigMismatchError, match="other files"):
+        run_curve(data, out, ["scratch"], [2], 1, **args)

@@ -24,6 +24,10 @@ from fewlabel.data.readers import NPZ_SEP
 from fewlabel.errors import UnreadableFileError
 
 _DIGEST = 8  # bytes: 16 hex digits; collisions among a few million images are vanishingly rare
+# Keys already computed in this process, by (address, size, mtime): a catalog's fingerprint and the
+# split's duplicate check read each file once between them. A changed file has another stat.
+_KNOWN: dict[tuple[str, int, int], str] = {}
+_KNOWN_MAX = 1_000_000
 
 
 def _hash_file(path: str) -> str:
@@ -59,13 +63,24 @@ def file_key(address: str) -> str:
     """16 hex digits of a sample's content (see the module docstring for what "content" is)."""
     file_part, sep, member = address.partition(NPZ_SEP)
     try:
+        st = os.stat(file_part)
+        # a folder's own stat does not change when a file inside it is rewritten: never remembered
+        known = None if os.path.isdir(file_part) else (address, st.st_size, st.st_mtime_ns)
+        if known is not None and known in _KNOWN:
+            return _KNOWN[known]
         if sep:
-            return _hash_npz_member(file_part, member)
-        if os.path.isdir(file_part):
-            return _hash_folder(file_part)
-        return _hash_file(file_part)
+            key = _hash_npz_member(file_part, member)
+        elif known is None:
+            key = _hash_folder(file_part)
+        else:
+            key = _hash_file(file_part)
     except (OSError, ValueError, IndexError, KeyError) as exc:
         raise UnreadableFileError(f"cannot read it to compare contents ({exc})", path=file_part) from exc
+    if known is not None:
+        if len(_KNOWN) >= _KNOWN_MAX:
+            _KNOWN.clear()
+        _KNOWN[known] = key
+    return key
 
 
 def file_keys(addresses: Iterable[str]) -> list[str]:

@@ -324,7 +324,7 @@ def run_curve(
                             "images) or use the images/ + masks/ layout", path=data)
     config = CurveConfig(
         data_fingerprint=fingerprint_of(prepared) or "",
-        unlabelled_fingerprint=fingerprint_of(getattr(prepared, "unlabelled", None)),
+        unlabelled_fingerprint=_unlabelled_fingerprint(prepared),
         strategies=strategies,
         strategy_specs=strategy_specs,
         sizes=sizes, repeats=int(repeats), test_size=test_size, seed=int(seed),
@@ -468,6 +468,12 @@ def _share_data(ex: Executor, prepared: Any, tasks: list[CellTask]) -> list[Cell
         prepared.unlabelled_arrays()  # built once here, shipped with the rest
     ref = ex.share(prepared)
     return [dataclasses.replace(t, shared_data=ref) for t in tasks]
+
+
+def _unlabelled_fingerprint(prepared: Any) -> str | None:
+    """The pool's fingerprint as the prepared data gives it (in its plan's kind), else the pool's own."""
+    own = getattr(prepared, "unlabelled_fingerprint", None)
+    return own() if callable(own) else fingerprint_of(getattr(prepared, "unlabelled", None))
 
 
 def _trains_on_pool(task: CellTask) -> bool:

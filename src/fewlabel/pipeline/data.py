@@ -231,13 +231,23 @@ class PreparedData:
         return inputs.images, inputs.masks
 
     def fingerprint(self) -> str:
-        """Everything a cell's numbers depend on in the data: files, the plan, preprocessing."""
-        h = hashlib.sha256(self.catalog.fingerprint().encode())
+        """Everything a cell's numbers depend on in the data: files, the plan, preprocessing.
+
+        The files enter as the plan's data fingerprint, which ``prepare_data`` checked against them;
+        a plan made before fingerprints hashed contents keeps its kind, so its run still resumes.
+        """
+        h = hashlib.sha256(self.plan.data_fingerprint.encode())
         h.update(self.plan.fingerprint.encode())
         h.update(repr(sorted(self.preprocess.to_dict().items())).encode())
         if self.unlabelled is not None:
-            h.update(self.unlabelled.fingerprint().encode())
+            h.update(self.unlabelled_fingerprint().encode())
         return h.hexdigest()[:16]
+
+    def unlabelled_fingerprint(self) -> str | None:
+        """The unlabelled pool's files, fingerprinted in the plan's kind (None without a pool)."""
+        if self.unlabelled is None:
+            return None
+        return self.unlabelled.fingerprint_like(self.plan.data_fingerprint)
 
 
 def _hash(*parts: Any) -> str:
@@ -317,7 +327,7 @@ def prepare_data(
     if plan is not None:
         plan_path = None if isinstance(plan, SplitPlan) else plan
         plan = plan if isinstance(plan, SplitPlan) else SplitPlan.load(plan)
-        if plan.data_fingerprint != catalog.fingerprint():
+        if plan.data_fingerprint != catalog.fingerprint_like(plan.data_fingerprint):
             raise ConfigMismatchError("this plan was made on other files (or the files changed since); "
                                       "make a new plan", path=plan_path or catalog.root)
         pool_ids, test_ids = list(plan.pool_ids), list(plan.test_ids)

@@ -19,8 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from fewlabel.data import readers
+from fewlabel.data.identity import file_key
 from fewlabel.errors import DataError, FewlabelError, UnknownFormatError
 from fewlabel.fileio import atomic_path
+
+# Marks a fingerprint of contents; one without it is the older kind (sizes + modification times).
+CONTENT_FINGERPRINT = "c-"
 
 
 @dataclass(frozen=True)
@@ -144,17 +148,33 @@ class Catalog:
         return {g: sorted(v, key=natural_key) for g, v in per.items() if len(v) > 1}
 
     def fingerprint(self) -> str:
-        """Stable hash of ids, labels, groups, masks and file sizes + mtimes (16 hex characters).
+        """Stable hash of ids, labels, groups and the contents of every image and mask.
 
-        Why sizes and mtimes: a cache keyed by it (prepared encoders, results) must notice a file that
-        was replaced, without hashing every byte.
+        Why contents: results and prepared encoders are keyed by it, so a replaced file must change
+        it, while the same files copied elsewhere (new modification times) must not: a run folder
+        then resumes on a copy of its data. Content keys are remembered by file stat within a
+        process, so the bytes are read once (the split's duplicate check reads them anyway).
         """
+        h = hashlib.sha256()
+        h.update(repr(list(self.classes)).encode())
+        for s in sorted(self.samples, key=lambda s: s.id):
+            h.update(repr((s.id, s.label, s.group, file_key(s.path),
+                           file_key(s.mask) if s.mask else None)).encode())
+        return CONTENT_FINGERPRINT + h.hexdigest()[:16]
+
+    def stat_fingerprint(self) -> str:
+        """The fingerprint fewlabel wrote before it hashed contents (file sizes + modification
+        times, 16 hex digits): plans and runs made then are still checked against it."""
         h = hashlib.sha256()
         h.update(repr(list(self.classes)).encode())
         for s in sorted(self.samples, key=lambda s: s.id):
             h.update(repr((s.id, s.label, s.group, s.mask is not None, _stat_key(s.path),
                            _stat_key(s.mask) if s.mask else None)).encode())
         return h.hexdigest()[:16]
+
+    def fingerprint_like(self, stored: str) -> str:
+        """This catalog's fingerprint in the kind ``stored`` is (content, or the older stat kind)."""
+        return self.fingerprint() if stored.startswith(CONTENT_FINGERPRINT) else self.stat_fingerprint()
 
     def save_manifest(self, path: str | Path) -> Path:
         """Write this catalog as a CSV manifest (paths relative to the CSV when possible); atomic."""
