@@ -298,3 +298,25 @@ def test_a_lost_encoder_with_finished_cells_is_refused(data, tmp_path, monkeypat
         enc.unlink()
     with pytest.raises(ConfigMismatchError, match="the ssl encoder its finished cells used .* is gone"):
         _run(data, out)
+
+
+def test_a_named_default_changes_the_hash_only_where_a_recipe_sets_it():
+    """A curve's ``--set`` value equal to its default still wins over a recipe, so it is another
+    configuration there; where no strategy's recipe sets the key it changes nothing and neither
+    does the hash. The list of named keys itself is not hashed (runs made before it resume)."""
+    from fewlabel.experiments.grid import CurveConfig
+
+    def config(specs, finetune):
+        return CurveConfig(data_fingerprint="d", strategies=tuple(specs), strategy_specs=specs, sizes=(2,),
+                           repeats=1, finetune=finetune)
+
+    imagenet = {"imagenet": {"finetune": {"weight_decay": 0.0}}}
+    scratch = {"scratch": {}}
+    named = {"weight_decay": 1e-4, "explicit": ["weight_decay"]}
+    unnamed = {"weight_decay": 1e-4}
+    assert config(imagenet, named).config_hash() != config(imagenet, unnamed).config_hash()
+    assert config(scratch, named).config_hash() == config(scratch, unnamed).config_hash()
+    empty_list = {**unnamed, "explicit": []}
+    assert config(imagenet, empty_list).config_hash() == config(imagenet, unnamed).config_hash()
+    assert "finetune weight_decay (default) vs 0.0001" in " ".join(
+        config(imagenet, named).differences(config(imagenet, unnamed).to_dict()))

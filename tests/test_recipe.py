@@ -225,3 +225,36 @@ def test_a_users_setting_wins_over_the_strategys_recipe():
     assert house.ensemble == 3 and house.tta is True
     mine = pipeline.finetune_config_for(spec, FinetuneConfig(ensemble=1, tta=False))
     assert mine.ensemble == 1 and mine.tta is False
+
+
+def test_a_setting_the_user_named_wins_even_at_its_default():
+    """``explicit`` names what the user set: weight decay 1e-4 (FinetuneConfig's default) named by
+    the user stays, where unnamed it is imagenet's recipe value 0."""
+    from fewlabel import pipeline
+
+    spec = pipeline.default_spec("imagenet")
+    assert spec.finetune["weight_decay"] == 0.0 and FinetuneConfig().weight_decay == 1e-4
+    assert pipeline.finetune_config_for(spec, FinetuneConfig()).weight_decay == 0.0
+    named = pipeline.finetune_config_for(spec, FinetuneConfig(explicit=("weight_decay", "lr")))
+    assert named.weight_decay == 1e-4 and named.lr == 1e-3 and named.augment == "dihedral"
+    assert FinetuneConfig(explicit="lr, weight_decay,lr").explicit == ("lr", "weight_decay")
+
+
+def test_train_set_at_a_default_value_beats_the_recipe(tmp_path):
+    """The real command: ``--set weight_decay=0.0001`` with scratch_mobilenet (whose recipe says 0)
+    trains at 1e-4; the model records the settings it trained with."""
+    import json
+
+    from factory import make_class_folder, run_cli
+
+    data = make_class_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(16, 16), channels=3, seed=0)
+    common = ["--labels-per-class", "2", "--set", "max_epochs=1", "--set", "ensemble=1",
+              "--set", "progress=false", "--device", "cpu"]
+    assert run_cli("train", "--strategy", "scratch_mobilenet", data, "--out", tmp_path / "named",
+                   "--set", "weight_decay=0.0001", *common) == 0
+    assert run_cli("train", "--strategy", "scratch_mobilenet", data, "--out", tmp_path / "recipe",
+                   *common) == 0
+    named, recipe = (json.loads((tmp_path / d / "config.json").read_text())["finetune"]
+                     for d in ("named", "recipe"))
+    assert named["weight_decay"] == 1e-4 and recipe["weight_decay"] == 0.0
+    assert named["lr"] == recipe["lr"] == 1e-4 and named["ensemble"] == 1

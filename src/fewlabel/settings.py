@@ -119,9 +119,14 @@ def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
     if tp is str:
         return isinstance(value, str), value
     if origin is tuple or tp is tuple:
-        if isinstance(value, (list, tuple)) and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-            return True, tuple(float(v) for v in value)
+        element = next((a for a in typing.get_args(tp) if a is not Ellipsis), float)
+        if element is str and isinstance(value, str):  # "a,b" on a command line
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        items = [_coerce(v, element) for v in value]
+        if all(ok for ok, _ in items):
+            return True, tuple(v for _, v in items)
         return False, value
     if origin is dict or tp is dict:
         return isinstance(value, dict), value

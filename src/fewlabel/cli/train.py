@@ -59,7 +59,9 @@ def train(
     check_output_dir(out, "model folder (--out)", markers=MODEL_FILES, overwrite=overwrite)
 
     test = test_size_value(test_size)
-    finetune = FinetuneConfig(**validated(FinetuneConfig, parse_settings(settings, "--set"), "fine-tuning"))
+    given = validated(FinetuneConfig, parse_settings(settings, "--set"), "fine-tuning")
+    # every --set value is the user's: the strategy's recipe does not replace it
+    finetune = FinetuneConfig(**{**given, "explicit": [*given.get("explicit", ()), *given]})
     model = api.train(data, out, strategy=strategy, encoder=encoder, labels_per_class=labels_per_class,
                       count=count, test_size=test, seed=seed, max_epochs=max_epochs,
                       group_pattern=group_pattern, masks=masks, encoder_weights=encoder_weights, semi=semi,

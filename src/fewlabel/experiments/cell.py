@@ -131,8 +131,11 @@ class PipelineBackend:
         from fewlabel.training.finetune import FinetuneConfig
 
         checked = validated(FinetuneConfig, dict(overrides), "fine-tuning")
+        # Every setting given is the user's: a strategy's recipe does not replace it.
+        named = [*FinetuneConfig(explicit=checked.get("explicit") or ()).explicit,
+                 *(k for k in checked if k != "explicit")]
         # No per-epoch bars inside cells (the curve has its own); constant, so the hash is unaffected.
-        config = FinetuneConfig.from_dict({**checked, "progress": False})
+        config = FinetuneConfig.from_dict({**checked, "progress": False, "explicit": named})
         # "auto" is resolved before the configuration is hashed: a run resumed on another device
         # (CPU float32 vs GPU bf16 numbers) is then refused as another configuration, not mixed in.
         config.device = resolve_device(config.device)

@@ -311,8 +311,10 @@ def run_curve(
         say(strategy_registry.default_note(name, reason).replace("--strategy", "--strategies")
             + ("" if name == "scratch" else "; scratch runs beside it as the reference"))
     if finetune_config.get("device") == "cpu":
+        from fewlabel.training.recipe import recipe_over  # here: the driver stays light to import
+
         for name in strategies:
-            members = finetune_config.get("ensemble") or (strategy_specs[name].get("finetune") or {}).get(
+            members = recipe_over(finetune_config, strategy_specs[name].get("finetune") or {}).get(
                 "ensemble") or 1
             if members > 1:
                 say(strategy_registry.ensemble_note(name, int(members)))
@@ -478,9 +480,9 @@ def _unlabelled_fingerprint(prepared: Any) -> str | None:
 
 def _trains_on_pool(task: CellTask) -> bool:
     """FixMatch or self-training: the cell's fine-tuning reads the unlabelled pool."""
-    # the user's value wins over the recipe's, as in ``pipeline.finetune_config_for``
-    per_label = task.finetune.get("pseudo_per_label") or (task.spec.get("finetune") or {}).get(
-        "pseudo_per_label") or 0
+    from fewlabel.training.recipe import recipe_over
+
+    per_label = recipe_over(task.finetune, task.spec.get("finetune") or {}).get("pseudo_per_label") or 0
     return bool(task.spec.get("semi")) or float(per_label) > 0
 
 

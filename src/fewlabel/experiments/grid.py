@@ -197,8 +197,9 @@ def _fmt(value: Any) -> str:
         return "none"
     if isinstance(value, list):
         return ",".join(_fmt(v) for v in value) or "none"
-    if isinstance(value, str) and len(value) > 12 and all(c in "0123456789abcdef" for c in value):
-        return value[:8]  # a fingerprint: the first digits are enough to tell them apart
+    digits = value.removeprefix("c-") if isinstance(value, str) else ""
+    if len(digits) > 12 and all(c in "0123456789abcdef" for c in digits):
+        return value[:len(value) - len(digits) + 8]  # a fingerprint: its first digits tell them apart
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True)
     return str(value)
@@ -217,8 +218,11 @@ def _describe(label: str, old: Any, new: Any) -> list[str]:
     """Dicts are compared key by key so the message names the setting that changed."""
     if isinstance(old, dict) and isinstance(new, dict):
         a, b = _flatten(old), _flatten(new)
-        return [f"{label} {key} {_fmt(a.get(key))} vs {_fmt(b.get(key))}"
-                for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+        def shown(flat: dict[str, Any], key: str) -> str:
+            return _fmt(flat[key]) if key in flat else "(default)"  # the hashed form leaves defaults out
+
+        return [f"{label} {key} {shown(a, key)} vs {shown(b, key)}"
+                for key in sorted(set(a) | set(b)) if (key in a, a.get(key)) != (key in b, b.get(key))]
     return [f"{label} {_fmt(old)} vs {_fmt(new)}"]
 
 
@@ -250,18 +254,27 @@ def _hashed_form(fields: dict[str, Any]) -> dict[str, Any]:
 
     defaults = canonical(FinetuneConfig().to_dict())
 
-    def sparse(settings: Any, neutral: dict[str, Any]) -> Any:
+    def sparse(settings: Any, neutral: dict[str, Any], keep: set[str] = frozenset()) -> Any:
         if not isinstance(settings, dict):
             return settings
-        return {k: v for k, v in settings.items()
-                if (k not in defaults or v != defaults[k]) and (k not in neutral or v != neutral[k])}
+        return {k: v for k, v in settings.items() if k in keep
+                or ((k not in defaults or v != defaults[k]) and (k not in neutral or v != neutral[k]))}
 
     base = out.get("finetune")
+    keep: set[str] = set()
+    if isinstance(base, dict):
+        # A setting the user named counts even at its default when some strategy's recipe sets
+        # it (the user's value then wins: other numbers); the list itself is not a setting.
+        named = base.get("explicit") or ()
+        base = {k: v for k, v in base.items() if k != "explicit"}
+        recipe_keys = {k for spec in (out.get("strategy_specs") or {}).values() if isinstance(spec, dict)
+                       for k in (spec.get("finetune") or {})}
+        keep = set(named) & recipe_keys
     if isinstance(base, dict) and "ensemble" not in base and base.get("tta") is False:
         # Written before ensemble / tta could be left to the recipe: tta false was then the default,
         # which meant what unset means now.
         base = {k: v for k, v in base.items() if k != "tta"}
-    out["finetune"] = sparse(base, {})
+    out["finetune"] = sparse(base, {}, keep)
     # A strategy's recipe value equal to the default is no recipe at all (the base's value stands),
     # nor is one equal to what an unset setting means (one model, no TTA).
     for spec in (out.get("strategy_specs") or {}).values():

@@ -19,6 +19,7 @@ from fewlabel.pipeline.encoders import StrategySpec, build_encoder
 from fewlabel.pipeline.region import region_arrays, region_note
 from fewlabel.training.finetune import FinetuneConfig, finetune, predict_proba
 from fewlabel.training.loop import FitResult
+from fewlabel.training.recipe import recipe_over
 from fewlabel.version import __version__
 
 
@@ -37,13 +38,9 @@ class CellResult:
 
 
 def finetune_config_for(spec: StrategySpec, base: FinetuneConfig | None = None) -> FinetuneConfig:
-    """The strategy's recipe (``spec.finetune``) over ``base``, except where ``base`` departs from
-    the defaults: a value the user set (``--set lr=...``) is never silently replaced."""
-    defaults = FinetuneConfig().to_dict()
-    base_dict = (base or FinetuneConfig()).to_dict()
-    for key, value in spec.finetune.items():
-        if base_dict.get(key) == defaults.get(key):
-            base_dict[key] = value
+    """The strategy's recipe (``spec.finetune``) over ``base``, except where the user set a value
+    (named in ``base.explicit``, or off its default): ``--set lr=...`` is never silently replaced."""
+    base_dict = recipe_over((base or FinetuneConfig()).to_dict(), spec.finetune)
     if spec.semi:
         base_dict["semi"] = True
     return FinetuneConfig.from_dict(base_dict)

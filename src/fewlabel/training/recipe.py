@@ -16,7 +16,7 @@ Kumar et al. 2022), ``probe_only_max_per_class`` (stop after the probe when labe
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -80,9 +80,16 @@ class FinetuneConfig:
     # None: as the strategy's recipe says (else off), so a user's explicit false still wins over it.
     tta: bool | None = None  # average test predictions over the 8 flips / quarter turns
     extra: dict[str, Any] = field(default_factory=dict)
+    # Settings the user named (``--set``): a strategy's recipe never replaces them, not even one
+    # equal to its default. A value moved off its default is the user's too (``recipe_over``).
+    explicit: tuple[str, ...] = ()
 
     # What a setting left at None means (the strategy's recipe decides; without one, this).
     UNSET_MEANS: ClassVar[dict[str, Any]] = {"ensemble": 1, "tta": False}
+
+    def __post_init__(self) -> None:
+        named = self.explicit.split(",") if isinstance(self.explicit, str) else self.explicit
+        self.explicit = tuple(sorted({str(k).strip() for k in named or () if str(k).strip()}))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +98,19 @@ class FinetuneConfig:
     def from_dict(cls, d: dict[str, Any]) -> FinetuneConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def recipe_over(settings: Mapping[str, Any], recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` (a ``FinetuneConfig``'s dict, perhaps partial) with a strategy's recipe applied:
+    the recipe sets each of its keys that the user neither named (``explicit``) nor moved off its
+    default, so a user's value is never silently replaced."""
+    defaults = FinetuneConfig().to_dict()
+    named = set(FinetuneConfig(explicit=settings.get("explicit") or ()).explicit)
+    out = dict(settings)
+    for key, value in recipe.items():
+        if key not in named and out.get(key, defaults.get(key)) == defaults.get(key):
+            out[key] = value
+    return out
 
 
 def class_weights(y: np.ndarray, num_classes: int) -> torch.Tensor:

@@ -45,7 +45,7 @@ from fewlabel.training.loop import FitResult, is_improvement
 KNOWN_FIELDS = frozenset({
     "max_epochs", "batch_size", "min_steps_per_epoch", "lr", "encoder_lr", "weight_decay", "patience",
     "dropout", "label_smoothing", "augment", "balance", "freeze_encoder", "time_budget_s", "device",
-    "amp", "progress", "semi", "semi_threshold", "semi_mu", "semi_weight", "extra",
+    "amp", "progress", "semi", "semi_threshold", "semi_mu", "semi_weight", "extra", "explicit",
 })
 VAL_CHUNK = 64  # validation batch, as finetune's sequential_batches
 
