@@ -178,3 +178,76 @@ def test_cpu_measure_mode_falls_back_to_the_reference_path_and_auto_does_not_sta
             assert a["roc_auc"] == b["roc_auc"]
             pa, pb = (tmp_path / name / a["proba_path"] for name in ("off", mode))
             assert pa.read_bytes() == pb.read_bytes()
+
+
+def _curve_rows(run, folder):
+    key = lambda r: (r["n_per_class"], r["repeat"])  # noqa: E731
+    return [(r, np.load(folder / r["proba_path"])) for r in sorted(run.rows, key=key)]
+
+
+def _assert_same_cells(plain, stacked, tol=1e-3):
+    for (a, pa), (b, pb) in zip(plain, stacked, strict=True):
+        assert (a["n_train"], a["n_val"], a["epochs"]) == (b["n_train"], b["n_val"], b["epochs"])
+        assert abs(a["roc_auc"] - b["roc_auc"]) < 1e-6 or np.abs(pa - pb).max() < 1e-4
+        assert np.abs(pa - pb).max() < tol
+
+
+def test_the_imagenet_recipe_levers_stack_and_match_one_at_a_time(tmp_path, monkeypatch):
+    """Ensemble members (stacked as members, averaged per cell), test-time augmentation, the 8
+    flips / turns, every label training with a fixed schedule: stacked cells end where one-at-a-time
+    cells end. A stack the device has no memory for is halved until it fits, with the same numbers."""
+    import torch
+
+    import fewlabel.training.stacked as stacked_module
+    from fewlabel.experiments import run_curve
+
+    from factory import make_class_folder
+
+    data = make_class_folder(tmp_path / "data", classes={"a": 12, "b": 12}, size=(16, 16), separable=False)
+    recipe = {"max_epochs": 9, "epochs_without_validation": 3, "ensemble": 2, "tta": True,
+              "augment": "dihedral", "hold_out": False, "min_steps_per_epoch": 2}
+    grid = {"strategies": "scratch", "sizes": [3], "repeats": 2, "test_size": 4, "finetune": recipe,
+            "log": None, "progress": False}
+    monkeypatch.setenv("FEWLABEL_STACKING", "off")
+    plain = run_curve(data, tmp_path / "plain", **grid)
+    monkeypatch.setenv("FEWLABEL_STACKING", "on")
+    stacked = run_curve(data, tmp_path / "stacked", **grid)
+    assert plain.ok and stacked.ok
+    assert all((r.get("extra") or {}).get("stacked_with") == 2 for r in stacked.rows)
+    assert all(r["n_val"] == 0 and r["epochs"] == 3 for r in stacked.rows)
+    _assert_same_cells(_curve_rows(plain, tmp_path / "plain"), _curve_rows(stacked, tmp_path / "stacked"))
+
+    real = stacked_module.finetune_stacked
+    sizes = []
+
+    def short_of_memory(members, num_classes, config=None):
+        sizes.append(len(members))
+        if len(members) > 1:
+            raise torch.OutOfMemoryError("a test's full device")
+        return real(members, num_classes, config)
+
+    monkeypatch.setattr(stacked_module, "finetune_stacked", short_of_memory)
+    halved = run_curve(data, tmp_path / "halved", **grid)
+    assert halved.ok and sizes[:3] == [4, 2, 1] and max(sizes[3:]) == 1
+    _assert_same_cells(_curve_rows(plain, tmp_path / "plain"), _curve_rows(halved, tmp_path / "halved"))
+
+
+def test_mobilenet_with_the_imagenet_recipe_stacks(tmp_path, monkeypatch):
+    """scratch_mobilenet carries the ImageNet family's recipe (3 members, TTA, flips / turns): its
+    MobileNetV2 (depthwise convolutions, BatchNorm, the input resize) trains stacked and matches."""
+    from fewlabel.experiments import run_curve
+
+    from factory import make_class_folder
+
+    data = make_class_folder(tmp_path / "data", classes={"a": 10, "b": 10}, size=(16, 16), channels=3,
+                             separable=False)
+    grid = {"strategies": "scratch_mobilenet", "sizes": [2], "repeats": 2, "test_size": 4,
+            "finetune": {"max_epochs": 1}, "log": None, "progress": False,
+            "strategy_options": {"scratch_mobilenet": {"encoder_kwargs": {"input_size": 32}}}}
+    monkeypatch.setenv("FEWLABEL_STACKING", "off")
+    plain = run_curve(data, tmp_path / "plain", **grid)
+    monkeypatch.setenv("FEWLABEL_STACKING", "on")
+    stacked = run_curve(data, tmp_path / "stacked", **grid)
+    assert plain.ok and stacked.ok
+    assert all((r.get("extra") or {}).get("stacked_with") == 2 for r in stacked.rows)
+    _assert_same_cells(_curve_rows(plain, tmp_path / "plain"), _curve_rows(stacked, tmp_path / "stacked"))

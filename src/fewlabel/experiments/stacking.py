@@ -156,21 +156,27 @@ def run_stack(stack: StackTask) -> list[CellOutput]:
 @dataclass
 class _Prepared:
     task: CellTask
-    member: Any
+    members: list[Any]  # training.stacked.StackMember: one, or one per ensemble member
     inputs: Any  # pipeline.fit.CellInputs
 
 
 def _prepare_member(task: CellTask, data: Any, spec: Any, config: Any) -> _Prepared:
-    """What ``pipeline.fit_cell`` does before fine-tuning, for one cell (semi is never stacked)."""
+    """What ``pipeline.fit_cell`` does before fine-tuning, for one cell (semi is never stacked); an
+    ensemble's members as ``finetune`` makes them: copies of one start, seeded by ``member_seed``."""
+    import copy
+
     from fewlabel.pipeline.fit import cell_inputs
+    from fewlabel.training.finetune import member_seed
     from fewlabel.training.stacked import StackMember
 
     seed_all(task.seed)
     inputs = cell_inputs(data, list(task.labelled_ids), spec, task.seed, train_ids=list(task.train_ids),
                          val_ids=list(task.val_ids), hold_out=config.hold_out)
-    member = StackMember(inputs.encoder, inputs.x_train, inputs.y_train, inputs.x_val, inputs.y_val,
-                         task.seed)
-    return _Prepared(task, member, inputs)
+    count = config.ensemble or 1
+    members = [StackMember(inputs.encoder if count == 1 else copy.deepcopy(inputs.encoder), inputs.x_train,
+                           inputs.y_train, inputs.x_val, inputs.y_val,
+                           task.seed if count == 1 else member_seed(task.seed, k)) for k in range(count)]
+    return _Prepared(task, members, inputs)
 
 
 def stacking_pays(members: Sequence[Any], num_classes: int, config: Any, probe: int = 4) -> bool:
@@ -197,9 +203,16 @@ def stacking_pays(members: Sequence[Any], num_classes: int, config: Any, probe: 
 
 def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any,
                    measure: bool = False) -> list[CellOutput]:
-    from fewlabel.pipeline.fit import score_cell
-    from fewlabel.training.stacked import finetune_stacked, predict_proba_stacked, stack_geometry
+    import dataclasses
 
+    import numpy as np
+
+    from fewlabel.models.heads import Ensemble
+    from fewlabel.pipeline.fit import score_cell
+    from fewlabel.training.finetune import summed_fits
+    from fewlabel.training.stacked import stack_geometry
+
+    single = dataclasses.replace(config, ensemble=1)  # members train as single models
     outputs: dict[int, CellOutput] = {}
     by_geometry: dict[Any, list[_Prepared]] = {}
     for i, task in enumerate(cells):
@@ -208,38 +221,76 @@ def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any,
         except Exception:
             outputs[i] = run_cell(task)
             continue
-        by_geometry.setdefault(stack_geometry(prepared.member, config), []).append(prepared)
+        by_geometry.setdefault(stack_geometry(prepared.members[0], single), []).append(prepared)
     index = {id(task): i for i, task in enumerate(cells)}
-    for members in by_geometry.values():
+    for cell_group in by_geometry.values():
         # One strategy per stack: its members see the test images the same way (whole or cropped).
-        x_test = members[0].inputs.x_test if members[0].inputs.x_test is not None else data.test_arrays[0]
+        first = cell_group[0].inputs
+        x_test = first.x_test if first.x_test is not None else data.test_arrays[0]
+        members = [m for p in cell_group for m in p.members]
         t0 = time.perf_counter()
         try:
             stacked = len(members) > 1 and (
-                not measure or stacking_pays([p.member for p in members], data.num_classes, config))
+                not measure or stacking_pays(members, data.num_classes, single))
             if stacked:
-                fitted = finetune_stacked([p.member for p in members], data.num_classes, config)
-                train_seconds = (time.perf_counter() - t0) / len(members)
-                probas = predict_proba_stacked([c for c, _ in fitted], x_test, device=config.device)
+                fitted, probas = _fit_in_chunks(members, data.num_classes, single, x_test, bool(config.tta))
         except Exception:
             stacked = False
         if not stacked:  # the reference path, cell by cell
-            for p in members:
+            for p in cell_group:
                 outputs[index[id(p.task)]] = run_cell(p.task)
             continue
-        share = (time.perf_counter() - t0) / len(members)
-        for p, (classifier, fit), proba in zip(members, fitted, probas, strict=True):
-            i = index[id(p.task)]
+        share = (time.perf_counter() - t0) / len(cell_group)
+        at = 0
+        for p in cell_group:
+            i, count = index[id(p.task)], len(p.members)
+            own, own_proba = fitted[at:at + count], probas[at:at + count]
+            at += count
             try:
-                result = score_cell(data, p.inputs, classifier, fit, config, p.task.seed, train_seconds,
-                                    proba=proba)
+                if count == 1:
+                    (classifier, fit), proba = own[0], own_proba[0]
+                else:  # as finetune's ensemble: probabilities averaged, the first member's history
+                    classifier = Ensemble([c for c, _ in own]).eval()
+                    fit = summed_fits(own[0][1], [f for _, f in own])
+                    proba = np.mean(own_proba, axis=0, dtype=np.float64).astype(np.float32)
+                result = score_cell(data, p.inputs, classifier, fit, config, p.task.seed, share, proba=proba)
                 output = ok_output(p.task, data, result, base_row(p.task))
                 output.row["cell_seconds"] = share
-                output.row["extra"] = {"stacked_with": len(members)}
+                output.row["extra"] = {"stacked_with": len(cell_group)}
                 outputs[i] = output
             except Exception as exc:
                 outputs[i] = _failed(p.task, exc, t0)
     return [outputs[i] for i in range(len(cells))]
+
+
+def _fit_in_chunks(members: list[Any], num_classes: int, config: Any, x_test: Any,
+                   tta: bool) -> tuple[list[Any], list[Any]]:
+    """``finetune_stacked`` + ``predict_proba_stacked`` over all members; a stack the device has no
+    memory for is split in halves (each member reseeds, so the numbers do not change) down to one."""
+    import torch
+
+    from fewlabel.training import stacked as stacked_training
+
+    fitted: list[Any] = []
+    probas: list[Any] = []
+    size, at = len(members), 0
+    while at < len(members):
+        chunk = members[at:at + size]
+        try:
+            got = stacked_training.finetune_stacked(chunk, num_classes, config)
+            proba = stacked_training.predict_proba_stacked([c for c, _ in got], x_test, device=config.device,
+                                                           tta=tta)
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            size = max(1, size // 2)
+            continue
+        fitted.extend(got)
+        probas.extend(proba)
+        at += len(chunk)
+    return fitted, probas
 
 
 def _failed(task: CellTask, exc: BaseException, t0: float) -> CellOutput:

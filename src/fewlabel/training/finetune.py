@@ -142,7 +142,7 @@ def _finetune_ensemble(
             checkpoint_path=None if checkpoint_path is None else f"{checkpoint_path}.member{k}")
         members.append(member)
         results.append(result)
-    return Ensemble(members).eval(), _summed(results[0], results)
+    return Ensemble(members).eval(), summed_fits(results[0], results)
 
 
 def pseudo_labels(proba: np.ndarray, labelled_counts: np.ndarray, per_label: float,
@@ -195,10 +195,10 @@ def _self_train(
     x_student = np.concatenate([np.asarray(x_train, dtype=np.float32), np.asarray(pool, dtype=np.float32)])
     student, result = finetune(x_student, np.concatenate([y_train, labels]), x_val, y_val, num_classes, start,
                                single, seed=seed, checkpoint_path=checkpoint_path)
-    return student, _summed(result, [first, result])
+    return student, summed_fits(result, [first, result])
 
 
-def _summed(shown: FitResult, fits: list[FitResult]) -> FitResult:
+def summed_fits(shown: FitResult, fits: list[FitResult]) -> FitResult:
     """``shown``'s history and stopping, with the steps, samples and seconds of all ``fits``."""
     return dataclasses.replace(
         shown, steps=sum(r.steps for r in fits), seconds=sum(r.seconds for r in fits),

@@ -191,9 +191,11 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
     return 1.0
 
 
-def _augmenter(kind: str, spatial_dims: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def finetune_augment(kind: str, spatial_dims: int) -> Any:
+    """Fine-tuning's augmentation for ``kind``: an ``Augment`` drawing from torch's global generator
+    (so the seed fixes it), or None for ``none``."""
     if kind == "none":
-        return lambda x: x
+        return None
     from fewlabel.data.augment import make_augment
 
     if kind == "dihedral":
@@ -228,7 +230,8 @@ class ClassifierTask(Task):
         self.classifier = classifier
         self.config = config
         self.weights = weights
-        self.augment = _augmenter(config.augment, classifier.encoder.spatial_dims)
+        augment = finetune_augment(config.augment, classifier.encoder.spatial_dims)
+        self.augment: Callable[[torch.Tensor], torch.Tensor] = augment or (lambda x: x)
         self._opt: torch.optim.Optimizer | None = None
         self.total_steps = 0  # set by ``finetune`` for the schedule
         self.warmup_steps = 0

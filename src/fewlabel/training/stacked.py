@@ -38,14 +38,18 @@ from fewlabel.models.encoder import Encoder
 from fewlabel.models.heads import Classifier
 from fewlabel.settings import select_device
 from fewlabel.training.batches import TensorBatches
-from fewlabel.training.finetune import FinetuneConfig, class_weights
+from fewlabel.training.finetune import FinetuneConfig, class_weights, dihedral_views
 from fewlabel.training.loop import FitResult, is_improvement
+from fewlabel.training.recipe import finetune_augment
 
 # Every FinetuneConfig field whose meaning this module implements (or that does not touch training).
 KNOWN_FIELDS = frozenset({
     "max_epochs", "batch_size", "min_steps_per_epoch", "lr", "encoder_lr", "weight_decay", "patience",
     "dropout", "label_smoothing", "augment", "balance", "freeze_encoder", "time_budget_s", "device",
     "amp", "progress", "semi", "semi_threshold", "semi_mu", "semi_weight", "extra", "explicit",
+    # prediction only (classifier.tta), the data's split (the caller's), the fixed schedule without
+    # validation, and members (stacked as members by the caller: ``finetune.member_seed``)
+    "tta", "hold_out", "epochs_without_validation", "ensemble",
 })
 VAL_CHUNK = 64  # validation batch, as finetune's sequential_batches
 
@@ -67,7 +71,7 @@ def unstackable_reason(config: FinetuneConfig) -> str | None:
         return "a per-cell time budget"
     if config.extra:
         return "extra fine-tuning options"
-    if config.augment not in ("none", "weak", "strong"):
+    if config.augment not in ("none", "weak", "strong", "dihedral"):
         return f"augmentation {config.augment!r}"
     if config.balance not in ("loss_weights", "none"):
         return f"balance {config.balance!r}"
@@ -198,6 +202,9 @@ def finetune_stacked(members: Sequence[StackMember], num_classes: int,
         raise ValueError(f"cannot train stacked: {reason}")
     if config.max_epochs < 1:
         raise FewlabelError(f"max_epochs must be at least 1 (got {config.max_epochs})")
+    if (config.ensemble or 1) > 1:
+        raise ValueError("an ensemble is stacked as its members: one StackMember per member, seeded "
+                         "by finetune.member_seed, and a config with ensemble=1")
     if not members:
         return []
     geometries = {stack_geometry(m, config) for m in members}
@@ -247,12 +254,11 @@ def finetune_stacked(members: Sequence[StackMember], num_classes: int,
         xv, yv, vmask = xv.to(device), yv.to(device), vmask.to(device)
         n_val = vmask.sum(1).double()
 
-    augment = None
-    if config.augment != "none":
-        from fewlabel.data.augment import make_augment
-
-        augment = make_augment(spatial_dims, kind=config.augment)
-        augment = augment if augment.active else None
+    augment = finetune_augment(config.augment, spatial_dims)
+    augment = augment if augment is not None and augment.active else None
+    # as finetune: without validation a fixed number of epochs (epochs_without_validation, if set)
+    epochs = config.max_epochs if has_val or config.epochs_without_validation is None else (
+        config.epochs_without_validation)
     p_drop = float(config.dropout)
     n_features = classifiers[0].encoder.out_features
 
@@ -266,7 +272,7 @@ def finetune_stacked(members: Sequence[StackMember], num_classes: int,
     t0 = time.perf_counter()
     sample_shape = (batch_size,) + tuple(x_all.shape[1:])
 
-    for epoch in range(config.max_epochs):
+    for epoch in range(epochs):
         loss_sum = torch.zeros(K, dtype=torch.float64, device=device)
         epoch_orders = [s.index_batches() for s in streams]
         for _ in range(steps_per_epoch):
@@ -339,7 +345,7 @@ def finetune_stacked(members: Sequence[StackMember], num_classes: int,
                     if config.patience is not None and since_best[k] >= config.patience:
                         reason = "early_stopping"
             res.history.append(row)
-            if epoch + 1 >= config.max_epochs:
+            if epoch + 1 >= epochs:
                 reason = reason or "max_epochs"
             if reason:
                 res.stopped_because, res.epochs, res.steps = reason, epoch + 1, steps
@@ -363,6 +369,7 @@ def finetune_stacked(members: Sequence[StackMember], num_classes: int,
         assert state is not None
         clf.load_state_dict(state)
         clf.to(device).eval()
+        clf.tta = bool(config.tta)  # read by predict_proba, as finetune sets it
         results[k].seconds = seconds / K
         out.append((clf, results[k]))
     return out
@@ -376,9 +383,11 @@ def _null() -> Any:
 
 @torch.no_grad()
 def predict_proba_stacked(classifiers: Sequence[nn.Module], x: np.ndarray | torch.Tensor,
-                          batch_size: int = 64, device: str | torch.device = "auto") -> list[np.ndarray]:
+                          batch_size: int = 64, device: str | torch.device = "auto",
+                          tta: bool = False) -> list[np.ndarray]:
     """Softmax probabilities (N, K) of each classifier on the same images, all models per batch
-    (eval mode, float32, on CPU); equals ``finetune.predict_proba`` per model."""
+    (eval mode, float32, on CPU); equals ``finetune.predict_proba`` per model (with ``tta``, the
+    mean over the 8 flips / quarter turns, as there)."""
     dev = select_device(device) if isinstance(device, str) else device
     stack = _Stack([c.eval() for c in classifiers], dev)
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
@@ -387,9 +396,12 @@ def predict_proba_stacked(classifiers: Sequence[nn.Module], x: np.ndarray | torc
     out = []
     for i in range(0, len(xt), batch_size):
         xb = xt[i:i + batch_size].to(dev, non_blocking=True)
-        logits = stack.forward(xb.unsqueeze(0).expand((len(classifiers),) + tuple(xb.shape)), None,
-                               train=False)
-        out.append(torch.softmax(logits.float(), dim=-1).cpu())
+        probs = []
+        for view in dihedral_views(xb) if tta else [xb]:
+            logits = stack.forward(view.unsqueeze(0).expand((len(classifiers),) + tuple(view.shape)), None,
+                                   train=False)
+            probs.append(torch.softmax(logits.float(), dim=-1))
+        out.append(torch.stack(probs).mean(0).cpu())
     if not out:
         return [np.zeros((0, 0), dtype=np.float32) for _ in classifiers]
     probs = torch.cat(out, dim=1).numpy().astype(np.float32)
