@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,6 +245,15 @@ def test_fingerprint_stable_and_sensitive(tmp_path):
     time.sleep(0.01)
     again.write_bytes(again.read_bytes())
     assert load_catalog(root).fingerprint() == fp and load_catalog(root).stat_fingerprint() != stat_fp
+    # one byte changed, same size, mtime put back (as cp -p leaves it): still another image
+    body = bytearray(again.read_bytes())
+    before = again.stat()
+    body[-1] ^= 0xFF
+    again.write_bytes(bytes(body))
+    os.utime(again, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert again.stat().st_size == before.st_size and load_catalog(root).fingerprint() != fp
+    again.write_bytes(bytes(body[:-1]) + bytes([body[-1] ^ 0xFF]))
+    assert load_catalog(root).fingerprint() == fp
     assert load_catalog(root, group_pattern=r"(p\d)").fingerprint() != fp
     target = root / "a" / "p0001_s00.png"
     time.sleep(0.01)
@@ -281,3 +291,14 @@ def test_sources_registry_picks_the_first_that_detects_and_refuses_the_rest(tmp_
     weird = load_mod.Source(lambda p: p.suffix == ".weird", from_weird)
     monkeypatch.setitem(load_mod.SOURCES, "weird", weird)
     assert load_catalog(odd).ids == ["a/0", "a/1", "b/0", "b/1"]  # one registry line made it a source
+
+
+def test_fingerprint_follows_the_masks_contents(tmp_path):
+    root = make_image_mask_tree(tmp_path / "seg", {"x": 2, "y": 2}, size=(8, 8), images_per_group=1)
+    cat = load_catalog(root)
+    fp = cat.fingerprint()
+    mask = Path(next(s.mask for s in cat.samples if s.mask))
+    data = bytearray(mask.read_bytes())
+    data[-1] ^= 0xFF
+    mask.write_bytes(bytes(data))
+    assert load_catalog(root).fingerprint() != fp

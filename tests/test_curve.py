@@ -318,5 +318,29 @@ def test_a_named_default_changes_the_hash_only_where_a_recipe_sets_it():
     assert config(scratch, named).config_hash() == config(scratch, unnamed).config_hash()
     empty_list = {**unnamed, "explicit": []}
     assert config(imagenet, empty_list).config_hash() == config(imagenet, unnamed).config_hash()
-    assert "finetune weight_decay (default) vs 0.0001" in " ".join(
-        config(imagenet, named).differences(config(imagenet, unnamed).to_dict()))
+    said = " ".join(config(imagenet, named).differences(config(imagenet, unnamed).to_dict()))
+    assert "finetune weight_decay (default) vs 0.0001" in said and "leave it out to resume" in said
+    # a recipe whose value is the default itself (gan's lr 1e-3) changes nothing for a named lr 1e-3
+    gan = {"gan": {"finetune": {"lr": 1e-3, "encoder_lr": 3e-4}}}
+    lr_named = {"lr": 1e-3, "explicit": ["lr"]}
+    assert config(gan, lr_named).config_hash() == config(gan, {"lr": 1e-3}).config_hash()
+
+
+def test_settings_a_curve_is_given_reach_the_fine_tuning_as_named():
+    """The cells' path: the backend names every setting given, so imagenet's recipe (weight decay 0)
+    does not replace a given 1e-4; a recipe cannot name settings; a name must be a setting."""
+    from fewlabel import pipeline
+    from fewlabel.experiments.cell import PipelineBackend
+    from fewlabel.training.finetune import FinetuneConfig
+
+    backend = PipelineBackend()
+    given = backend.finetune_config({"weight_decay": 1e-4, "device": "cpu"})
+    assert given["explicit"] == ["device", "weight_decay"]
+    spec = pipeline.default_spec("imagenet")
+    assert pipeline.finetune_config_for(spec, FinetuneConfig.from_dict(given)).weight_decay == 1e-4
+    assert pipeline.finetune_config_for(spec, FinetuneConfig.from_dict(
+        backend.finetune_config({"device": "cpu"}))).weight_decay == 0.0
+    with pytest.raises(FewlabelError, match="recipe cannot set explicit"):
+        backend.check_spec({"name": "imagenet", "finetune": {"explicit": ["lr"]}})
+    with pytest.raises(FewlabelError, match="unknown fine-tuning setting.*lrr"):
+        backend.finetune_config({"explicit": ["lrr"]})

@@ -6,6 +6,7 @@ command, split copies of one image apart, or trusted an encoder that cannot say 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -421,6 +422,22 @@ def test_a_run_resumes_on_a_copy_of_its_data_and_refuses_changed_contents(tmp_pa
         run_curve(copy, out, ["scratch"], [2], 1, unlabelled=pool_copy, **args)
 
 
+def _stat_fingerprint_as_written_before(catalog) -> str:
+    """The catalog fingerprint of earlier fewlabel versions, written out here so it stays pinned."""
+    def stat_key(path):
+        if path is None:
+            return None
+        st = Path(path.split("::", 1)[0]).stat()
+        return st.st_size, st.st_mtime_ns
+
+    h = hashlib.sha256()
+    h.update(repr(list(catalog.classes)).encode())
+    for s in sorted(catalog.samples, key=lambda s: s.id):
+        h.update(repr((s.id, s.label, s.group, s.mask is not None, stat_key(s.path),
+                       stat_key(s.mask) if s.mask else None)).encode())
+    return h.hexdigest()[:16]
+
+
 def test_a_run_planned_with_stat_fingerprints_still_resumes_on_untouched_files(tmp_path: Path) -> None:
     """Plans written before fingerprints hashed contents hold one of sizes + modification times:
     such a run resumes while its files are untouched (no cell runs again), and is refused when a
@@ -442,10 +459,18 @@ def test_a_run_planned_with_stat_fingerprints_still_resumes_on_untouched_files(t
     plan.data_fingerprint = load_catalog(data).stat_fingerprint()
     (out / "plan.json").write_text(json.dumps(plan.to_dict()))
     legacy = prepare_data(data, unlabelled=pool, plan=out / "plan.json", test_size=0.25)
-    assert legacy.unlabelled_fingerprint() == load_pool(pool).stat_fingerprint()
+    assert plan.data_fingerprint == _stat_fingerprint_as_written_before(load_catalog(data))
+    pool_fp = _stat_fingerprint_as_written_before(load_pool(pool))
+    assert legacy.unlabelled_fingerprint() == pool_fp
+    # the prepared data's fingerprint as the older code took it (the curve's config holds it)
+    h = hashlib.sha256(plan.data_fingerprint.encode())
+    h.update(plan.fingerprint.encode())
+    h.update(repr(sorted(legacy.preprocess.to_dict().items())).encode())
+    h.update(pool_fp.encode())
+    assert legacy.fingerprint() == h.hexdigest()[:16]
     run = json.loads((out / "run.json").read_text())
-    run["config"]["data_fingerprint"] = legacy.fingerprint()
-    run["config"]["unlabelled_fingerprint"] = legacy.unlabelled_fingerprint()
+    run["config"]["data_fingerprint"] = h.hexdigest()[:16]
+    run["config"]["unlabelled_fingerprint"] = pool_fp
     run["config_hash"] = CurveConfig.from_dict(run["config"]).config_hash()
     (out / "run.json").write_text(json.dumps(run))
     store = ResultStore(out)

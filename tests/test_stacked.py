@@ -15,10 +15,10 @@ from fewlabel.training.finetune import FinetuneConfig, finetune, predict_proba
 from fewlabel.training.stacked import (
     StackMember,
     finetune_stacked,
-    predict_proba_stacked,
     unstackable_reason,
     weighted_cross_entropy,
 )
+from fewlabel.training.stacked_module import predict_proba_stacked
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
+import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,10 +27,13 @@ from fewlabel.data.readers import NPZ_SEP
 from fewlabel.errors import UnreadableFileError
 
 _DIGEST = 8  # bytes: 16 hex digits; collisions among a few million images are vanishingly rare
-# Keys already computed in this process, by (address, size, mtime): a catalog's fingerprint and the
-# split's duplicate check read each file once between them. A changed file has another stat.
-_KNOWN: dict[tuple[str, int, int], str] = {}
-_KNOWN_MAX = 1_000_000
+# Keys already computed in this process, by the file's full stat: a catalog's fingerprint and the
+# split's duplicate check read each file once between them. A rewritten or replaced file has another
+# inode, size, mtime or ctime (``cp -p`` keeps the mtime, not the ctime); a file changed in the last
+# seconds is never remembered, since a rewrite within one timestamp tick would keep its stat.
+_KNOWN: dict[tuple[Any, ...], str] = {}
+_KNOWN_MAX = 200_000
+_SETTLED_NS = 2_000_000_000
 
 
 def _hash_file(path: str) -> str:
@@ -40,7 +46,7 @@ def _hash_file(path: str) -> str:
 
 def _hash_folder(path: str) -> str:
     """A DICOM series (or any folder read as one volume): its files' keys, sorted, hashed."""
-    keys = sorted(_hash_file(os.path.join(root, name))
+    keys = sorted(file_key(os.path.join(root, name))
                   for root, _, names in os.walk(path) for name in names if not name.startswith("."))
     return hashlib.blake2b("\n".join(keys).encode(), digest_size=_DIGEST).hexdigest()
 
@@ -64,13 +70,18 @@ def file_key(address: str) -> str:
     file_part, sep, member = address.partition(NPZ_SEP)
     try:
         st = os.stat(file_part)
-        # a folder's own stat does not change when a file inside it is rewritten: never remembered
-        known = None if os.path.isdir(file_part) else (address, st.st_size, st.st_mtime_ns)
-        if known is not None and known in _KNOWN:
-            return _KNOWN[known]
+        # a folder's own stat does not change when a file inside it is rewritten: its files are
+        # remembered one by one instead
+        known = None if stat.S_ISDIR(st.st_mode) else (os.path.abspath(file_part), member, st.st_dev,
+                                                        st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if known is not None and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < _SETTLED_NS:
+            known = None
+        cached = _KNOWN.get(known) if known is not None else None
+        if cached is not None:
+            return cached
         if sep:
             key = _hash_npz_member(file_part, member)
-        elif known is None:
+        elif stat.S_ISDIR(st.st_mode):
             key = _hash_folder(file_part)
         else:
             key = _hash_file(file_part)

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fewlabel.errors import one_line
+from fewlabel.errors import FewlabelError, one_line
 from fewlabel.evaluate.metrics import PATIENT_METRICS
 from fewlabel.experiments.grid import Cell
 from fewlabel.experiments.store import METRICS
@@ -98,6 +98,8 @@ class PipelineBackend:
 
         checked = pipeline.StrategySpec.from_dict(dict(spec)).to_dict()
         checked["finetune"] = validated(FinetuneConfig, dict(checked.get("finetune") or {}), "fine-tuning")
+        if "explicit" in checked["finetune"]:  # the user's settings say what they named, never a recipe
+            raise FewlabelError("a strategy's fine-tuning recipe cannot set explicit")
         checked["pretrain"] = validated(PretrainConfig, dict(checked.get("pretrain") or {}), "pretraining")
         return jsonable(checked)
 

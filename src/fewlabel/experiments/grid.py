@@ -189,6 +189,11 @@ class CurveConfig:
         for name in HASHED_FIELDS:
             if mine[name] != theirs[name]:
                 out.extend(_describe(_FIELD_LABELS[name], theirs[name], mine[name]))
+        named = set(self.finetune.get("explicit") or ())
+        if any(line.startswith("finetune ") and line.split()[1] in named and " (default) vs " in line
+               for line in out):
+            out.append("(a setting you give now wins over the strategy's recipe even at its default value; "
+                       "leave it out to resume)")
         return out
 
 
@@ -260,11 +265,16 @@ def _hashed_form(fields: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in settings.items() if k in keep
                 or ((k not in defaults or v != defaults[k]) and (k not in neutral or v != neutral[k]))}
 
+    # A strategy's recipe value equal to the default is no recipe at all (the base's value stands),
+    # nor is one equal to what an unset setting means (one model, no TTA).
+    for spec in (out.get("strategy_specs") or {}).values():
+        if isinstance(spec, dict) and "finetune" in spec:
+            spec["finetune"] = sparse(spec["finetune"], FinetuneConfig.UNSET_MEANS)
     base = out.get("finetune")
     keep: set[str] = set()
     if isinstance(base, dict):
-        # A setting the user named counts even at its default when some strategy's recipe sets
-        # it (the user's value then wins: other numbers); the list itself is not a setting.
+        # A setting the user named counts even at its default where some strategy's recipe sets it
+        # to another value (the user's value then wins: other numbers); the list is not a setting.
         named = base.get("explicit") or ()
         base = {k: v for k, v in base.items() if k != "explicit"}
         recipe_keys = {k for spec in (out.get("strategy_specs") or {}).values() if isinstance(spec, dict)
@@ -275,11 +285,6 @@ def _hashed_form(fields: dict[str, Any]) -> dict[str, Any]:
         # which meant what unset means now.
         base = {k: v for k, v in base.items() if k != "tta"}
     out["finetune"] = sparse(base, {}, keep)
-    # A strategy's recipe value equal to the default is no recipe at all (the base's value stands),
-    # nor is one equal to what an unset setting means (one model, no TTA).
-    for spec in (out.get("strategy_specs") or {}).values():
-        if isinstance(spec, dict) and "finetune" in spec:
-            spec["finetune"] = sparse(spec["finetune"], FinetuneConfig.UNSET_MEANS)
     return out
 
 

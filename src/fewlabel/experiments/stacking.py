@@ -270,6 +270,7 @@ def _fit_in_chunks(members: list[Any], num_classes: int, config: Any, x_test: An
     import torch
 
     from fewlabel.training import stacked as stacked_training
+    from fewlabel.training.stacked_module import predict_proba_stacked
 
     fitted: list[Any] = []
     probas: list[Any] = []
@@ -278,8 +279,7 @@ def _fit_in_chunks(members: list[Any], num_classes: int, config: Any, x_test: An
         chunk = members[at:at + size]
         try:
             got = stacked_training.finetune_stacked(chunk, num_classes, config)
-            proba = stacked_training.predict_proba_stacked([c for c, _ in got], x_test, device=config.device,
-                                                           tta=tta)
+            proba = predict_proba_stacked([c for c, _ in got], x_test, device=config.device, tta=tta)
         except torch.OutOfMemoryError:
             if size == 1:
                 raise

@@ -89,7 +89,10 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         named = self.explicit.split(",") if isinstance(self.explicit, str) else self.explicit
-        self.explicit = tuple(sorted({str(k).strip() for k in named or () if str(k).strip()}))
+        self.explicit = tuple(sorted({str(k).strip() for k in named or () if str(k).strip()} - {"explicit"}))
+        unknown = [k for k in self.explicit if k not in self.__dataclass_fields__]
+        if unknown:
+            raise FewlabelError(f"explicit names unknown fine-tuning setting(s) {', '.join(unknown)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,7 +21,6 @@ default, makes a recipe unstackable until someone teaches this module its meanin
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,16 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
 
 from fewlabel.errors import FewlabelError
 from fewlabel.models.encoder import Encoder
 from fewlabel.models.heads import Classifier
 from fewlabel.settings import select_device
 from fewlabel.training.batches import TensorBatches
-from fewlabel.training.finetune import FinetuneConfig, class_weights, dihedral_views
+from fewlabel.training.finetune import FinetuneConfig, class_weights
 from fewlabel.training.loop import FitResult, is_improvement
 from fewlabel.training.recipe import finetune_augment
+from fewlabel.training.stacked_module import StackedModule
 
 # Every FinetuneConfig field whose meaning this module implements (or that does not touch training).
 KNOWN_FIELDS = frozenset({
@@ -131,44 +130,6 @@ def weighted_cross_entropy(logits: torch.Tensor, y: torch.Tensor, weights: torch
     return loss
 
 
-class _Stack:
-    """Stacked parameters/buffers and the vmapped forward of K classifiers built alike."""
-
-    def __init__(self, classifiers: Sequence[Classifier], device: torch.device) -> None:
-        for c in classifiers:
-            c.to(device)
-        params, buffers = stack_module_state(list(classifiers))
-        self.params: dict[str, torch.Tensor] = params
-        self.buffers: dict[str, torch.Tensor] = buffers
-        template = copy.deepcopy(classifiers[0]).to("meta")
-        self.encoder = template.encoder
-        self.enc_params = [n for n in params if n.startswith("encoder.")]
-        self.enc_buffers = [n for n in buffers if n.startswith("encoder.")]
-        self.head_params = [n for n in params if n.startswith("head.")]
-
-        def one(p: dict[str, torch.Tensor], b: dict[str, torch.Tensor], x: torch.Tensor,
-                noise: torch.Tensor | None) -> torch.Tensor:
-            feats = functional_call(self.encoder, ({n[8:]: p[n] for n in self.enc_params},
-                                                   {n[8:]: b[n] for n in self.enc_buffers}), (x,))
-            if noise is not None:  # dropout with a mask drawn from this model's own stream
-                feats = feats * noise
-            return F.linear(feats, p["head.1.weight"], p["head.1.bias"])
-
-        self._train = vmap(one, in_dims=(0, 0, 0, 0))
-        self._train_nodrop = vmap(lambda p, b, x: one(p, b, x, None), in_dims=(0, 0, 0))
-
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None, train: bool) -> torch.Tensor:
-        """Logits (K, B, C) for inputs (K, B, ...)."""
-        self.encoder.train(train)
-        if noise is None:
-            return self._train_nodrop(self.params, self.buffers, x)
-        return self._train(self.params, self.buffers, x, noise)
-
-    def member_state(self, k: int, source: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-        src = source if source is not None else {**self.params, **self.buffers}
-        return {n: t[k].detach().to("cpu", copy=True) for n, t in src.items()}
-
-
 def _combine_spatial(parts: list[Any]) -> Any:
     from fewlabel.data.augment import SpatialTransform
 
@@ -230,7 +191,7 @@ def finetune_stacked(members: Sequence[StackMember], num_classes: int,
         torch.manual_seed(m.seed)  # what loop.fit's seed_everything gives the one-at-a-time steps
         rng.append(torch.get_rng_state())
     spatial_dims = classifiers[0].encoder.spatial_dims
-    stack = _Stack(classifiers, device)
+    stack = StackedModule(classifiers, device)
     enc_lr = config.encoder_lr if config.encoder_lr is not None else config.lr
     optimizer = torch.optim.AdamW(
         [{"params": [stack.params[n] for n in stack.head_params], "lr": config.lr},
@@ -379,30 +340,3 @@ def _null() -> Any:
     import contextlib
 
     return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def predict_proba_stacked(classifiers: Sequence[nn.Module], x: np.ndarray | torch.Tensor,
-                          batch_size: int = 64, device: str | torch.device = "auto",
-                          tta: bool = False) -> list[np.ndarray]:
-    """Softmax probabilities (N, K) of each classifier on the same images, all models per batch
-    (eval mode, float32, on CPU); equals ``finetune.predict_proba`` per model (with ``tta``, the
-    mean over the 8 flips / quarter turns, as there)."""
-    dev = select_device(device) if isinstance(device, str) else device
-    stack = _Stack([c.eval() for c in classifiers], dev)
-    xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
-    if dev.type == "cuda":
-        xt = xt.pin_memory()
-    out = []
-    for i in range(0, len(xt), batch_size):
-        xb = xt[i:i + batch_size].to(dev, non_blocking=True)
-        probs = []
-        for view in dihedral_views(xb) if tta else [xb]:
-            logits = stack.forward(view.unsqueeze(0).expand((len(classifiers),) + tuple(view.shape)), None,
-                                   train=False)
-            probs.append(torch.softmax(logits.float(), dim=-1))
-        out.append(torch.stack(probs).mean(0).cpu())
-    if not out:
-        return [np.zeros((0, 0), dtype=np.float32) for _ in classifiers]
-    probs = torch.cat(out, dim=1).numpy().astype(np.float32)
-    return [probs[k] for k in range(len(classifiers))]
