@@ -251,3 +251,28 @@ def test_mobilenet_with_the_imagenet_recipe_stacks(tmp_path, monkeypatch):
     assert plain.ok and stacked.ok
     assert all((r.get("extra") or {}).get("stacked_with") == 2 for r in stacked.rows)
     _assert_same_cells(_curve_rows(plain, tmp_path / "plain"), _curve_rows(stacked, tmp_path / "stacked"))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_the_imagenet_recipe_stacks_on_cuda(tmp_path, monkeypatch):
+    """On CUDA (mixed precision) the ImageNet family's recipe trains stacked: every cell of a size
+    shares one stack, and its numbers stay close to one-at-a-time training (AMP: not bit-equal)."""
+    from fewlabel.experiments import run_curve
+
+    from factory import make_class_folder
+
+    data = make_class_folder(tmp_path / "data", classes={"a": 10, "b": 10}, size=(16, 16), channels=3,
+                             separable=False)
+    grid = {"strategies": "scratch_mobilenet", "sizes": [2], "repeats": 3, "test_size": 4,
+            "finetune": {"max_epochs": 2, "device": "cuda"}, "log": None, "progress": False,
+            "strategy_options": {"scratch_mobilenet": {"encoder_kwargs": {"input_size": 64}}}}
+    monkeypatch.setenv("FEWLABEL_STACKING", "off")
+    plain = run_curve(data, tmp_path / "plain", **grid)
+    monkeypatch.setenv("FEWLABEL_STACKING", "auto")
+    stacked = run_curve(data, tmp_path / "stacked", **grid)
+    assert plain.ok and stacked.ok
+    assert all((r.get("extra") or {}).get("stacked_with") == 3 for r in stacked.rows)
+    for (_, pa), (_, pb) in zip(_curve_rows(plain, tmp_path / "plain"),
+                                _curve_rows(stacked, tmp_path / "stacked"), strict=True):
+        assert np.isfinite(pb).all() and np.abs(pa - pb).mean() < 0.1
