@@ -232,25 +232,33 @@ def test_the_imagenet_recipe_levers_stack_and_match_one_at_a_time(tmp_path, monk
     _assert_same_cells(_curve_rows(plain, tmp_path / "plain"), _curve_rows(halved, tmp_path / "halved"))
 
 
-def test_mobilenet_with_the_imagenet_recipe_stacks(tmp_path, monkeypatch):
-    """scratch_mobilenet carries the ImageNet family's recipe (3 members, TTA, flips / turns): its
-    MobileNetV2 (depthwise convolutions, BatchNorm, the input resize) trains stacked and matches."""
+def _mobilenet_both_ways(tmp_path, monkeypatch, repeats: int, finetune: dict, input_size: int,
+                         stacking: str):
+    """scratch_mobilenet's curve one at a time and with ``stacking``: (rows + probabilities) each."""
     from fewlabel.experiments import run_curve
 
     from factory import make_class_folder
 
     data = make_class_folder(tmp_path / "data", classes={"a": 10, "b": 10}, size=(16, 16), channels=3,
                              separable=False)
-    grid = {"strategies": "scratch_mobilenet", "sizes": [2], "repeats": 2, "test_size": 4,
-            "finetune": {"max_epochs": 1}, "log": None, "progress": False,
-            "strategy_options": {"scratch_mobilenet": {"encoder_kwargs": {"input_size": 32}}}}
-    monkeypatch.setenv("FEWLABEL_STACKING", "off")
-    plain = run_curve(data, tmp_path / "plain", **grid)
-    monkeypatch.setenv("FEWLABEL_STACKING", "on")
-    stacked = run_curve(data, tmp_path / "stacked", **grid)
-    assert plain.ok and stacked.ok
-    assert all((r.get("extra") or {}).get("stacked_with") == 2 for r in stacked.rows)
-    _assert_same_cells(_curve_rows(plain, tmp_path / "plain"), _curve_rows(stacked, tmp_path / "stacked"))
+    grid = {"strategies": "scratch_mobilenet", "sizes": [2], "repeats": repeats, "test_size": 4,
+            "finetune": finetune, "log": None, "progress": False,
+            "strategy_options": {"scratch_mobilenet": {"encoder_kwargs": {"input_size": input_size}}}}
+    runs = []
+    for name, mode in (("plain", "off"), ("stacked", stacking)):
+        monkeypatch.setenv("FEWLABEL_STACKING", mode)
+        run = run_curve(data, tmp_path / name, **grid)
+        assert run.ok
+        runs.append(_curve_rows(run, tmp_path / name))
+    assert all((r.get("extra") or {}).get("stacked_with") == repeats for r, _ in runs[1])
+    return runs
+
+
+def test_mobilenet_with_the_imagenet_recipe_stacks(tmp_path, monkeypatch):
+    """scratch_mobilenet carries the ImageNet family's recipe (3 members, TTA, flips / turns): its
+    MobileNetV2 (depthwise convolutions, BatchNorm, the input resize) trains stacked and matches."""
+    plain, stacked = _mobilenet_both_ways(tmp_path, monkeypatch, 2, {"max_epochs": 1}, 32, "on")
+    _assert_same_cells(plain, stacked)
 
 
 @pytest.mark.gpu
@@ -258,21 +266,7 @@ def test_mobilenet_with_the_imagenet_recipe_stacks(tmp_path, monkeypatch):
 def test_the_imagenet_recipe_stacks_on_cuda(tmp_path, monkeypatch):
     """On CUDA (mixed precision) the ImageNet family's recipe trains stacked: every cell of a size
     shares one stack, and its numbers stay close to one-at-a-time training (AMP: not bit-equal)."""
-    from fewlabel.experiments import run_curve
-
-    from factory import make_class_folder
-
-    data = make_class_folder(tmp_path / "data", classes={"a": 10, "b": 10}, size=(16, 16), channels=3,
-                             separable=False)
-    grid = {"strategies": "scratch_mobilenet", "sizes": [2], "repeats": 3, "test_size": 4,
-            "finetune": {"max_epochs": 2, "device": "cuda"}, "log": None, "progress": False,
-            "strategy_options": {"scratch_mobilenet": {"encoder_kwargs": {"input_size": 64}}}}
-    monkeypatch.setenv("FEWLABEL_STACKING", "off")
-    plain = run_curve(data, tmp_path / "plain", **grid)
-    monkeypatch.setenv("FEWLABEL_STACKING", "auto")
-    stacked = run_curve(data, tmp_path / "stacked", **grid)
-    assert plain.ok and stacked.ok
-    assert all((r.get("extra") or {}).get("stacked_with") == 3 for r in stacked.rows)
-    for (_, pa), (_, pb) in zip(_curve_rows(plain, tmp_path / "plain"),
-                                _curve_rows(stacked, tmp_path / "stacked"), strict=True):
+    plain, stacked = _mobilenet_both_ways(tmp_path, monkeypatch, 3, {"max_epochs": 2, "device": "cuda"}, 64,
+                                          "auto")
+    for (_, pa), (_, pb) in zip(plain, stacked, strict=True):
         assert np.isfinite(pb).all() and np.abs(pa - pb).mean() < 0.1
