@@ -199,6 +199,7 @@ def test_the_imagenet_recipe_levers_stack_and_match_one_at_a_time(tmp_path, monk
     import torch
 
     import fewlabel.training.stacked as stacked_module
+    import fewlabel.training.stacked_module as prediction_module
     from fewlabel.experiments import run_curve
 
     from factory import make_class_folder
@@ -217,19 +218,37 @@ def test_the_imagenet_recipe_levers_stack_and_match_one_at_a_time(tmp_path, monk
     assert all(r["n_val"] == 0 and r["epochs"] == 3 for r in stacked.rows)
     _assert_same_cells(_curve_rows(plain, tmp_path / "plain"), _curve_rows(stacked, tmp_path / "stacked"))
 
-    real = stacked_module.finetune_stacked
-    sizes = []
+    real_fit, real_predict = stacked_module.finetune_stacked, prediction_module.predict_proba_stacked
+    sizes: list[int] = []
 
-    def short_of_memory(members, num_classes, config=None):
+    def short_of_memory_after_training(members, num_classes, config=None):
+        # the memory runs out once the stack has trained (its encoders' weights have moved)
+        got = real_fit(members, num_classes, config)
         sizes.append(len(members))
         if len(members) > 1:
             raise torch.OutOfMemoryError("a test's full device")
-        return real(members, num_classes, config)
+        return got
 
-    monkeypatch.setattr(stacked_module, "finetune_stacked", short_of_memory)
+    monkeypatch.setattr(stacked_module, "finetune_stacked", short_of_memory_after_training)
     halved = run_curve(data, tmp_path / "halved", **grid)
     assert halved.ok and sizes[:3] == [4, 2, 1] and max(sizes[3:]) == 1
+    assert all((r.get("extra") or {}).get("stacked_with") == 2 for r in halved.rows)
     _assert_same_cells(_curve_rows(plain, tmp_path / "plain"), _curve_rows(halved, tmp_path / "halved"))
+
+    monkeypatch.setattr(stacked_module, "finetune_stacked", real_fit)
+    predicted: list[int] = []
+
+    def prediction_short_of_memory(classifiers, *args, **kwargs):
+        predicted.append(len(classifiers))
+        if len(classifiers) > 1:
+            raise torch.OutOfMemoryError("a test's full device")
+        return real_predict(classifiers, *args, **kwargs)
+
+    monkeypatch.setattr(prediction_module, "predict_proba_stacked", prediction_short_of_memory)
+    split = run_curve(data, tmp_path / "split", **grid)
+    assert split.ok and predicted[:3] == [4, 2, 1] and len(predicted) == 2 + 4
+    assert all((r.get("extra") or {}).get("stacked_with") == 2 for r in split.rows)
+    _assert_same_cells(_curve_rows(plain, tmp_path / "plain"), _curve_rows(split, tmp_path / "split"))
 
 
 def _mobilenet_both_ways(tmp_path, monkeypatch, repeats: int, finetune: dict, input_size: int,

@@ -233,7 +233,8 @@ def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any,
             stacked = len(members) > 1 and (
                 not measure or stacking_pays(members, data.num_classes, single))
             if stacked:
-                fitted, probas = _fit_in_chunks(members, data.num_classes, single, x_test, bool(config.tta))
+                fitted, probas, train_seconds = _fit_in_chunks(members, data.num_classes, single, x_test,
+                                                               bool(config.tta))
         except Exception:
             stacked = False
         if not stacked:  # the reference path, cell by cell
@@ -253,44 +254,82 @@ def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any,
                     classifier = Ensemble([c for c, _ in own]).eval()
                     fit = summed_fits(own[0][1], [f for _, f in own])
                     proba = np.mean(own_proba, axis=0, dtype=np.float64).astype(np.float32)
-                result = score_cell(data, p.inputs, classifier, fit, config, p.task.seed, share, proba=proba)
+                result = score_cell(data, p.inputs, classifier, fit, config, p.task.seed,
+                                    train_seconds / len(cell_group), proba=proba)
                 output = ok_output(p.task, data, result, base_row(p.task))
                 output.row["cell_seconds"] = share
-                output.row["extra"] = {"stacked_with": len(cell_group)}
+                output.row["extra"] = {**(output.row.get("extra") or {}), "stacked_with": len(cell_group)}
                 outputs[i] = output
+                classifier.to("cpu")  # its files are written: the device's memory goes to the next
             except Exception as exc:
                 outputs[i] = _failed(p.task, exc, t0)
     return [outputs[i] for i in range(len(cells))]
 
 
 def _fit_in_chunks(members: list[Any], num_classes: int, config: Any, x_test: Any,
-                   tta: bool) -> tuple[list[Any], list[Any]]:
-    """``finetune_stacked`` + ``predict_proba_stacked`` over all members; a stack the device has no
-    memory for is split in halves (each member reseeds, so the numbers do not change) down to one."""
+                   tta: bool) -> tuple[list[Any], list[Any], float]:
+    """``finetune_stacked`` + ``predict_proba_stacked`` over all members, and the seconds spent
+    training. A stack the device has no memory for is split in halves down to one member (each
+    member starts again from its own encoder and seed, so the numbers do not change); prediction
+    that runs out of memory is split likewise, without training again."""
     import torch
 
     from fewlabel.training import stacked as stacked_training
-    from fewlabel.training.stacked_module import predict_proba_stacked
 
     fitted: list[Any] = []
     probas: list[Any] = []
-    size, at = len(members), 0
+    size, at, seconds = len(members), 0, 0.0
     while at < len(members):
         chunk = members[at:at + size]
+        got = None
+        t0 = time.perf_counter()
         try:
             got = stacked_training.finetune_stacked(chunk, num_classes, config)
-            proba = predict_proba_stacked([c for c, _ in got], x_test, device=config.device, tta=tta)
         except torch.OutOfMemoryError:
             if size == 1:
                 raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
             size = max(1, size // 2)
+        seconds += time.perf_counter() - t0
+        if got is None:
+            _release_memory()
             continue
+        probas.extend(_predict_in_chunks([c for c, _ in got], x_test, config.device, tta))
         fitted.extend(got)
-        probas.extend(proba)
         at += len(chunk)
-    return fitted, probas
+    return fitted, probas, seconds
+
+
+def _predict_in_chunks(classifiers: list[Any], x_test: Any, device: str, tta: bool) -> list[Any]:
+    import torch
+
+    from fewlabel.training.stacked_module import predict_proba_stacked
+
+    size, at, out = len(classifiers), 0, []
+    while at < len(classifiers):
+        part = None
+        try:
+            part = predict_proba_stacked(classifiers[at:at + size], x_test, device=device, tta=tta)
+        except torch.OutOfMemoryError:
+            if size == 1:
+                raise
+            size = max(1, size // 2)
+        if part is None:
+            _release_memory()
+            continue
+        out.extend(part)
+        at += len(part)
+    return out
+
+
+def _release_memory() -> None:
+    """After an out-of-memory error, once its traceback is gone: give the cached blocks back."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _failed(task: CellTask, exc: BaseException, t0: float) -> CellOutput:

@@ -14,6 +14,10 @@ ended for the same seed (a CPU test checks it):
 * its own BatchNorm statistics (stacked buffers, updated in place under ``vmap``);
 * its own validation, early stopping and best-epoch restore (device-side best snapshots).
 
+On CUDA the dropout masks come from each model's CPU stream while one-at-a-time training draws them
+on the GPU: the same statistics, not the same draws, so there the two agree in distribution (and AMP
+rounds besides), not number for number.
+
 Only recipes this module implements run stacked: ``unstackable_reason`` lists what it refuses, and a
 fine-tuning option it does not know (a new field of ``FinetuneConfig``), set to anything but its
 default, makes a recipe unstackable until someone teaches this module its meaning.
@@ -21,6 +25,7 @@ default, makes a recipe unstackable until someone teaches this module its meanin
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -179,7 +184,9 @@ def finetune_stacked(members: Sequence[StackMember], num_classes: int,
     classifiers, weights, streams, rng = [], [], [], []
     for m in members:
         torch.manual_seed(m.seed)  # the head's initial weights depend on the seed only (as finetune)
-        clf = Classifier(m.encoder, num_classes, dropout=config.dropout)
+        # a copy: the member's encoder stays its starting point (a stack retried after running out of
+        # memory starts from it again)
+        clf = Classifier(copy.deepcopy(m.encoder), num_classes, dropout=config.dropout)
         why = unstackable_model_reason(clf)
         if why:
             raise ValueError(f"cannot train stacked: {why}")

@@ -16,6 +16,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from fewlabel.models.heads import Classifier
 from fewlabel.settings import select_device
+from fewlabel.training.batches import INFERENCE_VOXELS, bounded_batch_size
 from fewlabel.training.recipe import dihedral_views
 
 
@@ -69,6 +70,8 @@ def predict_proba_stacked(classifiers: Sequence[nn.Module], x: np.ndarray | torc
     xt = torch.as_tensor(np.asarray(x), dtype=torch.float32)
     if dev.type == "cuda":
         xt = xt.pin_memory()
+    # K models see every batch: the voxel cap of one model's prediction is shared among them
+    batch_size = bounded_batch_size(xt.shape[1:], batch_size, max(1, INFERENCE_VOXELS // len(classifiers)))
     out = []
     for i in range(0, len(xt), batch_size):
         xb = xt[i:i + batch_size].to(dev, non_blocking=True)
