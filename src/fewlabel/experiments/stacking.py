@@ -269,55 +269,40 @@ def _train_stacked(cells: list[CellTask], data: Any, spec: Any, config: Any,
 def _fit_in_chunks(members: list[Any], num_classes: int, config: Any, x_test: Any,
                    tta: bool) -> tuple[list[Any], list[Any], float]:
     """``finetune_stacked`` + ``predict_proba_stacked`` over all members, and the seconds spent
-    training. A stack the device has no memory for is split in halves down to one member (each
-    member starts again from its own encoder and seed, so the numbers do not change); prediction
-    that runs out of memory is split likewise, without training again."""
-    import torch
-
+    training, each through ``_halving`` (a member starts again from its own encoder and seed, so a
+    retried stack gives the same numbers; prediction is split without training again)."""
     from fewlabel.training import stacked as stacked_training
+    from fewlabel.training.stacked_module import predict_proba_stacked
 
-    fitted: list[Any] = []
-    probas: list[Any] = []
-    size, at, seconds = len(members), 0, 0.0
-    while at < len(members):
-        chunk = members[at:at + size]
-        got = None
-        t0 = time.perf_counter()
-        try:
-            got = stacked_training.finetune_stacked(chunk, num_classes, config)
-        except torch.OutOfMemoryError:
-            if size == 1:
-                raise
-            size = max(1, size // 2)
-        seconds += time.perf_counter() - t0
-        if got is None:
-            _release_memory()
-            continue
-        probas.extend(_predict_in_chunks([c for c, _ in got], x_test, config.device, tta))
-        fitted.extend(got)
-        at += len(chunk)
+    t0 = time.perf_counter()
+    fitted = _halving(members, lambda chunk: stacked_training.finetune_stacked(chunk, num_classes, config))
+    seconds = time.perf_counter() - t0
+    probas = _halving([c for c, _ in fitted],
+                      lambda chunk: predict_proba_stacked(chunk, x_test, device=config.device, tta=tta))
     return fitted, probas, seconds
 
 
-def _predict_in_chunks(classifiers: list[Any], x_test: Any, device: str, tta: bool) -> list[Any]:
+def _halving(items: list[Any], run: Any) -> list[Any]:
+    """``run`` over ``items`` in chunks, all at once first: a chunk the device has no memory for is
+    split in halves, down to one item (then the error stands). One result per item, in order."""
     import torch
 
-    from fewlabel.training.stacked_module import predict_proba_stacked
-
-    size, at, out = len(classifiers), 0, []
-    while at < len(classifiers):
-        part = None
+    out: list[Any] = []
+    size, at = len(items), 0
+    while at < len(items):
+        chunk = items[at:at + size]
+        got = None
         try:
-            part = predict_proba_stacked(classifiers[at:at + size], x_test, device=device, tta=tta)
+            got = run(chunk)
         except torch.OutOfMemoryError:
             if size == 1:
                 raise
             size = max(1, size // 2)
-        if part is None:
-            _release_memory()
+        if got is None:
+            _release_memory()  # here, once the error's traceback is gone
             continue
-        out.extend(part)
-        at += len(part)
+        out.extend(got)
+        at += len(chunk)
     return out
 
 
