@@ -57,7 +57,7 @@ __all__ = [
 def finetune(
     x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None, y_val: np.ndarray | None,
     num_classes: int, encoder: Encoder, config: FinetuneConfig | None = None, *, seed: int = 0,
-    x_unlabelled: np.ndarray | None = None, checkpoint_path: str | None = None,
+    x_unlabelled: np.ndarray | None = None, checkpoint_path: str | None = None, desc: str = "fine-tune",
 ) -> tuple[Classifier | Ensemble, FitResult]:
     """Fine-tune ``encoder`` with a fresh linear head on (x_train, y_train).
 
@@ -111,7 +111,7 @@ def finetune(
     task.warmup_steps = int(round(config.warmup_epochs * len(train_batches)))
     loop_config = LoopConfig(
         max_epochs=epochs, patience=config.patience if has_val else None, seed=seed,
-        device=config.device, amp=config.amp, progress=config.progress, desc="fine-tune",
+        device=config.device, amp=config.amp, progress=config.progress, desc=desc,
         time_budget_s=config.time_budget_s, checkpoint_path=checkpoint_path)
     result = fit(task, train_batches, val_batches, loop_config)
     classifier.eval()
@@ -139,6 +139,7 @@ def _finetune_ensemble(
         member, result = finetune(
             x_train, y_train, x_val, y_val, num_classes, start if last else copy.deepcopy(start), single,
             seed=member_seed(seed, k), x_unlabelled=x_unlabelled,
+            desc=f"fine-tune member {k + 1}/{config.ensemble}",
             checkpoint_path=None if checkpoint_path is None else f"{checkpoint_path}.member{k}")
         members.append(member)
         results.append(result)

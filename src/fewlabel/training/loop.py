@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from torch import nn
 from fewlabel.fileio import atomic_path
 from fewlabel.settings import select_device
 from fewlabel.training.heap import reuse_freed_memory
+from fewlabel.training.heartbeat import Heartbeat, duration, progress_mode, time_left
 
 
 def seed_everything(seed: int) -> None:
@@ -81,7 +81,8 @@ class LoopConfig:
     device: str = "auto"
     amp: bool = True  # mixed precision, used on CUDA only
     grad_clip: float | None = None
-    progress: bool | None = None  # None: only when stderr is a terminal
+    progress: bool | None = None  # None: a bar on a terminal, a plain line every line_every_s elsewhere
+    line_every_s: float | None = None  # None: heartbeat.LINE_EVERY_S
     desc: str = "train"
     checkpoint_path: str | None = None  # where to save/resume; None = no checkpoints
     checkpoint_every_s: float = 60.0
@@ -169,10 +170,15 @@ class Loop:
         return to_device(batch, self.device)
 
 
-def _progress_enabled(config: LoopConfig) -> bool:
-    if config.progress is not None:
-        return config.progress
-    return sys.stderr.isatty()
+def _progress_line(config: LoopConfig, epoch: int, step: int, total: int | None, first_step: int,
+                   logs: dict[str, Any], elapsed: float) -> str:
+    """``fine-tune: epoch 3/30, step 120/1200, loss 0.412, 1 min 02 s, ~9 min 18 s left``."""
+    steps = f", step {step}/{total}" if total else f", step {step}"
+    values = "".join(f", {k} {float(v):.4g}" for k, v in list(logs.items())[:3])
+    left = time_left(step - first_step, None if total is None else total - first_step, elapsed)
+    # a step budget (pretraining) makes "epochs" bookkeeping rows, not passes over the data
+    epochs = "" if config.max_steps is not None else f" epoch {epoch + 1}/{config.max_epochs},"
+    return f"{config.desc}:{epochs}{steps[1:]}{values}, {duration(elapsed)}{left}"
 
 
 def is_improvement(score: float, best: float | None, mode: str) -> bool:
@@ -275,11 +281,15 @@ def _fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | 
         n_per_epoch = None
     total = config.max_steps if config.max_steps is not None else (
         n_per_epoch * config.max_epochs if n_per_epoch else None)
-    bar = None
-    if _progress_enabled(config):
+    bar = heartbeat = None
+    mode = progress_mode(config.progress)
+    if mode == "bar":
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total, initial=ctx.step, desc=config.desc, unit="step", leave=False)
+    elif mode == "lines":
+        heartbeat = Heartbeat(config.line_every_s)
+    first_step = ctx.step
 
     t0 = time.perf_counter()
     last_ckpt = last_postfix = t0
@@ -349,6 +359,9 @@ def _fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | 
                     if now - last_postfix > 1.0:  # reading a GPU loss waits for the GPU: once a second
                         bar.set_postfix({k: f"{float(v):.4g}" for k, v in logs.items()}, refresh=False)
                         last_postfix = now
+                if heartbeat is not None and heartbeat.due(now):
+                    heartbeat.beat(_progress_line(config, current_epoch, ctx.step, total, first_step, logs,
+                                                  now - t0), now)
                 if ckpt is not None and now - last_ckpt > config.checkpoint_every_s:
                     save_checkpoint(current_epoch)  # mid-epoch: resumes at this epoch's start
                     last_ckpt = now
