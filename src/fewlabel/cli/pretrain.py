@@ -93,7 +93,7 @@ def pretrain(
 
     encoder_config = create_encoder(**enc_cfg, image_size=tuple(images.shape[2:])).config
     config = PretrainConfig(steps=steps, batch_size=batch_size, seed=seed, colour_jitter=colour_jitter,
-                            time_budget_s=time_budget, device=device, progress=True)
+                            time_budget_s=time_budget, device=device, progress=None)
     cache = Path(cache_dir) if cache_dir is not None else _default_cache()
     target = cached_encoder_path(method, encoder_config, config, cache, fingerprint)
     shape = "x".join(str(s) for s in images.shape[1:])
