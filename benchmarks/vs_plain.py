@@ -12,7 +12,7 @@ ImageNet normalisation, Adam lr 1e-4, batch 16, <= 100 epochs with patience 15 o
 restored, the 8 flips / quarter turns as augmentation, plain cross-entropy.
 
 Prints one table per data set: n per class x arm, median accuracy and macro ROC-AUC over the
-repeats, and the paired mean difference to plain with its bootstrap 95 % CI. Arms (see ARMS):
+repeats, and the paired mean difference to plain with its cluster-bootstrap 95 % CI. Arms (see ARMS):
 house strategies (scratch, imagenet, gan, ssl, semi as ``fewlabel curve`` runs them), recipe
 variants of imagenet and the fair scratch row (MobileNetV2 from random weights, plain recipe).
 Reductions (``--test-size``, ``--max-epochs``, fewer sizes / repeats) are printed with the table.
@@ -225,10 +225,50 @@ def main() -> int:
     return 0
 
 
+def paired_to_plain(runs: dict[str, Any], cells: dict[str, dict[tuple[int, int], dict[str, Any]]]
+                    ) -> tuple[dict[tuple[str, int, str], dict[str, Any]], str]:
+    """Per (arm, size, metric) the paired difference to plain from the package's cluster bootstrap:
+    the same resamples of test groups × repeats for every arm (the arms share one test set)."""
+    from fewlabel.evaluate.cluster_bootstrap import (
+        MIN_REPEATS_FOR_VERDICT,
+        draw_plan,
+        paired_summary,
+        per_repeat_metric,
+    )
+
+    truth = runs["plain"].test_truth()
+    if truth is None:
+        return {}, "no per-image test results in the plain run: no CIs"
+    labels, groups, _ = truth
+    probas: dict[str, dict[int, dict[int, np.ndarray]]] = {}
+    for arm in cells:
+        if arm != "plain":
+            other = runs[arm].test_truth()
+            if other is None or not np.array_equal(other[0], labels) or not np.array_equal(other[1], groups):
+                print(f"warning: arm {arm} was scored on another test set than plain; left out")
+                continue
+        by_size: dict[int, dict[int, np.ndarray]] = {}
+        for (_, n), reps in runs[arm].probas(runs[arm].rows(status="ok"), len(labels)).items():
+            by_size[n] = reps
+        probas[arm] = by_size
+    repeats = max((len(r) for by in probas.values() for r in by.values()), default=1)
+    plan = draw_plan(groups, labels, n_repeats=repeats, n_boot=2000, seed=0)
+    out: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for arm, by_size in probas.items():
+        for n, reps in by_size.items():
+            base = probas["plain"].get(n)
+            if arm == "plain" or base is None:
+                continue
+            for metric in ("accuracy", "roc_auc"):
+                out[(arm, n, metric)] = paired_summary(plan, per_repeat_metric(plan, labels, reps, metric),
+                                                       per_repeat_metric(plan, labels, base, metric))
+    return out, (f"95% CI: paired cluster bootstrap over {plan.n_groups} test groups × repeats (2000 "
+                 f"resamples, the same for every arm); '(n)' is the repeats both arms finished, and fewer "
+                 f"than {MIN_REPEATS_FOR_VERDICT} get no verdict ('no verdict'), whatever their interval.")
+
+
 def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[str], run_view: Any) -> None:
     """Median accuracy / ROC-AUC per n x arm and the paired difference to plain (mean, 95 % CI)."""
-    from fewlabel.evaluate.compare import paired_difference
-
     runs = {a: run_view(out / a) for a in arms
             if (out / a / "run.json").exists() and (out / a / "plan.json").exists()}
     if "plain" not in runs:
@@ -244,6 +284,7 @@ def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[
             print(f"warning: arm {arm} has other draws than plain; left out")
             continue
         cells[arm] = {(int(r["n_per_class"]), int(r["repeat"])): r for r in run.rows(status="ok")}
+    differences, caption = paired_to_plain(runs, cells)
     sizes = sorted({n for n, _ in reference if n > 0})
     table = []
     for n in sizes:
@@ -255,12 +296,11 @@ def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[
             auc = [float(by_key[k]["roc_auc"]) for k in keys]
             row = [str(n), arm, str(len(keys)), f"{np.median(acc):.3f}", f"{np.median(auc):.3f}"]
             if arm != "plain":
-                both = [k for k in keys if k in cells["plain"]]
                 for metric in ("accuracy", "roc_auc"):
-                    d = paired_difference([float(by_key[k][metric]) for k in both],
-                                          [float(cells["plain"][k][metric]) for k in both], seed=0)
-                    row.append(f"{d['mean_diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] ({d['n']})"
-                               if d["n"] else "—")
+                    d = differences.get((arm, n, metric))
+                    row.append("—" if d is None or not d["n"] else
+                               f"{d['mean_diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] ({d['n']})"
+                               + (" no verdict" if d["few_pairs"] else ""))
             else:
                 row += ["(reference)", "(reference)"]
             secs = [float(by_key[k].get("train_seconds") or 0) for k in keys]
@@ -269,6 +309,7 @@ def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[
     print(f"\n{dataset}: " + "; ".join(reductions))
     print_table(["n/class", "arm", "reps", "acc (median)", "AUC (median)", "Δacc vs plain [95% CI] (pairs)",
                  "ΔAUC vs plain [95% CI] (pairs)", "train s"], table)
+    print(caption)
 
 
 if __name__ == "__main__":

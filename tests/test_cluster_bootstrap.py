@@ -95,3 +95,41 @@ def test_holm_and_p_value() -> None:
     assert np.isnan(holm([0.01, float("nan")])[1])
     assert bootstrap_p_value(np.full(99, 0.1)) == pytest.approx(0.02)
     assert bootstrap_p_value(np.linspace(-1, 1, 101)) == 1.0
+
+
+def test_two_repeats_give_an_interval_but_no_verdict() -> None:
+    from fewlabel.report.paired import holm_by_size
+
+    rng = np.random.default_rng(3)
+    label, group, probas = _simulate(rng, repeats=2)
+    plan = draw_plan(group, label, n_repeats=2, n_boot=500, seed=0)
+    a = per_repeat_metric(plan, label, probas["a"], "roc_auc")
+    b = per_repeat_metric(plan, label, probas["b"], "roc_auc")
+    res = paired_summary(plan, a, b)
+    assert res["n"] == 2 and res["few_pairs"]
+    assert res["ci_low"] > 0  # the interval alone would claim a difference ...
+    row = holm_by_size([{"strategy": "a", "n_per_class": 2, **res}])[0]
+    assert row["p_holm"] < 0.05 and not row["survives"]  # ... and no verdict is given on 2 repeats
+    label, group, probas = _simulate(np.random.default_rng(3), repeats=5)
+    plan = draw_plan(group, label, n_repeats=5, n_boot=500, seed=0)
+    five = paired_summary(plan, *(per_repeat_metric(plan, label, probas[k], "roc_auc") for k in "ab"))
+    assert five["n"] == 5 and not five["few_pairs"]
+
+
+def test_a_cell_s_curve_interval_resamples_its_own_repeat_count() -> None:
+    from fewlabel.evaluate.cluster_bootstrap import RepeatMetrics
+    from fewlabel.report.run_data import RunBootstrap
+
+    labels = np.array([0, 1] * 10)
+    plan = draw_plan(np.arange(20), labels, n_repeats=6, n_boot=4000, seed=0)
+
+    def cell(values: list[float]) -> RepeatMetrics:  # no test-set spread: only the repeats vary
+        point = np.array(values)
+        return RepeatMetrics(list(range(len(values))), point, np.tile(point, (plan.n_boot, 1)))
+
+    rb = RunBootstrap(plan=plan, cells={("s", 2): cell([0.70, 0.80]), ("s", 5): cell([0.8] * 6)},
+                      source="test", slots=6, labels=labels, groups=np.arange(20), probas={})
+    low, high = rb.curve("s").ci()
+    # two repeats drawn twice: means 0.70, 0.75 or 0.80; six draws of two would give about [0.717, 0.783]
+    assert low[0] == pytest.approx(0.70) and high[0] == pytest.approx(0.80)
+    assert low[1] == pytest.approx(0.8) and high[1] == pytest.approx(0.8)

@@ -24,6 +24,11 @@ import numpy as np
 from fewlabel.evaluate.metrics import auc_from_weights, metrics_from_confusion, weighted_confusion
 from fewlabel.evaluate.resample import group_strata, stratified_counts
 
+#: Fewest paired repeats behind a "differs" verdict. A bootstrap over R repeats draws from only
+#: C(2R-1, R) distinct repeat sets (3 at R = 2, 35 at R = 4) and understates the spread between repeats
+#: by a factor (R-1)/R, so with fewer repeats the interval is shown but no verdict is given.
+MIN_REPEATS_FOR_VERDICT = 5
+
 
 @dataclass
 class BootstrapPlan:
@@ -102,12 +107,14 @@ def bootstrap_p_value(diffs: np.ndarray) -> float:
 def paired_summary(plan: BootstrapPlan, a: RepeatMetrics, b: RepeatMetrics, ci: float = 0.95
                    ) -> dict[str, Any]:
     """Difference of mean-over-repeats ``a - b`` on repeats both have, with its percentile CI and
-    p-value from the shared resamples (test groups × repeats, paired)."""
+    p-value from the shared resamples (test groups × repeats, paired). ``few_pairs``: fewer than
+    ``MIN_REPEATS_FOR_VERDICT`` common repeats, too few for a verdict whatever the interval says."""
     common = sorted(set(a.repeats) & set(b.repeats))
     nan = float("nan")
     out: dict[str, Any] = {"mean_diff": nan, "ci_low": nan, "ci_high": nan, "p_value": nan, "n": len(common),
                            "n_groups": plan.n_groups, "n_boot": plan.n_boot, "n_boot_used": 0,
-                           "method": "paired cluster bootstrap (test groups × repeats)"}
+                           "method": "paired cluster bootstrap (test groups × repeats)",
+                           "few_pairs": len(common) < MIN_REPEATS_FOR_VERDICT}
     if not common:
         return out
     ia = [a.repeats.index(r) for r in common]

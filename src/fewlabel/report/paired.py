@@ -50,14 +50,15 @@ def paired_table(rows: Iterable[Mapping[str, Any]], metric: str = "roc_auc", bas
 
 
 def holm_by_size(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Add ``p_holm`` (Holm over the strategies compared at each size) and ``survives`` (p_holm < 0.05)."""
+    """Add ``p_holm`` (Holm over the strategies compared at each size) and ``survives`` (p_holm < 0.05
+    on enough repeats: a ``few_pairs`` row counts in the correction but never survives it)."""
     from fewlabel.evaluate.cluster_bootstrap import holm
 
     for n in {r["n_per_class"] for r in table}:
         at = [r for r in table if r["n_per_class"] == n]
         for r, p in zip(at, holm([r["p_value"] for r in at]), strict=True):
             r["p_holm"] = p
-            r["survives"] = bool(math.isfinite(p) and p < 0.05)
+            r["survives"] = bool(math.isfinite(p) and p < 0.05 and not r.get("few_pairs"))
     return table
 
 
@@ -77,5 +78,5 @@ def cluster_paired_table(rb: Any, baseline: str = "scratch", ci: float = 0.95) -
             res = paired_summary(rb.plan, rb.cells[(strategy, n)], base, ci=ci)
             if res["n"] == 0:
                 continue
-            table.append({"strategy": strategy, "n_per_class": n, **res, "few_pairs": False})
+            table.append({"strategy": strategy, "n_per_class": n, **res})
     return holm_by_size(table)

@@ -60,7 +60,9 @@ class RunBootstrap:
         if test_set_fixed:
             cells = [RepeatMetrics(c.repeats, c.point, np.broadcast_to(c.point, c.boot.shape)) for c in cells]
         point = np.array([np.nanmean(c.point) if np.isfinite(c.point).any() else math.nan for c in cells])
-        boot = np.stack([c.resampled_mean(self.plan, self.slots) for c in cells], axis=1)
+        # each cell resamples its own repeat count: a cell with 2 finished repeats drawn 6 times would
+        # average away the spread between its repeats and get too narrow an interval
+        boot = np.stack([c.resampled_mean(self.plan, len(c.repeats)) for c in cells], axis=1)
         return CurveBootstrap(sizes, point, boot, cells)
 
 

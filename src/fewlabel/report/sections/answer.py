@@ -6,9 +6,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from fewlabel.evaluate.cluster_bootstrap import MIN_REPEATS_FOR_VERDICT
 from fewlabel.report.analysis import ReportData, point_at
 from fewlabel.report.curves import METRIC_LABELS, CurvePoint
 from fewlabel.report.formatting import num, pvalue
+from fewlabel.report.paired import MIN_PAIRS_FOR_WILCOXON
 from fewlabel.report.sections.section import Section, fragment
 
 # Below this many repeats a bootstrap CI of the median is little more than the range of the values;
@@ -85,10 +87,18 @@ def _summary_sentences(cmap: dict[str, list[CurvePoint]], targets: dict[str, Any
                  f"{pvalue(r.get('p_holm'))})" for r in at_n_pairs]
         survivors = [r["strategy"] for r in at_n_pairs if r.get("survives")]
         k = len(at_n_pairs)
-        verdict = (f"Surviving the Holm correction for {k} comparison{'s' if k != 1 else ''} (at 0.05): "
-                   + ", ".join(survivors) + "." if survivors else
-                   f"None survives the Holm correction for {k} comparison{'s' if k != 1 else ''} (at 0.05): "
-                   f"at this size no strategy is shown to differ from {baseline}.")
+        plural = "s" if k != 1 else ""
+        if all(r.get("few_pairs") for r in at_n_pairs):
+            few = min(r["n"] for r in at_n_pairs)
+            needed = MIN_REPEATS_FOR_VERDICT if at_n_pairs[0].get("method") else MIN_PAIRS_FOR_WILCOXON
+            verdict = (f"With {few} repeat{'s' if few != 1 else ''}, too few for a verdict (it takes "
+                       f"{needed}): no strategy is shown to differ from {baseline} yet.")
+        elif survivors:
+            verdict = (f"Surviving the Holm correction for {k} comparison{plural} (at 0.05): "
+                       + ", ".join(survivors) + ".")
+        else:
+            verdict = (f"None survives the Holm correction for {k} comparison{plural} (at 0.05): "
+                       f"at this size no strategy is shown to differ from {baseline}.")
         out.append(f"Against {baseline} at {n} per class, difference of mean {label} ({how}): "
                    + "; ".join(parts) + ". " + verdict)
     if pretrain_note:

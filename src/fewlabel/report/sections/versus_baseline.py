@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from fewlabel.evaluate.cluster_bootstrap import MIN_REPEATS_FOR_VERDICT
 from fewlabel.report.analysis import ReportData
 from fewlabel.report.formatting import num, pvalue
 from fewlabel.report.paired import MIN_PAIRS_FOR_WILCOXON
@@ -18,6 +19,7 @@ def build(data: ReportData) -> dict[str, Any]:
                     "p_holm_s": pvalue(p.get("p_holm"))}
                    for p in data.paired],
         "min_pairs": MIN_PAIRS_FOR_WILCOXON,
+        "min_verdict": MIN_REPEATS_FOR_VERDICT,
     }
 
 
