@@ -120,6 +120,9 @@ def test_report_content_escaping_and_self_containment(run_dir: Path) -> None:
     assert html.count("data:image/png;base64,") >= 2 + 11 * 2  # 2 curves + grids and t-SNE of 11 cells
     assert "SYNTHETIC DEMO DATA" in html
     assert "EXTRAPOLATED" in html and "Holm-adjusted p" in html
+    # the headline metric's error bars come from test groups × repeats, accuracy's from the repeats only
+    captions = html.split("<figcaption>")[1:3]
+    assert "test groups × repeats" in captions[0] and "the test set fixed" in captions[1]
     for heading in ("The answer in brief", "Learning curves", "Confusion matrices", "Explanations",
                     "Exact command", "Software versions", "Seeds"):
         assert heading in html
@@ -256,3 +259,33 @@ def test_report_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> N
     assert img.std() > 20  # not blank: text, tables and figures
     # The learning-curve figure is drawn (a large non-white area, not a broken-image icon).
     assert (img < 200).mean() > 0.05
+
+
+def test_pretraining_note_names_every_strategy_with_a_preparation() -> None:
+    from fewlabel.report.sections.answer import _pretrain_note
+
+    note = _pretrain_note({}, ["scratch", "segmentation+region", "imagenet+ssl", "imagenet"])
+    assert note is not None and "segmentation+region, imagenet+ssl rows" in note
+    assert _pretrain_note({}, ["scratch", "imagenet"]) is None
+    assert _pretrain_note({"pretrain_per_repeat": True}, ["gan"]) is None
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium (/usr/bin/chromium) is not installed")
+def test_report_fits_a_narrow_window(run_dir: Path, tmp_path: Path) -> None:
+    """No table runs past the page's right edge: the page is no wider than the window (a wide table
+    scrolls inside itself)."""
+    report = build_report(run_dir, explain=False, n_boot=300, out=tmp_path / "r.html")
+    html = re.sub(r"<meta http-equiv=.Content-Security-Policy.[^>]*>", "", report.read_text())
+    probe = tmp_path / "probe.html"
+    probe.write_text(html.replace("</body>", "<script>document.title = 'width ' + "
+                                  "document.documentElement.scrollWidth</script></body>"))
+    profile = tempfile.mkdtemp(prefix="fewlabel-chromium-")
+    try:
+        dom = subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                              f"--user-data-dir={profile}", "--window-size=1000,800", "--dump-dom",
+                              probe.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    width = re.search(r"<title>width (\d+)</title>", dom)
+    assert width is not None, dom[:500]
+    assert int(width.group(1)) <= 1000

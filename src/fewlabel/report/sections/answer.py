@@ -12,6 +12,7 @@ from fewlabel.report.curves import METRIC_LABELS, CurvePoint
 from fewlabel.report.formatting import num, pvalue
 from fewlabel.report.paired import MIN_PAIRS_FOR_WILCOXON
 from fewlabel.report.sections.section import Section, fragment
+from fewlabel.strategies import PREPARED
 
 # Below this many repeats a bootstrap CI of the median is little more than the range of the values;
 # the summary then quotes the range and the test-set CI of one model instead.
@@ -29,7 +30,8 @@ def _test_cis(rows: list[dict], metric: str) -> dict[tuple[str, int], tuple[floa
 
 
 def _pretrain_note(config: Mapping[str, Any], strategies: list[str]) -> str | None:
-    pretrained = [s for s in strategies if s in ("gan", "ssl", "segmentation")]
+    # every strategy with a preparation step (gan, ssl, segmentation, segmentation+region, imagenet+ssl)
+    pretrained = [s for s in strategies if s in PREPARED]
     if not pretrained or config.get("pretrain_per_repeat"):
         return None
     return (f"The {', '.join(pretrained)} rows rest on ONE pretraining run each: repeats vary the labelled "
