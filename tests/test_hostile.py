@@ -419,7 +419,7 @@ def test_corrupt_model_folder_and_tampered_sizes(tmp_path: Path, capfd) -> None:
     with pytest.raises(FewlabelError, match="too large"):
         read_model_config(model)
     (model / "config.json").write_text("{trunc")
-    code, err = _cli(capfd, "predict", model, tmp_path, "--out", tmp_path / "p.csv")
+    code, err = _cli(capfd, "predict", model, tmp_path / "images", "--out", tmp_path / "p.csv")
     assert code == USAGE
     _one_line(err, "config.json")
 
@@ -520,7 +520,7 @@ def test_predict_refuses_images_unlike_the_training_images(tmp_path: Path, capfd
     code, err = _cli(capfd, "predict", tmp_path / "m", new, "--out", out)
     assert code == PROBLEMS and "grey_float.tif" in err and "--allow-mismatch" in err
     assert "grey_float" not in out.read_text() and "ok.png" in out.read_text()
-    code, err = _cli(capfd, "predict", tmp_path / "m", new, "--out", out, "--allow-mismatch")
+    code, err = _cli(capfd, "predict", tmp_path / "m", new, "--out", out, "--allow-mismatch", "--overwrite")
     assert code == 0 and "warning" in err and "grey_float" in out.read_text()
 
 

@@ -195,10 +195,12 @@ def test_failed_save_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError("No space left on device")
 
+    from fewlabel.errors import DiskFullError
+
     monkeypatch.setattr(mio, "save_file", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(DiskFullError, match="no space left"):  # said as a full disk, naming the file
         save_model_dir(tmp_path / "m", _classifier(), {})
-    with pytest.raises(OSError):
+    with pytest.raises(DiskFullError, match="e.safetensors"):
         save_encoder(tmp_path / "e.safetensors", _convnet(), {})
     assert list(tmp_path.iterdir()) == []
 

@@ -73,7 +73,7 @@ def test_gan_writes_file_pictures_and_is_cached_the_second_time(tmp_path, capsys
     assert (tmp_path / "gan_files" / "samples_final.png").exists()
     encoder, meta = load_encoder(out)
     assert meta["method"] == "gan" and encoder.in_channels == 3 and meta["preprocess"]["size"] == [16, 16]
-    main(args)
+    main([*args, "--overwrite"])  # the --out file exists now: replacing it needs consent
     assert "cached" in capsys.readouterr().out
 
 
@@ -118,7 +118,7 @@ def test_segmentation_never_sees_test_masks(tmp_path, spy):
     assert len(seen["images"]) + len(seen["val_images"]) == 12 - len(test_index)
     # --no-holdout: masks of a set that is not evaluated on, all of them.
     main(["pretrain", "segmentation", str(data), "--out", str(out), "--cache-dir", str(tmp_path / "c"),
-          "--no-holdout", *SMALL])
+          "--no-holdout", "--overwrite", *SMALL])
     assert len(seen["images"]) + len(seen["val_images"]) == 12
 
 

@@ -281,8 +281,9 @@ def test_report_fits_a_narrow_window(run_dir: Path, tmp_path: Path) -> None:
                                   "document.documentElement.scrollWidth</script></body>"))
     profile = tempfile.mkdtemp(prefix="fewlabel-chromium-")
     try:
-        dom = subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                              f"--user-data-dir={profile}", "--window-size=1000,800", "--dump-dom",
+        dom = subprocess.run([str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+                              "--hide-scrollbars", f"--user-data-dir={profile}", "--window-size=1000,800",
+                              "--dump-dom",
                               probe.resolve().as_uri()], capture_output=True, text=True, timeout=120).stdout
     finally:
         shutil.rmtree(profile, ignore_errors=True)

@@ -195,7 +195,7 @@ def test_zero_labels_or_fractional_test_count_is_one_line_not_a_hang(cells: Path
         code = run_cli("train", "--strategy", "scratch", cells, "--out", tmp_path / "z",
                        "--labels-per-class", "0")
         err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and len(err) == 1 and "labels per class" in err[0]
+        assert code == 2 and len(err) == 1 and "--labels-per-class" in err[0]
         prepared = pipeline.prepare_data(cells, group_pattern=GROUP_PATTERN, test_size=0.25)
         with pytest.raises(FewlabelError, match="no labelled images"):
             pipeline.fit_cell(prepared, [], pipeline.default_spec("scratch"), 0, FAST)

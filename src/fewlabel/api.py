@@ -23,7 +23,7 @@ import numpy as np
 
 from fewlabel import strategies as strategy_registry
 from fewlabel.errors import FewlabelError
-from fewlabel.fileio import atomic_write_text, read_json
+from fewlabel.fileio import atomic_write_text, check_output_dir, read_json
 from fewlabel.jsonable import jsonable
 from fewlabel.pipeline import (
     add_draw,
@@ -132,7 +132,7 @@ class Model:
         ``errors`` with their problem; the others are still scored. An image unlike the training
         images (channels, value type, size: ``data.mismatch``) is an error too, or with
         ``allow_mismatch`` a warning beside its scores. A region model scores each image's U-Net crop."""
-        from fewlabel.data.mismatch import describe_mismatch
+        from fewlabel.data.mismatch import screen_image
         from fewlabel.data.readers import collect_image_paths, read_image
 
         if self.crops_region:
@@ -145,13 +145,9 @@ class Model:
         for p in paths:
             try:
                 array, meta = read_image(p)
-                mismatch = describe_mismatch(meta, self.preprocess)
-                if mismatch and not allow_mismatch:
-                    errors.append((str(p), f"unlike the training images ({mismatch}); pass --allow-mismatch "
-                                           "to score it anyway"))
-                    continue
-                if mismatch:
-                    warnings.append((str(p), f"unlike the training images ({mismatch})"))
+                warning = screen_image(meta, self.preprocess, allow_mismatch)  # raises when refused
+                if warning:
+                    warnings.append((str(p), warning))
                 arrays.append(self.preprocess.apply(array, meta))
                 ok_paths.append(str(p))
             except FewlabelError as exc:
@@ -176,14 +172,23 @@ class Model:
 
 def load_model(model_dir: str | Path, device: str = "auto") -> Model:
     """Load a model folder written by ``train``/``Model.save``. Reads safetensors + JSON only."""
+    from fewlabel.errors import ModelFileError
     from fewlabel.models.io import load_model_dir, model_unet_file
 
     classifier, config = load_model_dir(model_dir)
     metrics_path = Path(model_dir) / "metrics.json"
     metrics = (read_json(metrics_path, "model metrics", fix="train the model again")
                if metrics_path.exists() else None)
-    return Model(classifier, config, metrics=metrics, device=device,
-                 unet_file=model_unet_file(model_dir, config))
+    try:
+        return Model(classifier, config, metrics=metrics, device=device,
+                     unet_file=model_unet_file(model_dir, config))
+    except (KeyError, TypeError, ValueError) as exc:  # FewlabelErrors name their file themselves
+        raise ModelFileError(f"cannot be used as a model: {type(exc).__name__} {exc}",
+                             Path(model_dir) / "config.json") from None
+    except FewlabelError as exc:
+        if exc.path is not None:
+            raise
+        raise ModelFileError(exc.problem, Path(model_dir) / "config.json") from None
 
 
 def train(
@@ -212,8 +217,15 @@ def train(
     """
     from fewlabel.data.plan import PLAN_FILE
     from fewlabel.errors import ModelFileError, SplitError
-    from fewlabel.settings import select_device, validated
+    from fewlabel.pretrain.common import PretrainConfig
+    from fewlabel.settings import check_options, select_device, validated
 
+    # Settings with no meaning fail before anything is read or written (a seed past 2**32 would
+    # otherwise fail deep in torch, a pretraining typo only after the data are open).
+    check_options({"seed": seed, "labels_per_class": labels_per_class})
+    pretrain = validated(PretrainConfig, dict(pretrain), "pretraining") if pretrain else None
+    if out is not None:  # never inside the data: a model folder there would be read as a class
+        check_output_dir(out, "model folder (out)", inputs=(data, masks, unlabelled))
     if encoder_weights is not None and not Path(encoder_weights).is_file():
         # Say so before minutes of loading images, not after.
         raise ModelFileError("encoder weights file does not exist", encoder_weights)
@@ -226,9 +238,7 @@ def train(
             spec.encoder_weights = str(encoder_weights)
         spec.trust_encoder = trust_encoder
         if pretrain:
-            from fewlabel.pretrain.common import PretrainConfig
-
-            spec.pretrain = validated(PretrainConfig, dict(pretrain), "pretraining")
+            spec.pretrain = dict(pretrain)
         return spec
 
     # A named strategy is checked before any image is read; the default needs the data first.
@@ -242,6 +252,8 @@ def train(
     prepared = prepare_data(data, masks=masks, group_pattern=group_pattern, test_size=test_size, seed=seed,
                             image_size=image_size, unlabelled=unlabelled, count=count,
                             drop_classes=drop_classes, test_split=test_split, plan=plan)
+    for line in prepared.reading_notes:  # what the readers did (EXIF, unread frames, scale): said once
+        print(line, file=sys.stderr, flush=True)
     prepared.plan.draws = {}  # a curve's plan may hold its draws: this model records its own only
     draw = add_draw(prepared, labels_per_class, 0, seed, count=count)
     if "skipped" in draw:
@@ -266,7 +278,8 @@ def train(
     cfg = model_config(prepared, spec, cell, seed)
     metrics = {**cell.metrics, "n_test": len(prepared.test_ids), "n_train": len(cell.train_ids),
                "n_val": len(cell.val_ids), "strategy": strategy, "labels_per_class": labels_per_class,
-               "seed": seed, "notes": [*cell.notes, *filter(None, [dropped_note(prepared.plan)])]}
+               "seed": seed, "notes": [*cell.notes, *filter(None, [dropped_note(prepared.plan)])],
+               "reading_notes": list(prepared.reading_notes)}
     if chosen_note is not None:
         metrics["strategy_choice"] = chosen_note
     model = Model(cell.classifier, cfg, metrics=metrics, device=device,

@@ -53,7 +53,45 @@ class ConfigMismatchError(FewlabelError):
     """A run directory holds results of another configuration."""
 
 
+class NoImagesError(DataError):
+    """Nothing to score or explain: no image file among the inputs (``predict``/``explain`` exit 1)."""
+
+
 def one_line(exc: BaseException) -> str:
     """``"TypeName: message"`` on one line: how a failed cell, explanation or command is recorded."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return f"{type(exc).__name__}: {text}"
+
+
+#: What a full disk (or an exhausted quota) says in the words of the libraries that write for us: the
+#: OS's own text for ENOSPC and EDQUOT (torch and safetensors keep only the text), and SQLite's.
+_DISK_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "database or disk is full")
+
+
+class DiskFullError(FewlabelError):
+    """The disk (or the user's quota) is full: nothing is damaged; free space and run again."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        super().__init__("no space left on the device; free space and run the same command again", path=path)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is a full disk or an exhausted quota:
+    ``OSError`` ENOSPC / EDQUOT, SQLite's "database or disk is full", or a library's wrapped text."""
+    import errno
+    import sqlite3
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, DiskFullError):
+            return True
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+            return True
+        if getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        if any(text in str(cause).lower() for text in _DISK_FULL_TEXTS):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False

@@ -74,6 +74,29 @@ def check_declared_bytes(n_bytes: int, path: str | Path | None, what: str = "ima
     check_declared_size((max(0, int(n_bytes)) // 4,), path, what)
 
 
+#: Bytes one image file may hold per value the image limit allows: 8 (float64/int64, the widest value
+#: type a reader accepts) twice over, for pyramid levels and encodings that compress badly; plus
+#: ``FILE_BYTES_SLACK`` for headers and metadata (private DICOM tags, thumbnails, ICC profiles).
+#: 2 GiB + 64 MiB by default: a bigger file cannot decode to one image within the limit.
+BYTES_PER_VALUE = 16
+FILE_BYTES_SLACK = 64 << 20
+
+
+def max_file_bytes() -> int:
+    """Bytes one image file may hold (follows ``FEWLABEL_MAX_IMAGE_VALUES``)."""
+    return BYTES_PER_VALUE * max_image_values() + FILE_BYTES_SLACK
+
+
+def check_file_bytes(n_bytes: int, path: str | Path | None, what: str = "file") -> None:
+    """Refuse a file (or a DICOM folder) too large to be one image, before it is hashed or decoded:
+    a sparse 1 TB file costs a stat, not minutes of reading."""
+    limit = max_file_bytes()
+    if n_bytes > limit:
+        raise InvalidImageError(
+            f"{what} is {n_bytes:,} bytes, over the limit of {limit:,} for one image (a sparse or "
+            f"corrupt file?); set {MAX_IMAGE_VALUES_ENV} to raise the limit", path=path)
+
+
 def check_target_size(size: Sequence[int], path: str | Path | None = None, what: str = "image size") -> None:
     """Refuse a resize target (``--image-size``, a model's preprocess size) that cannot fit in memory."""
     dims = [int(s) for s in size]

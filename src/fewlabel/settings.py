@@ -23,6 +23,26 @@ if TYPE_CHECKING:
 
 _Rule = tuple[Callable[[Any], bool], str]
 
+#: Bounds of the numbers that say how much work to do. Past them a value is a typo, not a need, and
+#: taking it would hang (a list of 10**20 cells), exhaust memory or fail deep inside a library.
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding takes no more; derived seeds stay in [0, 2**31)
+MAX_REPEATS = 1_000
+MAX_PER_CLASS = 1_000_000  # labelled images (or groups) per class: --sizes, --labels-per-class
+MAX_WORKERS = 1_024  # processes, CPUs per cell
+MAX_GPUS_PER_CELL = 64
+MAX_BATCH = 65_536
+MAX_STEPS = 10_000_000
+MAX_EPOCHS = 100_000
+MAX_WIDTH = 512  # the convnet caps every stage at 512 channels: a wider first stage is cut back anyway
+MAX_DEPTH = 11  # 2**10 = 1024, the largest side an image may be resized to (limits.DEFAULT_MAX_SIDE)
+MAX_EXAMPLES = 100  # test images per class in a report's explanation grids
+MAX_FEATURES = 4_096  # z_dim, proj_dim: as limits.MAX_MODEL_WIDTH for a saved model
+
+
+def _between(low: float, high: float) -> _Rule:
+    """A rule for a number from ``low`` to ``high``, both included."""
+    return (lambda v: low <= v <= high), f"be from {low:,} to {high:,}"
+
 
 def _positive(v: Any) -> bool:
     return v > 0
@@ -44,9 +64,9 @@ RULES: dict[str, _Rule] = {
     "lr": (_positive, "be > 0"),
     "encoder_lr": (_positive, "be > 0"),
     "weight_decay": (_non_negative, "be >= 0"),
-    "batch_size": (_positive, "be >= 1"),
-    "max_epochs": (_positive, "be >= 1"),
-    "min_steps_per_epoch": (_positive, "be >= 1"),
+    "batch_size": _between(1, MAX_BATCH),
+    "max_epochs": _between(1, MAX_EPOCHS),
+    "min_steps_per_epoch": _between(1, MAX_STEPS),
     "patience": (_non_negative, "be >= 0"),
     "dropout": (_fraction, "be in [0, 1)"),
     "label_smoothing": (_fraction, "be in [0, 1)"),
@@ -61,26 +81,39 @@ RULES: dict[str, _Rule] = {
     "pseudo_min_probability": (lambda v: 0 <= v <= 1, "be in [0, 1]"),
     "probe_only_max_per_class": (_non_negative, "be >= 0"),
     "balance": (lambda v: v in ("loss_weights", "none"), "be loss_weights or none"),
-    "time_budget_s": (_positive, "be > 0"),
+    "time_budget_s": (lambda v: 0 < v < float("inf"), "be a number of seconds > 0"),
     "device": (_device, "be auto, cpu, cuda, cuda:N or mps"),
     "semi_threshold": (lambda v: 0 < v <= 1, "be in (0, 1]"),
     "semi_mu": (_positive, "be >= 1"),
     "semi_weight": (_non_negative, "be >= 0"),
-    "steps": (_positive, "be >= 1"),
+    "steps": _between(1, MAX_STEPS),
     "log_every": (_positive, "be >= 1"),
-    "seed": (_non_negative, "be >= 0"),
-    "z_dim": (_positive, "be >= 1"),
-    "gen_width": (_positive, "be >= 1"),
+    "seed": _between(0, MAX_SEED),
+    "z_dim": _between(1, MAX_FEATURES),
+    "gen_width": _between(1, MAX_WIDTH),
     "real_label": (lambda v: 0 < v <= 1, "be in (0, 1]"),
     "r1_gamma": (_non_negative, "be >= 0"),
     "sample_every": (_positive, "be >= 1"),
     "temperature": (_positive, "be > 0"),
-    "proj_dim": (_positive, "be >= 1"),
+    "proj_dim": _between(1, MAX_FEATURES),
     "crop_scale": (lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1, "be two numbers 0 < a <= b <= 1"),
-    "num_classes": (lambda v: v >= 2, "be >= 2"),
+    "num_classes": _between(2, 100_000),
     "val_fraction": (_fraction, "be in [0, 1)"),
     "checkpoint_every_s": (_positive, "be > 0"),
+    # Command-line options only (``check_options``): how much work a command does.
+    "width": _between(1, MAX_WIDTH),
+    "depth": _between(1, MAX_DEPTH),
+    "repeats": _between(1, MAX_REPEATS),
+    "labels_per_class": _between(1, MAX_PER_CLASS),
+    "workers": _between(1, MAX_WORKERS),
+    "cpus_per_cell": _between(1, MAX_WORKERS),
+    "gpus_per_cell": _between(0, MAX_GPUS_PER_CELL),
+    "examples": _between(1, MAX_EXAMPLES),
+    "target": (lambda v: 0 < v <= 1, "be in (0, 1] (the metrics run from 0 to 1)"),
 }
+
+#: Command-line options checked by a rule of another name.
+OPTION_RULES = {"--time-budget": "time_budget_s"}
 
 
 def _type_name(tp: Any) -> str:
@@ -150,17 +183,37 @@ def validated(cls: type, values: dict[str, Any], what: str) -> dict[str, Any]:
         if not ok:
             base = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
             raise FewlabelError(f"{what} setting {key} must be {_type_name(base[0])}, got {value!r}")
-        rule = RULES.get(key)
-        if rule is not None and converted is not None:
-            check, says = rule
-            try:
-                good = check(converted)
-            except TypeError:
-                good = False
-            if not good:
-                raise FewlabelError(f"{what} setting {key} must {says}, got {value!r}")
+        says = _broken_rule(key, converted)
+        if says is not None:
+            raise FewlabelError(f"{what} setting {key} must {says}, got {value!r}")
         out[key] = converted
     return out
+
+
+def _broken_rule(key: str, value: Any) -> str | None:
+    """What ``value`` must be when it breaks the rule of ``key`` (``RULES``), else None."""
+    rule = RULES.get(key)
+    if rule is None or value is None:
+        return None
+    check, says = rule
+    try:
+        good = bool(check(value))
+    except (TypeError, ValueError):
+        good = False
+    return None if good else says
+
+
+def check_options(options: dict[str, Any]) -> None:
+    """Command-line values checked against ``RULES`` before any data are read: ``{"--batch-size": 0}``
+    raises ``FewlabelError("--batch-size must be from 1 to 65,536, got 0")``. An option is checked by
+    the rule of its name (``--cpus-per-cell`` → ``cpus_per_cell``) or of ``OPTION_RULES``; a name
+    without dashes (an API argument) is checked the same way. None (left out) passes."""
+    for option, value in options.items():
+        key = OPTION_RULES.get(option, option.lstrip("-").replace("-", "_"))
+        says = _broken_rule(key, value)
+        if says is not None:
+            shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else repr(value)
+            raise FewlabelError(f"{option} must {says}, got {shown}")
 
 
 def select_device(preference: str = "auto") -> torch.device:

@@ -13,7 +13,7 @@ from typing import NoReturn
 
 import typer
 
-from fewlabel.errors import FewlabelError, one_line
+from fewlabel.errors import DiskFullError, FewlabelError, is_disk_full, one_line
 from fewlabel.fileio import atomic_write_text
 
 app = typer.Typer(
@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(EXIT_BROKEN_PIPE)
     except OSError as exc:
+        if is_disk_full(exc):
+            _disk_full(exc)
         if exc.filename is None:
             _internal_error(exc)
         # A file the user named or pointed at: a symlink loop, a full disk, a permission, a vanished file.
@@ -80,15 +82,33 @@ def main(argv: list[str] | None = None) -> None:
         # Usage errors (unknown option, missing argument) carry their own message and exit code.
         # typer >= 0.29 vendors click as typer._click; older versions use click itself.
         if _is_click_exception(exc):
-            exc.show()
+            typer.echo(f"error: {printable(_usage_line(exc))}", err=True)
             sys.exit(exc.exit_code)
+        if is_disk_full(exc):  # torch, safetensors and SQLite report a full disk in their own types
+            _disk_full(exc)
         _internal_error(exc)
+
+
+def _disk_full(exc: BaseException) -> NoReturn:
+    """A full disk is the user's machine, not a bug and not damage: one line, exit 2, nothing to delete."""
+    where = next((e.filename for e in (exc, exc.__cause__, exc.__context__)
+                  if isinstance(e, OSError) and e.filename is not None), None)
+    typer.echo(f"error: {printable(str(DiskFullError(path=where)))}", err=True)
+    sys.exit(EXIT_USAGE)
 
 
 def printable(text: str) -> str:
     """Control characters from file or class names shown escaped, so an error line cannot move the
-    cursor, recolour the terminal or split into two lines."""
-    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+    cursor, recolour the terminal or split into two lines. A byte of a name that is not UTF-8 shows
+    as ``\\xNN`` (as ``ls -b`` shows it), so the line names the file the user can find."""
+    return "".join(ch if ch.isprintable() else _escaped(ch) for ch in text)
+
+
+def _escaped(ch: str) -> str:
+    code = ord(ch)
+    if 0xDC80 <= code <= 0xDCFF:  # how Python keeps a byte of a file name that is not UTF-8
+        return f"\\x{code - 0xDC00:02x}"
+    return ascii(ch)[1:-1]
 
 
 def _internal_error(exc: BaseException) -> NoReturn:
@@ -124,6 +144,13 @@ def _version() -> str:
         return version("fewlabel")
     except Exception:
         return "?"
+
+
+def _usage_line(exc: Exception) -> str:
+    """Click's usage error as one line (its own display is four: usage, hint, blank, error)."""
+    message = " ".join(str(exc.format_message()).split())  # type: ignore[attr-defined]
+    ctx = getattr(exc, "ctx", None)
+    return f"{message} (see '{ctx.command_path} --help')" if ctx is not None else message
 
 
 def _is_click_exception(exc: Exception) -> bool:

@@ -9,6 +9,13 @@ from typing import Any
 import typer
 
 
+def allow_mismatch_option(verb: str) -> Any:
+    """``--allow-mismatch`` of ``predict`` and ``explain``, which refuse the same images
+    (``data.mismatch.screen_image``)."""
+    return typer.Option(False, "--allow-mismatch", help=f"{verb} images whose channels, value type or "
+                        "size differ from the training images (warns).")
+
+
 def test_size_value(value: float) -> float | int:
     """``--test-size``: a fraction below 1, or a whole count per class (``5`` or ``5.0``) from 1 up.
     ``1.5`` stays a float, so the split refuses it instead of silently holding out 1 per class."""

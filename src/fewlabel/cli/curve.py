@@ -56,10 +56,21 @@ def curve(
     """Run a learning curve: one fixed test set, nested labelled draws shared by all strategies,
     one row per cell in RUN_DIR/store.sqlite and RUN_DIR/results.csv."""
     from fewlabel.cli.common import image_size_value, parse_settings, test_size_value
+    from fewlabel.errors import FewlabelError
     from fewlabel.experiments import run_curve
+    from fewlabel.experiments.grid import parse_sizes
     from fewlabel.fileio import check_output_dir
+    from fewlabel.settings import check_options
 
-    check_output_dir(out, "run folder (--out)")  # before any work: a file, a path under one, read-only
+    try:
+        parse_sizes(sizes)  # its message starts "sizes must ...": the option named, in one line
+    except ValueError as exc:
+        raise FewlabelError(f"--{exc}") from None
+    check_options({"--seed": seed, "--repeats": repeats, "--workers": workers,
+                   "--cpus-per-cell": cpus_per_cell, "--gpus-per-cell": gpus_per_cell,
+                   "--max-epochs": max_epochs})
+    # Before any work: a file, a link, a path under a file, read-only, inside the data.
+    check_output_dir(out, "run folder (--out)", inputs=(data, unlabelled, masks))
     finetune = parse_settings(settings, "--set")
     if max_epochs is not None:
         finetune["max_epochs"] = max_epochs
@@ -81,8 +92,8 @@ def curve(
         typer.echo(f"interrupted: finished cells are saved in {out}; run the same command again to resume",
                    err=True)
         raise SystemExit(130) from None
-    except ValueError as exc:  # bad option values (sizes, keep_models ...): a usage error, one line
-        raise typer.BadParameter(str(exc)) from None
+    except ValueError as exc:  # bad option values (keep_models, count ...): a usage error, one line
+        raise FewlabelError(str(exc)) from None
     if result.rows:
         typer.echo(result.table())
     typer.echo(f"results: {result.results_csv}")

@@ -23,6 +23,11 @@ def demo(
     """The main job on SYNTHETIC data: generated phase-image cells, a small learning curve (scratch,
     gan, ssl), the HTML report. Under 5 minutes on 2 CPU cores; re-running resumes."""
     from fewlabel.demo import run_demo
+    from fewlabel.fileio import check_output_dir
+    from fewlabel.settings import check_options
+
+    check_options({"--seed": seed})
+    check_output_dir(out, "demo folder (--out)")  # before any work: a file, a link, a device, read-only
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -83,8 +83,9 @@ def _plain(value: Any) -> str:
     name cannot move the cursor or recolour the terminal."""
     from rich.markup import escape
 
-    text = "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(value))
-    return escape(text)
+    from fewlabel.cli import printable
+
+    return escape(printable(str(value)))
 
 
 def _top(counts: dict[str, int], n: int = 6) -> str:

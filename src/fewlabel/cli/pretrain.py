@@ -47,7 +47,8 @@ def pretrain(
     out: Path = typer.Option(..., "--out", help="Encoder file to write (.safetensors)."),
     encoder: str = typer.Option("convnet", help="Encoder name (the shared family: convnet)."),
     width: int = typer.Option(16, help="Channels of the first stage (doubles per stage)."),
-    depth: int = typer.Option(4, help="Stages; image sides must divide by 2**(depth-1)."),
+    depth: int = typer.Option(4, help="Stages; each after the first halves the sides, so 2**(depth-1) "
+                              "may not exceed the largest image side."),
     image_size: str = typer.Option(None, help="Resize: one side (64) or one per axis "
                                   "(36,64,64); gan: default 64, else the most common size."),
     steps: int = typer.Option(2000, help="Training steps."),
@@ -65,21 +66,20 @@ def pretrain(
     cache_dir: Path = typer.Option(None, help="Encoder cache (default: $FEWLABEL_CACHE/pretrained)."),
     time_budget: float = typer.Option(None, help="Stop after this many seconds (the encoder is saved)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out encoder file."),
 ) -> None:
     """Prepare an encoder from unlabelled images (gan, ssl) or images with masks (segmentation)."""
-    from fewlabel.fileio import check_output_file
-
-    check_output_file(out, "encoder file (--out)")  # before any work, not after the pretraining
+    from fewlabel.fileio import check_output_dir, check_output_file
     from fewlabel.pretrain import PretrainConfig, prepare_encoder
     from fewlabel.pretrain.common import artefact_dir, cached_encoder_path, checkpoint_path_for
 
-    if method not in METHODS:
-        raise FewlabelError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    from fewlabel.cli.common import image_size_value
+    size = _check_settings(method, encoder=encoder, width=width, depth=depth, steps=steps,
+                           batch_size=batch_size, seed=seed, time_budget=time_budget, image_size=image_size)
+    # Before any work, not after the pretraining: the encoder file and its pictures folder beside it.
+    inputs = (data, masks, holdout_from, plan)
+    check_output_file(out, "encoder file (--out)", overwrite=overwrite, inputs=inputs)
+    check_output_dir(artefact_dir(out), "pictures folder of the encoder file (--out)", inputs=inputs)
 
-    size = image_size_value(image_size)
-    if method == "gan" and size is None:
-        size = 64
     test = test_size_value(test_size)
     loaded = _load(method, data, masks=masks, group_pattern=group_pattern, holdout_from=holdout_from,
                    test_size=test, seed=seed, image_size=size, no_holdout=no_holdout, count=count,
@@ -89,6 +89,7 @@ def pretrain(
     enc_cfg = {"name": encoder, "in_channels": int(images.shape[1]), "spatial_dims": images.ndim - 2}
     if encoder == "convnet":
         enc_cfg.update(width=width, depth=depth)
+        _check_depth(depth, images.shape[2:])  # the size the data gave, before any training
     from fewlabel.models.encoder import create_encoder
 
     encoder_config = create_encoder(**enc_cfg, image_size=tuple(images.shape[2:])).config
@@ -124,6 +125,42 @@ def pretrain(
     files = artefact_dir(path)
     if files.is_dir():
         typer.echo(f"pictures and history in {files}/")
+
+
+def _check_settings(method: str, *, encoder: str, width: int, depth: int, steps: int, batch_size: int,
+                    seed: int, time_budget: float | None, image_size: str | None
+                    ) -> int | tuple[int, ...] | None:
+    """Settings with no meaning refused before any data are read, in one line naming the option;
+    returns the resize target (``--image-size``; gan: 64 by default)."""
+    from fewlabel.cli.common import image_size_value
+    from fewlabel.pretrain.common import batch_size_problem
+    from fewlabel.settings import check_options
+
+    if method not in METHODS:
+        raise FewlabelError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    check_options({"--width": width, "--depth": depth, "--steps": steps, "--batch-size": batch_size,
+                   "--seed": seed, "--time-budget": time_budget})
+    problem = batch_size_problem(method, batch_size)
+    if problem is not None:
+        raise FewlabelError(f"--batch-size {problem}")
+    size = image_size_value(image_size)
+    if method == "gan" and size is None:
+        size = 64
+    if size is not None and encoder == "convnet":
+        _check_depth(depth, (size, size) if isinstance(size, int) else size)
+    return size
+
+
+def _check_depth(depth: int, sides: Any) -> None:
+    from fewlabel.models.encoder import max_convnet_depth
+
+    sides = [int(s) for s in sides]
+    most = max_convnet_depth(sides)
+    if depth > most:
+        shown = "x".join(map(str, sides))
+        raise FewlabelError(f"--depth {depth} does not fit {shown} images: each stage after the first halves "
+                            f"the sides, and 2**{depth - 1} = {2 ** (depth - 1)} exceeds the largest side "
+                            f"({max(sides)}); use --depth {most} or less")
 
 
 def _default_cache() -> Path:

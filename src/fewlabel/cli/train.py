@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from fewlabel import strategies as strategy_registry
-from fewlabel.cli.common import print_metrics_table, test_size_value
+from fewlabel.cli.common import allow_mismatch_option, print_metrics_table, test_size_value
 
 MODEL_FILES = ("config.json", "model.safetensors", "metrics.json")
 
@@ -52,11 +52,15 @@ def train(
     from fewlabel import api
     from fewlabel.cli.common import image_size_value, parse_settings
     from fewlabel.fileio import check_output_dir
-    from fewlabel.settings import validated
+    from fewlabel.pretrain.common import PretrainConfig
+    from fewlabel.settings import check_options, validated
     from fewlabel.training.finetune import FinetuneConfig
 
+    check_options({"--seed": seed, "--labels-per-class": labels_per_class, "--max-epochs": max_epochs})
+    pretrain = validated(PretrainConfig, parse_settings(pretrain_settings, "--pretrain"), "pretraining")
     # Before any work: an unwritable --out must not be found out after an hour of training.
-    check_output_dir(out, "model folder (--out)", markers=MODEL_FILES, overwrite=overwrite)
+    check_output_dir(out, "model folder (--out)", markers=MODEL_FILES, overwrite=overwrite,
+                     inputs=(data, masks, unlabelled))
 
     test = test_size_value(test_size)
     given = validated(FinetuneConfig, parse_settings(settings, "--set"), "fine-tuning")
@@ -67,7 +71,7 @@ def train(
                       group_pattern=group_pattern, masks=masks, encoder_weights=encoder_weights, semi=semi,
                       unlabelled=unlabelled, image_size=image_size_value(image_size), device=device,
                       drop_classes=tuple(drop_class or ()), test_split=test_split, plan=plan,
-                      trust_encoder=trust_encoder, pretrain=parse_settings(pretrain_settings, "--pretrain"),
+                      trust_encoder=trust_encoder, pretrain=pretrain,
                       finetune=finetune)
     for note in model.metrics.get("notes") or []:
         typer.echo(f"note: {note}", err=True)
@@ -83,22 +87,33 @@ def predict(
     paths: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     out: Path = typer.Option(..., "--out", help="CSV to write: path, predicted, p_<class>..."),
     device: str = typer.Option("auto"),
-    allow_mismatch: bool = typer.Option(False, "--allow-mismatch", help="Score images whose channels, "
-                                        "value type or size differ from the training images (warns)."),
+    allow_mismatch: bool = allow_mismatch_option("Score"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file."),
 ) -> None:
     """Predict classes for images; unreadable or mismatched files are listed and make the exit code 1."""
     from fewlabel import api
     from fewlabel.fileio import check_output_file
 
-    check_output_file(out, "prediction CSV (--out)")
+    # Before the model is loaded; the model folder and the images are inputs, never overwritten.
+    check_output_file(out, "prediction CSV (--out)", overwrite=overwrite, inputs=(model_dir, *paths))
     model = api.load_model(model_dir, device=device)
     result = model.predict(list(paths), allow_mismatch=allow_mismatch)
+    if result.errors:
+        from fewlabel.cli import printable  # names from the data: control characters, non-UTF-8 bytes
+
+        typer.echo(f"{len(result.errors)} file(s) could not be scored:", err=True)
+        for path, problem in result.errors:
+            typer.echo(printable(f"  {path}: {problem}"), err=True)
+    if not result.paths:  # a CSV of headers only would look like a finished job
+        from fewlabel.cli import printable
+
+        found = "no image could be scored" if result.errors else "no image files found"
+        where = printable(", ".join(map(str, paths)))
+        typer.echo(f"error: {where}: {found}; {printable(str(out))} was not written", err=True)
+        raise typer.Exit(1)
     result.save_csv(out)
     typer.echo(f"{len(result.paths)} image(s) scored -> {out}")
     for path, problem in result.warnings:
         typer.echo(f"warning: {path}: {problem}", err=True)
     if result.errors:
-        typer.echo(f"{len(result.errors)} file(s) could not be scored:", err=True)
-        for path, problem in result.errors:
-            typer.echo(f"  {path}: {problem}", err=True)
         raise typer.Exit(1)

@@ -9,6 +9,11 @@ A key is a hash of content, never of a name: a file's bytes; a folder (a DICOM s
 keys of its files; an NPZ member the bytes of its array. Two encodings of the same pixels (a PNG and
 a TIFF of one image) get different keys; ``fewlabel inspect`` compares decoded pixels and reports
 those.
+
+Keys are made before anything decodes a file, so they check first what a reader would: only a
+regular file is opened (a FIFO or a device is refused by its stat), a header declaring more than the
+size limits is refused before a byte is hashed, and a file (or DICOM folder) over
+``limits.max_file_bytes`` is refused by its size, and hashing stops there should it grow meanwhile.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from fewlabel.data.readers import NPZ_SEP
+from fewlabel.data.readers import NPZ_SEP, check_header_limits, regular_file_size, special_file_reason
 from fewlabel.errors import UnreadableFileError
+from fewlabel.limits import check_file_bytes, max_file_bytes
 
 _DIGEST = 8  # bytes: 16 hex digits; collisions among a few million images are vanishingly rare
 # Keys already computed in this process, by the file's full stat: a catalog's fingerprint and the
@@ -37,17 +43,34 @@ _SETTLED_NS = 2_000_000_000
 
 
 def _hash_file(path: str) -> str:
+    regular_file_size(path)  # a FIFO, a device, or a file too large for one image: refused, unopened
+    check_header_limits(path)
+    limit = max_file_bytes()
     digest = hashlib.blake2b(digest_size=_DIGEST)
-    with open(path, "rb") as fh:
+    # O_NONBLOCK: should the file be swapped for a FIFO after the stat, the open cannot block; the
+    # fstat below then refuses it.
+    nonblock = getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, os.O_RDONLY | nonblock)
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnreadableFileError("not a regular file (never read)", path=path)
+        if nonblock:
+            os.set_blocking(fd, True)
+        done = 0
         for chunk in iter(lambda: fh.read(1 << 20), b""):
+            done += len(chunk)
+            if done > limit:  # a file growing while it is read stops at the limit too
+                check_file_bytes(done, path)
             digest.update(chunk)
     return digest.hexdigest()
 
 
 def _hash_folder(path: str) -> str:
     """A DICOM series (or any folder read as one volume): its files' keys, sorted, hashed."""
-    keys = sorted(file_key(os.path.join(root, name))
-                  for root, _, names in os.walk(path) for name in names if not name.startswith("."))
+    files = [os.path.join(root, name)
+             for root, _, names in os.walk(path) for name in names if not name.startswith(".")]
+    check_file_bytes(sum(regular_file_size(f) for f in files), path, what="folder")
+    keys = sorted(file_key(f) for f in files)
     return hashlib.blake2b("\n".join(keys).encode(), digest_size=_DIGEST).hexdigest()
 
 
@@ -70,6 +93,8 @@ def file_key(address: str) -> str:
     file_part, sep, member = address.partition(NPZ_SEP)
     try:
         st = os.stat(file_part)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):  # a FIFO, a device: never opened
+            raise UnreadableFileError(special_file_reason(file_part) or "not a regular file", path=file_part)
         # a folder's own stat does not change when a file inside it is rewritten: its files are
         # remembered one by one instead
         known = None if stat.S_ISDIR(st.st_mode) else (os.path.abspath(file_part), member, st.st_dev,

@@ -7,7 +7,9 @@ and the problems, each with the file and one line: unreadable/truncated files, N
 (by a hash of the decoded pixels), above all the same image under two classes, masks missing / of
 another shape / not binary-integer, unknown extensions, files the group pattern does not match, and
 classes too small to split (fewer than ``min_per_class`` groups: one each for test, training and
-validation).
+validation), class names that print alike and names that are not UTF-8. What the readers did is
+said as ``train`` says it (``reader_notes``): EXIF orientations applied (a note), frames left unread
+and images whose scale would dominate the normalisation (warnings).
 
 Only an input that cannot be read at all (missing, empty, not a data source) raises; everything else
 is collected, so all problems are listed in one run. ``report.raise_for_problems()`` raises the first
@@ -28,6 +30,7 @@ import numpy as np
 from fewlabel import errors
 from fewlabel.data import readers
 from fewlabel.data.catalog import Catalog, load_catalog, load_pool, natural_key
+from fewlabel.data.reader_notes import reading_lines, scale_line, scaled_peak
 from fewlabel.errors import FewlabelError
 
 __all__ = ["Problem", "InspectReport", "inspect_data", "inspect_catalog"]
@@ -47,6 +50,7 @@ ERROR_FOR_KIND = {
     "unknown_extension": "UnknownFormatError",
     "small_class": "SplitError",
     "one_class": "DataError",
+    "lookalike_classes": "DataError",
     "empty_class": "DataError",
     "group_pattern": "DataError",
     "manifest": "ManifestError",
@@ -55,9 +59,10 @@ ERROR_FOR_KIND = {
 
 
 #: Problems are listed in this order: the worst (a label contradicting another) first.
-SEVERITY = ("duplicate_across_classes", "one_class", "unreadable", "invalid", "mask_shape", "mask_values",
-            "mask_unreadable", "mask_missing", "mask_orphan", "mask_ambiguous", "manifest_missing",
-            "manifest", "unknown_extension", "group_pattern", "empty_class", "small_class", "duplicate")
+SEVERITY = ("duplicate_across_classes", "one_class", "lookalike_classes", "unreadable", "invalid",
+            "mask_shape", "mask_values", "mask_unreadable", "mask_missing", "mask_orphan", "mask_ambiguous",
+            "manifest_missing", "manifest", "unknown_extension", "group_pattern", "empty_class",
+            "small_class", "duplicate")
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,8 @@ def inspect_catalog(catalog: Catalog, source: str | None = None, min_per_class: 
     hashes: dict[str, list[str]] = defaultdict(list)
     image_shape: dict[str, tuple[int, ...]] = {}
     shape_examples: dict[str, str] = {}
+    metas: dict[str, readers.ImageMeta] = {}
+    peaks: dict[str, float] = {}
     n = len(catalog.samples)
     for k, s in enumerate(catalog.samples):
         if progress is not None:
@@ -185,6 +192,8 @@ def inspect_catalog(catalog: Catalog, source: str | None = None, min_per_class: 
         dims[f"{meta.spatial_dims}D"] += 1
         spacing[_fmt_shape(meta.spacing) if meta.spacing else "unknown"] += 1  # type: ignore[arg-type]
         a_min, a_max = float(arr.min()), float(arr.max())
+        metas[s.id] = meta
+        peaks[s.id] = scaled_peak(max(abs(a_min), abs(a_max)), meta)
         lo, hi = min(lo, a_min), max(hi, a_max)
         r = by_dtype.setdefault(meta.dtype, [a_min, a_max])
         r[0], r[1] = min(r[0], a_min), max(r[1], a_max)
@@ -205,6 +214,7 @@ def inspect_catalog(catalog: Catalog, source: str | None = None, min_per_class: 
         rep.problems.append(Problem(".", f"data mix 2D images ({dims['2D']}) and 3D volumes ({dims['3D']})",
                                     "invalid", "DataError"))
     _odd_sizes(shape_examples, shapes, rep)
+    _reading(metas, peaks, rep)
     rep.value_range = [lo, hi] if np.isfinite(lo) else None
     rep.value_range_by_dtype = by_dtype
     _duplicates(catalog, hashes, rep)
@@ -227,6 +237,16 @@ def _odd_sizes(examples: dict[str, str], shapes: Counter, rep: InspectReport) ->
     shown = ", ".join(f"{examples[k]} ({k})" for k, _ in others[:3])
     rep.notes.append(f"{n_odd} image(s) differ from the common size {common} and will be resized to it: "
                      f"{shown}")
+
+
+def _reading(metas: dict[str, readers.ImageMeta], peaks: dict[str, float], rep: InspectReport) -> None:
+    """What the readers did (EXIF turns, frames left unread) and images whose scale would dominate
+    the normalisation: the same lines ``train`` and ``curve`` print (``reader_notes``)."""
+    for level, line in reading_lines(metas):
+        (rep.notes if level == "note" else rep.warnings).append(line)
+    scale = scale_line(peaks)
+    if scale:
+        rep.warnings.append(scale)
 
 
 def _groups_summary(catalog: Catalog, rep: InspectReport) -> None:

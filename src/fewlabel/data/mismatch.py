@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from fewlabel.errors import DataError
+
 #: Largest factor between an image side and the model's input side that still counts as the same kind
 #: of image; beyond it the resize changes what the image shows (cell size, texture scale).
 MAX_RESIZE_FACTOR = 2.0
@@ -50,3 +52,16 @@ def describe_mismatch(meta: Any, preprocess: Any) -> str | None:
             model = "×".join(str(s) for s in preprocess.size)
             problems.append(f"size {shown}, the model's input is {model}")
     return "; ".join(problems) if problems else None
+
+
+def screen_image(meta: Any, preprocess: Any, allow_mismatch: bool = False) -> str | None:
+    """``predict``'s and ``explain``'s rule for one image: None when it is like the training images;
+    when it is not, a ``DataError`` naming the file, or with ``allow_mismatch`` the warning to show
+    beside its result."""
+    mismatch = describe_mismatch(meta, preprocess)
+    if mismatch is None:
+        return None
+    if not allow_mismatch:
+        raise DataError(f"unlike the training images ({mismatch}); pass --allow-mismatch to score it anyway",
+                        path=meta.path)
+    return f"unlike the training images ({mismatch})"

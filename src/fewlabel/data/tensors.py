@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -214,17 +214,21 @@ def _effective_channels(meta: ImageMeta) -> int:
 
 def fit_preprocess(catalog: Catalog, ids: Sequence[str], image_size: int | Sequence[int] | None = None,
                    resize: str = "resize", channels: int | None = None, intensity: str = "dtype_max",
-                   normalize: bool = True) -> Preprocess:
+                   normalize: bool = True, known: Mapping[str, ImageMeta] | None = None,
+                   peaks: dict[str, float] | None = None) -> Preprocess:
     """The policy for these (training) ids: size = the most common spatial shape unless given,
     channels = the most common channel count (alpha not counted), mean/std over these ids only.
 
     ``image_size`` int → that side in every spatial dimension; a tuple of another length than the data's
-    spatial dims is broadcast when all its values are equal.
+    spatial dims is broadcast when all its values are equal. ``known``: metadata already read (id →
+    ``ImageMeta``), not read again. ``peaks``, when given, is filled with each id's largest magnitude
+    as the z-score sees it (after the intensity step), so a caller can name images that dominate it.
     """
     ids = list(ids)
     if not ids:
         raise DataError("no images to fit the preprocessing on (empty training set)", path=catalog.root)
-    metas = [readers.read_meta(catalog.by_id[i].path) for i in ids]
+    known = known or {}
+    metas = [known[i] if i in known else readers.read_meta(catalog.by_id[i].path) for i in ids]
     dims = Counter(m.spatial_dims for m in metas)
     if len(dims) > 1:
         first3 = next(m for m in metas if m.spatial_dims == 3)
@@ -258,6 +262,8 @@ def fit_preprocess(catalog: Catalog, ids: Sequence[str], image_size: int | Seque
     axes = tuple(range(1, sd + 1))
     for i in ids:
         arr = _geometry_cached(catalog.by_id[i].path, pre).astype(np.float64)
+        if peaks is not None:
+            peaks[i] = float(np.abs(arr).max())
         if shift is None:  # sums about a typical value: no cancellation when the mean dwarfs the spread
             shift = arr.mean(axis=axes)
         centred = arr - shift.reshape((-1,) + (1,) * sd)

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from fewlabel import strategies as strategy_registry
-from fewlabel.errors import ConfigMismatchError, FewlabelError
+from fewlabel.errors import ConfigMismatchError, DiskFullError, FewlabelError, is_disk_full
 from fewlabel.experiments.cell import (
     CellOutput,
     CellTask,
@@ -78,6 +78,8 @@ from fewlabel.experiments.store import (
     atomic_write_json,
     summarise,
 )
+from fewlabel.fileio import check_output_dir
+from fewlabel.settings import check_options
 
 STRATEGIES = strategy_registry.NAMES
 KEEP_MODELS = ("first", "all", "none")
@@ -253,6 +255,9 @@ def run_curve(
     use_default = strategies is None
     strategies = () if strategies is None else parse_names(strategies)
     sizes = parse_sizes(sizes)
+    # Before anything is read: 10**20 repeats would never finish listing its cells.
+    check_options({"seed": seed, "repeats": repeats, "workers": workers, "cpus_per_cell": cpus_per_cell,
+                   "gpus_per_cell": gpus_per_cell})
     if keep_models not in KEEP_MODELS:
         raise ValueError(f"keep_models must be one of {KEEP_MODELS}, got {keep_models!r}")
     if count not in ("images", "groups"):
@@ -272,6 +277,7 @@ def run_curve(
 
     finetune_config = backend.finetune_config(dict(finetune or {}))
     strategy_specs = {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}
+    check_output_dir(out, "run folder (--out)", inputs=(data, unlabelled, masks))
     check_out_dir(out)
     data_args: dict[str, Any] = {
         "data": _resolved(data),
@@ -291,6 +297,8 @@ def run_curve(
     prepared = backend.prepare_data(**dict(data_args), **({"plan": str(plan_path.resolve())}
                                                          if (out / RUN_FILE).exists() and plan_path.exists()
                                                          else {}))
+    for line in getattr(prepared, "reading_notes", ()):  # what the readers did: EXIF, frames, scale
+        say(line)
     plan = getattr(prepared, "plan", None)
     if plan is not None:
         from fewlabel.pipeline import dropped_note
@@ -422,6 +430,7 @@ def _run_cells(out: Path, store: ResultStore, info: dict[str, Any], config: Curv
             ready = _share_data(ex, prepared, ready)
             for task, result in map_cells(ex, ready, device=str(config.finetune.get("device", "auto"))):
                 output = result if isinstance(result, CellOutput) else _failed_output(task, result)
+                _stop_if_disk_full(out, output)
                 _record(out, store, output, bar)
                 ran += 1
         finally:
@@ -457,6 +466,14 @@ def _record(out: Path, store: ResultStore, output: CellOutput, bar: Progress) ->
     store.add(row)
     store.export_csv()
     bar.update(cell_line(row))
+
+
+def _stop_if_disk_full(out: Path, output: CellOutput) -> None:
+    """A cell that failed for a full disk stops the sweep, its cell left pending: every later cell
+    would fail the same way, and the same command resumes once space is freed."""
+    row = output.row
+    if row["status"] == "failed" and is_disk_full(RuntimeError(row.get("error") or "")):
+        raise DiskFullError(path=out)
 
 
 def _share_data(ex: Executor, prepared: Any, tasks: list[CellTask]) -> list[CellTask]:

@@ -138,10 +138,11 @@ class CurveConfig:
             raise ValueError("a curve needs at least one strategy")
         if len(set(self.strategies)) != len(self.strategies):
             raise ValueError(f"strategies repeat a name: {','.join(self.strategies)}")
-        if not self.sizes or min(self.sizes) < 1:
-            raise ValueError(f"sizes must be positive integers, got {self.sizes}")
-        if self.repeats < 1:
-            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
+        self.sizes = parse_sizes(self.sizes)
+        from fewlabel.settings import MAX_REPEATS
+
+        if not 1 <= self.repeats <= MAX_REPEATS:
+            raise ValueError(f"repeats must be from 1 to {MAX_REPEATS:,}, got {self.repeats}")
 
     def hashed(self) -> dict[str, Any]:
         """The part of the configuration that changes results, in canonical JSON-able form."""
@@ -232,16 +233,26 @@ def _describe(label: str, old: Any, new: Any) -> list[str]:
 
 
 def parse_sizes(text: str | Iterable[int]) -> tuple[int, ...]:
-    """``"1,2,5"`` → (1, 2, 5); a clear ValueError on anything else."""
-    if not isinstance(text, str):
-        return tuple(int(n) for n in text)
+    """``"1,2,5"`` → (1, 2, 5); a clear ValueError on anything else, and on a size past
+    ``settings.MAX_PER_CLASS`` (a typo that would fail only when the run is written)."""
+    from fewlabel.settings import MAX_PER_CLASS
+
     try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"sizes must be comma-separated integers, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise ValueError(f"sizes must be positive integers, got {text!r}")
+        parts = text.split(",") if isinstance(text, str) else list(text)
+        sizes = tuple(_whole(part) for part in parts if str(part).strip())
+    except (TypeError, ValueError):
+        raise ValueError(f"sizes must be comma-separated whole numbers, got {text!r}") from None
+    if not sizes or not all(1 <= n <= MAX_PER_CLASS for n in sizes):
+        shown = text if isinstance(text, str) else ",".join(map(str, sizes))
+        raise ValueError(f"sizes must be whole numbers from 1 to {MAX_PER_CLASS:,}, got {shown!r}")
     return sizes
+
+
+def _whole(value: Any) -> int:
+    """``5``, ``"5"`` or ``5.0`` → 5; ``"1e23"``, ``2.5`` or ``True`` raise ValueError."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value.strip()) if isinstance(value, str) else int(value)
 
 
 def parse_names(text: str | Iterable[str]) -> tuple[str, ...]:

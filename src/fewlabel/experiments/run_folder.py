@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fewlabel.errors import ConfigMismatchError, FewlabelError
+from fewlabel.errors import ConfigMismatchError, DiskFullError, FewlabelError, is_disk_full
 from fewlabel.experiments.grid import Cell, CurveConfig
 from fewlabel.experiments.store import RUN_FILE, ResultStore, atomic_write_json, read_json
 from fewlabel.fileio import fsync_dir
@@ -141,13 +141,19 @@ def write_cell_files(out: Path, cell: Cell, files: dict[str, bytes]) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    for rel, blob in files.items():
-        target = tmp / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
+    try:
+        for rel, blob in files.items():
+            target = tmp / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as fh:
+                fh.write(blob)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):  # the write names no file: the cell folder is named instead
+            raise DiskFullError(path=final) from exc
+        raise
     tmp.mkdir(parents=True, exist_ok=True)
     if final.exists():
         shutil.rmtree(final)

@@ -92,7 +92,11 @@ class RunView:
         """The results store's rows (all, or those of ``status``); none before the first cell."""
         if not (self.root / STORE_FILE).exists():
             return []
-        with ResultStore(self.root, create=False) as store:
+        try:
+            store = ResultStore(self.root, create=False)
+        except FileNotFoundError:  # none yet, or one a run killed while making it left without tables
+            return []
+        with store:
             return store.rows(status)
 
     # -- plan.json -------------------------------------------------------------------------------

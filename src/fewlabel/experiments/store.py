@@ -46,17 +46,24 @@ patient (group) has several images: ``patient_roc_auc, patient_accuracy`` with t
 ``_ci_high`` (mean of a patient's image probabilities; bootstrap over patients) and ``n_test_patients``.
 
 Safety: a row is inserted in one transaction after the cell's files are in place, so ``kill -9`` at
-any moment loses at most the cells in flight. A failed row is replaced when the cell is re-run; an
-``ok`` or ``skipped`` row is never overwritten.
+any moment loses at most the cells in flight. The file itself is made under a temporary name and
+renamed into place with its tables, so a kill while it is created leaves no store or a whole one.
+A failed row is replaced when the cell is re-run; an ``ok`` or ``skipped`` row is never overwritten.
+
+Why this file is long: its first fifty lines are the run folder's documented layout, which the report,
+explanations and users' scripts rely on; the store's creation, damage checks and queries stay together.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import math
+import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -65,7 +72,7 @@ from typing import Any
 
 from fewlabel import fileio
 from fewlabel.data.plan import PLAN_FILE
-from fewlabel.errors import FewlabelError
+from fewlabel.errors import DiskFullError, FewlabelError, is_disk_full
 from fewlabel.evaluate.metrics import HEADLINE_METRICS, PATIENT_METRICS, quartiles
 from fewlabel.experiments.grid import Cell
 
@@ -138,28 +145,63 @@ class ResultStore:
     def __init__(self, run_dir: str | Path, *, create: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / STORE_FILE
-        existed = self.path.exists()
-        if not create and not existed:
-            raise FileNotFoundError(f"{self.path}: no results store here")
-        self._refuse_lost_store(existed)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         try:
+            existed = self._existing_store(create)
+            self._refuse_lost_store(existed)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not existed:
+                self._create_in_place()
             # isolation_level=None: we open transactions ourselves, one per row.
             self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             self._conn.row_factory = sqlite3.Row
-            if existed:
-                self._check_existing()
+            self._check_existing()
             self._conn.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed row survives a crash of the machine, not only of the process. One
             # commit per cell, so the cost is nothing next to a fine-tuning.
             self._conn.execute("PRAGMA synchronous=FULL")
             self._create()
         except sqlite3.DatabaseError as exc:
-            raise self._corrupt(str(exc)) from None
+            raise self._database_error(exc) from None
 
     def _corrupt(self, why: str) -> FewlabelError:
         return FewlabelError(f"results store is corrupt ({why}); delete {self.run_dir} and run again, or "
                              "restore the file from a backup", path=self.path)
+
+    def _database_error(self, exc: sqlite3.DatabaseError) -> FewlabelError:
+        """Only a damaged file is called corrupt. A full disk, a lock or an I/O error leaves the store
+        as it was: the same command works again once the cause is gone, so nothing is to be deleted."""
+        # On a full disk SQLite may only say "disk I/O error" (its shared memory could not grow).
+        if is_disk_full(exc) or (isinstance(exc, sqlite3.OperationalError) and _device_full(self.run_dir)):
+            return DiskFullError(path=self.path)
+        if isinstance(exc, sqlite3.OperationalError):
+            return FewlabelError(f"cannot use the results store ({exc}); the file is unchanged: check the "
+                                 "folder's permissions, free space and other programs using it, then run "
+                                 "the same command again", path=self.path)
+        return self._corrupt(str(exc))
+
+    def _existing_store(self, create: bool) -> bool:
+        """Whether a store is here. One a killed run left half made (0 bytes, or no table yet: fewlabel
+        before atomic creation could leave either) holds no result when no finished cell is on disk:
+        it counts as none, and a writer makes it again."""
+        if not self.path.exists():
+            if not create:
+                raise FileNotFoundError(errno.ENOENT, "no results store here", str(self.path))
+            return False
+        if self._finished_cells() or not _has_no_tables(self.path):
+            return True
+        if not create:
+            raise FileNotFoundError(errno.ENOENT, "no results store here yet", str(self.path))
+        for leftover in _store_files(self.path):
+            leftover.unlink(missing_ok=True)
+        return False
+
+    def _finished_cells(self) -> bool:
+        """Cell folders on disk (not the temporary ones of a cell being written)."""
+        cells = self.run_dir / "cells"
+        if not cells.is_dir():
+            return False
+        strategies = [sub for sub in cells.iterdir() if sub.is_dir() and not sub.name.startswith(".")]
+        return any(p.is_dir() and not p.name.startswith(".") for sub in strategies for p in sub.iterdir())
 
     def _refuse_lost_store(self, existed: bool) -> None:
         """An emptied store, or a missing one beside finished cells, would silently recompute (and
@@ -167,10 +209,37 @@ class ResultStore:
         if existed and self.path.stat().st_size == 0:
             raise self._corrupt("the file is empty, 0 bytes")
         cells = self.run_dir / "cells"
-        if not existed and (self.run_dir / RUN_FILE).exists() and cells.is_dir() and any(
-                p.is_dir() for sub in cells.iterdir() if sub.is_dir() for p in sub.iterdir()):
+        if not existed and (self.run_dir / RUN_FILE).exists() and self._finished_cells():
             raise FewlabelError(f"results store is missing while finished cells are in {cells}; restore "
                                 f"it, or delete {self.run_dir} and run again", path=self.path)
+
+    def _create_in_place(self) -> None:
+        """Make the store under a temporary name (tables and WAL mode in it), then rename it into
+        place: a run killed at any instant leaves no store or a whole one, never a file that a re-run
+        could not tell from a damaged one. Leftover temporary files are swept by the run folder."""
+        tmp = fileio.temp_path(self.path)
+        try:
+            self._conn = sqlite3.connect(tmp, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._create()
+            finally:
+                self._conn.close()  # the last connection: its WAL is checkpointed into the file
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            fileio.fsync_dir(self.run_dir)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFullError(path=self.path) from exc
+            raise
+        finally:
+            for leftover in _store_files(tmp):
+                leftover.unlink(missing_ok=True)
 
     def _check_existing(self) -> None:
         """A file that is not this fewlabel's store (another database, a damaged one) is refused."""
@@ -196,13 +265,19 @@ class ResultStore:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._conn.execute("BEGIN IMMEDIATE")
         try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:  # SQLite may have rolled back itself (a full disk)
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if is_disk_full(exc):
+                raise DiskFullError(path=self.path) from None
             raise
-        self._conn.execute("COMMIT")
 
     # -- meta ---------------------------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -293,6 +368,32 @@ class ResultStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _store_files(path: Path) -> list[Path]:
+    """A SQLite file and the journal, WAL and shared-memory files beside it."""
+    return [path, *(path.with_name(path.name + side) for side in ("-journal", "-wal", "-shm"))]
+
+
+def _device_full(folder: Path) -> bool:
+    """Less than 1 MiB free where ``folder`` lies."""
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _has_no_tables(path: Path) -> bool:
+    """True for an SQLite file without a single table (0 bytes, or killed before its first commit);
+    False for any other file, damaged ones included: those are refused, never made again."""
+    try:
+        conn = sqlite3.connect(path, timeout=30.0)
+        try:
+            return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return False
 
 
 def _csv_value(value: Any) -> Any:

@@ -232,9 +232,14 @@ def load_for_explain(model_dir: str | Path) -> tuple[Any, Any, list[str]]:
     names = list(config.get("class_names") or [])
     run = RunView.containing(model_dir) if pre is None or not names else None
     if run is not None:
+        from fewlabel.experiments.store import RUN_FILE
+        from fewlabel.models.io import check_config_fits_weights
+
         dataset = run.dataset
         pre = pre or dataset.get("preprocess")
         names = names or list(dataset.get("classes") or [])
+        # Borrowed from the run: held to the weights as the model's own config.json is.
+        check_config_fits_weights(classifier, names or None, pre or None, run.root / RUN_FILE)
     if not pre:
         raise ModelFileError("the model records no preprocessing (config.json has no 'preprocess', and no "
                              "run.json was found above it)", path=model_dir)
@@ -244,16 +249,26 @@ def load_for_explain(model_dir: str | Path) -> tuple[Any, Any, list[str]]:
 
 
 def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: str = "saliency",
-                  out: str | Path = "explanations", target: str | int | None = None) -> list[dict[str, Any]]:
+                  out: str | Path = "explanations", target: str | int | None = None,
+                  allow_mismatch: bool = False) -> list[dict[str, Any]]:
     """Attribution maps for image files: per image ``<name>_<method>.png`` (image + overlay) and
     ``<name>_<method>.npy`` (the raw map, input size) in ``out``. Returns one record per image
     (path, predicted class and probability, explained class, written files). ``target``: a class
-    name or index; None explains each image's predicted class."""
-    from fewlabel.data.readers import collect_image_paths, read_image
-    from fewlabel.errors import FewlabelError
+    name or index; None explains each image's predicted class. ``out`` inside the model folder or the
+    images (or on one of them) is refused before any work (``fileio.check_output_dir``).
+    An image unlike the training images is refused as ``predict`` refuses it (``data.mismatch``),
+    before anything is written; with ``allow_mismatch`` its record carries the ``warning``. No image
+    at all raises ``NoImagesError``."""
+    from fewlabel.data.mismatch import screen_image
+    from fewlabel.data.readers import collect_image_paths, read_image, read_meta
+    from fewlabel.errors import FewlabelError, NoImagesError
+    from fewlabel.fileio import check_output_dir
     from fewlabel.models.io import read_model_config
     from fewlabel.pipeline.region import crop_images, folder_unet
 
+    # the overlays are images: beside an input image (or under its folder) they would join the data
+    folders = [Path(i).parent for i in images if Path(i).is_file()]
+    check_output_dir(out, "explanation folder (--out)", inputs=(model_dir, *images, *folders))
     classifier, pre, names = load_for_explain(model_dir)
     unet = folder_unet(model_dir, read_model_config(model_dir))  # None: the model sees whole images
     if target is not None and not isinstance(target, int):
@@ -269,12 +284,17 @@ def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: s
     if errors:
         path, problem = errors[0]
         raise FewlabelError(problem, path=path)
+    if not paths:
+        raise NoImagesError("no image files found; nothing written", path=", ".join(map(str, images)))
+    for path in paths:  # from the headers, so a refused image leaves no file of the others behind
+        screen_image(read_meta(path), pre, allow_mismatch)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     used: set[str] = set()
     for path in paths:
         array, meta = read_image(path)
+        warning = screen_image(meta, pre, allow_mismatch)  # the decoded image, as `predict` checks it
         x = pre.apply(array, meta)[None].astype(np.float32)
         if unet is not None:  # a region model: explained on the crop it classifies
             x = np.stack(crop_images(unet, [str(path)], x, pre)[0]).astype(np.float32)
@@ -294,5 +314,6 @@ def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: s
         records.append({"path": str(path), "predicted": names[int(proba.argmax())],
                         "probability": float(proba.max()), "explained": names[explained],
                         "png": str(png), "npy": str(npy),
-                        **({"input": REGION_CAPTION} if unet is not None else {})})
+                        **({"input": REGION_CAPTION} if unet is not None else {}),
+                        **({"warning": warning} if warning else {})})
     return records

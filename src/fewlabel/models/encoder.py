@@ -13,7 +13,7 @@ Contract of every registered encoder (``Encoder``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -99,6 +99,13 @@ class ConvEncoder(Encoder):
             x = stage(x)
             maps.append(x)
         return maps
+
+
+def max_convnet_depth(image_size: Sequence[int]) -> int:
+    """The most stages a ``ConvEncoder`` may have for inputs of ``image_size``: each stage after the
+    first halves every side (rounding up), so beyond 2**(depth-1) = the largest side the last stages
+    only compute on 1-pixel maps, costing memory and time for nothing."""
+    return max(int(s) for s in image_size).bit_length()
 
 
 def register_encoder(name: str) -> Callable[[Callable[..., Encoder]], Callable[..., Encoder]]:

@@ -457,8 +457,46 @@ def load_model_dir(
         raise ModelFileError(f"cannot build the classifier: {exc}", directory / CONFIG_FILE) from exc
     state = _read_tensors(weights)
     _load_strict(classifier, state, weights, None)
+    check_config_fits_weights(classifier, config.get("class_names"), config.get("preprocess"),
+                              directory / CONFIG_FILE)
     model_unet_file(directory, config)  # a region model's U-Net is part of the folder: checked too
     return classifier.to(map_location), config
+
+
+def check_config_fits_weights(classifier: Classifier | Ensemble, class_names: Any, preprocess: Any,
+                              path: Path) -> None:
+    """What a model's config says of its inputs and outputs agrees with the loaded weights: as many
+    class names as the head has output rows, the preprocessing's channels and dimensions those of the
+    first convolution, its size the one a size-bound encoder was built for. Why: the sha256 ties the
+    weights to config.json, not config.json to itself, and a hand-edited class list or preprocessing
+    would otherwise predict with exit 0 (a CSV with more class columns than values) or fail mid-run.
+    ``class_names`` / ``preprocess`` may be None (a curve's cell model borrows them from its run)."""
+    first = classifier.members[0] if isinstance(classifier, Ensemble) else classifier
+    encoder, rows = first.encoder, first.num_classes  # strict loading made both the weights' own
+    if class_names is not None:
+        if not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names):
+            raise ModelFileError("class_names is not a list of names", path)
+        if len(class_names) != rows:
+            raise ModelFileError(f"names {len(class_names)} classes (class_names) but the weights' head has "
+                                 f"{rows} outputs; restore config.json or train the model again", path)
+    if preprocess is None:
+        return
+    if not isinstance(preprocess, Mapping):
+        raise ModelFileError("its preprocess record is not a mapping", path)
+    # The fields the record states (the rest of it is checked where it is used, data.tensors).
+    channels, dims, size = (preprocess.get(k) for k in ("channels", "spatial_dims", "size"))
+    problems = []
+    if channels is not None and channels != encoder.in_channels:
+        problems.append(f"{channels} channel(s), the weights' first layer takes {encoder.in_channels}")
+    if dims is not None and dims != encoder.spatial_dims:
+        problems.append(f"{dims}D images, the weights are {encoder.spatial_dims}D")
+    built_for = encoder.config.get("image_size")
+    if built_for is not None and size is not None and list(built_for) != list(size):
+        shown = "x".join(map(str, size)) if isinstance(size, (list, tuple)) else str(size)
+        problems.append(f"size {shown}, the encoder was built for {'x'.join(map(str, built_for))}")
+    if problems:
+        raise ModelFileError(f"its preprocessing gives {'; '.join(problems)}; restore config.json or train "
+                             "the model again", path)
 
 
 def model_unet_file(directory: str | Path, config: Mapping[str, Any]) -> Path | None:

@@ -7,6 +7,7 @@ strategy's encoder prepared on the pool only, one fine-tuning and its test metri
 """
 
 from fewlabel import strategies as _registry
+from fewlabel.data.catalog import without_classes
 from fewlabel.pipeline.data import (
     MIN_PER_CLASS_FOR_VALIDATION,
     SEGMENTATION_VAL_FRACTION,
@@ -17,7 +18,6 @@ from fewlabel.pipeline.data import (
     merge_duplicates,
     prepare_data,
     pretrain_pools,
-    without_classes,
 )
 from fewlabel.pipeline.encoders import (
     StrategySpec,

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fewlabel.data import catalog as catalog_mod
-from fewlabel.data import splits, tensors
+from fewlabel.data import reader_notes, readers, splits, tensors
 from fewlabel.data.identity import file_key, file_keys
 from fewlabel.data.plan import SplitPlan
 from fewlabel.errors import ConfigMismatchError, DataError, FewlabelError
@@ -92,6 +92,8 @@ class PreparedData:
     unlabelled_keys: dict[str, str] = field(default_factory=dict)  # pool id -> content key
     # Preprocessed arrays made once by the driver for workers (``share_arrays``): (id -> row, block).
     shared: tuple[dict[str, int], np.ndarray] | None = None
+    # What the readers did that the user should hear of ("note: …" / "warning: …", ``reader_notes``).
+    reading_notes: list[str] = field(default_factory=list)
 
     @property
     def pool_ids(self) -> list[str]:
@@ -316,7 +318,7 @@ def prepare_data(
             raise FewlabelError("no data given")
         catalog = catalog_mod.load_catalog(data, masks=masks, group_pattern=group_pattern)
     if drop_classes:
-        catalog = without_classes(catalog, drop_classes)
+        catalog = catalog_mod.without_classes(catalog, drop_classes)
     if test_split not in ("auto", "given", "draw"):
         raise FewlabelError(f"test_split must be auto, given or draw, not {test_split!r}")
     keys = {s.id: file_key(s.path) for s in catalog.samples}
@@ -343,8 +345,16 @@ def prepare_data(
     if unlabelled is not None:
         pool_catalog = catalog_mod.load_pool(unlabelled, group_pattern=group_pattern)
         pool_keys = {s.id: file_key(s.path) for s in pool_catalog.samples}
+    # Headers of every image, test included: what the readers did is said of all of them, once.
+    metas = {s.id: readers.read_meta(s.path) for s in catalog.samples}
+    peaks: dict[str, float] = {}
     # an int is every side (a cube for volumes); a tuple is one side per axis
-    preprocess = tensors.fit_preprocess(catalog, pool_ids, image_size=image_size, resize=resize)
+    preprocess = tensors.fit_preprocess(catalog, pool_ids, image_size=image_size, resize=resize, known=metas,
+                                        peaks=peaks)
+    said = [f"{level}: {line}" for level, line in reader_notes.reading_lines(metas)]
+    scale = reader_notes.scale_line(peaks, f"the normalisation fitted on the {len(pool_ids)} training-pool "
+                                    "images")
+    said += [f"warning: {scale}"] if scale else []
     test_masks = [catalog.by_id[i].mask for i in test_ids]
     test_keys = {keys[i] for i in test_ids} | set(file_keys(m for m in test_masks if m is not None))
     test_groups = set(catalog.groups(test_ids)) | {original[i] for i in test_ids}
@@ -364,7 +374,8 @@ def prepare_data(
             source={"data": str(Path(data).resolve()) if data is not None else str(catalog.root),
                     "masks": str(Path(masks).resolve()) if masks is not None else None})
     return PreparedData(catalog=catalog, preprocess=preprocess, plan=plan, content_keys=keys,
-                        unlabelled=pool_catalog, original_groups=original, unlabelled_keys=pool_keys)
+                        unlabelled=pool_catalog, original_groups=original, unlabelled_keys=pool_keys,
+                        reading_notes=said)
 
 
 def add_draw(data: PreparedData, n_per_class: int | None, repeat: int, draw_seed: int,
@@ -386,14 +397,3 @@ def add_draw(data: PreparedData, n_per_class: int | None, repeat: int, draw_seed
     data.plan.add_draw(n_per_class if n_per_class is not None else 0, repeat, draw_seed, labelled=labelled,
                        train=train, val=val)
     return data.plan.draw(n_per_class if n_per_class is not None else 0, repeat)
-
-
-def without_classes(catalog: catalog_mod.Catalog, drop: list[str] | tuple[str, ...]) -> catalog_mod.Catalog:
-    """The catalog minus every sample of the ``drop`` classes (and those classes themselves)."""
-    unknown = sorted(set(drop) - set(catalog.classes))
-    if unknown:
-        raise FewlabelError(f"--drop-class names no class here: {', '.join(unknown)} "
-                            f"(classes: {', '.join(catalog.classes)})", path=catalog.root)
-    keep = [s.id for s in catalog.samples if s.label not in drop]
-    # subset() keeps the class list (label indices stay put); a dropped class must leave it too.
-    return dataclasses.replace(catalog.subset(keep), classes=[c for c in catalog.classes if c not in drop])

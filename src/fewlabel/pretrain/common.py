@@ -91,6 +91,15 @@ class PretrainConfig:
 
 
 DEFAULT_LR = {"gan": 2e-4, "ssl": 1e-3, "segmentation": 1e-3}
+# Smallest batch that teaches anything: SimCLR tells each image apart from the others in its batch,
+# and a GAN's BatchNorm and minibatch spread need two images; alone, the losses are trivially 0.
+MIN_BATCH = {"gan": 2, "ssl": 2}
+
+
+def batch_size_problem(method: str, batch_size: int) -> str | None:
+    """What ``batch_size`` must be for ``method`` when it cannot train it, else None."""
+    least = MIN_BATCH.get(method, 1)
+    return None if batch_size >= least else f"must be at least {least} for {method} (got {batch_size})"
 _COMMON_KEYS = ("steps", "batch_size", "lr", "weight_decay", "seed", "log_every", "time_budget_s")
 KEY_FIELDS: dict[str, tuple[str, ...]] = {
     "scratch": ("seed",),
@@ -254,6 +263,9 @@ def prepare_encoder(
     starts the encoder from the ImageNet weights instead of random ones (a ``mobilenet_v2``).
     """
     config = config or PretrainConfig()
+    problem = batch_size_problem(method, config.batch_size)
+    if problem is not None:
+        raise FewlabelError(f"pretraining setting batch_size {problem}")
     encoder_config = dict(encoder_config)
     if data_fingerprint is None:
         data_fingerprint = (array_fingerprint(images, masks, val_images, val_masks)

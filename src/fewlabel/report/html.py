@@ -11,13 +11,14 @@ class names, file names and error messages are escaped.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fewlabel.errors import FewlabelError, one_line
 from fewlabel.experiments.run_view import RunView
-from fewlabel.fileio import atomic_write_text
+from fewlabel.fileio import atomic_write_text, check_output_file
 from fewlabel.report.analysis import METRICS, ReportData, analyse
 from fewlabel.report.curves import METRIC_LABELS
 from fewlabel.report.sections import SECTIONS, Section
@@ -98,16 +99,24 @@ def render(context: Mapping[str, Any]) -> str:
 
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, metric: str = "roc_auc",
                  target: float = 0.90, baseline: str = "scratch", explain: bool = True, n_per_class: int = 2,
-                 n_boot: int = 2000, seed: int = 0, log: Callable[[str], None] | None = None) -> Path:
+                 n_boot: int = 2000, seed: int = 0, log: Callable[[str], None] | None = None,
+                 overwrite: bool = True) -> Path:
     """Write ``RUN_DIR/report.html`` (or ``out``) atomically and return its path.
 
     With ``explain`` the explanation figures are computed first (cells already explained are reused);
     if that fails the report is still written, with the reason in place of the figures.
+    ``RUN_DIR/report.html`` is the report's own file and is replaced on every call; any other ``out``
+    must lie outside the run folder, and an existing one is replaced only with ``overwrite``.
     """
     view = RunView(run_dir)
     if metric not in METRICS:
         raise FewlabelError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     view.check()  # a corrupt run.json or store is one line here, before any explanation work
+    default = view.root / REPORT_FILE
+    path = Path(out) if out is not None else default
+    own = out is None or os.path.realpath(path) == os.path.realpath(default)
+    check_output_file(path, "report file (--out)", overwrite=overwrite or own,
+                      inputs=() if own else (view.root,))
     index, error = None, None
     if explain:
         from fewlabel.explain.run import explain_run
@@ -120,7 +129,6 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, metric: 
                 log(f"explanations skipped: {error}")
     context = report_context(run_dir, metric=metric, target=target, baseline=baseline, n_boot=n_boot,
                              seed=seed, explanations=index, explain_error=error)
-    path = Path(out) if out is not None else view.root / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, render(context))
     return path

@@ -25,7 +25,11 @@ Sources (``load_catalog``):
 Rules:
 
 * ``Sample.id`` is the path relative to the data root (posix), unique; ``group`` defaults to the id.
-* Class names are sorted naturally ("2" before "10"); ``labels()`` index into ``classes``.
+* Class names are sorted naturally ("2" before "10"); ``labels()`` index into ``classes``. An .npz's
+  labels may be numbers or strings; either way they become class names, sorted the same way.
+* Two class names that print alike (``load._print_key``: Unicode compatibility form, invisible
+  format characters dropped, white space collapsed) are an issue naming both; so is a file, folder
+  or class name that is not UTF-8 (``readers.undecodable_name``): results could not record it.
 * A sub-folder made only of DICOM files is ONE sample (a volume).
 * Hidden files and folders (leading dot), ``Thumbs.db``, ``desktop.ini`` and ``__MACOSX`` are skipped.
   Documentation files (README*, LICENSE*, ``.md .txt .csv .json .yaml .rst .html .pdf .xml``) are
@@ -43,7 +47,7 @@ from __future__ import annotations
 from fewlabel.data.catalog.load import load_catalog
 from fewlabel.data.catalog.pool import load_pool
 from fewlabel.data.catalog.scan import DOC_STEMS, DOC_SUFFIXES
-from fewlabel.data.catalog.table import Catalog, Issue, Sample, natural_key
+from fewlabel.data.catalog.table import Catalog, Issue, Sample, natural_key, without_classes
 
-__all__ = ["Sample", "Catalog", "Issue", "load_catalog", "load_pool", "natural_key", "DOC_SUFFIXES",
-           "DOC_STEMS"]
+__all__ = ["Sample", "Catalog", "Issue", "load_catalog", "load_pool", "natural_key", "without_classes",
+           "DOC_SUFFIXES", "DOC_STEMS"]

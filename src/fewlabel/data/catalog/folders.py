@@ -13,7 +13,7 @@ from pathlib import Path
 from fewlabel.data import readers
 from fewlabel.data.catalog.scan import note_ignored, rel, rel_any, scan, unknown_issues
 from fewlabel.data.catalog.table import Catalog, Issue, Sample, natural_key
-from fewlabel.errors import DataError, MaskError, UnknownFormatError
+from fewlabel.errors import DataError, MaskError, UnknownFormatError, UnreadableFileError
 
 
 def is_folder(path: Path) -> bool:
@@ -104,6 +104,10 @@ def _attach_masks(cat: Catalog, image_root: Path, mask_root: Path) -> None:
             continue
         index[key] = p
     for p in unknown:
+        skipped = readers.skip_reason(p)  # a broken link, a loop, a FIFO or a device: named, not opened
+        if skipped:
+            cat.issues.append(Issue(rel_any(p, cat.root), skipped, UnreadableFileError, "mask_unreadable"))
+            continue
         cat.issues.append(Issue(rel_any(p, cat.root), f"unknown file extension in the mask folder "
                                 f"{readers.split_suffix(p.name)[1] or '(none)'}", UnknownFormatError,
                                 "unknown_extension"))

@@ -7,6 +7,7 @@ here, like ``readers.dispatch.READERS`` for image formats.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -14,7 +15,7 @@ from typing import NamedTuple
 from fewlabel.data import readers
 from fewlabel.data.catalog import folders, manifest, medmnist
 from fewlabel.data.catalog.table import Catalog, Issue, apply_group_pattern
-from fewlabel.errors import DataError
+from fewlabel.errors import DataError, UnreadableFileError
 
 
 class Source(NamedTuple):
@@ -43,6 +44,9 @@ def load_catalog(source: str | Path, masks: str | Path | None = None, group_patt
     src = Path(source)
     if not src.exists():
         raise DataError(readers.dangling_reason(src) or "does not exist", path=src)
+    special = readers.special_file_reason(src)  # a FIFO or a device given as the data: never opened
+    if special:
+        raise DataError(special, path=src)
     kind = next((s for s in SOURCES.values() if s.detect(src)), None)
     if kind is None:
         raise DataError("expected a folder (one sub-folder per class), a CSV manifest or a "
@@ -62,3 +66,42 @@ def _check_classes(cat: Catalog) -> None:
     if len(cat.classes) == 1:
         cat.issues.append(Issue(str(cat.root), f"one class only ({cat.classes[0]!r}): a classifier needs at "
                                 "least two", DataError, "one_class"))
+    for name in cat.classes:
+        if readers.undecodable_name(name):
+            cat.issues.append(Issue(_class_path(cat, name), f"class {readers.NOT_UTF8}", UnreadableFileError,
+                                    "unreadable"))
+    for a, b in _lookalike_classes(cat.classes):
+        cat.issues.append(Issue(str(cat.root), f"classes {ascii(a)} and {ascii(b)} print alike (they differ "
+                                "only in spaces, invisible characters or how Unicode spells a letter), so no "
+                                "reader of the results can tell them apart; rename one or merge them",
+                                DataError, "lookalike_classes"))
+
+
+def _class_path(cat: Catalog, name: str) -> str:
+    """Where a class lives, relative to the root: its folder for folder layouts, else the root."""
+    if cat.layout.startswith("class-folders"):
+        return name
+    return f"images/{name}" if cat.layout == "images+masks" else str(cat.root)
+
+
+def _print_key(name: str) -> str:
+    """What a class name looks like printed: Unicode compatibility form (NFKC: "é" one code point or
+    "e" + accent), invisible format characters (zero-width space, BOM) dropped, runs of white space
+    one space, none at the ends."""
+    text = unicodedata.normalize("NFKC", name)
+    text = "".join(ch for ch in text if unicodedata.category(ch) != "Cf")
+    return " ".join(text.split())
+
+
+def _lookalike_classes(classes: list[str]) -> list[tuple[str, str]]:
+    """Pairs of distinct class names that print alike (``_print_key``): almost always one class
+    spelled twice (a trailing space, a name typed on two systems), which would split its images."""
+    first: dict[str, str] = {}
+    pairs = []
+    for name in classes:
+        key = _print_key(name)
+        if key in first:
+            pairs.append((first[key], name))
+        else:
+            first[key] = name
+    return pairs

@@ -12,7 +12,7 @@ from pathlib import Path
 from fewlabel.data import readers
 from fewlabel.data.catalog.scan import rel_any
 from fewlabel.data.catalog.table import Catalog, Issue, Sample, natural_key
-from fewlabel.errors import ManifestError, MaskError, UnknownFormatError
+from fewlabel.errors import ManifestError, MaskError, UnknownFormatError, UnreadableFileError
 
 SUFFIXES = (".csv", ".tsv")
 
@@ -74,6 +74,10 @@ def from_manifest(csv_path: Path, masks: str | Path | None) -> Catalog:
             why = readers.dangling_reason(full)
             why = f": {why}" if why else " does not exist (paths are relative to the CSV)"
             cat.issues.append(Issue(where, f"path {value!r}{why}", ManifestError, "manifest_missing"))
+            continue
+        special = readers.special_file_reason(full)  # a FIFO or a device: named, never opened
+        if special:
+            cat.issues.append(Issue(rid, special, UnreadableFileError, "unreadable"))
             continue
         if _leaves_folder(value, base):
             outside.append(value)

@@ -46,10 +46,31 @@ def from_npz(path: Path, masks: str | Path | None = None) -> Catalog:
         labels = labels.reshape(-1)
         if len(labels) != len(images):
             raise DataError(f"{img_key} has {len(images)} rows but {lab_key} has {len(labels)}", path=path)
-        for i, y in enumerate(labels.tolist()):
+        for i, label in enumerate(_label_names(labels, lab_key, path)):
             rid = f"{path.name}{readers.NPZ_SEP}{img_key}/{i}"
-            label = str(int(y)) if float(y).is_integer() else str(y)
             cat.samples.append(Sample(id=rid, path=f"{path}{readers.NPZ_SEP}{img_key}/{i}", label=label,
                                       group=rid, split=split))
     cat.classes = sorted({s.label for s in cat.samples if s.label}, key=natural_key)
     return cat
+
+
+def _label_names(labels: np.ndarray, key: str, path: Path) -> list[str]:
+    """Each row's class name: numbers as their shortest text ("3", "0.5"), strings (``<U``, or
+    UTF-8 bytes ``|S``) as they are. Classes are then sorted like folder names, so string labels
+    ("eosinophil", "neutrophil") and numeric ones map to class indices the same way."""
+    if labels.dtype.kind in "biuf":
+        return [str(int(y)) if float(y).is_integer() else str(y) for y in labels.tolist()]
+    if labels.dtype.kind not in "SU":
+        raise DataError(f"{key} holds {labels.dtype} values; labels must be numbers or strings", path=path)
+    names = []
+    for i, y in enumerate(labels.tolist()):
+        if isinstance(y, bytes):
+            try:
+                y = y.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{key} row {i}: label bytes {y[:40]!r} are not UTF-8 text",
+                                path=path) from None
+        if not y.strip():
+            raise DataError(f"{key} row {i} has an empty label", path=path)
+        names.append(y)
+    return names

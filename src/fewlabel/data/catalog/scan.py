@@ -52,8 +52,9 @@ def scan(folder: Path, include_top_files: bool) -> tuple[list[Path], list[Path],
         entries = readers.list_folder_once(d, seen, key=lambda e: natural_key(e.name), error=DataError)
         for e in entries or ():
             p = Path(e.path)
-            if e.is_symlink() and readers.dangling_reason(p):
-                unknown.append(p)  # named as a problem by unknown_issues, never followed
+            if readers.is_skipped_entry(e):
+                # a broken link, a loop, a FIFO or a device: named by unknown_issues, never opened
+                unknown.append(p)
                 continue
             if e.is_dir():
                 if readers.is_dicom_series_dir(p):
@@ -76,9 +77,9 @@ def scan(folder: Path, include_top_files: bool) -> tuple[list[Path], list[Path],
 def unknown_issues(unknown: Sequence[Path], root: Path) -> list[Issue]:
     issues = []
     for p in unknown:
-        dangling = readers.dangling_reason(p)
-        if dangling:
-            issues.append(Issue(rel(p, root), dangling, UnreadableFileError, "unreadable"))
+        skipped = readers.skip_reason(p)
+        if skipped:
+            issues.append(Issue(rel(p, root), skipped, UnreadableFileError, "unreadable"))
         else:
             suffix = readers.split_suffix(p.name)[1] or "(none)"
             issues.append(Issue(rel(p, root), f"unknown file extension {suffix}; no reader handles it",

@@ -250,3 +250,15 @@ def _raise_issues(issues: Sequence[Issue], root: Path) -> None:
         first = replace(first, problem=f"{first.problem} (and {len(issues) - 1} more problem(s); "
                         "`fewlabel inspect` lists them all)")
     raise first.to_error(root)
+
+
+def without_classes(catalog: Catalog, drop: list[str] | tuple[str, ...]) -> Catalog:
+    """The catalog minus every sample of the ``drop`` classes (and those classes themselves)."""
+    if unknown := sorted(set(drop) - set(catalog.classes)):
+        raise FewlabelError(f"--drop-class names no class here: {', '.join(unknown)} "
+                            f"(classes: {', '.join(catalog.classes)})", path=catalog.root)
+    if len(left := [c for c in catalog.classes if c not in drop]) < 2:  # nothing left to tell apart
+        raise FewlabelError(f"--drop-class leaves {len(left)} class(es); classifying needs two", catalog.root)
+    keep = [s.id for s in catalog.samples if s.label not in drop]
+    # subset() keeps the class list (label indices stay put); a dropped class must leave it too.
+    return replace(catalog.subset(keep), classes=left)

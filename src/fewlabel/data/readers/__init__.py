@@ -21,6 +21,10 @@ Conventions (the contract other modules rely on):
 * Physical rescaling stored in the file IS applied (DICOM RescaleSlope/Intercept, NIfTI scl_slope/
   scl_inter), because those values are what the file means; ``meta.rescaled`` says so.
 * Alpha is kept (RGBA → 4 channels, ``meta.has_alpha``); ``Preprocess`` decides to drop it.
+* An EXIF orientation (JPEG, PNG) is applied, in ``read`` and in the header's size alike, so the
+  pixels are the image as a viewer shows it (``meta.orientation``: the one applied). Frames, pages
+  or series beyond the one read (animated PNG, multi-picture JPEG, a TIFF whose pages differ) are
+  counted in ``meta.unread_frames``; ``data.reader_notes`` turns both into the lines users see.
 * NIfTI: the volume is first re-oriented to the closest canonical (RAS+) orientation (flips and axis
   swaps only, no resampling), then the axes are reversed: NIfTI ``(i, j, k)`` = (X, Y, Z) becomes the
   spatial ``(D, H, W)`` = (Z, Y, X), so ``volume[z]`` is an axial slice. 4D (X, Y, Z, T|C) → channels
@@ -45,25 +49,32 @@ from __future__ import annotations
 
 from fewlabel.data.readers.common import (
     IGNORED_NAMES,
+    NOT_UTF8,
     NPZ_SEP,
     ImageMeta,
     Reader,
     dtype_max,
     is_ignored_name,
     list_folder_once,
+    regular_file_size,
+    special_file_reason,
     split_suffix,
+    undecodable_name,
 )
 from fewlabel.data.readers.dicom import is_dicom_file, is_dicom_series_dir
 from fewlabel.data.readers.dispatch import (
     IMAGE_EXTENSIONS,
     READERS,
+    check_header_limits,
     collect_image_paths,
     dangling_reason,
     discover_images,
     file_format,
+    is_skipped_entry,
     read_image,
     read_mask,
     read_meta,
+    skip_reason,
 )
 from fewlabel.data.readers.npy import check_npz_member, npz_member
 
@@ -87,6 +98,13 @@ __all__ = [
     "check_npz_member",
     "dangling_reason",
     "dtype_max",
+    "NOT_UTF8",
+    "undecodable_name",
     "list_folder_once",
     "npz_member",
+    "check_header_limits",
+    "regular_file_size",
+    "skip_reason",
+    "is_skipped_entry",
+    "special_file_reason",
 ]

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from fewlabel.errors import FewlabelError, InvalidImageError
+from fewlabel.errors import FewlabelError, InvalidImageError, UnreadableFileError
+from fewlabel.fileio import special_kind
+from fewlabel.limits import check_file_bytes
 
 #: Names skipped everywhere, silently: OS droppings. Hidden files/folders (leading dot) too.
 IGNORED_NAMES = frozenset({"thumbs.db", "desktop.ini", "__macosx", "$recycle.bin"})
@@ -46,6 +48,8 @@ class ImageMeta:
     has_alpha: bool = False
     rescaled: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    orientation: int = 1  # the EXIF orientation applied on reading (1: none, the pixels as stored)
+    unread_frames: int = 0  # frames / pages / series in the file beyond the one read
 
     def __post_init__(self) -> None:
         # One spelling per dtype (">i2" and "int16" are the same thing to a user) and spacing without
@@ -94,6 +98,23 @@ def split_suffix(name: str) -> tuple[str, str]:
     return stem, "." + ext.lower()
 
 
+#: What every command says of a file or folder whose name is not UTF-8 (see ``undecodable_name``).
+NOT_UTF8 = "name is not valid UTF-8 (results could not record it); rename it"
+
+
+def undecodable_name(name: str) -> bool:
+    """True for a name whose bytes are not UTF-8 (Python holds them as lone surrogates).
+
+    Why refused, not read: such a name cannot be written to the JSON, CSV and SQLite files that
+    record which file did what, so a data set holding one would fail (or be misrecorded) at the end.
+    """
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def is_ignored_name(name: str) -> bool:
     """Hidden (dot) names and OS droppings (Thumbs.db, desktop.ini, __MACOSX) are never samples."""
     return name.startswith(".") or name.lower() in IGNORED_NAMES
@@ -115,6 +136,28 @@ def list_folder_once(folder: Path, seen: set[tuple[int, int]], key: Callable[[os
         return None
     seen.add((st.st_dev, st.st_ino))
     return [e for e in entries if not is_ignored_name(e.name)]
+
+
+def special_file_reason(path: str | Path) -> str | None:
+    """Why ``path`` must never be opened: a FIFO, a device or a socket (also behind a symlink); None
+    for a regular file, a folder, or a path that cannot be stat'ed (whoever reads it names that).
+
+    Why: opening a FIFO for reading blocks until some writer appears, and ``/dev/zero`` never ends;
+    a stat opens nothing, so every walk and every reader asks this first.
+    """
+    kind = special_kind(path)
+    return f"{kind}, not a regular file (never opened)" if kind else None
+
+
+def regular_file_size(path: str | Path) -> int:
+    """Size of the regular file ``path``; a FIFO, device or socket, or a file too large to be one
+    image (``limits.max_file_bytes``), raises one line naming it. Nothing is opened."""
+    reason = special_file_reason(path)
+    if reason:
+        raise UnreadableFileError(reason, path=path)
+    size = os.stat(path).st_size
+    check_file_bytes(size, path)
+    return size
 
 
 _LIBRARY_LOGGERS = ("tifffile", "nibabel", "pydicom", "PIL", "imagecodecs")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,13 @@ from fewlabel.limits import check_declared_size
 def is_dicom_file(path: str | Path) -> bool:
     """True for a file with the DICOM preamble magic ``DICM`` at byte 128 (or a .dcm extension)."""
     path = Path(path)
-    if split_suffix(path.name)[1] in (".dcm", ".dicom", ".ima"):
-        return True
     try:
+        # A FIFO or a device is never opened to sniff it (a read could block forever), nor taken as
+        # a slice of a series: the walk names it instead.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        if split_suffix(path.name)[1] in (".dcm", ".dicom", ".ima"):
+            return True
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError:

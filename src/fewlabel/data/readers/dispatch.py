@@ -20,6 +20,7 @@ import fewlabel.data.readers.npy as npy
 import fewlabel.data.readers.pillow as pillow
 import fewlabel.data.readers.tiff as tiff
 from fewlabel.data.readers.common import (
+    NOT_UTF8,
     NPZ_SEP,
     ImageMeta,
     Reader,
@@ -27,7 +28,10 @@ from fewlabel.data.readers.common import (
     dtype_max,
     list_folder_once,
     quiet_library_logs,
+    regular_file_size,
+    special_file_reason,
     split_suffix,
+    undecodable_name,
 )
 from fewlabel.data.readers.dicom import is_dicom_file, is_dicom_series_dir
 from fewlabel.errors import (
@@ -88,7 +92,9 @@ def discover_images(root: str | Path) -> tuple[list[Path], list[Path]]:
     """
     root = Path(root)
     if root.is_file():
-        return ([root], []) if file_format(root) else ([], [root])
+        return ([root], []) if file_format(root) and not undecodable_name(root.name) else ([], [root])
+    if special_file_reason(root):
+        return [], [root]
     found: list[Path] = []
     unknown: list[Path] = []
     _walk(root, found, unknown, set())
@@ -106,8 +112,10 @@ def collect_image_paths(inputs: list[str | Path]) -> tuple[list[Path], list[tupl
             errors.append((str(item), dangling_reason(item) or "does not exist"))
             continue
         found, unknown = discover_images(item)
-        paths.extend(found)
-        errors.extend((str(u), dangling_reason(u) or "unknown file extension; not an image fewlabel can read")
+        # The caller records each path as given (a CSV row): one it cannot write is named, not scored.
+        paths.extend(p for p in found if not undecodable_name(str(p)))
+        errors.extend((str(p), NOT_UTF8) for p in found if undecodable_name(str(p)))
+        errors.extend((str(u), skip_reason(u) or "unknown file extension; not an image fewlabel can read")
                       for u in unknown)
     return paths, errors
 
@@ -131,12 +139,30 @@ def dangling_reason(path: str | Path) -> str | None:
     return None
 
 
+def skip_reason(path: str | Path) -> str | None:
+    """Why a walk names an entry instead of reading it: a symlink loop, a broken link, a FIFO,
+    device or socket (``special_file_reason``), or a name that is not UTF-8 (``NOT_UTF8``); None for
+    a regular file or a folder."""
+    return (dangling_reason(path) or special_file_reason(path)
+            or (NOT_UTF8 if undecodable_name(Path(path).name) else None))
+
+
+def is_skipped_entry(entry: os.DirEntry) -> bool:
+    """A folder entry every walk names and never opens (see ``skip_reason``). Costs a stat only for
+    symlinks and entries that are neither files nor folders."""
+    if undecodable_name(entry.name):
+        return True
+    if entry.is_symlink() and dangling_reason(entry.path) is not None:
+        return True
+    return not (entry.is_file() or entry.is_dir()) and special_file_reason(entry.path) is not None
+
+
 def _walk(folder: Path, found: list[Path], unknown: list[Path], seen: set[tuple[int, int]]) -> None:
     entries = list_folder_once(folder, seen, key=lambda e: e.name, error=UnreadableFileError)
     for entry in entries or ():
         p = Path(entry.path)
-        if entry.is_symlink() and dangling_reason(p) is not None:
-            unknown.append(p)  # reported by the caller as an unreadable entry, never followed
+        if is_skipped_entry(entry):
+            unknown.append(p)  # reported by the caller with its reason, never followed or opened
             continue
         if entry.is_dir():
             if is_dicom_series_dir(p):
@@ -147,6 +173,29 @@ def _walk(folder: Path, found: list[Path], unknown: list[Path], seen: set[tuple[
             found.append(p)
         else:
             unknown.append(p)
+
+
+def check_header_limits(path: str | Path) -> None:
+    """Refuse a file whose header declares more than the size limits, reading its header only.
+
+    Why: content keys hash every file before anything decodes it; a file over the limits is refused
+    by its header first, never read whole. A header that cannot be read is left to the full read,
+    which names that problem.
+    """
+    fmt = file_format(path)
+    reader = READERS.get(fmt or "")
+    if reader is None or reader.header is None:
+        return
+    try:
+        with quiet_library_logs():
+            reader.header(Path(path))
+    except InvalidImageError:
+        raise
+    except Exception as exc:  # a damaged header is named by the full read, in its own words
+        from PIL import Image
+
+        if isinstance(exc, Image.DecompressionBombError):  # Pillow's own limit, also from the header
+            raise InvalidImageError(f"cannot read as {fmt}: {exc}", path=path) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -214,6 +263,8 @@ def read_meta(path: str | Path) -> ImageMeta:
         fpath = Path(p)
         if not fpath.exists():
             raise UnreadableFileError(dangling_reason(fpath) or "file does not exist", path=fpath)
+        if not fpath.is_dir():
+            regular_file_size(fpath)
         reader = READERS.get(file_format(fpath) or "")  # a DICOM folder has no reader here: read below
         if reader is not None and reader.header is not None:
             return reader.header(fpath)
@@ -242,13 +293,14 @@ def _read(path: str | Path, mask: bool) -> tuple[np.ndarray, ImageMeta]:
                 "folder is not a DICOM series (a folder is read as one volume only when every file in it "
                 "is DICOM)", path=fpath)
         return _guard(fpath, "dicom", lambda: dicom.read_series(fpath))
+    size = regular_file_size(fpath)  # before the format sniff, which would open a FIFO
     fmt = file_format(fpath)
     if fmt is None:
         suffix = split_suffix(fpath.name)[1] or "(none)"
         raise UnknownFormatError(
             f"unknown file extension {suffix}; readable: {', '.join(sorted(set(IMAGE_EXTENSIONS)))}",
             path=fpath)
-    if fpath.stat().st_size == 0:
+    if size == 0:
         raise UnreadableFileError(f"empty file (0 bytes), not a valid {fmt}", path=fpath)
     # Readers get the caller's string: an NPZ file read whole keeps it, as ``meta.path``.
     return _guard(fpath, fmt, lambda: READERS[fmt].read(p, mask))

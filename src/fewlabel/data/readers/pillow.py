@@ -1,6 +1,10 @@
 """PNG, JPEG and BMP through Pillow; 16-bit colour PNGs through libpng (``imagecodecs``).
 
 Why two decoders: Pillow truncates 16-bit colour PNGs to 8 bits, and nothing may go through 8 bits.
+
+An EXIF orientation (cameras, phones, some microscope exports) is applied, so the pixels are the
+image as every viewer shows it; ``meta.orientation`` says which one was. Of an animated PNG or a
+multi-picture JPEG only the first frame is read; ``meta.unread_frames`` says how many were not.
 """
 
 from __future__ import annotations
@@ -37,6 +41,35 @@ def _pil_open(path: Path) -> Any:
         return Image.open(path)
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
+def _orientation(im: Any) -> int:
+    """EXIF orientation 1..8 from the header (1: none or unreadable). Asked before pixels are decoded:
+    a PNG's eXIf chunk counts only before the image data (Pillow would decode everything to look
+    further), so the header and the full read agree on the shape."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    try:
+        value = int(im.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # a damaged EXIF block: the pixels are still fine, as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _oriented(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """(H, W[, C]) as ``PIL.ImageOps.exif_transpose`` turns it, for any dtype (16-bit colour too)."""
+    if orientation in (5, 6, 7, 8):
+        arr = np.swapaxes(arr, 0, 1)  # transpose, then the flip that makes each rotation
+    flip_rows = orientation in (3, 4, 7, 8)
+    flip_cols = orientation in (2, 3, 6, 7)
+    return arr[::-1 if flip_rows else 1, ::-1 if flip_cols else 1]
+
+
+def _frames(im: Any) -> int:
+    return max(1, int(getattr(im, "n_frames", 1) or 1))
+
+
 def read(address: str, mask: bool = False) -> tuple[np.ndarray, ImageMeta]:
     path = Path(address)
     header = _png_header(path)
@@ -44,6 +77,7 @@ def read(address: str, mask: bool = False) -> tuple[np.ndarray, ImageMeta]:
         return _read_png16(path)
     with _pil_open(path) as im:
         check_declared_size((im.size[1], im.size[0], len(im.getbands())), path)
+        orientation, frames = _orientation(im), _frames(im)
         im.load()
         fmt = _PIL_FORMATS.get(im.format or "", (im.format or "image").lower())
         mode = im.mode
@@ -69,9 +103,11 @@ def read(address: str, mask: bool = False) -> tuple[np.ndarray, ImageMeta]:
             arr, dtype = np.asarray(im.convert("RGB")), "uint8"
         bands = 1 if mode == "P" else len(im.getbands())
         shape = (im.size[1], im.size[0]) if bands == 1 else (im.size[1], im.size[0], bands)
+    arr = _oriented(arr, orientation)
     arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
     meta = ImageMeta(path=str(path), format=fmt, dtype=dtype, shape=tuple(shape), spatial_dims=2,
-                     channels=int(arr.shape[0]), spatial_shape=tuple(arr.shape[1:]), has_alpha=has_alpha)
+                     channels=int(arr.shape[0]), spatial_shape=tuple(arr.shape[1:]), has_alpha=has_alpha,
+                     orientation=orientation, unread_frames=frames - 1)
     return arr.astype(np.float32), meta
 
 
@@ -84,6 +120,7 @@ def read_header(path: Path) -> ImageMeta:
         mode = im.mode
         fmt = _PIL_FORMATS.get(im.format or "", (im.format or "image").lower())
         transparency = "transparency" in im.info
+        orientation, frames = _orientation(im), _frames(im)
     if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
         channels, dtype, alpha = {2: 3, 4: 2, 6: 4}[header[1]], "uint16", header[1] in (4, 6)
     elif mode in ("P", "PA"):
@@ -98,7 +135,8 @@ def read_header(path: Path) -> ImageMeta:
         alpha = mode in ("LA", "RGBA")
     shape = (h, w) if channels == 1 else (h, w, channels)
     return ImageMeta(path=str(path), format=fmt, dtype=dtype, shape=shape, spatial_dims=2, channels=channels,
-                     spatial_shape=(h, w), has_alpha=alpha)
+                     spatial_shape=(w, h) if orientation >= 5 else (h, w), has_alpha=alpha,
+                     orientation=orientation, unread_frames=frames - 1)
 
 
 def _read_png16(path: Path) -> tuple[np.ndarray, ImageMeta]:
@@ -117,8 +155,13 @@ def _read_png16(path: Path) -> tuple[np.ndarray, ImageMeta]:
         raise ValueError(f"PNG decoded to {arr.dtype} {arr.shape}, not the uint16 {height}×{width} "
                          "its header declares")
     arr = arr.reshape(height, width, -1)
-    meta = ImageMeta(path=str(path), format="png", dtype="uint16", shape=arr.shape, spatial_dims=2,
-                     channels=int(arr.shape[2]), spatial_shape=(height, width), has_alpha=colour in (4, 6))
+    shape = arr.shape
+    with _pil_open(path) as im:  # the header only: libpng is not asked for EXIF or frames
+        orientation, frames = _orientation(im), _frames(im)
+    arr = _oriented(arr, orientation)
+    meta = ImageMeta(path=str(path), format="png", dtype="uint16", shape=shape, spatial_dims=2,
+                     channels=int(arr.shape[2]), spatial_shape=tuple(arr.shape[:2]),
+                     has_alpha=colour in (4, 6), orientation=orientation, unread_frames=frames - 1)
     return np.moveaxis(arr, -1, 0).astype(np.float32), meta
 
 

@@ -1,4 +1,8 @@
-"""TIFF through ``tifffile``: the first series, its axes mapped onto (C, [D,] H, W)."""
+"""TIFF through ``tifffile``: the first series, its axes mapped onto (C, [D,] H, W).
+
+Pages of one shape are one series, read whole (a volume); pages unlike the first make further
+series, which are not read: ``meta.unread_frames`` counts their pages, so ``inspect`` can say so.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +53,12 @@ def _tiff_series(tf: Any, path: Path) -> Any:
     return tf.series[0]
 
 
+def _unread_pages(tf: Any) -> int:
+    """Pages outside the first series: pages of one shape form one series (a volume, read whole);
+    pages that differ from the first make further series, which are not read."""
+    return sum(max(1, len(s.pages)) for s in tf.series[1:])
+
+
 def read(address: str, mask: bool = False) -> tuple[np.ndarray, ImageMeta]:
     import tifffile
 
@@ -60,6 +70,7 @@ def read(address: str, mask: bool = False) -> tuple[np.ndarray, ImageMeta]:
         axes = series.axes
         alpha = _tiff_alpha(tf.pages[0])
         notes = (f"{len(tf.series)} series in file; read the first",) if len(tf.series) > 1 else ()
+        unread = _unread_pages(tf)
     chan, depth, hh, ww = _tiff_plan(axes, arr.shape)
     order = chan + depth + hh + ww
     rest = [i for i in range(arr.ndim) if i not in order]  # all of size 1
@@ -68,7 +79,7 @@ def read(address: str, mask: bool = False) -> tuple[np.ndarray, ImageMeta]:
         out = out[None]
     meta = ImageMeta(path=str(path), format="tiff", dtype=str(arr.dtype), shape=tuple(arr.shape),
                      spatial_dims=3 if depth else 2, channels=int(out.shape[0]),
-                     spatial_shape=tuple(out.shape[1:]), has_alpha=alpha, notes=notes)
+                     spatial_shape=tuple(out.shape[1:]), has_alpha=alpha, notes=notes, unread_frames=unread)
     return to_float(out), meta
 
 
@@ -80,11 +91,12 @@ def read_header(path: Path) -> ImageMeta:
         check_declared_size(series.shape, path)
         shape, axes, dtype = tuple(series.shape), series.axes, series.dtype
         alpha = _tiff_alpha(tf.pages[0])
+        unread = _unread_pages(tf)
     chan, depth, hh, ww = _tiff_plan(axes, shape)
     spatial = tuple(shape[i] for i in depth + hh + ww)
     return ImageMeta(path=str(path), format="tiff", dtype=str(dtype), shape=shape,
                      spatial_dims=3 if depth else 2, channels=shape[chan[0]] if chan else 1,
-                     spatial_shape=spatial, has_alpha=alpha)
+                     spatial_shape=spatial, has_alpha=alpha, unread_frames=unread)
 
 
 READER = Reader((".tif", ".tiff"), read, read_header)
