@@ -588,3 +588,18 @@ def test_an_io_error_on_a_full_device_is_a_full_disk(tmp_path: Path, monkeypatch
     with pytest.raises(FewlabelError, match="I/O error") as exc:
         ResultStore(run)
     assert "corrupt" not in str(exc.value)
+
+
+def test_weight_files_that_are_fifos_are_never_opened(tmp_path: Path) -> None:
+    """A FIFO where a model's or an encoder's weights should be: refused by its stat, never opened
+    (an open for reading would wait for a writer forever)."""
+    from fewlabel.errors import FewlabelError
+    from fewlabel.fileio import file_sha256
+    from fewlabel.models.imagenet import read_state_dict
+    from fewlabel.models.io import read_header
+
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    for read in (file_sha256, read_header, read_state_dict):
+        with pytest.raises(FewlabelError, match="FIFO"):
+            read(fifo)

@@ -103,6 +103,9 @@ def fsync_dir(path: str | Path) -> None:
 
 def file_sha256(path: str | Path, chunk_size: int = CHUNK_SIZE) -> str:
     """Hex sha256 of a file, read in chunks (weight files do not have to fit in memory twice)."""
+    kind = special_kind(path)
+    if kind is not None:  # a FIFO would block the read forever, a device never end it
+        raise FewlabelError(f"is {kind}, not a regular file (never opened)", path=path)
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(chunk_size), b""):

@@ -92,6 +92,7 @@ def predict(
 ) -> None:
     """Predict classes for images; unreadable or mismatched files are listed and make the exit code 1."""
     from fewlabel import api
+    from fewlabel.cli import printable  # names from the data: control characters, non-UTF-8 bytes
     from fewlabel.fileio import check_output_file
 
     # Before the model is loaded; the model folder and the images are inputs, never overwritten.
@@ -99,14 +100,10 @@ def predict(
     model = api.load_model(model_dir, device=device)
     result = model.predict(list(paths), allow_mismatch=allow_mismatch)
     if result.errors:
-        from fewlabel.cli import printable  # names from the data: control characters, non-UTF-8 bytes
-
         typer.echo(f"{len(result.errors)} file(s) could not be scored:", err=True)
         for path, problem in result.errors:
             typer.echo(printable(f"  {path}: {problem}"), err=True)
     if not result.paths:  # a CSV of headers only would look like a finished job
-        from fewlabel.cli import printable
-
         found = "no image could be scored" if result.errors else "no image files found"
         where = printable(", ".join(map(str, paths)))
         typer.echo(f"error: {where}: {found}; {printable(str(out))} was not written", err=True)
@@ -114,6 +111,6 @@ def predict(
     result.save_csv(out)
     typer.echo(f"{len(result.paths)} image(s) scored -> {out}")
     for path, problem in result.warnings:
-        typer.echo(f"warning: {path}: {problem}", err=True)
+        typer.echo(printable(f"warning: {path}: {problem}"), err=True)
     if result.errors:
         raise typer.Exit(1)

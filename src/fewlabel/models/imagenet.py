@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from fewlabel.errors import FewlabelError, ModelFileError
-from fewlabel.fileio import file_sha256
+from fewlabel.fileio import file_sha256, special_kind
 from fewlabel.models.encoder import Encoder
 
 FILENAME = "mobilenet_v2-b0353104.pth"
@@ -112,6 +112,9 @@ def _find(path: str | Path | None, download: bool) -> tuple[Path, str]:
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """``torch.load(weights_only=True)`` of a plain state dict, with one-line errors."""
     path = Path(path)
+    kind = special_kind(path)
+    if kind is not None:  # torch.load would wait on a FIFO forever
+        raise ModelFileError(f"is {kind}, not a weights file (never opened)", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:

@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fewlabel.errors import FewlabelError, ModelFileError
-from fewlabel.fileio import atomic_path, atomic_write_text, file_sha256, read_json
+from fewlabel.fileio import atomic_path, atomic_write_text, file_sha256, read_json, special_kind
 from fewlabel.models.encoder import Encoder, create_encoder
 from fewlabel.models.heads import Classifier, Ensemble
 
@@ -91,6 +91,9 @@ def _atomic_save_file(tensors: dict[str, torch.Tensor], path: Path, header: dict
 def read_header(path: str | Path) -> dict[str, Any]:
     """The fewlabel JSON header of a safetensors file (no tensors are read)."""
     path = Path(path)
+    kind = special_kind(path)
+    if kind is not None:
+        raise ModelFileError(f"is {kind}, not a weights file (never opened)", path)
     if not path.is_file():
         raise ModelFileError("file does not exist", path)
     try:
