@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,25 @@ def test_pool_copies_of_test_images_are_found_by_content_not_by_path(tmp_path):
     kept_keys = {prepared.unlabelled_keys[i] for i in entry["ids"]}
     assert not kept_keys & prepared.test_file_keys
 
+
+
+def test_empty_masks_on_both_sides_of_the_split_are_no_leak(tmp_path):
+    """Slices without a lesion share one all-zero mask file content. A mask is seen only with its
+    image, so identical empty masks in the test set and the pretraining pool must not fail the cells."""
+    from fewlabel.experiments import run_curve
+
+    from factory import make_image_mask_tree
+
+    root = make_image_mask_tree(tmp_path / "seg", {"a": 10, "b": 10}, size=(16, 16))
+    for cls in ("a", "b"):  # 8 of 10 masks per class empty: some in the test set, most in the pool
+        for mask in sorted((root / "masks" / cls).iterdir())[:8]:
+            Image.fromarray(np.zeros((16, 16), np.uint8)).save(mask)
+    prepared = prepare_data(root, test_size=3, seed=0)
+    test_masks = {prepared.catalog.by_id[i].mask for i in prepared.test_ids}
+    assert len({Path(m).read_bytes() for m in test_masks}) < len(test_masks)  # copies among test masks
+    result = run_curve(root, tmp_path / "run", strategies="segmentation,segmentation+region", sizes=[2],
+                       repeats=1, test_size=3, seed=0, finetune={"max_epochs": 1, "device": "cpu"},
+                       pretrain={"steps": 4, "batch_size": 4, "log_every": 2}, log=None, progress=False)
+    assert result.counts == {"ok": 2, "failed": 0, "skipped": 0}, result.failed
+    seen = json.loads((tmp_path / "run" / "run.json").read_text())["preparations"]
+    assert set(seen) == {"segmentation", "segmentation+region"}

@@ -152,10 +152,10 @@ class PreparedData:
 
     @cached_property
     def test_file_keys(self) -> set[str]:
-        """Content keys of the test images and their masks: what no training may have seen."""
-        keys = {self.content_keys[i] for i in self.test_ids}
-        masks = [self.catalog.by_id[i].mask for i in self.test_ids]
-        return keys | set(file_keys(m for m in masks if m is not None))
+        """Content keys of the test images: what no training may have seen. A mask is only ever seen
+        with its image, so the image's key stands for the pair; masks of their own would make every
+        empty (all-zero) mask, common in medical sets, a "test image" that no pretraining may see."""
+        return {self.content_keys[i] for i in self.test_ids}
 
     @cached_property
     def test_groups(self) -> set[str]:
@@ -214,13 +214,15 @@ class PreparedData:
                                 "images with masks (images/ + masks/ layout or --masks DIR)",
                                 path=self.catalog.root)
         train, val = list(entry["train"]), list(entry["val"])
+        # seen: the images (each mask only beside its image); the cache key also changes with a mask
+        keys = self.keys_of(train + val)
         mask_keys = file_keys(self.catalog.by_id[i].mask for i in train + val)
-        keys = sorted(set(self.keys_of(train + val)) | set(mask_keys))
         x = tensors.load_images(self.catalog, train, self.preprocess)
         m = tensors.load_masks(self.catalog, train, self.preprocess)
         xv = tensors.load_images(self.catalog, val, self.preprocess) if val else None
         mv = tensors.load_masks(self.catalog, val, self.preprocess) if val else None
-        return PretrainInputs(x, m, xv, mv, _hash("masks", keys, train, val, pre), keys)
+        cache_key = _hash("masks", sorted(set(keys) | set(mask_keys)), train, val, pre)
+        return PretrainInputs(x, m, xv, mv, cache_key, keys)
 
     def pretrain_images(self) -> np.ndarray:
         """What GAN and SSL pretraining see (``pretrain_inputs("pool")``)."""
@@ -355,8 +357,7 @@ def prepare_data(
     scale = reader_notes.scale_line(peaks, f"the normalisation fitted on the {len(pool_ids)} training-pool "
                                     "images")
     said += [f"warning: {scale}"] if scale else []
-    test_masks = [catalog.by_id[i].mask for i in test_ids]
-    test_keys = {keys[i] for i in test_ids} | set(file_keys(m for m in test_masks if m is not None))
+    test_keys = {keys[i] for i in test_ids}  # images only: see ``PreparedData.test_file_keys``
     test_groups = set(catalog.groups(test_ids)) | {original[i] for i in test_ids}
     if plan is not None:
         # The pools follow from the plan's test set: an unlabelled folder the plan did not know (a
