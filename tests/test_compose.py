@@ -40,7 +40,8 @@ def test_imagenet_plus_ssl_starts_simclr_from_imagenet_weights(tmp_path: Path, m
     assert model.metrics["strategy"] == "imagenet+ssl"
     [encoder_file] = cache.glob("ssl-*.safetensors")
     meta = read_header(encoder_file)["meta"]
-    assert meta["init"] == "imagenet" and len(meta["seen_files"]) == 8  # the pool, never a test image
+    # the pool (file and pixel keys of its 8 images), never a test image
+    assert meta["init"] == "imagenet" and len(meta["seen_files"]) == 2 * 8
     encoder, _ = load_encoder(encoder_file)
     # Two SimCLR steps moved the weights, but from ImageNet's: they still point where those point.
     moved = encoder.features.state_dict()["18.0.weight"].flatten()

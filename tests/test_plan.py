@@ -183,7 +183,9 @@ def test_curve_cached_encoders_record_what_they_saw(tmp_path: Path) -> None:
     plan = SplitPlan.load(out / "plan.json")
     prepared = prepare_data(data, test_size=0.25, plan=out / "plan.json")
     assert meta["plan_fingerprint"] == plan.fingerprint
-    assert set(meta["seen_files"]) == set(prepared.keys_of(plan.pool_ids))
+    # the files' keys and their pixels' keys: a re-encoded copy of what it saw is recognised too
+    assert set(meta["seen_files"]) == prepared.seen_keys_of(plan.pool_ids)
+    assert set(prepared.keys_of(plan.pool_ids)) < set(meta["seen_files"])
     assert not set(meta["seen_files"]) & prepared.test_file_keys
 
 
@@ -200,7 +202,7 @@ def test_pretrain_follows_a_plan_and_train_accepts_the_encoder(tmp_path: Path) -
 
     meta = read_header(enc)["meta"]
     assert meta["plan_fingerprint"] == SplitPlan.load(plan).fingerprint
-    assert len(meta["seen_files"]) == 6  # the copied test image was left out
+    assert len(meta["seen_files"]) == 2 * 6  # file and pixel keys of 6 images: the copied test image left out
     assert run_cli("train", data, "--out", tmp_path / "m1", "--plan", plan, "--strategy", "ssl",
                    "--encoder-weights", enc, "--max-epochs", "1") == 0
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from fewlabel.data.catalog import load_catalog, load_pool
-from fewlabel.errors import SplitError
+from fewlabel.errors import FewlabelError, SplitError
 from fewlabel.pipeline import prepare_data
 from fewlabel.pretrain.leakage import check_disjoint, exclude_groups, leak_free_ids, training_mask_ids
 
@@ -144,3 +144,47 @@ def test_empty_masks_on_both_sides_of_the_split_are_no_leak(tmp_path):
     assert result.counts == {"ok": 2, "failed": 0, "skipped": 0}, result.failed
     seen = json.loads((tmp_path / "run" / "run.json").read_text())["preparations"]
     assert set(seen) == {"segmentation", "segmentation+region"}
+
+
+def _resave(src: Path, dst: Path) -> Path:
+    """The same pixels in another file: other compression and a text chunk, so the bytes differ."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", "another viewer")
+    Image.open(src).save(dst, compress_level=1, pnginfo=info)
+    assert dst.read_bytes() != src.read_bytes()
+    assert np.array_equal(np.asarray(Image.open(dst)), np.asarray(Image.open(src)))
+    return dst
+
+
+def test_a_re_saved_copy_is_merged_with_its_original(tmp_path):
+    from factory import make_class_folder
+
+    data = make_class_folder(tmp_path / "d", {"a": 8, "b": 8}, size=(16, 16), channels=3)
+    original = sorted((data / "a").iterdir())[0]
+    copy = _resave(original, data / "a" / "zz_resaved.png")
+    for seed in range(4):  # whatever the draw, the two never sit on both sides of the split
+        prepared = prepare_data(data, test_size=0.25, seed=seed)
+        ids = {f"a/{original.name}", f"a/{copy.name}"}
+        assert sorted(ids) in prepared.plan.merged
+        assert len(ids & set(prepared.test_ids)) in (0, 2)
+
+
+def test_a_re_saved_copy_of_a_test_image_never_reaches_pretraining(tmp_path):
+    from fewlabel.pipeline import check_encoder_file
+
+    from factory import make_class_folder, make_pool
+
+    data = make_class_folder(tmp_path / "d", {"a": 8, "b": 8}, size=(16, 16), channels=3)
+    pool = make_pool(tmp_path / "pool", n=6, size=(16, 16), channels=3)
+    prepared = prepare_data(data, test_size=0.25, seed=0)
+    _resave(Path(prepared.catalog.by_id[prepared.test_ids[0]].path), pool / "resaved.png")
+    prepared = prepare_data(data, unlabelled=pool, test_size=0.25, seed=0)
+    entry = prepared.plan.pretrain_pools["unlabelled"]
+    assert entry["dropped_test_content"] == 1 and len(entry["ids"]) == 6
+    # an encoder made elsewhere on a pool holding the copy: its record names the copy's pixels
+    copy_id = next(s.id for s in prepared.unlabelled.samples if s.id.endswith("resaved.png"))
+    seen = sorted(prepared.seen_keys_of([copy_id], unlabelled=True))
+    with pytest.raises(FewlabelError, match="trained on 1 of the test images"):
+        check_encoder_file("enc.safetensors", {"seen_files": seen}, prepared)

@@ -6,9 +6,11 @@ record the keys of every image they saw, so ``train`` and ``curve`` can refuse o
 image (or a copy of one).
 
 A key is a hash of content, never of a name: a file's bytes; a folder (a DICOM series) the sorted
-keys of its files; an NPZ member the bytes of its array. Two encodings of the same pixels (a PNG and
-a TIFF of one image) get different keys; ``fewlabel inspect`` compares decoded pixels and reports
-those.
+keys of its files; an NPZ member the bytes of its array. Two encodings of the same pixels (a PNG
+re-saved with other metadata or compression, a PNG and a TIFF of one image) get different file keys
+but one ``pixel_key``, a hash of the decoded pixels (source value type, shape, values): merging and
+the leak checks use both, so a re-encoded copy of a test image is found too. Near-copies (resized,
+re-compressed JPEGs) are not: ``fewlabel inspect`` reports those it can see.
 
 Keys are made before anything decodes a file, so they check first what a reader would: only a
 regular file is opened (a FIFO or a device is refused by its stat), a header declaring more than the
@@ -39,6 +41,7 @@ _DIGEST = 8  # bytes: 16 hex digits; collisions among a few million images are v
 # seconds is never remembered, since a rewrite within one timestamp tick would keep its stat.
 _KNOWN: dict[tuple[Any, ...], str] = {}
 _KNOWN_MAX = 200_000
+_PIXELS: dict[str, str] = {}  # file key -> pixel key: a content's pixels are decoded once
 _SETTLED_NS = 2_000_000_000
 
 
@@ -117,6 +120,33 @@ def file_key(address: str) -> str:
             _KNOWN.clear()
         _KNOWN[known] = key
     return key
+
+
+def pixel_key(address: str) -> str:
+    """16 hex digits of a sample's decoded pixels: the value type the file holds, the shape and the
+    values. Remembered by the file's key (its content), so each image is decoded once per process."""
+    from fewlabel.data.readers import read_image
+
+    content = file_key(address)  # the checks before any read, and the memo's key
+    cached = _PIXELS.get(content)
+    if cached is not None:
+        return cached
+    array, meta = read_image(address)
+    array = np.ascontiguousarray(array)
+    digest = hashlib.blake2b(digest_size=_DIGEST, person=b"pixels")
+    digest.update(repr((str(meta.dtype), array.shape, str(array.dtype))).encode())
+    digest.update(array.tobytes())
+    key = digest.hexdigest()
+    if len(_PIXELS) >= _KNOWN_MAX:
+        _PIXELS.clear()
+    _PIXELS[content] = key
+    return key
+
+
+def identity_keys(addresses: Iterable[str]) -> set[str]:
+    """Every key of the given samples, of their files and of their pixels: what a record of "the
+    images it saw" holds and what a leak check compares."""
+    return {k for a in addresses for k in (file_key(a), pixel_key(a))}
 
 
 def file_keys(addresses: Iterable[str]) -> list[str]:

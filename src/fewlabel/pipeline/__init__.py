@@ -8,6 +8,7 @@ strategy's encoder prepared on the pool only, one fine-tuning and its test metri
 
 from fewlabel import strategies as _registry
 from fewlabel.data.catalog import without_classes
+from fewlabel.data.copies import merge_duplicates
 from fewlabel.pipeline.data import (
     MIN_PER_CLASS_FOR_VALIDATION,
     SEGMENTATION_VAL_FRACTION,
@@ -15,7 +16,6 @@ from fewlabel.pipeline.data import (
     PretrainInputs,
     add_draw,
     dropped_note,
-    merge_duplicates,
     prepare_data,
     pretrain_pools,
 )

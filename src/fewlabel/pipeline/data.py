@@ -7,7 +7,6 @@ loses every image whose group (patient, smear) is in the test set and every copy
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -19,52 +18,15 @@ import numpy as np
 
 from fewlabel.data import catalog as catalog_mod
 from fewlabel.data import reader_notes, readers, splits, tensors
-from fewlabel.data.identity import file_key, file_keys
+from fewlabel.data.copies import merge_duplicates
+from fewlabel.data.identity import file_key, file_keys, identity_keys, pixel_key
 from fewlabel.data.plan import SplitPlan
-from fewlabel.errors import ConfigMismatchError, DataError, FewlabelError
+from fewlabel.errors import ConfigMismatchError, FewlabelError
 
 # Groups per class below which no validation split is drawn (fixed epochs instead).
 MIN_PER_CLASS_FOR_VALIDATION = splits.MIN_GROUPS_FOR_VALIDATION
 # Share of the masked images' groups (patients) that validate segmentation pretraining.
 SEGMENTATION_VAL_FRACTION = 0.2
-
-
-def merge_duplicates(catalog: catalog_mod.Catalog, keys: dict[str, str]
-                     ) -> tuple[catalog_mod.Catalog, list[list[str]]]:
-    """The catalog with every set of same-content samples made one group (their groups merged).
-
-    Why: a copy of an image under another name is the same evidence twice; split apart, one copy
-    would be tested on a model trained on the other. Copies that carry different labels cannot both
-    be right: that is a one-line error naming both files, before anything is split.
-    """
-    by_key: dict[str, list[catalog_mod.Sample]] = {}
-    for s in catalog.samples:
-        by_key.setdefault(keys[s.id], []).append(s)
-    dup_sets = [members for members in by_key.values() if len(members) > 1]
-    if not dup_sets:
-        return catalog, []
-    for members in dup_sets:
-        labelled = [m for m in members if m.label is not None]
-        if len({m.label for m in labelled}) > 1:
-            a, b = next((x, y) for x in labelled for y in labelled if x.label != y.label)
-            raise DataError(f"{a.id} and {b.id} hold the same image but are labelled {a.label!r} and "
-                            f"{b.label!r}; fix the label or remove one copy (fewlabel inspect lists "
-                            "every duplicate)", path=catalog.root)
-    parent: dict[str, str] = {}
-
-    def find(g: str) -> str:
-        while parent.get(g, g) != g:
-            g = parent[g]
-        return g
-
-    for members in dup_sets:
-        roots = sorted({find(m.group) for m in members}, key=catalog_mod.natural_key)
-        for r in roots[1:]:
-            parent[r] = roots[0]
-    samples = [dataclasses.replace(s, group=find(s.group)) if find(s.group) != s.group else s
-               for s in catalog.samples]
-    merged = [sorted((m.id for m in members), key=catalog_mod.natural_key) for members in dup_sets]
-    return dataclasses.replace(catalog, samples=samples), sorted(merged)
 
 
 @dataclass
@@ -152,10 +114,10 @@ class PreparedData:
 
     @cached_property
     def test_file_keys(self) -> set[str]:
-        """Content keys of the test images: what no training may have seen. A mask is only ever seen
-        with its image, so the image's key stands for the pair; masks of their own would make every
-        empty (all-zero) mask, common in medical sets, a "test image" that no pretraining may see."""
-        return {self.content_keys[i] for i in self.test_ids}
+        """Keys of the test images, of their files and of their pixels: what no training may have seen.
+        A mask is only ever seen with its image, so the image's keys stand for the pair; masks of their
+        own would make every empty (all-zero) mask, common in medical sets, a "test image"."""
+        return self.seen_keys_of(self.test_ids)
 
     @cached_property
     def test_groups(self) -> set[str]:
@@ -165,7 +127,15 @@ class PreparedData:
                                                            strict=True)}
 
     def keys_of(self, ids: list[str]) -> list[str]:
+        """File keys: what cache keys of preparations are made of (kept as they were, so caches hold)."""
         return sorted({self.content_keys[i] for i in ids})
+
+    def seen_keys_of(self, ids: list[str], unlabelled: bool = False) -> set[str]:
+        """File and pixel keys of labelled (or unlabelled-pool) samples: what a record of the images a
+        model or encoder saw holds, so a re-encoded copy of a test image is still recognised."""
+        catalog = self.unlabelled if unlabelled else self.catalog
+        assert catalog is not None
+        return identity_keys(catalog.by_id[i].path for i in ids)
 
     def pool_without_test_groups(self) -> list[str]:
         """Ids of the unlabelled pool that pretraining may see: no image of a test group, no image
@@ -205,7 +175,8 @@ class PreparedData:
                 ids = list(self.pool_ids)
                 images = tensors.load_images(self.catalog, ids, self.preprocess)
                 keys = self.keys_of(ids)
-            return PretrainInputs(images, None, None, None, _hash("pool", keys, pre), keys)
+            seen = sorted(self.seen_keys_of(ids, unlabelled=self.unlabelled is not None))
+            return PretrainInputs(images, None, None, None, _hash("pool", keys, pre), seen)
         if needs != "masks":
             raise ValueError(f"unknown pretraining input {needs!r}")
         entry = self.plan.pretrain_pools.get("masks")
@@ -216,13 +187,14 @@ class PreparedData:
         train, val = list(entry["train"]), list(entry["val"])
         # seen: the images (each mask only beside its image); the cache key also changes with a mask
         keys = self.keys_of(train + val)
+        seen = sorted(self.seen_keys_of(train + val))
         mask_keys = file_keys(self.catalog.by_id[i].mask for i in train + val)
         x = tensors.load_images(self.catalog, train, self.preprocess)
         m = tensors.load_masks(self.catalog, train, self.preprocess)
         xv = tensors.load_images(self.catalog, val, self.preprocess) if val else None
         mv = tensors.load_masks(self.catalog, val, self.preprocess) if val else None
         cache_key = _hash("masks", sorted(set(keys) | set(mask_keys)), train, val, pre)
-        return PretrainInputs(x, m, xv, mv, cache_key, keys)
+        return PretrainInputs(x, m, xv, mv, cache_key, seen)
 
     def pretrain_images(self) -> np.ndarray:
         """What GAN and SSL pretraining see (``pretrain_inputs("pool")``)."""
@@ -269,7 +241,7 @@ def pretrain_pools(catalog: catalog_mod.Catalog, pool_ids: list[str], unlabelled
         for s in unlabelled.samples:
             if s.group in test_groups:
                 by_group += 1
-            elif (unlabelled_keys[s.id] if unlabelled_keys else file_key(s.path)) in test_keys:
+            elif {(unlabelled_keys or {}).get(s.id) or file_key(s.path), pixel_key(s.path)} & test_keys:
                 by_content += 1
             else:
                 kept.append(s.id)
@@ -324,8 +296,11 @@ def prepare_data(
     if test_split not in ("auto", "given", "draw"):
         raise FewlabelError(f"test_split must be auto, given or draw, not {test_split!r}")
     keys = {s.id: file_key(s.path) for s in catalog.samples}
+    # Copies are merged by their pixels: a byte-identical file has them too, and so has one saved again
+    # with other metadata or compression.
+    pixels = {s.id: pixel_key(s.path) for s in catalog.samples}
     original = {s.id: s.group for s in catalog.samples}
-    catalog, merged = merge_duplicates(catalog, keys)
+    catalog, merged = merge_duplicates(catalog, pixels)
     params = {"seed": int(seed), "test_size": test_size, "count": count, "group_pattern": group_pattern,
               "test_split": test_split, "drop_classes": sorted(drop_classes)}
     if plan is not None:
@@ -357,7 +332,10 @@ def prepare_data(
     scale = reader_notes.scale_line(peaks, f"the normalisation fitted on the {len(pool_ids)} training-pool "
                                     "images")
     said += [f"warning: {scale}"] if scale else []
-    test_keys = {keys[i] for i in test_ids}  # images only: see ``PreparedData.test_file_keys``
+    # What the pool may not hand to pretraining: test images (file and pixel keys) and, as images of
+    # their own, test masks. (An encoder's record is held to the images alone: ``test_file_keys``.)
+    test_masks = [m for m in (catalog.by_id[i].mask for i in test_ids) if m is not None]
+    test_keys = {keys[i] for i in test_ids} | {pixels[i] for i in test_ids} | set(file_keys(test_masks))
     test_groups = set(catalog.groups(test_ids)) | {original[i] for i in test_ids}
     if plan is not None:
         # The pools follow from the plan's test set: an unlabelled folder the plan did not know (a

@@ -110,16 +110,16 @@ def cell_inputs(data: PreparedData, labelled_ids: list[str], spec: StrategySpec,
         x_test = region_arrays(data, list(data.test_ids), spec.encoder_weights)
         notes.append(region_note(data, list(train_ids) + list(val_ids) + list(data.test_ids),
                                  spec.encoder_weights))
-    seen_keys = set(seen) | set(data.keys_of(list(train_ids) + list(val_ids)))
+    seen_keys = set(seen) | data.seen_keys_of(list(train_ids) + list(val_ids))
     x_pool = data.unlabelled_arrays() if with_pool else None
     if with_pool and x_pool is not None:
-        seen_keys |= {data.unlabelled_keys[i] for i in data.pool_without_test_groups()}
+        seen_keys |= data.seen_keys_of(data.pool_without_test_groups(), unlabelled=True)
     if with_pool and x_pool is None:
         # No separate pool: the labelled pool minus this draw plays the unlabelled part.
         drawn = set(labelled_ids)
         rest = [i for i in data.pool_ids if i not in drawn]
         x_pool = tensors.load_images(data.catalog, rest, data.preprocess) if rest else None
-        seen_keys |= set(data.keys_of(rest))
+        seen_keys |= data.seen_keys_of(rest)
     return CellInputs(list(train_ids), list(val_ids), x_train, y_train, x_val, y_val, x_pool, encoder,
                       sorted(seen_keys), notes, x_test)
 
