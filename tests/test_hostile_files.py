@@ -133,8 +133,16 @@ def hostile(tmp_path_factory) -> dict:
         shutil.copy(sets[name] / "a" / "p0001_s00.png", d / "good.png")
         os.mkfifo(d / fifo)
         pred[name] = d
+    plans = tmp / "plans"  # a --plan (a JSON record) that is a FIFO, /dev/zero or a sparse terabyte
+    plans.mkdir()
+    os.mkfifo(plans / "fifo.json")
+    os.symlink("/dev/zero", plans / "zero.json")
+    with open(plans / "sparse.json", "wb") as fh:
+        fh.truncate(1 << 40)
     before = {name: _regular_files(folder) for name, folder in sets.items()}
     train = ["train", "--strategy", "scratch", "--max-epochs", "1", "--out"]
+    plan_commands = {f"train plan {kind}": [*train, tmp / f"mp_{kind}", tmp / "clean", "--plan",
+                                            plans / f"{kind}.json"] for kind in ("fifo", "zero", "sparse")}
     commands = {
         "train fifo_png": [*train, tmp / "m1", sets["fifo_png"]],
         "pretrain fifo_png": ["pretrain", "gan", sets["fifo_png"], "--out", tmp / "gan.safetensors",
@@ -148,6 +156,7 @@ def hostile(tmp_path_factory) -> dict:
         "train sparse": [*train, tmp / "m3", sets["sparse"]],
         "train sparse_tail": [*train, tmp / "m4", sets["sparse_tail"]],
         "inspect sparse_tail": ["inspect", "--json", sets["sparse_tail"]],
+        **plan_commands,
     }
     results = _run_commands(tmp, commands)
     after = {name: _regular_files(folder) for name, folder in sets.items()}
@@ -196,6 +205,15 @@ def test_predict_skips_a_fifo_and_scores_the_rest(hostile: dict, name: str) -> N
 def test_predict_on_a_fifo_itself_is_named(hostile: dict) -> None:
     res = _result(hostile, "predict the fifo")
     assert res["code"] == PROBLEMS and "FIFO" in res["err"] and not (hostile["tmp"] / "p3.csv").exists()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zero", "sparse"])
+def test_a_plan_that_is_a_fifo_a_device_or_huge_is_refused_unread(hostile: dict, kind: str) -> None:
+    res = _result(hostile, f"train plan {kind}")
+    assert res["code"] == 2, res
+    lines = [line for line in res["err"].splitlines() if line.strip()]
+    assert len(lines) == 1 and f"{kind}.json" in lines[0] and "Traceback" not in res["err"], lines
+    assert not (hostile["tmp"] / f"mp_{kind}").exists()
 
 
 def test_the_data_folders_are_unchanged(hostile: dict) -> None:
@@ -603,3 +621,16 @@ def test_weight_files_that_are_fifos_are_never_opened(tmp_path: Path) -> None:
     for read in (file_sha256, read_header, read_state_dict):
         with pytest.raises(FewlabelError, match="FIFO"):
             read(fifo)
+
+
+def test_a_report_of_a_run_whose_store_is_gone_is_refused(tmp_path: Path, capfd) -> None:
+    """Finished cells without their store: the report says so in one line, not "0 cells finished"."""
+    from report_fixtures import make_run
+
+    run = make_run(tmp_path / "run", models=False)
+    (run / "store.sqlite").unlink()
+    code = run_cli("report", run, "--no-explain")
+    err = capfd.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "store is missing" in lines[0], lines
+    assert not (run / "report.html").exists()

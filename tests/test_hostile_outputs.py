@@ -245,3 +245,42 @@ def test_the_api_refuses_outputs_inside_the_inputs(data: Path, model: Path, tmp_
             call()
         assert exc.value.path == str(out) and time.perf_counter() - t0 < 10
     assert _tree(data) == before and _tree(run) == records
+
+
+def test_a_model_folder_never_replaces_its_own_inputs_or_a_run(data: Path, model: Path, tmp_path: Path,
+                                                               capfd) -> None:
+    """``train --out M --overwrite --plan M/plan.json`` would replace the plan it follows; a curve's run
+    folder is no model folder, with or without --overwrite."""
+    import shutil
+
+    mine = tmp_path / "m"
+    shutil.copytree(model, mine)
+    plan_bytes = (mine / "plan.json").read_bytes()
+    line = _refused(capfd, "train", data, "--out", mine, "--overwrite", "--plan", mine / "plan.json", *FAST,
+                    name=mine)
+    assert "would replace" in line and (mine / "plan.json").read_bytes() == plan_bytes
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    (run / "plan.json").write_text("{}")
+    for extra in ([], ["--overwrite"]):
+        assert "another command" in _refused(capfd, "train", data, "--out", run, *extra, *FAST, name=run)
+    assert (run / "plan.json").read_text() == "{}"
+
+
+def test_explain_keeps_out_of_the_model_s_training_data(model: Path, tmp_path: Path, capfd,
+                                                        monkeypatch) -> None:
+    """Overlays in any class folder of the data the model was trained on would become training images;
+    a new folder beside an image that is not training data is fine."""
+    import json
+
+    trained_on = Path(json.loads((model / "plan.json").read_text())["source"]["data"])
+    image = sorted((trained_on / "a").iterdir())[0]
+    before = _tree(trained_on)
+    _refused(capfd, "explain", model, image, "--out", trained_on / "b", name=trained_on / "b")
+    _refused(capfd, "explain", model, image, "--out", trained_on, name=trained_on)
+    assert _tree(trained_on) == before
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g.png").write_bytes(image.read_bytes())
+    assert run_cli("explain", model, "g.png", "--out", "maps") == 0
+    assert (tmp_path / "maps").is_dir()

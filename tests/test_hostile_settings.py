@@ -241,3 +241,19 @@ def test_values_the_parser_cannot_read_are_one_line(tmp_path: Path, capfd, monke
     line = _one_line(err, name)
     assert line.startswith("error: ") and "--help" in line
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda c: c["preprocess"].update(mean=[float("nan")], std=[1.0]), "mean [nan]"),
+    (lambda c: c["preprocess"].update(mean=[0.5], std=[0.0]), "std [0.0]"),
+    (lambda c: c.update(class_names=["a", "a"]), "'a' twice"),
+])
+def test_a_config_that_would_score_nonsense_is_refused(tmp_path: Path, capfd, edit, words) -> None:
+    model = _model(tmp_path / "m")
+    _edit_config(model, edit)
+    images = tmp_path / "new"
+    write_png(images / "x.png", np.zeros((1, 16, 16), np.uint8))
+    out = tmp_path / "p.csv"
+    code, err = _cli(capfd, "predict", model, images, "--out", out)
+    assert code == USAGE and words in _one_line(err, "config.json")
+    assert not out.exists()

@@ -225,7 +225,8 @@ def train(
     check_options({"seed": seed, "labels_per_class": labels_per_class})
     pretrain = validated(PretrainConfig, dict(pretrain), "pretraining") if pretrain else None
     if out is not None:  # never inside the data: a model folder there would be read as a class
-        check_output_dir(out, "model folder (out)", inputs=(data, masks, unlabelled))
+        check_output_dir(out, "model folder (out)", inputs=(data, masks, unlabelled, plan, encoder_weights),
+                         foreign=("run.json", "store.sqlite"))
     if encoder_weights is not None and not Path(encoder_weights).is_file():
         # Say so before minutes of loading images, not after.
         raise ModelFileError("encoder weights file does not exist", encoder_weights)

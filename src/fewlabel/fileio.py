@@ -30,6 +30,8 @@ from typing import Any
 from fewlabel.errors import DiskFullError, FewlabelError, is_disk_full
 
 CHUNK_SIZE = 1 << 20  # bytes read at a time by file_sha256
+# A JSON record (plan, run, config, metrics) of a run over a million images stays far below this.
+MAX_JSON_BYTES = 1 << 30
 
 
 def temp_path(path: str | Path, suffix: str | None = None) -> Path:
@@ -126,6 +128,11 @@ def read_json(path: str | Path, what: str, fix: str | None = None) -> Any:
     kind = special_kind(path)
     if kind is not None:
         raise FewlabelError(f"{what} is {kind}, not a regular file (never opened){hint}", path=path)
+    with contextlib.suppress(OSError):  # a missing file is said below
+        size = os.stat(path).st_size
+        if size > MAX_JSON_BYTES:  # a sparse or runaway file: refused by its size, not read into memory
+            raise FewlabelError(f"{what} is {size:,} bytes, over the {MAX_JSON_BYTES:,} a record of fewlabel "
+                                f"can hold{hint}", path=path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -286,21 +293,32 @@ def _check_location(path: Path, what: str) -> None:
 
 
 def check_output_dir(path: str | Path, what: str = "output folder", *, markers: tuple[str, ...] = (),
-                     overwrite: bool = True, inputs: InputPaths = ()) -> Path:
+                     overwrite: bool = True, inputs: InputPaths = (), foreign: tuple[str, ...] = ()) -> Path:
     """Make sure ``path`` can become (or already is) a writable output folder, BEFORE any work is done.
 
     Refused in one line naming the path: a symbolic link, a device, FIFO or socket, an existing file,
     a path under a file, the path of one of ``inputs`` or a path inside one (see ``_protected``), a
     folder that cannot be written (or, when missing, whose nearest existing parent cannot). With
     ``overwrite=False`` an existing folder holding any of ``markers`` (e.g. a model's ``config.json``)
-    is refused too, so nothing is replaced without consent. Creates nothing: a refused command leaves
-    no trace.
+    is refused too, so nothing is replaced without consent. A folder holding any of ``foreign`` (the
+    files of another command's output, e.g. a curve's ``run.json``) is refused even with ``overwrite``.
+    Creates nothing: a refused command leaves no trace.
     """
     path = Path(path)
     st = _lstat(path, what)
     if st is not None:
         _refuse_link_or_special(path, st, what, "folder")
     _refuse_inside_inputs(path, what, inputs)
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        # an input that is one of the files the command writes here would be replaced by it
+        written = {_real(path / m) for m in markers}
+        clash = [name for real, _, name in _protected(inputs) if real in written]
+        if clash:
+            raise FewlabelError(f"{what} would replace {clash[0]}; choose a new path", path=path)
+        other = [m for m in foreign if (path / m).exists()]
+        if other:
+            raise FewlabelError(f"{what} holds {', '.join(other)}, the output of another command; choose a "
+                                "new path", path=path)
     if st is not None and stat.S_ISDIR(st.st_mode) and not overwrite:
         present = [m for m in markers if (path / m).exists()]
         if present:

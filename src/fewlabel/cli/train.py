@@ -9,7 +9,8 @@ import typer
 from fewlabel import strategies as strategy_registry
 from fewlabel.cli.common import allow_mismatch_option, print_metrics_table, test_size_value
 
-MODEL_FILES = ("config.json", "model.safetensors", "metrics.json")
+MODEL_FILES = ("config.json", "model.safetensors", "metrics.json", "plan.json", "unet.safetensors")
+RUN_FOLDER_FILES = ("run.json", "store.sqlite")  # a learning curve's folder: never a model folder
 
 
 def register(app: typer.Typer) -> None:
@@ -60,7 +61,7 @@ def train(
     pretrain = validated(PretrainConfig, parse_settings(pretrain_settings, "--pretrain"), "pretraining")
     # Before any work: an unwritable --out must not be found out after an hour of training.
     check_output_dir(out, "model folder (--out)", markers=MODEL_FILES, overwrite=overwrite,
-                     inputs=(data, masks, unlabelled))
+                     inputs=(data, masks, unlabelled, plan, encoder_weights), foreign=RUN_FOLDER_FILES)
 
     test = test_size_value(test_size)
     given = validated(FinetuneConfig, parse_settings(settings, "--set"), "fine-tuning")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fewlabel.errors import ConfigMismatchError, SplitError
-from fewlabel.fileio import atomic_write_json
+from fewlabel.fileio import atomic_write_json, read_json
 
 PLAN_FORMAT = "fewlabel-plan/1"
 PLAN_FILE = "plan.json"
@@ -123,13 +123,10 @@ class SplitPlan:
         path = Path(path)
         if path.is_dir():
             path = path / PLAN_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise SplitError("plan file does not exist", path=path) from exc
-        except (OSError, ValueError) as exc:
-            raise SplitError(f"cannot read plan file ({type(exc).__name__}: {exc}); delete it to draw the "
-                             "split again", path=path) from exc
+        if not path.exists():
+            raise SplitError("plan file does not exist", path=path)
+        # read_json: a FIFO or device is never opened, a huge file is refused by its size
+        data = read_json(path, "plan file", fix="delete it to draw the split again")
         return cls.from_dict(data, path=path)
 
     def check_same_holdout(self, other: SplitPlan, path: str | Path | None = None) -> None:

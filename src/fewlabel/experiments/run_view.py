@@ -16,7 +16,6 @@ Explanations, the report and the benchmarks read a run through it and never open
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,7 +27,7 @@ import numpy as np
 from fewlabel.data.plan import PLAN_FILE, SplitPlan
 from fewlabel.errors import FewlabelError
 from fewlabel.experiments.grid import Cell
-from fewlabel.experiments.store import RUN_FILE, STORE_FILE, ResultStore, read_json
+from fewlabel.experiments.store import RUN_FILE, STORE_FILE, ResultStore, read_json, refuse_lost_store
 
 CELLS_DIR = "cells"
 PROBA_FILE = "proba_test.npy"
@@ -91,6 +90,7 @@ class RunView:
     def rows(self, status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
         """The results store's rows (all, or those of ``status``); none before the first cell."""
         if not (self.root / STORE_FILE).exists():
+            refuse_lost_store(self.root)  # finished cells without their store: never "nothing finished"
             return []
         try:
             store = ResultStore(self.root, create=False)
@@ -111,11 +111,9 @@ class RunView:
         Read leniently (not through ``plan``): a report of an old or partial run falls back to
         repeat-only statistics instead of failing."""
         for name, part, labels_key, groups_key in _TRUTH_FILES:
-            try:
-                data = json.loads((self.root / name).read_text())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(data, dict):
+            try:  # read_json: never opens a FIFO, never reads a runaway file
+                data = read_json(self.root / name)
+            except FewlabelError:
                 continue
             holder = (data.get(part) or {}) if part else data
             labels = holder.get(labels_key)
@@ -174,8 +172,8 @@ class RunView:
     def explanations(self) -> dict[str, Any] | None:
         """The explanations index, or None when there is none (yet) or it cannot be read."""
         try:
-            return json.loads((self.explanations_dir / EXPLAIN_INDEX).read_text())
-        except (OSError, ValueError):
+            return read_json(self.explanations_dir / EXPLAIN_INDEX)
+        except FewlabelError:
             return None
 
     # -- the data --------------------------------------------------------------------------------

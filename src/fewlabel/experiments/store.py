@@ -196,22 +196,15 @@ class ResultStore:
         return False
 
     def _finished_cells(self) -> bool:
-        """Cell folders on disk (not the temporary ones of a cell being written)."""
-        cells = self.run_dir / "cells"
-        if not cells.is_dir():
-            return False
-        strategies = [sub for sub in cells.iterdir() if sub.is_dir() and not sub.name.startswith(".")]
-        return any(p.is_dir() and not p.name.startswith(".") for sub in strategies for p in sub.iterdir())
+        return has_finished_cells(self.run_dir)
 
     def _refuse_lost_store(self, existed: bool) -> None:
         """An emptied store, or a missing one beside finished cells, would silently recompute (and
         overwrite) results: refused. A run killed before its first cell has no cells yet: allowed."""
         if existed and self.path.stat().st_size == 0:
             raise self._corrupt("the file is empty, 0 bytes")
-        cells = self.run_dir / "cells"
-        if not existed and (self.run_dir / RUN_FILE).exists() and self._finished_cells():
-            raise FewlabelError(f"results store is missing while finished cells are in {cells}; restore "
-                                f"it, or delete {self.run_dir} and run again", path=self.path)
+        if not existed:
+            refuse_lost_store(self.run_dir)
 
     def _create_in_place(self) -> None:
         """Make the store under a temporary name (tables and WAL mode in it), then rename it into
@@ -368,6 +361,24 @@ class ResultStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def has_finished_cells(run_dir: Path) -> bool:
+    """Cell folders on disk (not the temporary ones of a cell being written)."""
+    cells = Path(run_dir) / "cells"
+    if not cells.is_dir():
+        return False
+    strategies = [sub for sub in cells.iterdir() if sub.is_dir() and not sub.name.startswith(".")]
+    return any(p.is_dir() and not p.name.startswith(".") for sub in strategies for p in sub.iterdir())
+
+
+def refuse_lost_store(run_dir: Path) -> None:
+    """A run whose store is gone while finished cells remain: refused, by writers (a re-run would
+    recompute and overwrite) and readers (a report would say nothing finished) alike."""
+    run_dir = Path(run_dir)
+    if (run_dir / RUN_FILE).exists() and has_finished_cells(run_dir):
+        raise FewlabelError(f"results store is missing while finished cells are in {run_dir / 'cells'}; "
+                            f"restore it, or delete {run_dir} and run again", path=run_dir / STORE_FILE)
 
 
 def _store_files(path: Path) -> list[Path]:

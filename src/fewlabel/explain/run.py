@@ -8,7 +8,6 @@ is not recomputed, so ``fewlabel report`` can call this every time.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -66,11 +65,28 @@ def _model_dirs(view: RunView) -> dict[tuple[str, int], tuple[int, Path]]:
     return found
 
 
-def _weights_id(model_dir: Path) -> str:
+def _training_data(model_dir: str | Path) -> list[str]:
+    """The data folder (and masks) the model was trained on, as its plan (or its run's plan) records
+    them; none when no plan says."""
+    from fewlabel.data.plan import PLAN_FILE, SplitPlan
+    from fewlabel.errors import FewlabelError
+
     try:
-        cfg = json.loads((model_dir / "config.json").read_text())
-        return str(cfg.get("weights_sha256") or "")
-    except (OSError, ValueError):
+        own = Path(model_dir) / PLAN_FILE
+        run = None if own.is_file() else RunView.containing(model_dir)
+        plan = SplitPlan.load(own) if run is None else run.plan
+    except (FewlabelError, OSError, ValueError):  # an unreadable plan is said where it is needed
+        return []
+    return [str(p) for p in (plan.source.get("data"), plan.source.get("masks")) if p]
+
+
+def _weights_id(model_dir: Path) -> str:
+    from fewlabel.errors import FewlabelError
+    from fewlabel.fileio import read_json
+
+    try:  # never opens a FIFO, never reads a runaway file
+        return str(read_json(model_dir / "config.json", "model config").get("weights_sha256") or "")
+    except FewlabelError:
         return ""
 
 
@@ -266,9 +282,13 @@ def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: s
     from fewlabel.models.io import read_model_config
     from fewlabel.pipeline.region import crop_images, folder_unet
 
-    # the overlays are images: beside an input image (or under its folder) they would join the data
-    folders = [Path(i).parent for i in images if Path(i).is_file()]
-    check_output_dir(out, "explanation folder (--out)", inputs=(model_dir, *images, *folders))
+    # The overlays are images: in the model's training data they would become training images.
+    trained_on = _training_data(model_dir)
+    check_output_dir(out, "explanation folder (--out)", inputs=(model_dir, *images, *trained_on))
+    beside = [i for i in images if Path(i).is_file() and Path(out).resolve() == Path(i).resolve().parent]
+    if beside:  # nor beside the images explained, where the next folder-wide command would read them
+        raise FewlabelError(f"explanation folder (--out) holds the image {beside[0]}; the overlays would mix "
+                            "with the images: choose another folder", path=out)
     classifier, pre, names = load_for_explain(model_dir)
     unet = folder_unet(model_dir, read_model_config(model_dir))  # None: the model sees whole images
     if target is not None and not isinstance(target, int):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -365,6 +366,9 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     if not directory.is_dir():
         raise ModelFileError("model folder does not exist", directory)
     cfg_path = directory / CONFIG_FILE
+    kind = special_kind(cfg_path)
+    if kind is not None:
+        raise ModelFileError(f"is {kind}, not a model config (never opened)", cfg_path)
     if not cfg_path.is_file():
         raise ModelFileError("missing (a model folder holds config.json and model.safetensors)", cfg_path)
     try:
@@ -482,6 +486,10 @@ def check_config_fits_weights(classifier: Classifier | Ensemble, class_names: An
         if len(class_names) != rows:
             raise ModelFileError(f"names {len(class_names)} classes (class_names) but the weights' head has "
                                  f"{rows} outputs; restore config.json or train the model again", path)
+        if len(set(class_names)) != len(class_names):  # a CSV with two p_<name> columns for one name
+            twice = next(c for c in class_names if class_names.count(c) > 1)
+            raise ModelFileError(f"names the class {twice!r} twice (class_names); restore config.json or "
+                                 "train the model again", path)
     if preprocess is None:
         return
     if not isinstance(preprocess, Mapping):
@@ -497,6 +505,12 @@ def check_config_fits_weights(classifier: Classifier | Ensemble, class_names: An
     if built_for is not None and size is not None and list(built_for) != list(size):
         shown = "x".join(map(str, size)) if isinstance(size, (list, tuple)) else str(size)
         problems.append(f"size {shown}, the encoder was built for {'x'.join(map(str, built_for))}")
+    for key in ("mean", "std"):  # NaN would score every image NaN; a spread of 0 divides by zero
+        values = preprocess.get(key)
+        if isinstance(values, list) and values and all(isinstance(v, (int, float)) for v in values):
+            if not all(math.isfinite(v) for v in values) or (key == "std" and min(values) <= 0):
+                want = "finite values above 0" if key == "std" else "finite values"
+                problems.append(f"{key} {values} ({want} expected)")
     if problems:
         raise ModelFileError(f"its preprocessing gives {'; '.join(problems)}; restore config.json or train "
                              "the model again", path)
