@@ -251,3 +251,11 @@ def test_scale_outlier_is_named_by_inspect_and_train(tmp_path: Path, capfd) -> N
     assert code == 0
     said = _lines(err, "dominate")
     assert len(said) == 1 and said[0].startswith("warning: 1 image(s)") and "a/p0003_s00.tif" in said[0]
+
+
+def test_a_data_set_level_problem_names_the_data_folder_once(tmp_path: Path, capfd, monkeypatch) -> None:
+    make_class_folder(tmp_path / "data", {"caf\u00e9": 4, unicodedata.normalize("NFD", "caf\u00e9"): 4},
+                      size=(16, 16), seed=0)
+    monkeypatch.chdir(tmp_path)  # a relative data path, as typed
+    code, err = _cli(capfd, "train", "data", "--out", "m", *FAST)
+    assert code == USAGE and _one_line(err, "print alike").startswith("error: data: classes")

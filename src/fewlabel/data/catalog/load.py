@@ -64,14 +64,14 @@ def _check_classes(cat: Catalog) -> None:
     if not cat.samples and not cat.issues:
         raise DataError("no images found", path=cat.root)
     if len(cat.classes) == 1:
-        cat.issues.append(Issue(str(cat.root), f"one class only ({cat.classes[0]!r}): a classifier needs at "
+        cat.issues.append(Issue(".", f"one class only ({cat.classes[0]!r}): a classifier needs at "
                                 "least two", DataError, "one_class"))
     for name in cat.classes:
         if readers.undecodable_name(name):
             cat.issues.append(Issue(_class_path(cat, name), f"class {readers.NOT_UTF8}", UnreadableFileError,
                                     "unreadable"))
     for a, b in _lookalike_classes(cat.classes):
-        cat.issues.append(Issue(str(cat.root), f"classes {ascii(a)} and {ascii(b)} print alike (they differ "
+        cat.issues.append(Issue(".", f"classes {ascii(a)} and {ascii(b)} print alike (they differ "
                                 "only in spaces, invisible characters or how Unicode spells a letter), so no "
                                 "reader of the results can tell them apart; rename one or merge them",
                                 DataError, "lookalike_classes"))
