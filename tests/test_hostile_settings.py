@@ -142,19 +142,6 @@ def test_huge_repeats_is_refused_not_a_hang(tmp_path: Path, data: Path) -> None:
 # -- model folders checked against themselves --------------------------------------------------------
 
 
-def test_class_names_that_disagree_with_the_head_are_refused(tmp_path: Path, capfd) -> None:
-    model = _model(tmp_path / "m")
-    _edit_config(model, lambda c: c["class_names"].append("c"))  # 3 names, a head of 2 outputs
-    images = tmp_path / "new"
-    write_png(images / "x.png", np.zeros((1, 16, 16), np.uint8))
-    out = tmp_path / "p.csv"
-    code, err = _cli(capfd, "predict", model, images, "--out", out)
-    assert code == USAGE
-    line = _one_line(err, "config.json")
-    assert "3 classes" in line and "2 outputs" in line
-    assert not out.exists()
-
-
 @pytest.mark.parametrize("edit", ["channels", "dims"])
 def test_preprocessing_that_disagrees_with_the_weights_is_refused(tmp_path: Path, capfd, edit: str) -> None:
     model = _model(tmp_path / "m", channels=1)
@@ -244,6 +231,7 @@ def test_values_the_parser_cannot_read_are_one_line(tmp_path: Path, capfd, monke
 
 
 @pytest.mark.parametrize("edit, words", [
+    (lambda c: c["class_names"].append("c"), "names 3 classes (class_names) but the weights' head has 2"),
     (lambda c: c["preprocess"].update(mean=[float("nan")], std=[1.0]), "mean [nan]"),
     (lambda c: c["preprocess"].update(mean=[0.5], std=[0.0]), "std [0.0]"),
     (lambda c: c.update(class_names=["a", "a"]), "'a' twice"),
