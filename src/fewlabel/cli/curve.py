@@ -59,7 +59,6 @@ def curve(
     from fewlabel.errors import FewlabelError
     from fewlabel.experiments import run_curve
     from fewlabel.experiments.grid import parse_sizes
-    from fewlabel.fileio import check_output_dir
     from fewlabel.settings import check_options
 
     try:
@@ -69,8 +68,7 @@ def curve(
     check_options({"--seed": seed, "--repeats": repeats, "--workers": workers,
                    "--cpus-per-cell": cpus_per_cell, "--gpus-per-cell": gpus_per_cell,
                    "--max-epochs": max_epochs})
-    # Before any work: a file, a link, a path under a file, read-only, inside the data.
-    check_output_dir(out, "run folder (--out)", inputs=(data, unlabelled, masks))
+    # --out (a link, a special file, inside the data, unwritable) is checked by run_curve before any work
     finetune = parse_settings(settings, "--set")
     if max_epochs is not None:
         finetune["max_epochs"] = max_epochs

@@ -100,6 +100,8 @@ def batch_size_problem(method: str, batch_size: int) -> str | None:
     """What ``batch_size`` must be for ``method`` when it cannot train it, else None."""
     least = MIN_BATCH.get(method, 1)
     return None if batch_size >= least else f"must be at least {least} for {method} (got {batch_size})"
+
+
 _COMMON_KEYS = ("steps", "batch_size", "lr", "weight_decay", "seed", "log_every", "time_budget_s")
 KEY_FIELDS: dict[str, tuple[str, ...]] = {
     "scratch": ("seed",),

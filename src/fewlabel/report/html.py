@@ -111,12 +111,13 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, metric: 
     view = RunView(run_dir)
     if metric not in METRICS:
         raise FewlabelError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    view.check()  # a corrupt run.json or store is one line here, before any explanation work
     default = view.root / REPORT_FILE
     path = Path(out) if out is not None else default
     own = out is None or os.path.realpath(path) == os.path.realpath(default)
+    # the output first: a refused one leaves the run as it was (the store is not even opened)
     check_output_file(path, "report file (--out)", overwrite=overwrite or own,
                       inputs=() if own else (view.root,))
+    view.check()  # a corrupt run.json or store is one line here, before any explanation work
     index, error = None, None
     if explain:
         from fewlabel.explain.run import explain_run

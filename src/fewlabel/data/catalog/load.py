@@ -81,7 +81,7 @@ def _class_path(cat: Catalog, name: str) -> str:
     """Where a class lives, relative to the root: its folder for folder layouts, else the root."""
     if cat.layout.startswith("class-folders"):
         return name
-    return f"images/{name}" if cat.layout == "images+masks" else str(cat.root)
+    return f"images/{name}" if cat.layout == "images+masks" else "."  # joined to the root when raised
 
 
 def _print_key(name: str) -> str:
