@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from _common import REPO, dataset_or_exit, print_table, use_shared_imagenet_weights
+from _paired import draws_of, paired_to_reference
 
 # The plain script's recipe, as FinetuneConfig fields (AdamW with weight decay 0 is Adam).
 PLAIN_FINETUNE: dict[str, Any] = {
@@ -161,15 +162,6 @@ def arm_options(arm: str, data_mean: list[float], data_std: list[float], max_epo
     return strategy, options
 
 
-def draws_of(run: Any) -> dict[tuple[int, Any], list[str]]:
-    """Labelled ids per (size, repeat) of a ``RunView``'s plan, and the test ids under key (0, "test")."""
-    plan = run.plan
-    draws: dict[tuple[int, Any], list[str]] = {
-        (int(d["n_per_class"]), int(d["repeat"])): list(d["labelled"]) for d in plan.draws.values()}
-    draws[(0, "test")] = list(plan.test_ids)
-    return draws
-
-
 def main() -> int:
     args = parse_args()
     proto = DATASETS[args.dataset]
@@ -225,48 +217,6 @@ def main() -> int:
     return 0
 
 
-def paired_to_plain(runs: dict[str, Any], cells: dict[str, dict[tuple[int, int], dict[str, Any]]]
-                    ) -> tuple[dict[tuple[str, int, str], dict[str, Any]], str]:
-    """Per (arm, size, metric) the paired difference to plain from the package's cluster bootstrap:
-    the same resamples of test groups × repeats for every arm (the arms share one test set)."""
-    from fewlabel.evaluate.cluster_bootstrap import (
-        MIN_REPEATS_FOR_VERDICT,
-        draw_plan,
-        paired_summary,
-        per_repeat_metric,
-    )
-
-    truth = runs["plain"].test_truth()
-    if truth is None:
-        return {}, "no per-image test results in the plain run: no CIs"
-    labels, groups, _ = truth
-    probas: dict[str, dict[int, dict[int, np.ndarray]]] = {}
-    for arm in cells:
-        if arm != "plain":
-            other = runs[arm].test_truth()
-            if other is None or not np.array_equal(other[0], labels) or not np.array_equal(other[1], groups):
-                print(f"warning: arm {arm} was scored on another test set than plain; left out")
-                continue
-        by_size: dict[int, dict[int, np.ndarray]] = {}
-        for (_, n), reps in runs[arm].probas(runs[arm].rows(status="ok"), len(labels)).items():
-            by_size[n] = reps
-        probas[arm] = by_size
-    repeats = max((len(r) for by in probas.values() for r in by.values()), default=1)
-    plan = draw_plan(groups, labels, n_repeats=repeats, n_boot=2000, seed=0)
-    out: dict[tuple[str, int, str], dict[str, Any]] = {}
-    for arm, by_size in probas.items():
-        for n, reps in by_size.items():
-            base = probas["plain"].get(n)
-            if arm == "plain" or base is None:
-                continue
-            for metric in ("accuracy", "roc_auc"):
-                out[(arm, n, metric)] = paired_summary(plan, per_repeat_metric(plan, labels, reps, metric),
-                                                       per_repeat_metric(plan, labels, base, metric))
-    return out, (f"95% CI: paired cluster bootstrap over {plan.n_groups} test groups × repeats (2000 "
-                 f"resamples, the same for every arm); '(n)' is the repeats both arms finished, and fewer "
-                 f"than {MIN_REPEATS_FOR_VERDICT} get no verdict ('no verdict'), whatever their interval.")
-
-
 def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[str], run_view: Any) -> None:
     """Median accuracy / ROC-AUC per n x arm and the paired difference to plain (mean, 95 % CI)."""
     runs = {a: run_view(out / a) for a in arms
@@ -284,7 +234,7 @@ def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[
             print(f"warning: arm {arm} has other draws than plain; left out")
             continue
         cells[arm] = {(int(r["n_per_class"]), int(r["repeat"])): r for r in run.rows(status="ok")}
-    differences, caption = paired_to_plain(runs, cells)
+    differences, caption = paired_to_reference(runs, cells, "plain")
     sizes = sorted({n for n, _ in reference if n > 0})
     table = []
     for n in sizes:

@@ -9,6 +9,9 @@ import pytest
 
 # Two xdist workers on two cores: more than one torch thread each makes both crawl (deps-probe.md).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# "auto" precision is bf16 on a CPU with native bf16: pinned off, so every machine gives the same
+# numbers; the tests of the bf16 path turn it on themselves.
+os.environ["FEWLABEL_NATIVE_BF16"] = "0"
 import torch  # noqa: E402
 
 torch.set_num_threads(1)

@@ -25,7 +25,7 @@ def fitted():
     torch.manual_seed(0)
     start = tiny_encoder()
     single, one = finetune(x, y, None, None, 2, _copy(start), FinetuneConfig(**CONFIG), seed=7)
-    three = FinetuneConfig(**CONFIG, ensemble=3)
+    three = FinetuneConfig(**CONFIG, ensemble=3, ensemble_mode="independent")
     ensemble, result = finetune(x, y, None, None, 2, _copy(start), three, seed=7)
     return x, y, single, ensemble, (one, result)
 

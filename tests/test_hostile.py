@@ -51,7 +51,8 @@ def _cli(capfd, *args: object) -> tuple[int, str]:
 
 
 def _one_line(err: str, name: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
+    # the line that says how training will run (before any work) is not part of the error
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("compute: ")]
     assert len(lines) == 1, lines
     assert name in lines[0], lines[0]
     return lines[0]

@@ -205,8 +205,10 @@ def test_the_imagenet_recipe_levers_stack_and_match_one_at_a_time(tmp_path, monk
     from factory import make_class_folder
 
     data = make_class_folder(tmp_path / "data", classes={"a": 12, "b": 12}, size=(16, 16), separable=False)
+    # independent members, as a GPU trains them (a CPU's default snapshots run as one model: not stacked)
     recipe = {"max_epochs": 9, "epochs_without_validation": 3, "ensemble": 2, "tta": True,
-              "augment": "dihedral", "hold_out": False, "min_steps_per_epoch": 2}
+              "augment": "dihedral", "hold_out": False, "min_steps_per_epoch": 2,
+              "ensemble_mode": "independent"}
     grid = {"strategies": "scratch", "sizes": [3], "repeats": 2, "test_size": 4, "finetune": recipe,
             "log": None, "progress": False}
     monkeypatch.setenv("FEWLABEL_STACKING", "off")
@@ -276,7 +278,8 @@ def _mobilenet_both_ways(tmp_path, monkeypatch, repeats: int, finetune: dict, in
 def test_mobilenet_with_the_imagenet_recipe_stacks(tmp_path, monkeypatch):
     """scratch_mobilenet carries the ImageNet family's recipe (3 members, TTA, flips / turns): its
     MobileNetV2 (depthwise convolutions, BatchNorm, the input resize) trains stacked and matches."""
-    plain, stacked = _mobilenet_both_ways(tmp_path, monkeypatch, 2, {"max_epochs": 1}, 32, "on")
+    plain, stacked = _mobilenet_both_ways(tmp_path, monkeypatch, 2, {"max_epochs": 1, "ensemble_mode": "independent"},
+                                          32, "on")
     _assert_same_cells(plain, stacked)
 
 

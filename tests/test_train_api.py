@@ -108,6 +108,7 @@ def test_cli_train_and_bad_input_is_one_line(cells: Path, tmp_path: Path, capsys
     code = run_cli("train", "--strategy", "scratch", cells, "--out", out, "--labels-per-class", "3",
                    "--max-epochs", "2")
     assert code == 0 and (out / "metrics.json").is_file()
+    capsys.readouterr()
     code = run_cli("train", "--strategy", "scratch", cells, "--out", out, "--labels-per-class", "500")
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "error:" in err[0] and "Traceback" not in err[0]

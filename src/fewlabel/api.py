@@ -123,8 +123,12 @@ class Model:
                 raise FewlabelError("a region model crops each image's original file: pass the arrays' "
                                     "paths (one per array)")
             x = self.region_inputs(x, paths)
-        tta = bool((self.config.get("finetune") or {}).get("tta", False))
-        return predict_proba(self.classifier, x, device=self.device, tta=tta)
+        trained = self.config.get("finetune") or {}
+        # bf16 where this device computes it natively, as in training; else fp32 (``usable_precision``)
+        precision = str(trained.get("precision") or "fp32")
+        self.classifier.channels_last = trained.get("channels_last")
+        return predict_proba(self.classifier, x, device=self.device, tta=bool(trained.get("tta", False)),
+                             precision=precision)
 
     def predict(self, inputs: list[str | Path] | str | Path, batch_size: int = 64,
                 allow_mismatch: bool = False) -> Predictions:
@@ -219,6 +223,7 @@ def train(
     from fewlabel.errors import ModelFileError, SplitError
     from fewlabel.pretrain.common import PretrainConfig
     from fewlabel.settings import check_options, select_device, validated
+    from fewlabel.training.compute import compute_line
 
     # Settings with no meaning fail before anything is read or written (a seed past 2**32 would
     # otherwise fail deep in torch, a pretraining typo only after the data are open).
@@ -271,8 +276,10 @@ def train(
     if strategy_registry.get(strategy).prepare and not spec.encoder_weights:
         spec = prepare_strategy(spec, prepared, cache_dir or default_cache_dir() / "pretrained", seed=seed,
                                 progress=progress)
-    members = finetune_config_for(spec, config).ensemble or 1
-    if members > 1 and select_device(config.device).type == "cpu":
+    concrete = finetune_config_for(spec, config)
+    members = concrete.ensemble or 1
+    print(compute_line(concrete, members), file=sys.stderr, flush=True)
+    if members > 1 and select_device(config.device).type == "cpu" and concrete.ensemble_mode != "snapshot":
         print(strategy_registry.ensemble_note(strategy, members), file=sys.stderr, flush=True)
     cell = fit_cell(prepared, labelled, spec, seed=seed, finetune_config=config, train_ids=draw["train"],
                     val_ids=draw["val"])

@@ -83,6 +83,8 @@ RULES: dict[str, _Rule] = {
     "balance": (lambda v: v in ("loss_weights", "none"), "be loss_weights or none"),
     "time_budget_s": (lambda v: 0 < v < float("inf"), "be a number of seconds > 0"),
     "device": (_device, "be auto, cpu, cuda, cuda:N or mps"),
+    "precision": (lambda v: v in ("auto", "fp32", "bf16", "fp16"), "be auto, fp32, bf16 or fp16"),
+    "ensemble_mode": (lambda v: v in ("auto", "independent", "snapshot"), "be auto, independent or snapshot"),
     "semi_threshold": (lambda v: 0 < v <= 1, "be in (0, 1]"),
     "semi_mu": (_positive, "be >= 1"),
     "semi_weight": (_non_negative, "be >= 0"),

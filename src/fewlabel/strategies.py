@@ -57,8 +57,10 @@ _PRETRAINED_FINETUNE = {"lr": 1e-3, "encoder_lr": 3e-4}
 _IMAGENET_FINETUNE = {"lr": 1e-4, "encoder_lr": 1e-4, "weight_decay": 0.0, "augment": "dihedral",
                       "min_steps_per_epoch": 1, "ensemble": 3, "tta": True, "hold_out": False,
                       "max_epochs": 30}
-# ImageNet features are made at 224 px: the encoder resizes its input, the data stay native.
-_IMAGENET_INPUT = {"input_size": 224}
+# The encoder resizes its input, the data stay native. 160 px, not ImageNet's 224: a step costs
+# about half (a third in bf16 on a CPU), and tens of labelled images rarely carry detail that only
+# 224 px would keep (benchmarks/cpu_speed.py measures what it costs, beside 224).
+_IMAGENET_INPUT = {"input_size": 160}
 
 REGISTRY: dict[str, Strategy] = {s.name: s for s in (
     Strategy("scratch", "random initial weights, the shared convnet"),

@@ -129,7 +129,8 @@ class PipelineBackend:
         save_model_dir(directory, result.classifier, jsonable(config), unet=region_unet_source(strategy))
 
     def finetune_config(self, overrides: dict[str, Any]) -> dict[str, Any]:
-        from fewlabel.settings import resolve_device, validated
+        from fewlabel.settings import validated
+        from fewlabel.training.compute import resolved
         from fewlabel.training.finetune import FinetuneConfig
 
         checked = validated(FinetuneConfig, dict(overrides), "fine-tuning")
@@ -138,10 +139,10 @@ class PipelineBackend:
                  *(k for k in checked if k != "explicit")]
         # No per-epoch bars inside cells (the curve has its own); constant, so the hash is unaffected.
         config = FinetuneConfig.from_dict({**checked, "progress": False, "explicit": named})
-        # "auto" is resolved before the configuration is hashed: a run resumed on another device
-        # (CPU float32 vs GPU bf16 numbers) is then refused as another configuration, not mixed in.
-        config.device = resolve_device(config.device)
-        return jsonable(config.to_dict())
+        # Every "auto" (device, precision, ensemble members, layout) is made concrete before the
+        # configuration is hashed: a run resumed on other hardware (CPU fp32 vs bf16 numbers) is then
+        # refused as another configuration, not mixed in.
+        return jsonable(resolved(config).to_dict())
 
     def summary(self, data: Any) -> dict[str, Any]:
         return dataset_summary(data)
@@ -323,7 +324,7 @@ def base_row(task: CellTask) -> dict[str, Any]:
 def run_cell(task: CellTask) -> CellOutput:
     """Fine-tune and evaluate one cell. Never raises for a failure of the cell itself: that comes back
     as a ``failed`` row with the one-line error, so one bad cell does not stop a sweep."""
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     row = base_row(task)
     try:
         set_threads(task.threads)
@@ -337,6 +338,8 @@ def run_cell(task: CellTask) -> CellOutput:
                    extra={"traceback": traceback.format_exc(limit=8)})
         return CellOutput(row=row)
     output.row["cell_seconds"] = time.perf_counter() - t0
+    # CPU seconds of this process (all its threads): a speed figure that other load barely moves
+    output.row["cell_cpu_seconds"] = time.process_time() - cpu0
     return output
 
 

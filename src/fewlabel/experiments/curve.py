@@ -318,9 +318,13 @@ def run_curve(
         strategy_specs = {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}
         say(strategy_registry.default_note(name, reason).replace("--strategy", "--strategies")
             + ("" if name == "scratch" else "; scratch runs beside it as the reference"))
-    if finetune_config.get("device") == "cpu":
-        from fewlabel.training.recipe import recipe_over  # here: the driver stays light to import
+    from fewlabel.training.compute import compute_line
+    from fewlabel.training.recipe import recipe_over  # here: the driver stays light to import
 
+    most = max(int(recipe_over(finetune_config, strategy_specs[name].get("finetune") or {}).get("ensemble")
+                   or 1) for name in strategies)
+    say(compute_line(finetune_config, most))
+    if finetune_config.get("device") == "cpu" and finetune_config.get("ensemble_mode") != "snapshot":
         for name in strategies:
             members = recipe_over(finetune_config, strategy_specs[name].get("finetune") or {}).get(
                 "ensemble") or 1

@@ -295,8 +295,26 @@ def _hashed_form(fields: dict[str, Any]) -> dict[str, Any]:
         # Written before ensemble / tta could be left to the recipe: tta false was then the default,
         # which meant what unset means now.
         base = {k: v for k, v in base.items() if k != "tta"}
-    out["finetune"] = sparse(base, {}, keep)
+    out["finetune"] = sparse(base, _BEFORE_COMPUTE_SETTINGS, keep)
+    if isinstance(out["finetune"], dict):
+        out["finetune"].pop("channels_last", None)  # a memory layout: the same numbers up to rounding
+        if not _has_ensemble(base, out.get("strategy_specs")):
+            out["finetune"].pop("ensemble_mode", None)  # how members are made, with no members
+    for spec in (out.get("strategy_specs") or {}).values():
+        if isinstance(spec, dict) and isinstance(spec.get("finetune"), dict):
+            spec["finetune"].pop("channels_last", None)
     return out
+
+
+# What a run written before precision and ensemble_mode existed computed with: the same numbers.
+_BEFORE_COMPUTE_SETTINGS = {"precision": "fp32", "ensemble_mode": "independent"}
+
+
+def _has_ensemble(base: Any, specs: Any) -> bool:
+    """Whether any strategy of the run trains more than one member (base setting or recipe)."""
+    found = [base.get("ensemble")] if isinstance(base, dict) else []
+    found += [(s.get("finetune") or {}).get("ensemble") for s in (specs or {}).values() if isinstance(s, dict)]
+    return any(isinstance(v, int) and v > 1 for v in found)
 
 
 def canonical(value: Any) -> Any:

@@ -61,6 +61,9 @@ class Ensemble(nn.Module):
         self.num_classes = first.num_classes
         self.dropout = first.dropout
         self.tta = bool(getattr(first, "tta", False))
+        # How the members were trained, for prediction (``finetune.predict_proba``).
+        self.precision = getattr(first, "precision", None)
+        self.channels_last = getattr(first, "channels_last", None)
 
     @property
     def encoder_config(self) -> dict:

@@ -19,6 +19,7 @@ from fewlabel.pipeline.encoders import StrategySpec, build_encoder
 from fewlabel.pipeline.region import region_arrays, region_note
 from fewlabel.training.finetune import FinetuneConfig, finetune, predict_proba
 from fewlabel.training.loop import FitResult
+from fewlabel.training.compute import resolved
 from fewlabel.training.recipe import recipe_over
 from fewlabel.version import __version__
 
@@ -43,7 +44,8 @@ def finetune_config_for(spec: StrategySpec, base: FinetuneConfig | None = None) 
     base_dict = recipe_over((base or FinetuneConfig()).to_dict(), spec.finetune)
     if spec.semi:
         base_dict["semi"] = True
-    return FinetuneConfig.from_dict(base_dict)
+    # concrete device, precision and members, so a saved model says what it was trained with
+    return resolved(FinetuneConfig.from_dict(base_dict))
 
 
 def split_labelled(data: PreparedData, labelled_ids: list[str], seed: int) -> tuple[list[str], list[str]]:

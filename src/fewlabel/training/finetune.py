@@ -19,6 +19,7 @@ from fewlabel.models.encoder import Encoder
 from fewlabel.models.heads import Classifier, Ensemble
 from fewlabel.settings import select_device
 from fewlabel.training.batches import TensorBatches, bounded_batch_size, sequential_batches
+from fewlabel.training.compute import autocast, channels_last_on, fast_layout, resolved, usable_precision
 from fewlabel.training.loop import FitResult, LoopConfig, fit
 from fewlabel.training.recipe import (
     AUGMENT_KINDS,
@@ -26,6 +27,7 @@ from fewlabel.training.recipe import (
     SCHEDULES,
     ClassifierTask,
     FinetuneConfig,
+    SnapshotTask,
     check_config,
     class_weights,
     dihedral_views,
@@ -72,18 +74,18 @@ def finetune(
     if config.max_epochs < 1:  # 0 epochs would evaluate (and save) the untrained head as if trained
         raise FewlabelError(f"max_epochs must be at least 1 (got {config.max_epochs})")
     check_config(config)
+    config = resolved(config)
+    has_val = x_val is not None and y_val is not None and len(x_val) > 0
+    if (config.ensemble or 1) > 1 and snapshots_apply(config, has_val):
+        return _finetune_snapshots(x_train, y_train, num_classes, encoder, config, seed=seed,
+                                   checkpoint_path=checkpoint_path, desc=desc)
     if (config.ensemble or 1) > 1:
         return _finetune_ensemble(x_train, y_train, x_val, y_val, num_classes, encoder, config, seed=seed,
                                   x_unlabelled=x_unlabelled, checkpoint_path=checkpoint_path)
     if config.pseudo_per_label > 0 and x_unlabelled is not None and len(x_unlabelled):
         return _self_train(x_train, y_train, x_val, y_val, num_classes, encoder, config, seed=seed,
                            x_unlabelled=x_unlabelled, checkpoint_path=checkpoint_path)
-    torch.manual_seed(seed)  # the head's initial weights depend on the seed only
-    classifier = Classifier(encoder, num_classes, dropout=config.dropout)
-    classifier.tta = bool(config.tta)  # read by predict_proba
-    weights = class_weights(y_train, num_classes) if config.balance == "loss_weights" else torch.ones(
-        num_classes)
-    has_val = x_val is not None and y_val is not None and len(x_val) > 0
+    classifier, weights = _new_classifier(encoder, y_train, num_classes, config, seed)
     if config.probe_init or config.probe_only_max_per_class > 0:
         probe_head(classifier, x_train, y_train, weights, config, seed=seed)
         counts = np.bincount(np.asarray(y_train, dtype=np.int64), minlength=num_classes)
@@ -94,7 +96,6 @@ def finetune(
         task: ClassifierTask = FixMatchTask(classifier, config, weights, x_unlabelled, seed=seed)
     else:
         task = ClassifierTask(classifier, config, weights)
-    has_val = x_val is not None and y_val is not None and len(x_val) > 0
     if select_device(config.device).type == "cuda":
         # A few-label set fits on any GPU: kept there, a step gathers its batch without a host copy.
         dev = select_device(config.device)
@@ -105,17 +106,80 @@ def finetune(
                                   min_steps=config.min_steps_per_epoch)
     val_batches = (sequential_batches(x_val, y_val, bounded_batch_size(x_val.shape[1:], 64)) if has_val
                    else None)
-    epochs = config.max_epochs if has_val or config.epochs_without_validation is None else (
-        config.epochs_without_validation)
+    epochs = fixed_epochs(config, has_val)
     task.total_steps = len(train_batches) * epochs
     task.warmup_steps = int(round(config.warmup_epochs * len(train_batches)))
-    loop_config = LoopConfig(
-        max_epochs=epochs, patience=config.patience if has_val else None, seed=seed,
-        device=config.device, amp=config.amp, progress=config.progress, desc=desc,
-        time_budget_s=config.time_budget_s, checkpoint_path=checkpoint_path)
-    result = fit(task, train_batches, val_batches, loop_config)
+    result = fit(task, train_batches, val_batches, _loop_config(config, epochs, has_val, seed, desc,
+                                                                checkpoint_path, x_train))
     classifier.eval()
     return classifier, result
+
+
+def fixed_epochs(config: FinetuneConfig, has_val: bool) -> int:
+    """Epochs of a fine-tune: ``max_epochs`` with validation (early stopping may end it sooner), else
+    ``epochs_without_validation`` when set."""
+    return config.max_epochs if has_val or config.epochs_without_validation is None else (
+        config.epochs_without_validation)
+
+
+def _new_classifier(encoder: Encoder, y_train: np.ndarray, num_classes: int, config: FinetuneConfig,
+                    seed: int) -> tuple[Classifier, torch.Tensor]:
+    """A fresh head on ``encoder`` (its weights depend on the seed only) and the loss's class weights."""
+    torch.manual_seed(seed)
+    classifier = Classifier(encoder, num_classes, dropout=config.dropout)
+    classifier.tta = bool(config.tta)  # read by predict_proba
+    classifier.precision = config.precision  # so are the precision and layout it was trained in
+    classifier.channels_last = config.channels_last
+    weights = class_weights(y_train, num_classes) if config.balance == "loss_weights" else torch.ones(
+        num_classes)
+    return classifier, weights
+
+
+def _loop_config(config: FinetuneConfig, epochs: int, has_val: bool, seed: int, desc: str,
+                 checkpoint_path: str | None, x_train: Any) -> LoopConfig:
+    spatial_2d = len(np.shape(x_train)) == 4
+    return LoopConfig(
+        max_epochs=epochs, patience=config.patience if has_val else None, seed=seed,
+        device=config.device, amp=config.amp, precision=config.precision,
+        channels_last=bool(config.channels_last) and spatial_2d, progress=config.progress, desc=desc,
+        time_budget_s=config.time_budget_s, checkpoint_path=checkpoint_path)
+
+
+def snapshots_apply(config: FinetuneConfig, has_val: bool) -> bool:
+    """Whether an ensemble is taken as snapshots of one run: asked for (``ensemble_mode``), on a fixed
+    schedule (no validation split to stop early on) of at least an epoch per member, and plain
+    supervised fine-tuning (FixMatch, pseudo-labels and the linear probe train their members
+    independently)."""
+    return (config.ensemble_mode == "snapshot" and not has_val and not config.semi
+            and fixed_epochs(config, False) >= (config.ensemble or 1)
+            and config.pseudo_per_label <= 0 and not config.probe_init
+            and config.probe_only_max_per_class <= 0 and not config.freeze_encoder)
+
+
+def _finetune_snapshots(
+    x_train: np.ndarray, y_train: np.ndarray, num_classes: int, encoder: Encoder, config: FinetuneConfig,
+    *, seed: int, checkpoint_path: str | None, desc: str,
+) -> tuple[Ensemble, FitResult]:
+    """``config.ensemble`` members as the snapshots of one fine-tune with a cyclic schedule
+    (``recipe.SnapshotTask``): one run's cost, where independent members cost one run each."""
+    members, epochs = int(config.ensemble or 1), fixed_epochs(config, False)
+    classifier, weights = _new_classifier(encoder, y_train, num_classes, config, seed)
+    if select_device(config.device).type == "cuda":
+        dev = select_device(config.device)
+        x_train, y_train = _on(x_train, dev, torch.float32), _on(y_train, dev, torch.long)
+    train_batches = TensorBatches(x_train, y_train, config.batch_size, seed=seed,
+                                  min_steps=config.min_steps_per_epoch)
+    task = SnapshotTask(classifier, config, weights, members, epochs, len(train_batches))
+    task.total_steps = len(train_batches) * epochs
+    task.warmup_steps = int(round(config.warmup_epochs * len(train_batches)))
+    desc = desc if desc != "fine-tune" else f"fine-tune ({members} snapshots)"
+    result = fit(task, train_batches, None, _loop_config(config, epochs, False, seed, desc, checkpoint_path,
+                                                         x_train))
+    snapshots = task.members()
+    for member in snapshots:
+        member.tta, member.precision = classifier.tta, classifier.precision
+        member.channels_last = classifier.channels_last
+    return Ensemble(snapshots).eval(), result
 
 
 def member_seed(seed: int, member: int) -> int:
@@ -206,6 +270,12 @@ def summed_fits(shown: FitResult, fits: list[FitResult]) -> FitResult:
         samples_seen=sum(r.samples_seen for r in fits), resumed=any(r.resumed for r in fits))
 
 
+def _layout(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
+    """Inference batches on a CPU go channels-last unless the model was trained without (faster there;
+    the same numbers up to rounding)."""
+    return fast_layout(x) if channels_last and channels_last_on(device) else x
+
+
 def _on(array: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(array, dtype=dtype).to(device)
 
@@ -258,20 +328,28 @@ def probe_head(classifier: Classifier, x_train: np.ndarray, y_train: np.ndarray,
 
 @torch.no_grad()
 def predict_proba(classifier: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 64,
-                  device: str | torch.device = "auto", tta: bool | None = None) -> np.ndarray:
+                  device: str | torch.device = "auto", tta: bool | None = None,
+                  precision: str | None = None) -> np.ndarray:
     """Softmax probabilities (N, K) in eval mode, float32, on CPU.
 
     ``tta``: average the probabilities over the 8 flips / quarter turns; None = the classifier's own
-    setting (``classifier.tta``, set by ``finetune``). Batches are capped by ``INFERENCE_VOXELS``, so
-    a test set of whole volumes never passes through the network at once."""
+    setting (``classifier.tta``, set by ``finetune``). ``precision``: what the model was trained at
+    (None: ``classifier.precision``), used where this device computes it natively, else fp32
+    (``compute.usable_precision``). Batches are capped by ``INFERENCE_VOXELS``, so a test set of whole
+    volumes never passes through the network at once."""
     dev = select_device(device) if isinstance(device, str) else device
     classifier.eval().to(dev)
     tta = bool(getattr(classifier, "tta", False)) if tta is None else tta
+    precision = usable_precision(getattr(classifier, "precision", None) if precision is None else precision,
+                                 dev)
+    layout = getattr(classifier, "channels_last", None) is not False
     out = []
     for xb in sequential_batches(x, None, bounded_batch_size(x.shape[1:], batch_size)):
         xb = xb.to(dev)
         views = dihedral_views(xb) if tta else [xb]
-        probs = torch.stack([torch.softmax(classifier(v).float(), dim=1) for v in views]).mean(0)
+        with autocast(dev, precision):
+            probs = torch.stack([torch.softmax(classifier(_layout(v, dev, layout)).float(), dim=1)
+                                 for v in views]).mean(0)
         out.append(probs.cpu())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)

@@ -25,6 +25,7 @@ from torch import nn
 
 from fewlabel.fileio import atomic_path
 from fewlabel.settings import select_device
+from fewlabel.training.compute import autocast, fast_layout, module_fast_layout, resolve_precision
 from fewlabel.training.heap import reuse_freed_memory
 from fewlabel.training.heartbeat import Heartbeat, duration, progress_mode, time_left
 
@@ -79,7 +80,10 @@ class LoopConfig:
     min_epochs: int = 1
     seed: int = 0
     device: str = "auto"
-    amp: bool = True  # mixed precision, used on CUDA only
+    amp: bool = True  # mixed precision, used on CUDA only (when ``precision`` is None)
+    # None: autocast on CUDA only (as ``amp`` says); else ``compute.PRECISIONS``, on any device.
+    precision: str | None = None
+    channels_last: bool = False  # 2D batches and weights channels-last (``compute.fast_layout``)
     grad_clip: float | None = None
     progress: bool | None = None  # None: a bar on a terminal, a plain line every line_every_s elsewhere
     line_every_s: float | None = None  # None: heartbeat.LINE_EVERY_S
@@ -134,19 +138,23 @@ class Loop:
     def __init__(self, config: LoopConfig) -> None:
         self.config = config
         self.device = select_device(config.device)
-        self.use_amp = bool(config.amp and self.device.type == "cuda")
-        # bf16 needs no loss scaling; fall back to fp16 + GradScaler on GPUs without bf16.
-        self.amp_dtype = (
-            torch.bfloat16 if self.use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        )
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        # precision None is the preparations' rule: mixed precision on CUDA only
+        cpu_rule = config.precision is None and self.device.type != "cuda"
+        self.precision = precision = resolve_precision("fp32" if cpu_rule else config.precision or "auto",
+                                                       self.device, config.amp)
+        self.use_amp = precision != "fp32"
+        # bf16 needs no loss scaling; fp16 (GPUs without bf16) needs a GradScaler.
+        self.amp_dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
         self.step = 0
         self.epoch = 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if not self.use_amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return autocast(self.device, self.precision)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the memory layout the modules were put in (``LoopConfig.channels_last``)."""
+        return fast_layout(x) if self.config.channels_last else x
 
     def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
                       parameters: Iterable[torch.Tensor] | None = None, *,
@@ -240,6 +248,8 @@ def _fit(task: Task, train_batches: Iterable[Any], val_batches: Iterable[Any] | 
     seed_everything(config.seed)
     ctx = Loop(config)
     modules = task.modules().to(ctx.device)
+    if config.channels_last:
+        module_fast_layout(modules)
     optimizers = task.optimizers()
     result = FitResult()
     best_state: dict[str, torch.Tensor] | None = None

@@ -9,12 +9,14 @@ a few images give noisy ones), ``probe_init`` (linear probe on frozen features, 
 Kumar et al. 2022), ``probe_only_max_per_class`` (stop after the probe when labels are that few),
 ``tta`` (predictions averaged over the 8 flips / quarter turns), ``epochs_without_validation`` and
 ``hold_out=False`` (every drawn label trains; no validation split, so a fixed schedule) and
-``ensemble`` (members with their own seeds, probabilities averaged) and ``pseudo_per_label``
+``ensemble`` (members with their own seeds, probabilities averaged; ``ensemble_mode="snapshot"``: the
+snapshots of one run with a cyclic schedule, ``SnapshotTask``) and ``pseudo_per_label``
 (self-training on the unlabelled pool with class-balanced pseudo-labels).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -26,6 +28,7 @@ from torch import nn
 
 from fewlabel.errors import FewlabelError
 from fewlabel.models.heads import Classifier
+from fewlabel.training.compute import ENSEMBLE_MODES, PRECISIONS
 from fewlabel.training.loop import Loop, Task
 
 
@@ -48,6 +51,12 @@ class FinetuneConfig:
     time_budget_s: float | None = None
     device: str = "auto"
     amp: bool = True
+    # How the hardware is used (``training.compute``): "auto" is made concrete before a run is hashed.
+    precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16" (autocast)
+    channels_last: bool | None = None  # 2D batches channels-last; None: on a CPU (layout only, not hashed)
+    # How ensemble members are made: "independent" fine-tunes, or "snapshot"s of one run with a cyclic
+    # schedule (one run's cost); "auto": snapshots on a CPU, independent members stacked on a GPU.
+    ensemble_mode: str = "auto"
     progress: bool | None = None
     # FixMatch (semi-supervised) settings; used when semi=True and unlabelled images are given.
     semi: bool = False
@@ -153,6 +162,11 @@ def check_config(config: FinetuneConfig) -> None:
         raise FewlabelError(f"pseudo_min_probability must be in [0, 1], not {config.pseudo_min_probability}")
     if config.pseudo_per_label > 0 and config.semi:
         raise FewlabelError("pseudo_per_label and semi (FixMatch) are two uses of the pool: choose one")
+    if config.precision not in PRECISIONS:
+        raise FewlabelError(f"precision must be one of {', '.join(PRECISIONS)}, not {config.precision!r}")
+    if config.ensemble_mode not in ENSEMBLE_MODES:
+        raise FewlabelError(f"ensemble_mode must be one of {', '.join(ENSEMBLE_MODES)}, "
+                            f"not {config.ensemble_mode!r}")
     if config.epochs_without_validation is not None and config.epochs_without_validation < 1:
         raise FewlabelError(
             f"epochs_without_validation must be at least 1, not {config.epochs_without_validation}")
@@ -269,7 +283,7 @@ class ClassifierTask(Task):
         x, y = batch
         self.prepare_step(ctx)
         with torch.no_grad():
-            x = self.augment(x)
+            x = ctx.layout(self.augment(x))
         with ctx.autocast():
             logits = self.classifier(x)
         loss = self.loss(logits, y)
@@ -284,7 +298,7 @@ class ClassifierTask(Task):
         n = 0
         for x, y in batches:
             x, y = ctx.to_device((x, y))
-            logits = self.classifier(x).float()
+            logits = self.classifier(ctx.layout(x)).float()
             # Unweighted mean loss: the validation set is small and its class mix is the data's.
             loss = nn.functional.cross_entropy(logits, y, reduction="sum").double()
             hits = (logits.argmax(1) == y).sum()
@@ -295,3 +309,65 @@ class ClassifierTask(Task):
             return {"val_loss": 0.0, "val_accuracy": 0.0}
         loss_sum, hit_sum = torch.stack([total, correct.double()]).tolist()
         return {"val_loss": loss_sum / max(n, 1), "val_accuracy": int(hit_sum) / max(n, 1)}
+
+
+def snapshot_epochs(epochs: int, members: int) -> list[int]:
+    """The epochs (1-based, counted from the start) at which each of ``members`` snapshots is taken:
+    ``epochs`` split into cycles as equal as whole epochs allow, the last ending with the run."""
+    if members < 1 or epochs < members:
+        raise FewlabelError(f"{members} snapshots need at least {members} epochs, not {epochs}")
+    return [int(round(epochs * (k + 1) / members)) for k in range(members)]
+
+
+def cyclic_lr_factor(step: int, bounds: list[int], warmup_steps: int) -> float:
+    """Huang et al.'s snapshot schedule: within each cycle (steps ``bounds[k-1]`` to ``bounds[k]``)
+    a cosine from the base rate to 0, restarting at the next cycle; a warm-up in the first only."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    start = 0
+    for end in bounds:
+        if step < end:
+            first = start + (warmup_steps if start == 0 else 0)
+            progress = (step - first) / max(1, end - first)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
+        start = end
+    return 0.0
+
+
+class SnapshotTask(ClassifierTask):
+    """An ensemble from ONE fine-tune: the run's epochs form ``members`` cycles, each annealing the
+    rates to 0 and restarting them, and the weights at each cycle's end are a member. The members
+    are kept in the task's modules, so a checkpoint holds them and a resumed run keeps them.
+
+    Needs a fixed schedule (no validation split): ``finetune`` trains independent members otherwise."""
+
+    def __init__(self, classifier: Classifier, config: FinetuneConfig, weights: torch.Tensor, members: int,
+                 epochs: int, steps_per_epoch: int) -> None:
+        super().__init__(classifier, config, weights)
+        self.epochs_at = snapshot_epochs(epochs, members)
+        self.step_bounds = [e * steps_per_epoch for e in self.epochs_at]
+        # Copies made now (same structure), filled at cycle ends: the last member is the classifier.
+        self.snapshots = nn.ModuleList(copy.deepcopy(classifier) for _ in range(members - 1))
+        for snap in self.snapshots:
+            snap.requires_grad_(False)
+        self._all = nn.ModuleDict({"classifier": classifier, "snapshots": self.snapshots})
+
+    def modules(self) -> nn.Module:
+        return self._all
+
+    def prepare_step(self, ctx: Loop) -> None:
+        if self.config.bn_mode == "eval":
+            _set_bn_eval(self.classifier.encoder)
+        if self._opt is not None:
+            factor = cyclic_lr_factor(ctx.step, self.step_bounds, self.warmup_steps)
+            for group in self._opt.param_groups:
+                group["lr"] = group["base_lr"] * factor
+
+    def on_epoch_end(self, epoch: int, ctx: Loop) -> None:
+        done = epoch + 1
+        if done in self.epochs_at[:-1]:
+            self.snapshots[self.epochs_at.index(done)].load_state_dict(self.classifier.state_dict())
+
+    def members(self) -> list[Classifier]:
+        """The snapshots in the order they were taken, the final weights last."""
+        return [*self.snapshots, self.classifier]

@@ -41,7 +41,8 @@ from fewlabel.models.encoder import Encoder
 from fewlabel.models.heads import Classifier
 from fewlabel.settings import select_device
 from fewlabel.training.batches import TensorBatches
-from fewlabel.training.finetune import FinetuneConfig, class_weights
+from fewlabel.training.compute import resolve_precision
+from fewlabel.training.finetune import FinetuneConfig, class_weights, snapshots_apply
 from fewlabel.training.loop import FitResult, is_improvement
 from fewlabel.training.recipe import finetune_augment
 from fewlabel.training.stacked_module import StackedModule
@@ -54,6 +55,8 @@ KNOWN_FIELDS = frozenset({
     # prediction only (classifier.tta), the data's split (the caller's), the fixed schedule without
     # validation, and members (stacked as members by the caller: ``finetune.member_seed``)
     "tta", "hold_out", "epochs_without_validation", "ensemble",
+    # autocast as the loop does (fp16 refused below), the layout (CPU inference only), the members' kind
+    "precision", "channels_last", "ensemble_mode",
 })
 VAL_CHUNK = 64  # validation batch, as finetune's sequential_batches
 
@@ -69,6 +72,15 @@ def unstackable_reason(config: FinetuneConfig) -> str | None:
         return f"fine-tuning options the stacked path does not implement: {', '.join(unknown)}"
     if config.semi:
         return "semi-supervised (FixMatch) fine-tuning"
+    if (config.ensemble or 1) > 1 and snapshots_apply(config, has_val=False):
+        return "snapshot ensemble members (one run's cyclic schedule, not members side by side)"
+    device = select_device(config.device)
+    precision = resolve_precision(config.precision, device, config.amp)
+    if precision == "fp16":
+        # One GradScaler for the stack: one member's overflow would skip every member's step.
+        return "fp16 loss scaling (one scale for all members); bf16 or fp32 stack"
+    if device.type != "cuda" and precision != "fp32":
+        return f"{precision} autocast on a CPU (the stacked path autocasts on CUDA only)"
     if config.freeze_encoder:
         return "a frozen encoder (linear probe)"
     if config.time_budget_s is not None:
@@ -204,8 +216,9 @@ def finetune_stacked(members: Sequence[StackMember], num_classes: int,
         [{"params": [stack.params[n] for n in stack.head_params], "lr": config.lr},
          {"params": [stack.params[n] for n in stack.enc_params], "lr": enc_lr}],
         weight_decay=config.weight_decay)
-    use_amp = bool(config.amp and device.type == "cuda")
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    precision = resolve_precision(config.precision, device, config.amp) if device.type == "cuda" else "fp32"
+    use_amp = precision != "fp32"
+    amp_dtype = torch.float16 if precision == "fp16" else torch.bfloat16
     # One scaler for the stack, updated once per step (fp16 only; bf16 needs none).
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     pin = device.type == "cuda"
