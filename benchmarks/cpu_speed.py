@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _paired import draws_of, paired_to_reference
 
 from _common import REPO, dataset_or_exit, print_table, use_shared_imagenet_weights
-from _paired import draws_of, paired_to_reference
 
 # The compute the default used before the levers (fp32, NCHW, independent members): base settings.
 BEFORE_COMPUTE = {"precision": "fp32", "ensemble_mode": "independent", "channels_last": False}
@@ -56,7 +56,8 @@ DATASETS: dict[str, dict[str, Any]] = {
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="pbc")
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"from {', '.join(ARMS)} ({REFERENCE} always runs)")
+    ap.add_argument("--arms", default=",".join(ARMS),
+                    help=f"from {', '.join(ARMS)} ({REFERENCE} always runs)")
     ap.add_argument("--sizes", default=None, help="labelled images per class (default: the data set's)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--test-size", type=float, default=None,
@@ -107,7 +108,8 @@ def main() -> int:
         if proto.get(key):
             data_args[key] = proto[key]
     reductions = [f"test {test_size}{' per class' if isinstance(test_size, int) else ''}",
-                  f"sizes {','.join(map(str, sizes))}", f"{repeats} repeats", f"{args.cpus_per_cell} threads a cell"]
+                  f"sizes {','.join(map(str, sizes))}", f"{repeats} repeats",
+                  f"{args.cpus_per_cell} threads a cell"]
     print(f"cpu_speed {args.dataset}: {data} -> {out}\n" + "; ".join(reductions), flush=True)
     for i, n in enumerate(sizes):
         if args.table_only:
@@ -177,9 +179,9 @@ def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[
             row.append("" if arm == REFERENCE or len(verdict) < 2 else ("yes" if all(verdict) else "NO"))
             table.append(row)
     print(f"\n{dataset}: " + "; ".join(reductions))
-    print_table(["n/class", "arm", "reps", "acc (median)", "AUC (median)", f"Δacc vs {REFERENCE} [95% CI] (pairs)",
-                 f"ΔAUC vs {REFERENCE} [95% CI] (pairs)", "wall s/cell", "CPU s/cell", "speed-up",
-                 "non-inferior"], table)
+    print_table(["n/class", "arm", "reps", "acc (median)", "AUC (median)",
+                 f"Δacc vs {REFERENCE} [95% CI] (pairs)", f"ΔAUC vs {REFERENCE} [95% CI] (pairs)",
+                 "wall s/cell", "CPU s/cell", "speed-up", "non-inferior"], table)
     print(caption)
     print("non-inferior: mean ΔAUC >= -0.005 and mean Δacc >= -0.01 (the means; their CIs are beside them). "
           "speed-up: the reference's summed wall seconds over the arm's, on the cells both finished.")

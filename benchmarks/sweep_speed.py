@@ -7,8 +7,12 @@ Both ways run the very same cells (strategy × size × repeat: same draws, same 
 encoders); only the fine-tuning and test prediction are timed (pretraining runs once, before, and is
 cached in runs/). Prints per strategy: cells, wall time each way, model-steps per second each way,
 the ratio, and how far the test ROC-AUCs of the two ways differ. The device is the one fewlabel picks
-(CUDA when present); the stacked path is forced on so it is measured on a CPU too. On a shared CPU
-the CPU-time ratio (process CPU seconds, all threads) is the steadier figure; wall time is the claim.
+(CUDA when present); the stacked path is forced on so it is measured on a CPU too, where it trains
+fp32 and independent members (what it implements there). On a shared CPU the CPU-time ratio (process
+CPU seconds, all threads) is the steadier figure; wall time is the claim.
+
+Fairness: one cell of each strategy runs first, untimed (decoding, caches, allocator warm-up), and
+the two ways alternate which goes first from one size to the next.
 """
 
 from __future__ import annotations
@@ -61,7 +65,9 @@ def main() -> int:
     data = backend.prepare_data(**data_args)
     prime_data(data_args, data)
     fingerprint = fingerprint_of(data)
-    finetune = {"device": args.device}
+    finetune = {"device": args.device, "ensemble_mode": "independent"}
+    if device.type == "cpu":
+        finetune["precision"] = "fp32"  # the stacked path autocasts on CUDA only
     if args.max_epochs:
         finetune["max_epochs"] = args.max_epochs
     finetune = backend.finetune_config(finetune)
@@ -79,6 +85,8 @@ def main() -> int:
         spec = backend.strategy_spec(name)
         if args.pretrain_steps is not None:
             spec["pretrain"] = {**(spec.get("pretrain") or {}), "steps": args.pretrain_steps}
+        if args.quick and "input_size" in (spec.get("encoder_kwargs") or {}):
+            spec["encoder_kwargs"] = {**spec["encoder_kwargs"], "input_size": 48}
         t0 = time.perf_counter()
         spec = backend.prepare_strategy(spec, data, cache, args.seed)
         print(f"{name}: encoder ready in {time.perf_counter() - t0:.1f} s")
@@ -92,18 +100,28 @@ def main() -> int:
 
     rows, totals = [], np.zeros(4)
     for name, tasks in tasks_by_strategy.items():
-        t0, c0 = time.perf_counter(), time.process_time()
-        single = [run_cell(t) for t in tasks]
-        _sync(device)
-        wall_single, cpu_single = time.perf_counter() - t0, time.process_time() - c0
-        print(f"{name}: one at a time {wall_single:.1f} s wall, {cpu_single:.1f} s CPU", flush=True)
-        t0, c0 = time.perf_counter(), time.process_time()
-        stacked = []
-        for item in plan_stacks(tasks, "on", args.max_stack):
-            stacked.extend(run_stack(item) if isinstance(item, StackTask) else [run_cell(item)])
-        _sync(device)
-        wall_stacked, cpu_stacked = time.perf_counter() - t0, time.process_time() - c0
-        print(f"{name}: stacked {wall_stacked:.1f} s wall, {cpu_stacked:.1f} s CPU", flush=True)
+        run_cell(tasks[0])  # warm-up, untimed
+        single, stacked = [], []
+        wall_single = cpu_single = wall_stacked = cpu_stacked = 0.0
+        for i, n in enumerate(sizes):
+            group = [t for t in tasks if t.cell.n_per_class == n]
+            for way in (("single", "stacked") if i % 2 == 0 else ("stacked", "single")):
+                t0, c0 = time.perf_counter(), time.process_time()
+                if way == "single":
+                    single.extend(run_cell(t) for t in group)
+                else:
+                    for item in plan_stacks(group, "on", args.max_stack):
+                        stacked.extend(run_stack(item) if isinstance(item, StackTask) else [run_cell(item)])
+                _sync(device)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                if way == "single":
+                    wall_single, cpu_single = wall_single + wall, cpu_single + cpu
+                else:
+                    wall_stacked, cpu_stacked = wall_stacked + wall, cpu_stacked + cpu
+        print(f"{name}: one at a time {wall_single:.1f} s wall, {cpu_single:.1f} s CPU; "
+              f"stacked {wall_stacked:.1f} s wall, {cpu_stacked:.1f} s CPU", flush=True)
+        single.sort(key=lambda o: (o.row["n_per_class"], o.row["repeat"]))
+        stacked.sort(key=lambda o: (o.row["n_per_class"], o.row["repeat"]))
         failed = [o.row.get("error") for o in single + stacked if o.row["status"] != "ok"]
         if failed:
             print(f"{name}: {len(failed)} cells failed, e.g. {failed[0]}")

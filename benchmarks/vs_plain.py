@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _paired import draws_of, paired_to_reference
 
 from _common import REPO, dataset_or_exit, print_table, use_shared_imagenet_weights
-from _paired import draws_of, paired_to_reference
 
 # The plain script's recipe, as FinetuneConfig fields (AdamW with weight decay 0 is Adam).
 PLAIN_FINETUNE: dict[str, Any] = {

@@ -313,7 +313,8 @@ _BEFORE_COMPUTE_SETTINGS = {"precision": "fp32", "ensemble_mode": "independent"}
 def _has_ensemble(base: Any, specs: Any) -> bool:
     """Whether any strategy of the run trains more than one member (base setting or recipe)."""
     found = [base.get("ensemble")] if isinstance(base, dict) else []
-    found += [(s.get("finetune") or {}).get("ensemble") for s in (specs or {}).values() if isinstance(s, dict)]
+    found += [(s.get("finetune") or {}).get("ensemble") for s in (specs or {}).values()
+              if isinstance(s, dict)]
     return any(isinstance(v, int) and v > 1 for v in found)
 
 

@@ -17,9 +17,9 @@ from fewlabel.models.heads import Classifier
 from fewlabel.pipeline.data import PreparedData
 from fewlabel.pipeline.encoders import StrategySpec, build_encoder
 from fewlabel.pipeline.region import region_arrays, region_note
+from fewlabel.training.compute import resolved
 from fewlabel.training.finetune import FinetuneConfig, finetune, predict_proba
 from fewlabel.training.loop import FitResult
-from fewlabel.training.compute import resolved
 from fewlabel.training.recipe import recipe_over
 from fewlabel.version import __version__
 
