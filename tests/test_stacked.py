@@ -315,6 +315,7 @@ def test_every_stacked_model_learns_on_cuda():
     for (classifier, _), start in zip(finetune_stacked(members, 2, config), starts, strict=True):
         accuracy = (predict_proba(classifier, x_test, device="cuda").argmax(1) == y_test).mean()
         assert accuracy >= 0.8, accuracy  # chance is 0.5
-        moved = [not torch.equal(start[k], v.detach().cpu()) for k, v in classifier.encoder.state_dict().items()
+        weights = classifier.encoder.state_dict().items()
+        moved = [not torch.equal(start[k], v.detach().cpu()) for k, v in weights
                  if v.is_floating_point() and "running" not in k]
         assert all(moved)
