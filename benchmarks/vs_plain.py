@@ -82,6 +82,10 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "ensemble3_tta": ("imagenet", {"finetune": {"ensemble": 3, "tta": True}}),
     # the default with every drawn label training (no validation hold-out)
     "ensemble3_tta_all": ("imagenet", {"finetune": {"ensemble": 3, "tta": True, "hold_out": False}}),
+    # Compute-matched: the plain recipe as written, three independent members averaged and the 8 flips /
+    # turns at test time, so "default - this" is what fewlabel's recipe adds beyond ensembling and TTA.
+    "plain_x3_tta": ("imagenet", {"encoder_kwargs": {**AT_224, "imagenet_norm": True},
+                                  "finetune": {**PLAIN_FINETUNE, "ensemble": 3, "tta": True}}),
     # Self-training (imagenet+pseudo) on the rest of the labelled pool, labels ignored: the data set's
     # own unlabelled folder (BCCD's red cells) is not of the classes being learnt (NO_UNLABELLED).
     "pseudo_rest": ("imagenet+pseudo", {}),
@@ -151,7 +155,7 @@ def arm_options(arm: str, data_mean: list[float], data_std: list[float], max_epo
         enc.update(input_mean=data_mean, input_std=data_std)
     resized = strategy == "imagenet" or options.get("encoder") == "mobilenet_v2"
     if quick and resized and enc.get("input_size", 224) is not None:
-        enc["input_size"] = 48  # the house imagenet resizes to 224 unless told otherwise
+        enc["input_size"] = 48  # the house imagenet resizes to 160 px unless told otherwise
     if enc:
         options["encoder_kwargs"] = enc
     if max_epochs is not None:
@@ -160,6 +164,27 @@ def arm_options(arm: str, data_mean: list[float], data_std: list[float], max_epo
         if ft.get("epochs_without_validation") is not None:
             ft["epochs_without_validation"] = min(int(ft["epochs_without_validation"]), max_epochs)
     return strategy, options
+
+
+def arm_schedule(arm: str, data_mean: list[float], data_std: list[float], max_epochs: int | None,
+                 quick: bool) -> str:
+    """What an arm's fine-tuning does after the caps: epochs, stopping, members, TTA, input size."""
+    from fewlabel import strategies
+    from fewlabel.training.recipe import FinetuneConfig, recipe_over
+
+    strategy, options = arm_options(arm, data_mean, data_std, max_epochs, quick)
+    entry = strategies.get(strategy)
+    # as the curve builds it: the arm's recipe keys replace the strategy's, then apply over the defaults
+    ft = recipe_over(FinetuneConfig().to_dict(), {**entry.finetune, **(options.get("finetune") or {})})
+    size = {**entry.encoder_kwargs, **(options.get("encoder_kwargs") or {})}.get("input_size") or "native"
+    members = int(ft.get("ensemble") or 1)
+    stopping = (f"<= {ft['max_epochs']} epochs, patience {ft['patience']} on a validation fifth"
+                + (f" ({ft['epochs_without_validation']} fixed without one)"
+                   if ft.get("epochs_without_validation") else "")
+                if ft.get("hold_out", True) else f"{ft['max_epochs']} fixed epochs on every label")
+    tta = "on" if ft.get("tta") else "off"
+    cap = "" if max_epochs is None else f" (cap {max_epochs} epochs)"
+    return f"{stopping}; {members} member{'s' if members > 1 else ''}, TTA {tta}, {size} px input{cap}"
 
 
 def main() -> int:
@@ -214,6 +239,9 @@ def main() -> int:
                   cpus_per_cell=args.cpus_per_cell, command=" ".join(sys.argv), **data_args)
         print(f"== arm {arm}: {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     print_comparison(out, table_arms, args.dataset, reductions, RunView)
+    print("\nper arm, as it ran (the same cap for every arm):")
+    for arm in table_arms:
+        print(f"  {arm}: {arm_schedule(arm, mean, std, max_epochs, args.quick)}")
     return 0
 
 
