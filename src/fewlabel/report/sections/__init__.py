@@ -8,6 +8,7 @@ them (heading, contents link, fragment).
 
 from fewlabel.report.sections import (
     answer,
+    calibration,
     confusion,
     dataset,
     explanations,
@@ -29,6 +30,7 @@ SECTIONS: tuple[Section, ...] = (
     per_size.SECTION,
     patients.SECTION,
     versus_baseline.SECTION,
+    calibration.SECTION,
     confusion.SECTION,
     explanations.SECTION,
     unfinished.SECTION,
