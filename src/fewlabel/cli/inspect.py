@@ -94,6 +94,22 @@ def _top(counts: dict[str, int], n: int = 6) -> str:
     return text + (f", … {len(items) - n} more" if len(items) > n else "")
 
 
+def _near_copies_line(nc: dict[str, Any]) -> str:
+    """How many near-copy pairs ``inspect`` found, or why it did not look."""
+    if nc["n_pairs"] is None:
+        line = "not looked for (too many images; see the note)"
+    elif not nc["n_compared"] and nc["n_not_compared"]:
+        return "not looked for (3-D volumes are not compared)"
+    else:
+        line = f"{nc['n_pairs']} pair(s)" if nc["n_pairs"] else "none"
+        if nc["n_straddling_split"]:
+            line += f", {nc['n_straddling_split']} across the given test split"
+        line += f" (perceptual hash within {nc['max_distance']} bits; warned about, not merged)"
+    if nc["n_not_compared"]:
+        line += f"; {nc['n_not_compared']} image(s) or volume(s) not compared"
+    return line
+
+
 def print_report(report: Any) -> None:
     """Rich tables: summary, classes, properties, then problems (or 'no problems found')."""
     from rich.console import Console
@@ -135,6 +151,9 @@ def print_report(report: Any) -> None:
     if ipg:
         grp += f"; samples per group {ipg['min']}..{ipg['max']} (mean {ipg['mean']:g})"
     p.add_row("groups", grp)
+    nc = report.near_copies
+    if nc:
+        p.add_row("near-copies", _near_copies_line(nc))
     if report.n_masks or report.masks.get("missing"):
         m = report.masks
         p.add_row("masks", f"{m['n_masks']} found, {m['matched']} matched, {m['missing']} missing; "

@@ -7,7 +7,10 @@ and the problems, each with the file and one line: unreadable/truncated files, N
 (by a hash of the decoded pixels), above all the same image under two classes, masks missing / of
 another shape / not binary-integer, unknown extensions, files the group pattern does not match, and
 classes too small to split (fewer than ``min_per_class`` groups: one each for test, training and
-validation), class names that print alike and names that are not UTF-8. What the readers did is
+validation), class names that print alike and names that are not UTF-8. Near-copies (a resized or
+re-compressed copy, found by ``data.near_copies``' perceptual hash) are a warning, not a problem:
+they are not merged before splitting, and the warning names them, first those a given split
+(manifest ``split`` column) puts on both sides of the test set. What the readers did is
 said as ``train`` says it (``reader_notes``): EXIF orientations applied (a note), frames left unread
 and images whose scale would dominate the normalisation (warnings).
 
@@ -30,6 +33,8 @@ import numpy as np
 from fewlabel import errors
 from fewlabel.data import readers
 from fewlabel.data.catalog import Catalog, load_catalog, load_pool, natural_key
+from fewlabel.data.inspect_near_copies import near_copy_warnings
+from fewlabel.data.near_copies import image_hashes
 from fewlabel.data.reader_notes import reading_lines, scale_line, scaled_peak
 from fewlabel.errors import FewlabelError
 
@@ -103,6 +108,7 @@ class InspectReport:
     problems: list[Problem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    near_copies: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -171,6 +177,9 @@ def inspect_catalog(catalog: Catalog, source: str | None = None, min_per_class: 
     shape_examples: dict[str, str] = {}
     metas: dict[str, readers.ImageMeta] = {}
     peaks: dict[str, float] = {}
+    phashes: dict[str, np.ndarray] = {}
+    pixel_digest: dict[str, str] = {}
+    n_volumes = 0
     n = len(catalog.samples)
     for k, s in enumerate(catalog.samples):
         if progress is not None:
@@ -200,6 +209,12 @@ def inspect_catalog(catalog: Catalog, source: str | None = None, min_per_class: 
         h = hashlib.sha1(arr.tobytes())
         h.update(repr(arr.shape).encode())
         hashes[h.hexdigest()].append(s.id)
+        pixel_digest[s.id] = h.hexdigest()
+        if meta.spatial_dims == 2:
+            colour = arr[:-1] if meta.has_alpha and arr.shape[0] in (2, 4) else arr
+            phashes[s.id] = image_hashes(colour)
+        else:
+            n_volumes += 1
     if progress is not None:
         progress(n, n)
     rep.shapes = dict(shapes.most_common())
@@ -218,6 +233,7 @@ def inspect_catalog(catalog: Catalog, source: str | None = None, min_per_class: 
     rep.value_range = [lo, hi] if np.isfinite(lo) else None
     rep.value_range_by_dtype = by_dtype
     _duplicates(catalog, hashes, rep)
+    near_copy_warnings(catalog, phashes, pixel_digest, n_volumes, rep)
     _check_masks(catalog, image_shape, rep)
     _small_classes(catalog, rep, min_per_class)
     rank = {k: i for i, k in enumerate(SEVERITY)}
