@@ -162,9 +162,16 @@ def test_explain_run_writes_index_and_reuses_unchanged_cells(tmp_path) -> None:
                    failed=())
     ts = make_test_set(["healthy", HOSTILE], n_per_class=4)
     index = explain_run(run, n_per_class=2, test_set=ts)
-    assert RunView(run).explanations() == json.loads(json.dumps(index))
+    assert RunView(run).explanations() == json.loads(json.dumps(index, allow_nan=False))
     assert len(index["cells"]) == 4 and not index["errors"]
     assert [e["label"] for e in index["examples"]] == ["healthy", "healthy", HOSTILE, HOSTILE]
+    # the checks run on every test image here (4 per class, under the 8 asked for), the grid's among them
+    assert index["check_images"] == 8
+    checked = index["cells"][0]["signature"]["check_examples"]
+    assert set(index["cells"][0]["signature"]["examples"]) <= set(checked) and len(checked) == 8
+    for cell in index["cells"]:
+        for c in cell["checks"].values():
+            assert c["n_images"] == 8 and c["deletion"]["n"] == 8 and "verdict" in c["aopc"]
     for cell in index["cells"]:
         assert (run / cell["grid"]).read_bytes().startswith(PNG)
         assert (run / cell["tsne"]).read_bytes().startswith(PNG)
@@ -263,6 +270,7 @@ def test_zb_input_rule_conserves_relevance_on_negative_inputs() -> None:
 
 
 def test_checks_tell_a_faithful_map_from_a_random_one_and_catch_model_independent_maps() -> None:
+    from fewlabel.explain.cascade import randomisable_blocks
     from fewlabel.explain.checks import check_methods, faithfulness, mask_share, randomised_copy
 
     clf = _quadrant_classifier()
@@ -274,11 +282,11 @@ def test_checks_tell_a_faithful_map_from_a_random_one_and_catch_model_independen
     noise = faithfulness(clf, x, rng.random(sal.shape).astype(np.float32), target)
     # saliency knows only the top-left quadrant matters: deleting it first moves the prediction more
     def gap(r):
-        return abs(r["deletion"] - r["deletion_random"]) + abs(r["insertion"] - r["insertion_random"])
+        return abs(r["deletion"]["delta"]) + abs(r["insertion"]["delta"])
 
     assert gap(f) > gap(noise)
     rnd = randomised_copy(clf, seed=1)
-    assert not torch.equal(next(rnd.parameters()), next(clf.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(rnd.parameters(), clf.parameters(), strict=True))
 
     def image_as_map(model, xs, target=None, method=None):  # a "method" blind to the model
         return np.abs(np.asarray(xs)[:, 0])
@@ -287,15 +295,20 @@ def test_checks_tell_a_faithful_map_from_a_random_one_and_catch_model_independen
                            lambda m, xs, target, method: attribute(m, xs, target, method)
                            if method == "saliency" else image_as_map(m, xs),
                            masks=np.zeros((6, 1, 32, 32), int) + (np.arange(32) < 16)[None, None, :, None])
-    assert checks["edge"]["randomisation_similarity"] == 1.0
-    assert any("randomisation check" in s for s in checks["edge"]["failures"])
+    assert checks["edge"]["randomisation_similarity"] == pytest.approx(1.0)
+    assert checks["edge"]["randomisation"]["verdict"] == "keeps image structure"
+    assert any("keeps image structure" in s for s in checks["edge"]["failures"])
     # the quadrant model's architecture (not its weights) confines saliency: the check cannot tell
     assert checks["saliency"]["mask_inside"] > 0.9 and checks["saliency"]["mask_area"] == 0.5
+    assert checks["saliency"]["mask"]["difference"]["verdict"] == "more inside the masks than their area"
     torch.manual_seed(0)
     plain = Classifier(create_encoder("convnet", 1, 2, width=4, depth=3), 2).eval()
     t2 = plain(torch.as_tensor(x)).argmax(1).numpy()
     maps = {m: attribute(plain, x, t2, m) for m in ("saliency", "lrp", "gradcam")}
     for method, c in check_methods(plain, x, maps, t2, attribute).items():
-        assert c["randomisation_similarity"] < 0.5, method  # the maps depend on the weights
-        assert "mask_inside" not in c
+        stages = c["randomisation"]["stages"]
+        assert len(stages) == len(randomisable_blocks(plain)) == 4, method
+        assert stages[-1]["mean"] < 0.9, method  # the maps depend on the weights
+        assert "mask" not in c and "mask_inside" not in c
+        json.dumps(c, allow_nan=False)
     assert mask_share(np.ones((1, 4, 4)), np.ones((1, 1, 4, 4)))["inside"] == 1.0

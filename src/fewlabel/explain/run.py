@@ -24,7 +24,10 @@ from fewlabel.explain.figures import attribution_grid, save_png, tsne_scatter
 from fewlabel.fileio import atomic_path, atomic_write_json
 
 INDEX_VERSION = 1
-CHECKS_VERSION = 1  # bump when the checks change, so cached cells are recomputed
+CHECKS_VERSION = 2  # bump when the checks change, so cached cells are recomputed
+# Test images per class the checks run on (the grid shows fewer): their intervals are over images,
+# and below 6 images no verdict is given (explain.intervals.MIN_IMAGES).
+CHECK_PER_CLASS = 8
 REGION_CAPTION = "maps over the U-Net region crop the classifier saw"
 MAX_TSNE_POINTS = 2000  # t-SNE cost grows ~ n log n; a stratified subsample keeps a report quick
 
@@ -96,13 +99,15 @@ def _write_index(path: Path, index: dict[str, Any]) -> None:
 
 def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str] = METHODS,
                 test_set: TestSet | None = None, seed: int = 0, tsne: bool = True, checks: bool = True,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                log: Callable[[str], None] | None = None, check_per_class: int = CHECK_PER_CLASS
+                ) -> dict[str, Any]:
     """Compute (or reuse) the explanation figures of every strategy × size of a run; returns the index.
 
     ``test_set`` defaults to ``RunView(run_dir).open_test_set()``. With ``checks`` each method's maps are
-    checked (faithfulness, model randomisation, share inside masks; ``fewlabel.explain.checks``) and
-    the figures stored under the cell's ``checks``. A cell that fails (e.g. a model file that no
-    longer loads) is recorded under ``errors`` and the others go on.
+    checked (deletion, insertion, region perturbation, cascading model randomisation, share inside
+    masks; ``fewlabel.explain.checks``) on up to ``check_per_class`` test images per class (at least
+    the grid's, which are among them) and the figures stored under the cell's ``checks``. A cell
+    that fails (e.g. a model file that no longer loads) is recorded under ``errors`` and the others go on.
     """
     from fewlabel.models.io import load_model_dir
 
@@ -113,19 +118,24 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
     old = view.explanations() or {}
     old_cells = {(c["strategy"], c["n_per_class"]): c for c in old.get("cells", [])}
     index: dict[str, Any] = {"version": INDEX_VERSION, "n_per_class": n_per_class, "methods": list(methods),
-                             "seed": seed, "examples": [], "cells": [], "errors": []}
+                             "seed": seed, "examples": [], "check_images": 0, "cells": [], "errors": []}
     if not models:
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_index(out_dir / EXPLAIN_INDEX, index)
         return index
     ts = test_set if test_set is not None else view.open_test_set()
     examples = choose_examples(ts.y, n_per_class, seed=seed)
+    # Same seed, more per class: each class's first picks are the grid's, so the grid is a subset.
+    shown = choose_examples(ts.y, max(n_per_class, check_per_class), seed=seed) if checks else examples
+    grid_rows = [shown.index(i) for i in examples]
     index["examples"] = [{"id": ts.ids[i], "label": ts.class_names[int(ts.y[i])]} for i in examples]
+    index["check_images"] = len(shown) if checks else 0
     index["class_names"] = list(ts.class_names)
-    x_ex, y_ex = ts.x[examples], ts.y[examples]
+    y_ex = ts.y[examples]
     tsne_idx = _subsample(ts.y, MAX_TSNE_POINTS, seed)
     signature = {"methods": list(methods), "examples": [ts.ids[i] for i in examples], "tsne": tsne,
-                 "n_test": len(ts.ids), "checks": CHECKS_VERSION if checks else None}
+                 "n_test": len(ts.ids), "checks": CHECKS_VERSION if checks else None,
+                 "check_examples": [ts.ids[i] for i in shown] if checks else []}
     for (strategy, size), (repeat, model_dir) in sorted(models.items()):
         rel = Path(strategy) / f"n{size}"
         grid_path, tsne_path = out_dir / f"{rel}_grid.png", out_dir / f"{rel}_tsne.png"
@@ -142,13 +152,15 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
             if region:
                 # Its classifier sees U-Net crops: the maps are computed over the crop of each image.
                 classifier, unet, pre = _region_model(model_dir)
-                x_in = _crops(unet, pre, ts, examples)
+                x_all = _crops(unet, pre, ts, shown)
             else:
                 classifier, _ = load_model_dir(model_dir)
-                x_in = x_ex
+                x_all = ts.x[shown]
             classifier.eval()
-            maps = explain_model(classifier, x_in, methods, target=None)
-            proba = _softmax(_logits(classifier, x_in))
+            all_maps = explain_model(classifier, x_all, methods, target=None)
+            all_proba = _softmax(_logits(classifier, x_all))
+            x_in, proba = x_all[grid_rows], all_proba[grid_rows]
+            maps = {m: v[grid_rows] for m, v in all_maps.items()}
             labels = [f"{ts.class_names[int(t)]} → {ts.class_names[int(p.argmax())]} {p.max():.2f}"
                       for t, p in zip(y_ex, proba, strict=True)]
             title = f"{strategy}, {size} labelled per class (repeat {repeat}); row: true → predicted p"
@@ -168,8 +180,8 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
                 from fewlabel.explain.checks import check_methods
 
                 # Masks outline the whole image, not the crop: no inside-mask share for a region model.
-                ex_masks = ts.masks[examples] if ts.masks is not None and not region else None
-                entry["checks"] = check_methods(classifier, x_in, maps, proba.argmax(1), attribute,
+                ex_masks = ts.masks[shown] if ts.masks is not None and not region else None
+                entry["checks"] = check_methods(classifier, x_all, all_maps, all_proba.argmax(1), attribute,
                                                 masks=ex_masks, seed=seed)
             if tsne:
                 x_tsne = _crops(unet, pre, ts, tsne_idx) if region else ts.x[tsne_idx]
