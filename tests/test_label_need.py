@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fewlabel.report.curve_simulation import outcome
 from fewlabel.report.label_need import MAX_EXTRAPOLATION, estimate_need, fit_curves, observed_need
 from fewlabel.report.run_data import CurveBootstrap
 
@@ -32,19 +33,21 @@ def test_weighted_fit_recovers_a_known_curve_and_respects_the_chance_floor() -> 
     assert f2.a[0] - f2.b[0] >= 0.5 - 1e-9
 
 
-def test_interval_covers_the_true_need_at_roughly_its_nominal_rate() -> None:
+def test_interval_misses_at_each_end_about_its_nominal_rate_on_one_curve() -> None:
     target = 0.90
     truth = (B / (A - target)) ** (1 / C)  # about 32 per class, past the largest size run (10)
     rng = np.random.default_rng(11)
-    covered, errors, sims = 0, [], 100
+    got, errors, sims = [], [], 100
     for _ in range(sims):
         est = estimate_need(_curve(rng), target, chance=0.5)
         assert est.how in ("extrapolated", "beyond cap", "not reached"), est.text
         if est.how == "extrapolated":
             errors.append(abs(est.n - truth) / truth)
-        hi = est.high if est.high is not None else np.inf
-        covered += est.low is not None and est.low <= truth <= hi
-    assert 0.75 <= covered / sims <= 0.99, covered / sims  # nominal 90%
+        got.append(outcome(est, truth, MAX_EXTRAPOLATION * SIZES[-1]))
+    # nominal: 5% at each end. One curve, and resamples of six repeats alone (no test-set noise
+    # here), which understate the spread: 15% allows for both; an open interval is not a hit
+    assert got.count("missed low") <= 0.15 * sims and got.count("missed high") <= 0.15 * sims, got
+    assert got.count("covered") >= 0.1 * sims, got.count("covered")  # some intervals close below the cap
     assert np.median(errors) < 0.35, np.median(errors)
 
 
