@@ -281,7 +281,7 @@ def test_unknown_encoder_or_version(tmp_path: Path) -> None:
     future = write("future.safetensors", {"format": fmt, "version": 2, "encoder": {"name": "x"}})
     with pytest.raises(ModelFileError, match="version 2 is not supported"):
         load_encoder(future)
-    alien = write("alien.safetensors", {"format": fmt, "version": 1, "encoder": {"name": "vit"}})
-    with pytest.raises(ModelFileError, match="cannot be built: unknown encoder 'vit'") as err:
+    alien = write("alien.safetensors", {"format": fmt, "version": 1, "encoder": {"name": "swin"}})
+    with pytest.raises(ModelFileError, match="cannot be built: unknown encoder 'swin'") as err:
         load_encoder(alien)
     assert str(err.value).startswith(str(alien))

@@ -32,7 +32,7 @@ class Strategy:
     # labelled pool with its labels ignored) or "masks" (labelled-pool images with masks).
     needs: str | None = None
     # Published weights the encoder starts from ("imagenet"), before any preparation: a known file,
-    # never trained on the user's images.
+    # never trained on the user's images; "file": a checkpoint the user names (--encoder-weights).
     init: str | None = None
     semi: bool = False  # fine-tunes with FixMatch on the unlabelled pool
     finetune: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +61,12 @@ _IMAGENET_FINETUNE = {"lr": 1e-4, "encoder_lr": 1e-4, "weight_decay": 0.0, "augm
 # about half (a third in bf16 on a CPU), and tens of labelled images rarely carry detail that only
 # 224 px would keep (benchmarks/cpu_speed.py measures what it costs, beside 224).
 _IMAGENET_INPUT = {"input_size": 160}
+# ViTs at 224 px, a multiple of the patch sizes 8, 14 and 16 (DINOv2 files hold a 518-px grid, resized).
+_FOUNDATION_INPUT = {"input_size": 224}
+# A head on frozen features (``pipeline.frozen``): views to learn from and to score over, one head,
+# every drawn label fitting it (a fixed regularisation leaves nothing for a held-out fifth to choose).
+_FROZEN_FINETUNE = {"freeze_encoder": True, "augment": "dihedral", "tta": True, "hold_out": False,
+                    "ensemble": 1, "dropout": 0.0}
 
 REGISTRY: dict[str, Strategy] = {s.name: s for s in (
     Strategy("scratch", "random initial weights, the shared convnet"),
@@ -94,6 +100,21 @@ REGISTRY: dict[str, Strategy] = {s.name: s for s in (
              "unlabelled pool, its most confident images per class join the labels (2D only)",
              encoder="mobilenet_v2", init="imagenet", encoder_kwargs=_IMAGENET_INPUT,
              finetune={**_IMAGENET_FINETUNE, "pseudo_per_label": 1.0}),
+    # The encoder is never trained: its features of every image (and of its 8 flips / quarter turns)
+    # are computed once and cached by content (``pipeline.feature_cache``), so a curve's cells cost
+    # seconds. Another encoder: --encoder (and --encoder-weights).
+    Strategy("probe", "frozen ImageNet MobileNetV2 features (or --encoder's), cached; a class-balanced "
+             "L2 logistic regression on them, the 8 flips / turns averaged at test time (2D only)",
+             encoder="mobilenet_v2", init="imagenet", encoder_kwargs=_IMAGENET_INPUT,
+             finetune=_FROZEN_FINETUNE),
+    Strategy("knn", "the probe's cached features; cosine k-nearest labelled images vote (k=20, T=0.07). "
+             "Curve only: no model folder", encoder="mobilenet_v2", init="imagenet",
+             encoder_kwargs=_IMAGENET_INPUT, finetune=_FROZEN_FINETUNE),
+    # A foundation model the user holds (DINOv2, DinoBloom, a timm or Hugging Face ViT): like ImageNet
+    # weights, nobody lists its training images; imagenet's recipe, so the rows compare the weights.
+    Strategy("foundation", "a ViT checkpoint you hold (DINOv2, DinoBloom; timm, DINOv2 or Hugging Face "
+             "files, --encoder-weights), fine-tuned with imagenet's recipe (2D only)", encoder="vit",
+             init="file", encoder_kwargs=_FOUNDATION_INPUT, finetune=_IMAGENET_FINETUNE),
 )}
 
 NAMES: tuple[str, ...] = tuple(REGISTRY)

@@ -116,8 +116,10 @@ class PipelineBackend:
         from fewlabel import pipeline
         from fewlabel.training.finetune import FinetuneConfig
 
+        # model_needed=False: a cell keeps a model when its strategy makes one (knn makes none)
         return pipeline.fit_cell(data, labelled_ids, pipeline.StrategySpec.from_dict(spec), seed,
-                                 FinetuneConfig.from_dict(finetune), train_ids=train_ids, val_ids=val_ids)
+                                 FinetuneConfig.from_dict(finetune), train_ids=train_ids, val_ids=val_ids,
+                                 model_needed=False)
 
     def save_model(self, directory: Path, result: Any, data: Any, spec: dict[str, Any], seed: int) -> None:
         from fewlabel import pipeline
@@ -347,6 +349,7 @@ def ok_output(task: CellTask, data: Any, result: Any, row: dict[str, Any]) -> Ce
     """The row and files of a cell that trained: metrics, counts, probabilities, ids and the model."""
     fit = getattr(result, "fit", None)
     train_ids, val_ids = list(result.train_ids), list(result.val_ids)
+    keep_model = task.keep_model and getattr(result, "classifier", None) is not None
     row.update(_metric_fields(result.metrics))
     row.update(
         status="ok",
@@ -357,7 +360,7 @@ def ok_output(task: CellTask, data: Any, result: Any, row: dict[str, Any]) -> Ce
         confusion_matrix=result.metrics.get("confusion_matrix"),
         extra={"notes": list(getattr(result, "notes", []) or [])},
         proba_path=f"cells/{task.cell.dirname}/proba_test.npy",
-        model_path=f"cells/{task.cell.dirname}" if task.keep_model else "",
+        model_path=f"cells/{task.cell.dirname}" if keep_model else "",
     )
     cell_info = {"cell": task.cell._asdict(), "seed": task.seed, "draw_seed": task.draw_seed,
                  "config_hash": task.config_hash, "spec": task.spec, "finetune": task.finetune,
@@ -365,7 +368,7 @@ def ok_output(task: CellTask, data: Any, result: Any, row: dict[str, Any]) -> Ce
                  "history": list(getattr(fit, "history", []) or [])}
     files = {"proba_test.npy": _npy_bytes(result.proba_test),
              "cell.json": (json.dumps(jsonable(cell_info), indent=1) + "\n").encode()}
-    if task.keep_model and getattr(result, "classifier", None) is not None:
+    if keep_model:
         # Saved to a private temp folder and shipped as bytes: the driver places it with the rest.
         with tempfile.TemporaryDirectory(prefix="fewlabel-cell-") as tmp:
             task.backend.save_model(Path(tmp) / "model", result, data, dict(task.spec), task.seed)

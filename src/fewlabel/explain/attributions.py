@@ -181,6 +181,18 @@ def attribute(classifier: nn.Module, x: np.ndarray | torch.Tensor, target: int |
     return np.concatenate(out) if out else np.zeros((0, *xt.shape[2:]), np.float32)
 
 
+def unsupported(classifier: nn.Module, method: str) -> str | None:
+    """Why ``method`` cannot explain this model, or None: LRP needs a rule for every layer, and
+    attention (a ViT's) has none here; saliency and Grad-CAM explain any model."""
+    if not method.startswith("lrp"):
+        return None
+    try:
+        lrp_notes(classifier)
+    except TypeError as exc:
+        return f"LRP has no rule for this model's layers ({exc}); saliency and Grad-CAM explain it"
+    return None
+
+
 def lrp_notes(classifier: nn.Module) -> list[str]:
     """How LRP runs on this model (epsilon, input rule, folded BatchNorms) and what makes it
     approximate (for the report), without running it."""

@@ -18,7 +18,7 @@ import numpy as np
 from fewlabel import strategies as strategy_registry
 from fewlabel.errors import one_line
 from fewlabel.experiments.run_view import EXPLAIN_INDEX, RunView, TestSet
-from fewlabel.explain.attributions import METHODS, attribute, lrp_notes
+from fewlabel.explain.attributions import METHODS, attribute, lrp_notes, unsupported
 from fewlabel.explain.embedding import extract_features, tsne_embedding
 from fewlabel.explain.figures import attribution_grid, save_png, tsne_scatter
 from fewlabel.fileio import atomic_path, atomic_write_json
@@ -157,7 +157,10 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
                 classifier, _ = load_model_dir(model_dir)
                 x_all = ts.x[shown]
             classifier.eval()
-            all_maps = explain_model(classifier, x_all, methods, target=None)
+            # A method with no rules for this model's layers (LRP on attention) is left out, said once.
+            skipped = {m: why for m in methods if (why := unsupported(classifier, m)) is not None}
+            usable = [m for m in methods if m not in skipped]
+            all_maps = explain_model(classifier, x_all, usable, target=None)
             all_proba = _softmax(_logits(classifier, x_all))
             x_in, proba = x_all[grid_rows], all_proba[grid_rows]
             maps = {m: v[grid_rows] for m, v in all_maps.items()}
@@ -172,8 +175,10 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
                 "model_dir": model_dir.relative_to(run_dir).as_posix(), "weights": weights,
                 "signature": signature, "grid": grid_path.relative_to(run_dir).as_posix(),
                 "predicted": [ts.class_names[int(p.argmax())] for p in proba],
-                "lrp_notes": lrp_notes(classifier) if any(m.startswith("lrp") for m in methods) else [],
+                "lrp_notes": lrp_notes(classifier) if any(m.startswith("lrp") for m in usable) else [],
             }
+            if skipped:
+                entry["skipped_methods"] = skipped
             if region:
                 entry["input"] = REGION_CAPTION
             if checks:
@@ -302,6 +307,9 @@ def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: s
         raise FewlabelError(f"explanation folder (--out) holds the image {beside[0]}; the overlays would mix "
                             "with the images: choose another folder", path=out)
     classifier, pre, names = load_for_explain(model_dir)
+    why = unsupported(classifier, method)
+    if why is not None:
+        raise FewlabelError(f"--method {method}: {why}", path=model_dir)
     unet = folder_unet(model_dir, read_model_config(model_dir))  # None: the model sees whole images
     if target is not None and not isinstance(target, int):
         if str(target) in names:

@@ -128,7 +128,7 @@ def _load_builtin_encoders() -> None:
     # Imported for their @register_encoder side effect; kept lazy so this module has no cycle.
     import importlib
 
-    for module in ("fewlabel.models.schouten", "fewlabel.models.mobilenet"):
+    for module in ("fewlabel.models.schouten", "fewlabel.models.mobilenet", "fewlabel.models.vit"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:  # a module not written yet must not break the others

@@ -109,8 +109,9 @@ def _find(path: str | Path | None, download: bool) -> tuple[Path, str]:
     return found, verify_hash_prefix(found)
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` of a plain state dict, with one-line errors."""
+def read_state_dict(path: str | Path, wrappers: tuple[str, ...] = ("state_dict",)) -> dict[str, torch.Tensor]:
+    """``torch.load(weights_only=True)`` of a plain state dict, with one-line errors. A checkpoint that
+    wraps it under one of ``wrappers`` (the first present wins) is unwrapped."""
     path = Path(path)
     kind = special_kind(path)
     if kind is not None:  # torch.load would wait on a FIFO forever
@@ -119,8 +120,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelFileError(f"cannot be read as a PyTorch weight file: {exc}", path) from exc
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]  # a common wrapping of checkpoints
+    wrapper = next((w for w in wrappers if isinstance(state, dict) and isinstance(state.get(w), dict)), None)
+    if wrapper is not None:
+        state = state[wrapper]  # a common wrapping of checkpoints
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

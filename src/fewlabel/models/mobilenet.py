@@ -116,23 +116,13 @@ class MobileNetV2Encoder(Encoder):
             raise FewlabelError(f"encoder 'mobilenet_v2' is 2D only, got spatial_dims={spatial_dims}")
         if width_mult <= 0:
             raise FewlabelError(f"encoder 'mobilenet_v2' needs width_mult > 0, got {width_mult}")
-        if input_size is not None and int(input_size) < 32:
-            raise FewlabelError(f"encoder 'mobilenet_v2' needs input_size >= 32, got {input_size}")
-        if (input_mean is None) != (input_std is None):
-            raise FewlabelError("encoder 'mobilenet_v2' needs input_mean and input_std together")
+        adapter, self._renorm = input_adapter("mobilenet_v2", input_size, input_mean, input_std, min_size=32)
         self.in_channels, self.spatial_dims = int(in_channels), 2
         self.config = {
             "name": "mobilenet_v2", "in_channels": self.in_channels, "spatial_dims": 2,
-            "width_mult": float(width_mult),
+            "width_mult": float(width_mult), **adapter,
         }
-        self.input_size = int(input_size) if input_size is not None else None
-        if self.input_size is not None:
-            self.config["input_size"] = self.input_size
-        self._renorm: tuple[torch.Tensor, torch.Tensor] | None = None
-        if input_mean is not None and input_std is not None:
-            self.config["input_mean"] = [float(v) for v in input_mean]
-            self.config["input_std"] = [float(v) for v in input_std]
-            self._renorm = _imagenet_renorm(self.config["input_mean"], self.config["input_std"])
+        self.input_size = adapter.get("input_size")
         cin = make_divisible(32 * width_mult)
         last = make_divisible(1280 * max(1.0, width_mult))
         feats: list[nn.Module] = [ConvBNReLU6(self.in_channels, cin, stride=2)]
@@ -167,13 +157,8 @@ class MobileNetV2Encoder(Encoder):
 
     def adapt_input(self, x: torch.Tensor) -> torch.Tensor:
         """The input adapter: ImageNet re-normalisation, then bilinear resize to ``input_size``."""
-        if self._renorm is not None:
-            scale, shift = (t.to(device=x.device, dtype=x.dtype) for t in self._renorm)
-            x = x * scale + shift
-        if self.input_size is not None and tuple(x.shape[-2:]) != (self.input_size,) * 2:
-            x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False,
-                              antialias=bool(min(x.shape[-2:]) > self.input_size))
-        return x
+        size = (self.input_size,) * 2 if self.input_size is not None else None
+        return apply_input_adapter(x, self._renorm, size)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.adapt_input(x)
@@ -183,6 +168,42 @@ class MobileNetV2Encoder(Encoder):
             if i in STAGE_INDICES:
                 maps.append(x)
         return maps
+
+
+def input_adapter(
+    name: str, input_size: int | None, input_mean: list[float] | None, input_std: list[float] | None,
+    min_size: int,
+) -> tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor] | None]:
+    """The checked settings of the input adapter that encoders started from ImageNet-normalised weights
+    share: ``(config entries, (scale, shift) or None)``. ``input_size`` resizes inside ``forward`` (the
+    data stay native); ``input_mean``/``input_std`` are the data's own z-score in [0, 1] units, undone
+    and replaced by ImageNet's normalisation (``_imagenet_renorm``)."""
+    if input_size is not None and int(input_size) < min_size:
+        raise FewlabelError(f"encoder {name!r} needs input_size >= {min_size}, got {input_size}")
+    if (input_mean is None) != (input_std is None):
+        raise FewlabelError(f"encoder {name!r} needs input_mean and input_std together")
+    entries: dict[str, Any] = {}
+    if input_size is not None:
+        entries["input_size"] = int(input_size)
+    renorm = None
+    if input_mean is not None and input_std is not None:
+        entries["input_mean"] = [float(v) for v in input_mean]
+        entries["input_std"] = [float(v) for v in input_std]
+        renorm = _imagenet_renorm(entries["input_mean"], entries["input_std"])
+    return entries, renorm
+
+
+def apply_input_adapter(x: torch.Tensor, renorm: tuple[torch.Tensor, torch.Tensor] | None,
+                        size: tuple[int, int] | None) -> torch.Tensor:
+    """ImageNet re-normalisation (``renorm``), then a bilinear resize to ``size`` (antialiased when it
+    shrinks, so a large image is not aliased into the network's input)."""
+    if renorm is not None:
+        scale, shift = (t.to(device=x.device, dtype=x.dtype) for t in renorm)
+        x = x * scale + shift
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False,
+                          antialias=bool(min(x.shape[-2:]) > min(size)))
+    return x
 
 
 def _imagenet_renorm(mean: list[float], std: list[float]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -111,7 +111,12 @@ def build_encoder(spec: StrategySpec, data: PreparedData, seed: int = 0,
 
     torch.manual_seed(seed)
     entry = strategy_registry.get(spec.name)
-    if spec.encoder_weights and not entry.pretrained_weights:
+    # A ViT starts from a checkpoint the user holds (DINOv2, timm, Hugging Face), read by the encoder's
+    # own loader; a fewlabel file (an earlier fine-tune) goes the fewlabel way below.
+    foundation = entry.pretrained_weights and spec.encoder == "vit"
+    if foundation and not _fewlabel_file(spec.encoder_weights):
+        return foundation_encoder(spec, data, notes), []
+    if spec.encoder_weights and (not entry.pretrained_weights or foundation):
         from fewlabel.models.io import load_encoder
 
         encoder, meta = load_encoder(spec.encoder_weights)
@@ -132,6 +137,31 @@ def build_encoder(spec: StrategySpec, data: PreparedData, seed: int = 0,
                              image_size=data.image_size, pretrained=entry.init,
                              weights_path=spec.encoder_weights if entry.init else None, **spec.encoder_kwargs)
     return encoder, []
+
+
+def _fewlabel_file(path: str | None) -> bool:
+    from fewlabel.models.vit_io import is_fewlabel_file
+
+    return bool(path) and is_fewlabel_file(str(path))
+
+
+def foundation_encoder(spec: StrategySpec, data: PreparedData, notes: list[str] | None = None) -> Encoder:
+    """The ``vit`` encoder of a foundation-model checkpoint (``--encoder-weights``). Like ImageNet
+    weights it records no list of what it saw (nobody published one), and ``notes`` says so."""
+    from fewlabel.models.vit import describe
+    from fewlabel.models.vit_io import load_vit_encoder
+
+    if not spec.encoder_weights:
+        raise FewlabelError(f"strategy {spec.name} with encoder 'vit' starts from a checkpoint you hold: "
+                            "pass --encoder-weights (a timm or DINOv2 .pth/.safetensors, or the "
+                            "model.safetensors of a Hugging Face folder)")
+    if data.spatial_dims != 2:
+        raise FewlabelError("ViT checkpoints exist for 2D images only; use scratch, segmentation or ssl for "
+                            "3D volumes")
+    encoder = load_vit_encoder(spec.encoder_weights, in_channels=data.channels, **spec.encoder_kwargs)
+    if notes is not None:
+        notes.append(describe(encoder))
+    return encoder
 
 
 def prepare_strategy(spec: StrategySpec, data: PreparedData, cache_dir: str | Path, seed: int = 0,

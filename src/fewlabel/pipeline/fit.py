@@ -16,6 +16,7 @@ from fewlabel.evaluate.metrics import classification_metrics, group_metrics
 from fewlabel.models.heads import Classifier
 from fewlabel.pipeline.data import PreparedData
 from fewlabel.pipeline.encoders import StrategySpec, build_encoder
+from fewlabel.pipeline.frozen import FROZEN_STRATEGIES, curve_only_reason, fit_frozen, frozen_recipe
 from fewlabel.pipeline.region import region_arrays, region_note
 from fewlabel.training.compute import resolved
 from fewlabel.training.finetune import FinetuneConfig, finetune, predict_proba
@@ -26,7 +27,7 @@ from fewlabel.version import __version__
 
 @dataclass
 class CellResult:
-    classifier: Classifier
+    classifier: Classifier | None  # None: a strategy without a model to save (knn)
     fit: FitResult
     metrics: dict[str, Any]
     proba_test: np.ndarray
@@ -44,6 +45,8 @@ def finetune_config_for(spec: StrategySpec, base: FinetuneConfig | None = None) 
     base_dict = recipe_over((base or FinetuneConfig()).to_dict(), spec.finetune)
     if spec.semi:
         base_dict["semi"] = True
+    if spec.name in FROZEN_STRATEGIES:
+        base_dict = frozen_recipe(base_dict)
     # concrete device, precision and members, so a saved model says what it was trained with
     return resolved(FinetuneConfig.from_dict(base_dict))
 
@@ -126,20 +129,25 @@ def cell_inputs(data: PreparedData, labelled_ids: list[str], spec: StrategySpec,
                       sorted(seen_keys), notes, x_test)
 
 
-def score_cell(data: PreparedData, inputs: CellInputs, classifier: Classifier, fit_result: FitResult,
-               config: FinetuneConfig, seed: int, train_seconds: float,
-               proba: np.ndarray | None = None) -> CellResult:
-    """Test metrics of a trained cell (``proba`` when the caller already scored the test set)."""
-    x_test, y_test = data.test_arrays
-    if inputs.x_test is not None:
-        x_test = inputs.x_test
-    if proba is None:
-        proba = predict_proba(classifier, x_test, device=config.device)
+def score_metrics(data: PreparedData, proba: np.ndarray, seed: int) -> dict[str, Any]:
+    """The metrics of test probabilities ``proba`` (rows in ``data.test_ids`` order), with patients'."""
+    y_test = data.catalog.labels(data.test_ids)
     groups = data.catalog.groups(data.test_ids)
     metrics = classification_metrics(y_test, proba, class_names=data.class_names, seed=seed, groups=groups)
     patient = group_metrics(y_test, proba, groups, class_names=data.class_names, seed=seed)
     if patient is not None:
         metrics["patient"] = patient
+    return metrics
+
+
+def score_cell(data: PreparedData, inputs: CellInputs, classifier: Classifier, fit_result: FitResult,
+               config: FinetuneConfig, seed: int, train_seconds: float,
+               proba: np.ndarray | None = None) -> CellResult:
+    """Test metrics of a trained cell (``proba`` when the caller already scored the test set)."""
+    if proba is None:
+        x_test = inputs.x_test if inputs.x_test is not None else data.test_arrays[0]
+        proba = predict_proba(classifier, x_test, device=config.device)
+    metrics = score_metrics(data, proba, seed)
     return CellResult(classifier=classifier, fit=fit_result, metrics=metrics, proba_test=proba,
                       train_ids=inputs.train_ids, val_ids=inputs.val_ids, train_seconds=train_seconds,
                       finetune_config=config, seen_files=inputs.seen_files, notes=inputs.notes)
@@ -147,9 +155,21 @@ def score_cell(data: PreparedData, inputs: CellInputs, classifier: Classifier, f
 
 def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, seed: int,
              finetune_config: FinetuneConfig | None = None, *, train_ids: list[str] | None = None,
-             val_ids: list[str] | None = None) -> CellResult:
-    """Fine-tune one strategy on one labelled draw and evaluate it on the fixed test set."""
+             val_ids: list[str] | None = None, model_needed: bool = True) -> CellResult:
+    """Fine-tune one strategy on one labelled draw and evaluate it on the fixed test set.
+
+    ``probe`` and ``knn`` fit a head on cached frozen features instead (``pipeline.frozen``). knn
+    makes no model folder: with ``model_needed`` (a caller that saves the classifier, ``train``) it
+    is refused before any work; a curve cell passes False."""
     config = finetune_config_for(spec, finetune_config)
+    if spec.name in FROZEN_STRATEGIES:
+        done = fit_frozen(data, labelled_ids, spec, config, train_ids=train_ids, val_ids=val_ids,
+                          model_needed=model_needed)
+        return CellResult(classifier=done.classifier, fit=done.fit,
+                          metrics=score_metrics(data, done.proba_test, seed), proba_test=done.proba_test,
+                          train_ids=done.train_ids, val_ids=[],
+                          train_seconds=done.seconds, finetune_config=config, seen_files=done.seen_files,
+                          notes=done.notes)
     inputs = cell_inputs(data, labelled_ids, spec, seed, train_ids=train_ids, val_ids=val_ids,
                          hold_out=config.hold_out, with_pool=config.pseudo_per_label > 0)
     t0 = time.perf_counter()
@@ -162,6 +182,8 @@ def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, se
 def model_config(data: PreparedData, spec: StrategySpec, cell: CellResult, seed: int) -> dict[str, Any]:
     """What a model folder records so ``predict`` can repeat the preprocessing, a reader can trust it,
     and a later run can refuse it as an encoder for a test set it has seen (``provenance``)."""
+    if cell.classifier is None:
+        raise FewlabelError(curve_only_reason(spec.name))
     return {
         "format": "fewlabel-model", "fewlabel_version": __version__,
         "class_names": data.class_names, "preprocess": data.preprocess.to_dict(),

@@ -21,6 +21,7 @@ from fewlabel.settings import select_device
 from fewlabel.training.batches import TensorBatches, bounded_batch_size, sequential_batches
 from fewlabel.training.compute import autocast, channels_last_on, fast_layout, resolved, usable_precision
 from fewlabel.training.loop import FitResult, LoopConfig, fit
+from fewlabel.training.probe import frozen_features, probe_head
 from fewlabel.training.recipe import (
     AUGMENT_KINDS,
     BN_MODES,
@@ -278,52 +279,6 @@ def _layout(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch
 
 def _on(array: Any, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.as_tensor(array, dtype=dtype).to(device)
-
-
-@torch.no_grad()
-def frozen_features(encoder: nn.Module, x: np.ndarray | torch.Tensor, batch_size: int = 64,
-                    device: torch.device | None = None, views: bool = False) -> torch.Tensor:
-    """Pooled features in eval mode; with ``views`` the 8 flips / quarter turns are stacked view-major
-    ((8 * N, F), identity first). Batches are capped by ``INFERENCE_VOXELS`` (whole volumes)."""
-    device = device or next(encoder.parameters()).device
-    encoder.eval()
-    out = []
-    for xb in sequential_batches(x, None, bounded_batch_size(x.shape[1:], batch_size)):
-        xb = xb.to(device)
-        batches = dihedral_views(xb) if views else [xb]
-        out.append(torch.stack([encoder(v).float() for v in batches]))  # (V, B, F)
-    feats = torch.cat(out, dim=1)
-    return feats.reshape(-1, feats.shape[-1]).cpu()
-
-
-def probe_head(classifier: Classifier, x_train: np.ndarray, y_train: np.ndarray, weights: torch.Tensor,
-               config: FinetuneConfig, *, seed: int, steps: int = 300) -> None:
-    """Fit the linear head on frozen features (of the 8 flips / quarter turns when augmenting):
-    the linear probe of LP-FT, full batch, L2-regularised logistic regression, deterministic."""
-    encoder = classifier.encoder
-    device = select_device(config.device)
-    encoder.to(device)
-    views = config.augment != "none"
-    feats = frozen_features(encoder, x_train, device=device, views=views)
-    y = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
-    y = y.repeat(len(feats) // len(y))
-    linear = classifier.head[-1]
-    assert isinstance(linear, nn.Linear)
-    gen = torch.Generator().manual_seed(int(seed))
-    with torch.no_grad():
-        linear.weight.copy_(torch.randn(linear.weight.shape, generator=gen) * 0.01)
-        linear.bias.zero_()
-    linear.to("cpu")
-    opt = torch.optim.Adam(linear.parameters(), lr=1e-2)
-    mean_norm = feats.norm(dim=1).mean().clamp_min(1e-6)
-    for _ in range(steps):
-        opt.zero_grad()
-        logits = linear(feats)
-        loss = nn.functional.cross_entropy(logits, y, weight=weights) + 1e-3 * mean_norm * (
-            linear.weight ** 2).sum()
-        loss.backward()
-        opt.step()
-    linear.to(device)  # beside the encoder again, whether fine-tuning follows or not
 
 
 @torch.no_grad()

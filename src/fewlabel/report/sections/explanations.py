@@ -74,8 +74,9 @@ def _explanations(view: RunView, index: Mapping[str, Any] | None) -> list[dict[s
         checks = cell.get("checks") or {}
         # An index written before the checks had intervals holds bare numbers: not shown as if current.
         current = all(isinstance(c.get("deletion"), Mapping) for c in checks.values())
+        skipped = [f"{m} left out: {why}" for m, why in (cell.get("skipped_methods") or {}).items()]
         entry = {"strategy": cell["strategy"], "n_per_class": cell["n_per_class"],
-                 "repeat": cell.get("repeat", 0), "notes": cell.get("lrp_notes", []),
+                 "repeat": cell.get("repeat", 0), "notes": [*cell.get("lrp_notes", []), *skipped],
                  "input": cell.get("input"), "stale_checks": bool(checks) and not current,
                  "checks": [_check_row(m, c) for m, c in checks.items()] if current else []}
         entry["has_mask"] = any(r["mask"] is not None for r in entry["checks"])
