@@ -290,3 +290,15 @@ def test_report_fits_a_narrow_window(run_dir: Path, tmp_path: Path) -> None:
     width = re.search(r"<title>width (\d+)</title>", dom)
     assert width is not None, dom[:500]
     assert int(width.group(1)) <= 1000
+
+
+def test_cells_notes_reach_the_data_section() -> None:
+    """A foundation model's note (pretraining data unknown) is recorded by every cell; the report says
+    it once per strategy, not once per cell, and a strategy without notes adds nothing."""
+    from fewlabel.models.vit import PRETRAINING_NOTE
+    from fewlabel.report.sections.dataset import cell_notes
+
+    note = f"encoder weights dinov2.safetensors: {PRETRAINING_NOTE}"
+    rows = [{"strategy": "foundation", "extra": {"notes": [note]}} for _ in range(3)]
+    rows += [{"strategy": "scratch", "extra": {}}, {"strategy": "scratch", "extra": {"notes": []}}]
+    assert cell_notes(rows) == {"foundation": [note]}
