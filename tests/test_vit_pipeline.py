@@ -99,3 +99,21 @@ def test_a_fine_tuned_vit_seeds_another_run_the_fewlabel_way(tmp_path: Path) -> 
     assert config["encoder"]["weights"]["sha256"] == file_sha256(weights)  # still names the foundation file
     notes = json.loads((tmp_path / "second" / "metrics.json").read_text())["notes"]
     assert not any(PRETRAINING_NOTE in n for n in notes)  # not read as a foundation checkpoint this time
+
+
+def test_curve_takes_a_vit_checkpoint_for_probe_and_foundation(tmp_path: Path, capsys) -> None:
+    data = make_class_folder(tmp_path / "data", {"a": 8, "b": 8}, size=(32, 32))
+    weights = write_timm(RefViT("timm", dim=64, heads=1, hidden=128, patch=16, img=32, ls=True),
+                         tmp_path / "vit.safetensors", heads=None)
+    run = tmp_path / "run"
+    assert run_cli("curve", data, "--out", run, "--strategies", "probe,foundation", "--sizes", "2",
+                   "--repeats", "1", "--test-size", "2", "--encoder", "vit", "--encoder-weights", weights,
+                   "--set", "max_epochs=1", "--set", "ensemble=1", "--quiet") == 0
+    specs = json.loads((run / "run.json").read_text())["config"]["strategy_specs"]
+    assert {specs[s]["encoder_weights"] for s in ("probe", "foundation")} == {str(weights.resolve())}
+    assert specs["probe"]["encoder"] == "vit"
+    capsys.readouterr()
+    # a run none of whose strategies takes an encoder file: the flags would change nothing
+    assert run_cli("curve", data, "--out", tmp_path / "r2", "--strategies", "scratch", "--encoder-weights",
+                   weights) == 2
+    assert "name one of them in --strategies" in capsys.readouterr().err

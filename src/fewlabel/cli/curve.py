@@ -36,6 +36,9 @@ def curve(
     image_size: str = typer.Option(None, help="Resize: one side (64) or one per axis "
                                   "(36,64,64); default: the most common size."),
     max_epochs: int = typer.Option(None, help="Fine-tuning epochs at most (default: FinetuneConfig's)."),
+    encoder: str = typer.Option(None, help="Encoder of foundation / probe / knn (e.g. vit)."),
+    encoder_weights: Path = typer.Option(None, help="Checkpoint of foundation / probe / knn (a ViT: timm, "
+                                         "DINOv2 or Hugging Face)."),
     device: str = typer.Option(None, help="auto | cpu | cuda (fine-tuning device)."),
     settings: list[str] = typer.Option(None, "--set", help="Fine-tuning setting KEY=VALUE (repeatable), "
                                        "e.g. --set batch_size=32."),
@@ -75,6 +78,7 @@ def curve(
     if device is not None:
         finetune["device"] = device
     test: float | int = test_size_value(test_size)
+    options = encoder_options(strategies, encoder, encoder_weights)
     try:
         result = run_curve(
             data, out, strategies, sizes, repeats, unlabelled=unlabelled, masks=masks,
@@ -82,7 +86,7 @@ def curve(
             image_size=image_size_value(image_size), count=count, finetune=finetune,
             pretrain=parse_settings(pretrain_settings, "--pretrain"), executor=executor, workers=workers,
             ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
-            keep_models=keep_models, pretrain_per_repeat=pretrain_per_repeat,
+            keep_models=keep_models, pretrain_per_repeat=pretrain_per_repeat, strategy_options=options,
             progress=False if quiet else None,
             log=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
         )
@@ -101,3 +105,27 @@ def curve(
         # SystemExit, not typer.Exit: click (standalone_mode=False in cli.main) returns an Exit's code
         # instead of exiting, and the code would be lost.
         raise SystemExit(1)
+
+
+# The strategies that start from an encoder file the user names (the others prepare or download theirs).
+ENCODER_FILE_STRATEGIES = ("foundation", "probe", "knn")
+
+
+def encoder_options(strategies: str | None, encoder: str | None, weights: Path | None) -> dict | None:
+    """``--encoder`` / ``--encoder-weights`` as strategy options of the named strategies that take an
+    encoder file; a one-line error when none of them runs (the flags would change nothing)."""
+    from fewlabel.errors import FewlabelError
+    from fewlabel.experiments.grid import parse_names
+
+    if encoder is None and weights is None:
+        return None
+    takers = [s for s in parse_names(strategies or "") if s in ENCODER_FILE_STRATEGIES]
+    if not takers:
+        users = ", ".join(ENCODER_FILE_STRATEGIES)
+        raise FewlabelError(f"--encoder / --encoder-weights are used by {users}; "
+                            "name one of them in --strategies")
+    if weights is not None and not weights.is_file():
+        raise FewlabelError("encoder weights file does not exist", path=weights)
+    given = {k: v for k, v in (("encoder", encoder), ("encoder_weights", None if weights is None
+                                                        else str(weights.resolve()))) if v is not None}
+    return {name: dict(given) for name in takers}
