@@ -247,6 +247,10 @@ def train(
             spec.pretrain = dict(pretrain)
         return spec
 
+    if strategy is None and encoder == "vit":  # a checkpoint of the user's: fine-tune it, say so
+        strategy = "foundation"
+        print("strategy: foundation (--encoder vit: your checkpoint is fine-tuned; choose another with "
+              "--strategy, e.g. probe)", file=sys.stderr, flush=True)
     # A named strategy is checked before any image is read; the default needs the data first.
     spec = make_spec(strategy) if strategy is not None else None
     # A copy: the caller's config object is theirs, not ours to change.
