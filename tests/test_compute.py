@@ -97,16 +97,20 @@ def test_channels_last_changes_only_the_rounding():
     np.testing.assert_allclose(probs[0], probs[1], atol=1e-4)
 
 
-def test_snapshot_schedule_restarts_each_cycle():
-    assert snapshot_epochs(30, 3) == [10, 20, 30] and snapshot_epochs(10, 3) == [3, 7, 10]
+def test_snapshot_schedule_is_the_fine_tune_then_short_restarted_cycles():
+    assert snapshot_epochs(30, 3) == [30, 35, 40] and snapshot_epochs(3, 3) == [3, 4, 5]
+    assert snapshot_epochs(30, 1) == [30]
     with pytest.raises(FewlabelError):
-        snapshot_epochs(2, 3)
-    bounds = [100, 200, 300]
-    assert cyclic_lr_factor(0, bounds, 0) == 1.0
-    assert math.isclose(cyclic_lr_factor(50, bounds, 0), 0.5)
-    assert cyclic_lr_factor(99, bounds, 0) < 0.01 and cyclic_lr_factor(100, bounds, 0) == 1.0  # restart
-    assert cyclic_lr_factor(9, bounds, 10) == 1.0 and cyclic_lr_factor(4, bounds, 10) == 0.5  # warm-up
-    assert cyclic_lr_factor(300, bounds, 0) == 0.0
+        snapshot_epochs(0, 3)
+    bounds = [100, 120, 140]
+    # the fine-tune's own schedule first: constant stays constant, cosine decays over the first cycle
+    assert cyclic_lr_factor(0, bounds, 0) == cyclic_lr_factor(99, bounds, 0) == 1.0
+    assert math.isclose(cyclic_lr_factor(50, bounds, 0, "cosine"), 0.5)
+    assert cyclic_lr_factor(4, bounds, 10) == 0.5  # warm-up
+    # then each short cycle restarts at the base rate and anneals to 0
+    assert cyclic_lr_factor(100, bounds, 0) == 1.0 and math.isclose(cyclic_lr_factor(110, bounds, 0), 0.5)
+    assert cyclic_lr_factor(119, bounds, 0) < 0.01 and cyclic_lr_factor(120, bounds, 0) == 1.0
+    assert cyclic_lr_factor(140, bounds, 0) == 0.0
 
 
 def test_snapshot_ensemble_costs_one_run_and_its_members_differ():
@@ -120,12 +124,16 @@ def test_snapshot_ensemble_costs_one_run_and_its_members_differ():
     single, one = finetune(x, y, None, None, 2, copy.deepcopy(start),
                            FinetuneConfig(**{**FAST, "max_epochs": 9, "lr": 3e-3}, precision="fp32"), seed=0)
     assert isinstance(snap, Ensemble) and len(snap.members) == 3
-    assert fit.steps == one.steps and fit.epochs == 9  # one run's steps, not three
+    # the fine-tune's 9 epochs, then 2 cycles of 2: 13 epochs of one run, not 27 of three
+    assert fit.epochs == 13 and fit.steps == one.steps * 13 // 9
+    # the first member IS the single fine-tune (same seed, same schedule up to its end)
+    for key, value in single.state_dict().items():
+        torch.testing.assert_close(snap.members[0].state_dict()[key], value, rtol=0, atol=0)
     states = [m.state_dict() for m in snap.members]
     weights = [k for k in states[0] if states[0][k].is_floating_point()]
     for a, b in ((0, 1), (1, 2)):
         assert any(not torch.equal(states[a][k], states[b][k]) for k in weights)
-    assert (predict_proba(snap, xt).argmax(1) == yt).mean() >= 0.8  # chance is 0.5
+    assert (predict_proba(snap, xt).argmax(1) == yt).mean() >= 0.9
     mean = np.mean([predict_proba(m, xt) for m in snap.members], axis=0)
     np.testing.assert_allclose(predict_proba(snap, xt), mean, atol=1e-5)
     # the same seed gives the same snapshots
@@ -138,8 +146,6 @@ def test_snapshots_need_a_fixed_schedule_else_members_train_independently():
     config = compute.resolved(FinetuneConfig(ensemble=3, ensemble_mode="snapshot", max_epochs=30))
     assert snapshots_apply(config, has_val=False)
     assert not snapshots_apply(config, has_val=True)  # early stopping would pick one epoch
-    assert not snapshots_apply(compute.resolved(FinetuneConfig(ensemble=3, ensemble_mode="snapshot",
-                                                               max_epochs=2)), has_val=False)
     assert not snapshots_apply(compute.resolved(FinetuneConfig(ensemble=3, ensemble_mode="snapshot",
                                                                semi=True)), has_val=False)
     x, y = blobs()

@@ -148,11 +148,9 @@ def _loop_config(config: FinetuneConfig, epochs: int, has_val: bool, seed: int, 
 
 def snapshots_apply(config: FinetuneConfig, has_val: bool) -> bool:
     """Whether an ensemble is taken as snapshots of one run: asked for (``ensemble_mode``), on a fixed
-    schedule (no validation split to stop early on) of at least an epoch per member, and plain
-    supervised fine-tuning (FixMatch, pseudo-labels and the linear probe train their members
-    independently)."""
+    schedule (no validation split to stop early on) and plain supervised fine-tuning (FixMatch,
+    pseudo-labels and the linear probe train their members independently)."""
     return (config.ensemble_mode == "snapshot" and not has_val and not config.semi
-            and fixed_epochs(config, False) >= (config.ensemble or 1)
             and config.pseudo_per_label <= 0 and not config.probe_init
             and config.probe_only_max_per_class <= 0 and not config.freeze_encoder)
 
@@ -161,8 +159,8 @@ def _finetune_snapshots(
     x_train: np.ndarray, y_train: np.ndarray, num_classes: int, encoder: Encoder, config: FinetuneConfig,
     *, seed: int, checkpoint_path: str | None, desc: str,
 ) -> tuple[Ensemble, FitResult]:
-    """``config.ensemble`` members as the snapshots of one fine-tune with a cyclic schedule
-    (``recipe.SnapshotTask``): one run's cost, where independent members cost one run each."""
+    """``config.ensemble`` members as the snapshots of one run (``recipe.SnapshotTask``): the
+    fine-tune's own schedule, then a short restarted cycle per further member."""
     members, epochs = int(config.ensemble or 1), fixed_epochs(config, False)
     classifier, weights = _new_classifier(encoder, y_train, num_classes, config, seed)
     if select_device(config.device).type == "cuda":
@@ -171,6 +169,7 @@ def _finetune_snapshots(
     train_batches = TensorBatches(x_train, y_train, config.batch_size, seed=seed,
                                   min_steps=config.min_steps_per_epoch)
     task = SnapshotTask(classifier, config, weights, members, epochs, len(train_batches))
+    epochs = task.epochs_at[-1]  # the fine-tune's schedule, then a short cycle per further member
     task.total_steps = len(train_batches) * epochs
     task.warmup_steps = int(round(config.warmup_epochs * len(train_batches)))
     desc = desc if desc != "fine-tune" else f"fine-tune ({members} snapshots)"

@@ -311,33 +311,39 @@ class ClassifierTask(Task):
         return {"val_loss": loss_sum / max(n, 1), "val_accuracy": int(hit_sum) / max(n, 1)}
 
 
+def snapshot_cycle(epochs: int) -> int:
+    """Epochs of each cycle after the first: a sixth of the schedule, at least one. Short on purpose:
+    the later members start from a trained model and only need to leave its minimum and settle again."""
+    return max(1, int(round(epochs / 6)))
+
+
 def snapshot_epochs(epochs: int, members: int) -> list[int]:
-    """The epochs (1-based, counted from the start) at which each of ``members`` snapshots is taken:
-    ``epochs`` split into cycles as equal as whole epochs allow, the last ending with the run."""
-    if members < 1 or epochs < members:
-        raise FewlabelError(f"{members} snapshots need at least {members} epochs, not {epochs}")
-    return [int(round(epochs * (k + 1) / members)) for k in range(members)]
+    """The epochs (1-based, from the start) at which each of ``members`` snapshots is taken: the first
+    at the end of the fine-tune's own schedule (``epochs``), each later one a short cycle after."""
+    if members < 1 or epochs < 1:
+        raise FewlabelError(f"snapshots need at least 1 member and 1 epoch, not {members} and {epochs}")
+    return [epochs + k * snapshot_cycle(epochs) for k in range(members)]
 
 
-def cyclic_lr_factor(step: int, bounds: list[int], warmup_steps: int) -> float:
-    """Huang et al.'s snapshot schedule: within each cycle (steps ``bounds[k-1]`` to ``bounds[k]``)
-    a cosine from the base rate to 0, restarting at the next cycle; a warm-up in the first only."""
-    if warmup_steps > 0 and step < warmup_steps:
-        return (step + 1) / warmup_steps
-    start = 0
-    for end in bounds:
+def cyclic_lr_factor(step: int, bounds: list[int], warmup_steps: int, schedule: str = "constant") -> float:
+    """The snapshot schedule (steps): until ``bounds[0]`` the fine-tune's own schedule (warm-up, then
+    constant or cosine); in each later cycle (``bounds[k-1]`` to ``bounds[k]``) the rates restart at
+    the base rate and anneal to 0 by a cosine (Huang et al. 2017; short cycles as Garipov et al. 2018)."""
+    if step < bounds[0]:
+        return lr_factor(step, bounds[0], warmup_steps, schedule)
+    for start, end in zip(bounds, bounds[1:], strict=False):
         if step < end:
-            first = start + (warmup_steps if start == 0 else 0)
-            progress = (step - first) / max(1, end - first)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
-        start = end
+            progress = (step - start) / max(1, end - start)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
     return 0.0
 
 
 class SnapshotTask(ClassifierTask):
-    """An ensemble from ONE fine-tune: the run's epochs form ``members`` cycles, each annealing the
-    rates to 0 and restarting them, and the weights at each cycle's end are a member. The members
-    are kept in the task's modules, so a checkpoint holds them and a resumed run keeps them.
+    """An ensemble from ONE run: the fine-tune's own schedule gives the first member (as one model
+    would be trained), then each short cycle that restarts the rates and anneals them to 0 gives
+    another (``snapshot_epochs``). ``members`` members for 1 + (members - 1) / 6 of one fine-tune's
+    cost, where independent members cost one fine-tune each. The members are kept in the task's
+    modules, so a checkpoint holds them and a resumed run keeps them.
 
     Needs a fixed schedule (no validation split): ``finetune`` trains independent members otherwise."""
 
@@ -359,7 +365,7 @@ class SnapshotTask(ClassifierTask):
         if self.config.bn_mode == "eval":
             _set_bn_eval(self.classifier.encoder)
         if self._opt is not None:
-            factor = cyclic_lr_factor(ctx.step, self.step_bounds, self.warmup_steps)
+            factor = cyclic_lr_factor(ctx.step, self.step_bounds, self.warmup_steps, self.config.schedule)
             for group in self._opt.param_groups:
                 group["lr"] = group["base_lr"] * factor
 
