@@ -58,3 +58,14 @@ def paired_to_reference(runs: dict[str, Any], cells: dict[str, dict[tuple[int, i
     return out, (f"95% CI: paired cluster bootstrap over {plan.n_groups} test groups × repeats (2000 "
                  f"resamples, the same for every arm); '(n)' is the repeats both arms finished, and fewer "
                  f"than {MIN_REPEATS_FOR_VERDICT} get no verdict ('no verdict'), whatever their interval.")
+
+
+def difference_cell(d: dict[str, Any] | None, reference: bool = False) -> str:
+    """One table cell: ``+0.012 [-0.004, +0.030] (5)``, "no verdict" below the package's repeat count
+    for one, "(reference)" on the reference arm, "—" where the two arms share no repeat."""
+    if reference:
+        return "(reference)"
+    if d is None or not d["n"]:
+        return "—"
+    return (f"{d['mean_diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] ({d['n']})"
+            + (" no verdict" if d["few_pairs"] else ""))

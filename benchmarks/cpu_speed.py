@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _paired import draws_of, paired_to_reference
+from _paired import difference_cell, draws_of, paired_to_reference
 
 from _common import REPO, dataset_or_exit, print_table, use_shared_imagenet_weights
 
@@ -158,13 +158,8 @@ def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[
             verdict = []
             for metric in ("accuracy", "roc_auc"):
                 d = differences.get((arm, n, metric))
-                if arm == REFERENCE:
-                    row.append("(reference)")
-                elif d is None or not d["n"]:
-                    row.append("—")
-                else:
-                    row.append(f"{d['mean_diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] ({d['n']})"
-                               + (" no verdict" if d["few_pairs"] else ""))
+                row.append(difference_cell(d, arm == REFERENCE))
+                if arm != REFERENCE and d is not None and d["n"]:
                     verdict.append(d["mean_diff"] >= NON_INFERIOR[metric])
             wall = [_seconds(r, "cell_seconds") for r in rows]
             cpu = [_seconds(r, "cell_cpu_seconds") for r in rows]

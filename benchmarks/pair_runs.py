@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _paired import draws_of, paired_to_reference
+from _paired import difference_cell, draws_of, paired_to_reference
 
 from _common import print_table
 
@@ -73,10 +73,7 @@ def main(argv: list[str]) -> int:
                    f"{np.median([float(by_key[k]['accuracy']) for k in keys]):.3f}",
                    f"{np.median([float(by_key[k]['roc_auc']) for k in keys]):.3f}"]
             for metric in ("accuracy", "roc_auc"):
-                d = differences.get((name, n, metric))
-                row.append("(reference)" if name == reference else "—" if d is None or not d["n"] else
-                           f"{d['mean_diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] ({d['n']})"
-                           + (" no verdict" if d["few_pairs"] else ""))
+                row.append(difference_cell(differences.get((name, n, metric)), name == reference))
             table.append(row)
     print_table(["n/class", "arm", "reps", "acc (median)", "AUC (median)", f"Δacc vs {reference} [95% CI]",
                  f"ΔAUC vs {reference} [95% CI]"], table)

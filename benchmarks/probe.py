@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _paired import paired_to_reference
+from _paired import difference_cell, paired_to_reference
 
 from _common import REPO, dataset_or_exit, print_table, use_shared_imagenet_weights
 
@@ -142,14 +142,7 @@ def print_comparison(out: Path, name: str, arms: list[str], reductions: list[str
             row = [str(n), arm, str(len(keys)), f"{np.median([float(r['accuracy']) for r in picked]):.3f}",
                    f"{np.median([float(r['roc_auc']) for r in picked]):.3f}"]
             for metric in ("accuracy", "roc_auc"):
-                d = differences.get((arm, n, metric))
-                if arm == REFERENCE:
-                    row.append("(reference)")
-                elif d is None or not d["n"]:
-                    row.append("—")
-                else:
-                    row.append(f"{d['mean_diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] ({d['n']})"
-                               + (" no verdict" if d["few_pairs"] else ""))
+                row.append(difference_cell(differences.get((arm, n, metric)), arm == REFERENCE))
             row.append(f"{np.median([float(r.get('cell_seconds') or 'nan') for r in picked]):.1f}")
             table.append(row)
     images, seconds = feature_extraction(run, rows)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _paired import draws_of, paired_to_reference
+from _paired import difference_cell, draws_of, paired_to_reference
 
 from _common import REPO, dataset_or_exit, print_table, use_shared_imagenet_weights
 
@@ -273,14 +273,8 @@ def print_comparison(out: Path, arms: list[str], dataset: str, reductions: list[
             acc = [float(by_key[k]["accuracy"]) for k in keys]
             auc = [float(by_key[k]["roc_auc"]) for k in keys]
             row = [str(n), arm, str(len(keys)), f"{np.median(acc):.3f}", f"{np.median(auc):.3f}"]
-            if arm != "plain":
-                for metric in ("accuracy", "roc_auc"):
-                    d = differences.get((arm, n, metric))
-                    row.append("—" if d is None or not d["n"] else
-                               f"{d['mean_diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] ({d['n']})"
-                               + (" no verdict" if d["few_pairs"] else ""))
-            else:
-                row += ["(reference)", "(reference)"]
+            for metric in ("accuracy", "roc_auc"):
+                row.append(difference_cell(differences.get((arm, n, metric)), arm == "plain"))
             secs = [float(by_key[k].get("train_seconds") or 0) for k in keys]
             row.append(f"{np.median(secs):.0f}")
             table.append(row)
