@@ -3,13 +3,14 @@
     import fewlabel
     model = fewlabel.train("cells/", strategy="imagenet", labels_per_class=20, out="m")
     fewlabel.load_model("m").predict(["new_cells/"]).save_csv("p.csv")
+    fewlabel.suggest("pool/", budget=16, out="to_label")   # which images to label first
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["__version__", "train", "load_model", "Model", "FewlabelError"]
+__all__ = ["__version__", "train", "load_model", "Model", "FewlabelError", "suggest", "Suggestions"]
 
 from fewlabel.errors import FewlabelError  # noqa: E402
 from fewlabel.version import __version__  # noqa: E402
@@ -21,6 +22,10 @@ def __getattr__(name: str) -> Any:
         from fewlabel import api
 
         return getattr(api, name)
+    if name in ("suggest", "Suggestions"):
+        from fewlabel.pipeline import suggest
+
+        return getattr(suggest, name)
     if name == "run_curve":
         from fewlabel.experiments import run_curve
 

@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 # Each module defines register(app). Order = order in --help.
-_COMMAND_MODULES = ("demo", "inspect", "train", "pretrain", "curve", "report")
+_COMMAND_MODULES = ("demo", "inspect", "suggest", "train", "pretrain", "curve", "report")
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"fewlabel.cli.{_name}").register(app)
