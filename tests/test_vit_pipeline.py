@@ -117,3 +117,16 @@ def test_curve_takes_a_vit_checkpoint_for_probe_and_foundation(tmp_path: Path, c
     assert run_cli("curve", data, "--out", tmp_path / "r2", "--strategies", "scratch", "--encoder-weights",
                    weights) == 2
     assert "name one of them in --strategies" in capsys.readouterr().err
+
+
+def test_encoder_weights_that_are_a_fifo_are_named_as_one(tmp_path: Path, capsys) -> None:
+    import os
+
+    data = make_class_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(32, 32))
+    fifo = tmp_path / "w.safetensors"
+    os.mkfifo(fifo)
+    assert run_cli("train", data, "--out", tmp_path / "m", "--encoder", "vit", "--encoder-weights", fifo) == 2
+    assert "is a FIFO" in capsys.readouterr().err
+    assert run_cli("curve", data, "--out", tmp_path / "r", "--strategies", "probe", "--encoder-weights",
+                   fifo) == 2
+    assert "is a FIFO" in capsys.readouterr().err

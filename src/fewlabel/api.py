@@ -23,7 +23,7 @@ import numpy as np
 
 from fewlabel import strategies as strategy_registry
 from fewlabel.errors import FewlabelError
-from fewlabel.fileio import atomic_write_text, check_output_dir, read_json
+from fewlabel.fileio import atomic_write_text, check_output_dir, missing_file_reason, read_json
 from fewlabel.jsonable import jsonable
 from fewlabel.pipeline import (
     add_draw,
@@ -232,9 +232,9 @@ def train(
     if out is not None:  # never inside the data: a model folder there would be read as a class
         check_output_dir(out, "model folder (out)", inputs=(data, masks, unlabelled, plan, encoder_weights),
                          foreign=("run.json", "store.sqlite"))
-    if encoder_weights is not None and not Path(encoder_weights).is_file():
-        # Say so before minutes of loading images, not after.
-        raise ModelFileError("encoder weights file does not exist", encoder_weights)
+    why = None if encoder_weights is None else missing_file_reason(encoder_weights)
+    if why is not None:  # said before minutes of loading images, not after
+        raise ModelFileError(f"encoder weights {why}", encoder_weights)
 
     def make_spec(strategy: str) -> StrategySpec:
         spec = default_spec(strategy, encoder)

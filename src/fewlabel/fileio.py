@@ -370,3 +370,12 @@ def special_kind(path: str | Path) -> str | None:
         return _special_kind(os.stat(path).st_mode)
     except (OSError, ValueError):
         return None
+
+
+def missing_file_reason(path: str | Path) -> str | None:
+    """Why ``path`` is not a regular file to read (a special file is named as one, never opened), or
+    None when it is one."""
+    kind = special_kind(Path(path))
+    if kind is not None:
+        return f"is {kind}, not a file (never opened)"
+    return None if Path(path).is_file() else "file does not exist"

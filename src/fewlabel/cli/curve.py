@@ -116,6 +116,7 @@ def encoder_options(strategies: str | None, encoder: str | None, weights: Path |
     encoder file; a one-line error when none of them runs (the flags would change nothing)."""
     from fewlabel.errors import FewlabelError
     from fewlabel.experiments.grid import parse_names
+    from fewlabel.fileio import missing_file_reason
 
     if encoder is None and weights is None:
         return None
@@ -124,8 +125,9 @@ def encoder_options(strategies: str | None, encoder: str | None, weights: Path |
         users = ", ".join(ENCODER_FILE_STRATEGIES)
         raise FewlabelError(f"--encoder / --encoder-weights are used by {users}; "
                             "name one of them in --strategies")
-    if weights is not None and not weights.is_file():
-        raise FewlabelError("encoder weights file does not exist", path=weights)
+    why = None if weights is None else missing_file_reason(weights)
+    if why is not None:
+        raise FewlabelError(f"encoder weights {why}", path=weights)
     given = {k: v for k, v in (("encoder", encoder), ("encoder_weights", None if weights is None
                                                         else str(weights.resolve()))) if v is not None}
     return {name: dict(given) for name in takers}
