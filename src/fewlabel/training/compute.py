@@ -5,8 +5,9 @@ configuration is hashed, so the run says what its numbers came from and never mi
 * ``precision``: ``auto`` is bf16 autocast on a GPU with bf16 (else fp16 with loss scaling) and on a
   CPU that computes bf16 natively (AVX512-BF16 or AMX: about twice the speed of fp32 for a
   MobileNetV2 step), else fp32. A CPU without native bf16 would emulate it slower than fp32.
-* ``ensemble_mode``: ``auto`` takes an ensemble's members as snapshots of one run with a cyclic
-  schedule on a CPU (Huang et al. 2017: M members for the price of one fine-tune), and trains them
+* ``ensemble_mode``: ``auto`` takes an ensemble's members as snapshots of one run on a CPU (the
+  fine-tune's schedule, then a short restarted cycle per further member: ``recipe.SnapshotTask``),
+  and trains them
   independently on a GPU, where they train side by side in one stacked module at about one's cost.
 * 2D batches and convolution weights go channels-last on a CPU: oneDNN's convolutions are faster in
   that layout, fp32 included. Only the rounding changes.
@@ -130,6 +131,6 @@ def compute_line(config: Any, members: int = 1) -> str:
     line = f"compute: {device}, {precision}{why}"
     if members > 1:
         mode = str(get("ensemble_mode", "independent"))
-        line += (f", {members} members as snapshots of one run (cyclic schedule)" if mode == "snapshot"
-                 else f", {members} members trained one by one")
+        line += (f", {members} members as snapshots of one run (its schedule, then short restarted cycles)"
+                 if mode == "snapshot" else f", {members} members trained one by one")
     return line
