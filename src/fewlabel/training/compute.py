@@ -7,8 +7,7 @@ configuration is hashed, so the run says what its numbers came from and never mi
   MobileNetV2 step), else fp32. A CPU without native bf16 would emulate it slower than fp32.
 * ``ensemble_mode``: ``auto`` takes an ensemble's members as snapshots of one run on a CPU (the
   fine-tune's schedule, then a short restarted cycle per further member: ``recipe.SnapshotTask``),
-  and trains them
-  independently on a GPU, where they train side by side in one stacked module at about one's cost.
+  and trains them independently on a GPU, where they train side by side in one stacked module.
 * 2D batches and convolution weights go channels-last on a CPU: oneDNN's convolutions are faster in
   that layout, fp32 included. Only the rounding changes.
 """
