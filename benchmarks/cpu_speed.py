@@ -114,7 +114,7 @@ def main() -> int:
     for i, n in enumerate(sizes):
         if args.table_only:
             break
-        order = arms if i % 2 == 0 else [*arms[1:], arms[0]]  # the reference alternates first / last
+        order = arms if i % 2 == 1 else [*arms[1:], arms[0]]  # the reference alternates last / first
         for arm in order:
             options, base = arm_settings(arm, args.quick)
             t0 = time.perf_counter()
