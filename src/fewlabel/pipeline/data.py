@@ -376,3 +376,13 @@ def add_draw(data: PreparedData, n_per_class: int | None, repeat: int, draw_seed
     data.plan.add_draw(n_per_class if n_per_class is not None else 0, repeat, draw_seed, labelled=labelled,
                        train=train, val=val)
     return data.plan.draw(n_per_class if n_per_class is not None else 0, repeat)
+
+
+def check_draw(data: PreparedData, labelled_ids: list[str]) -> None:
+    """A labelled draw a cell may train on: never a test image (a bug upstream if so), never empty."""
+    leaked = set(labelled_ids) & set(data.test_ids)
+    if leaked:  # a guard, not a user error: it means a bug upstream
+        raise AssertionError(f"{len(leaked)} test images in the labelled draw")
+    if not labelled_ids:
+        raise FewlabelError("no labelled images to train on (labels per class must be at least 1)",
+                            path=data.catalog.root)

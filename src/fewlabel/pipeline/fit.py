@@ -14,7 +14,7 @@ from fewlabel.data import splits, tensors
 from fewlabel.errors import FewlabelError
 from fewlabel.evaluate.metrics import classification_metrics, group_metrics
 from fewlabel.models.heads import Classifier
-from fewlabel.pipeline.data import PreparedData
+from fewlabel.pipeline.data import PreparedData, check_draw
 from fewlabel.pipeline.encoders import StrategySpec, build_encoder
 from fewlabel.pipeline.frozen import FROZEN_STRATEGIES, curve_only_reason, fit_frozen, frozen_recipe
 from fewlabel.pipeline.region import region_arrays, region_note
@@ -87,12 +87,7 @@ def cell_inputs(data: PreparedData, labelled_ids: list[str], spec: StrategySpec,
     arrays, its encoder, the unlabelled pool when FixMatch (``spec.semi``) or pseudo-labelling
     (``with_pool``) trains on it, and the content keys of every image its weights will have seen (the
     encoder's record, the draw, the pool)."""
-    leaked = set(labelled_ids) & set(data.test_ids)
-    if leaked:  # a guard, not a user error: it means a bug upstream
-        raise AssertionError(f"{len(leaked)} test images in the labelled draw")
-    if not labelled_ids:
-        raise FewlabelError("no labelled images to fine-tune on (labels per class must be at least 1)",
-                            path=data.catalog.root)
+    check_draw(data, labelled_ids)
     if train_ids is None or val_ids is None:
         train_ids, val_ids = split_labelled(data, labelled_ids, seed)
     if not hold_out:

@@ -35,7 +35,7 @@ from fewlabel import strategies as strategy_registry
 from fewlabel.errors import FewlabelError
 from fewlabel.models.encoder import PRETRAINED_WEIGHTS, Encoder
 from fewlabel.models.heads import Classifier
-from fewlabel.pipeline.data import PreparedData
+from fewlabel.pipeline.data import PreparedData, check_draw
 from fewlabel.pipeline.encoders import StrategySpec, build_encoder
 from fewlabel.pipeline.feature_cache import FeatureCache, FeatureStats
 from fewlabel.settings import select_device
@@ -90,12 +90,7 @@ def frozen_encoder(spec: StrategySpec, data: PreparedData,
 def labelled_ids_of(data: PreparedData, labelled_ids: list[str], train_ids: list[str] | None,
                     val_ids: list[str] | None) -> list[str]:
     """Every drawn label, in the plan's order (its training part, then its validation part)."""
-    leaked = set(labelled_ids) & set(data.test_ids)
-    if leaked:  # a guard, not a user error: it means a bug upstream
-        raise AssertionError(f"{len(leaked)} test images in the labelled draw")
-    if not labelled_ids:
-        raise FewlabelError("no labelled images to fit on (labels per class must be at least 1)",
-                            path=data.catalog.root)
+    check_draw(data, labelled_ids)
     if train_ids is None or val_ids is None:
         return list(labelled_ids)
     ids = list(train_ids) + list(val_ids)
