@@ -118,13 +118,23 @@ def main() -> int:
         for arm in order:
             options, base = arm_settings(arm, args.quick)
             t0 = time.perf_counter()
-            run_curve(data, out / arm, strategies=["imagenet"], sizes=sizes[:i + 1], repeats=repeats,
+            # a run folder only grows: the sizes so far, and any size an earlier call already ran
+            grown = sorted(set(sizes[:i + 1]) | stored_sizes(out / arm))
+            run_curve(data, out / arm, strategies=["imagenet"], sizes=grown, repeats=repeats,
                       finetune=base or None, strategy_options={"imagenet": options} if options else None,
                       cpus_per_cell=args.cpus_per_cell, keep_models="none", log=None, progress=False,
                       command=" ".join(sys.argv), **data_args)
             print(f"n={n} {arm}: {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     print_comparison(out, arms, args.dataset, reductions, RunView)
     return 0
+
+
+def stored_sizes(run_dir: Path) -> set[int]:
+    """The sizes a run folder was last run with (none for a new folder)."""
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return set()
+    return {int(n) for n in json.loads(path.read_text()).get("config", {}).get("sizes", [])}
 
 
 def _seconds(row: dict[str, Any], key: str) -> float:
