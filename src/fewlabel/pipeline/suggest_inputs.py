@@ -15,12 +15,12 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fewlabel.data import readers
 from fewlabel.data.catalog import Catalog, Sample, load_catalog, load_pool
+from fewlabel.data.catalog.manifest import read_table
 from fewlabel.data.identity import file_key, pixel_key
 from fewlabel.errors import DataError, FewlabelError, ManifestError
 
@@ -69,13 +69,7 @@ def _skip(catalog: Catalog, skipped: list[tuple[str, str]], what: str) -> None:
 
 def _pool_csv(path: Path, skipped: list[tuple[str, str]], notes: list[str]) -> Catalog:
     """A pool listed in a CSV (``path`` column, relative to the CSV)."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"cannot read the pool CSV ({exc})", path=path) from None
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
-    columns = [(c or "").strip().lower() for c in reader.fieldnames or []]
+    reader, columns = read_table(path, "the pool CSV")
     if "path" not in columns:
         raise ManifestError(f"a pool CSV needs a 'path' column (it has: {', '.join(columns) or 'none'})",
                             path=path)

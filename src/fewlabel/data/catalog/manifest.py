@@ -41,15 +41,21 @@ def _leaves_folder(value: str, base: Path) -> bool:
     return os.path.normpath(p).split(os.sep)[0] == ".."
 
 
-def from_manifest(csv_path: Path, masks: str | Path | None) -> Catalog:
-    base = csv_path.parent
+def read_table(csv_path: Path, what: str = "manifest") -> tuple[csv.DictReader, list[str]]:
+    """The rows of a CSV (a ``.tsv`` by tabs) and its column names, lower-cased; one line naming
+    ``what`` when it cannot be read."""
     try:
         text = csv_path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"cannot read manifest: {exc}", path=csv_path) from exc
+        raise ManifestError(f"cannot read {what}: {exc}", path=csv_path) from exc
     delimiter = "\t" if csv_path.suffix.lower() == ".tsv" else ","
     reader = csv.DictReader(text.splitlines(), delimiter=delimiter)
-    columns = [c.strip().lower() for c in (reader.fieldnames or [])]
+    return reader, [(c or "").strip().lower() for c in (reader.fieldnames or [])]
+
+
+def from_manifest(csv_path: Path, masks: str | Path | None) -> Catalog:
+    base = csv_path.parent
+    reader, columns = read_table(csv_path)
     if "path" not in columns or "label" not in columns:
         raise ManifestError("manifest needs columns 'path' and 'label' "
                             f"(it has: {', '.join(columns) or 'none'})", path=csv_path)
