@@ -10,10 +10,12 @@ import numpy as np
 
 
 def draws_of(run: Any) -> dict[tuple[int, Any], list[str]]:
-    """Labelled ids per (size, repeat) of a ``RunView``'s plan, and the test ids under key (0, "test")."""
+    """Labelled ids per (size, repeat) of a ``RunView``'s plan (the class-stratified draws; a selection
+    rule's picks are left out), and the test ids under key (0, "test")."""
     plan = run.plan
     draws: dict[tuple[int, Any], list[str]] = {
-        (int(d["n_per_class"]), int(d["repeat"])): list(d["labelled"]) for d in plan.draws.values()}
+        (int(d["n_per_class"]), int(d["repeat"])): list(d["labelled"]) for d in plan.draws.values()
+        if "selection" not in d}
     draws[(0, "test")] = list(plan.test_ids)
     return draws
 

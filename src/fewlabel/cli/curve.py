@@ -54,6 +54,10 @@ def curve(
     keep_models: str = typer.Option("first", help="Keep models of repeat 0 (first), all, or none."),
     pretrain_per_repeat: bool = typer.Option(False, "--pretrain-per-repeat", help="Each repeat pretrains its "
                                              "own encoder (own seed): the spread includes pretraining."),
+    selection: str = typer.Option(None, help="Selection rules beside the class-stratified random draw, "
+                                  "comma-separated: random (class-agnostic), typiclust, probcover. Each "
+                                  "picks n x classes pool images without labels; every strategy trains on "
+                                  "them too (arms <strategy>@<rule>, the same test set: paired)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-cell lines."),
 ) -> None:
     """Run a learning curve: one fixed test set, nested labelled draws shared by all strategies,
@@ -61,11 +65,12 @@ def curve(
     from fewlabel.cli.common import image_size_value, parse_settings, test_size_value
     from fewlabel.errors import FewlabelError
     from fewlabel.experiments import run_curve
-    from fewlabel.experiments.grid import parse_sizes
+    from fewlabel.experiments.grid import parse_selection, parse_sizes
     from fewlabel.settings import check_options
 
     try:
         parse_sizes(sizes)  # its message starts "sizes must ...": the option named, in one line
+        parse_selection(selection)
     except ValueError as exc:
         raise FewlabelError(f"--{exc}") from None
     check_options({"--seed": seed, "--repeats": repeats, "--workers": workers,
@@ -87,7 +92,7 @@ def curve(
             pretrain=parse_settings(pretrain_settings, "--pretrain"), executor=executor, workers=workers,
             ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
             keep_models=keep_models, pretrain_per_repeat=pretrain_per_repeat, strategy_options=options,
-            progress=False if quiet else None,
+            selection=selection, progress=False if quiet else None,
             log=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
         )
     except KeyboardInterrupt:

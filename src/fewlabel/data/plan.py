@@ -10,7 +10,8 @@ worker read the same file instead of deriving the split again from their own arg
 * ``merged`` — sets of samples whose files have the same content (copies under other names): each
   set was made one group before splitting, so a copy never sits on both sides;
 * ``draws`` — per ``(size, repeat)`` the labelled, training and validation ids (validation from the
-  labelled draw only; nested across sizes like the draws);
+  labelled draw only; nested across sizes like the draws); per ``(rule, size, repeat)`` the same for
+  a selection rule's picks (key ``<rule>:n<size>_r<repeat>``), with how they were chosen;
 * ``pretrain_pools`` — per source of pretraining images the ids kept and how many were dropped
   because their group or their content meets the test set.
 
@@ -35,8 +36,10 @@ PLAN_FORMAT = "fewlabel-plan/1"
 PLAN_FILE = "plan.json"
 
 
-def draw_key(n_per_class: int, repeat: int) -> str:
-    return f"n{int(n_per_class)}_r{int(repeat)}"
+def draw_key(n_per_class: int, repeat: int, selection: str | None = None) -> str:
+    """``n5_r0`` (the class-stratified draw) or ``typiclust:n5_r0`` (a selection rule's picks)."""
+    key = f"n{int(n_per_class)}_r{int(repeat)}"
+    return key if selection is None else f"{selection}:{key}"
 
 
 @dataclass
@@ -63,23 +66,31 @@ class SplitPlan:
                    "pool": self.pool_ids}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def draw(self, n_per_class: int, repeat: int) -> dict[str, Any]:
+    def draw(self, n_per_class: int, repeat: int, selection: str | None = None) -> dict[str, Any]:
         try:
-            return self.draws[draw_key(n_per_class, repeat)]
+            return self.draws[draw_key(n_per_class, repeat, selection)]
         except KeyError:
-            raise SplitError(f"the plan has no draw of {n_per_class} per class for repeat {repeat}") from None
+            by = "" if selection is None else f" by {selection}"
+            raise SplitError(f"the plan has no draw{by} of {n_per_class} per class for repeat "
+                             f"{repeat}") from None
 
     def add_draw(self, n_per_class: int, repeat: int, draw_seed: int, *, labelled: list[str],
-                 train: list[str], val: list[str], skipped: str | None = None) -> None:
+                 train: list[str], val: list[str], skipped: str | None = None,
+                 selection: str | None = None, chosen: dict[str, Any] | None = None) -> None:
+        """Record a draw; ``selection`` names the rule that picked ``labelled`` (in its order) and
+        ``chosen`` says how (budget, embedding, the rule's parameters, classes covered)."""
         test = set(self.test_ids)
         if test & (set(labelled) | set(train) | set(val)):  # a bug upstream, never a user error
             raise AssertionError("a test id in a labelled draw")
         entry: dict[str, Any] = {"n_per_class": int(n_per_class), "repeat": int(repeat),
                                  "draw_seed": int(draw_seed), "labelled": list(labelled),
                                  "train": list(train), "val": list(val)}
+        if selection is not None:
+            entry["selection"] = selection
+            entry["chosen"] = dict(chosen or {})
         if skipped is not None:
             entry["skipped"] = skipped
-        self.draws[draw_key(n_per_class, repeat)] = entry
+        self.draws[draw_key(n_per_class, repeat, selection)] = entry
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -71,15 +71,27 @@ class PipelineBackend:
             data_args["image_size"] = tuple(data_args["image_size"])
         return pipeline.prepare_data(**data_args)
 
-    def draw(self, data: Any, n_per_class: int, repeat: int, seed: int, count: str) -> dict[str, Any]:
-        """The plan's draw for (size, repeat) — read when the plan holds it, else drawn into it."""
+    def draw(self, data: Any, n_per_class: int, repeat: int, seed: int, count: str,
+             selection: str | None = None, embedding: Any = None) -> dict[str, Any]:
+        """The plan's draw for (size, repeat) — read when the plan holds it, else drawn into it; with
+        ``selection``, the picks of that rule (``embedding()`` gives the pool's embedding)."""
         from fewlabel import pipeline
         from fewlabel.data.plan import draw_key
 
-        stored = data.plan.draws.get(draw_key(n_per_class, repeat))
+        stored = data.plan.draws.get(draw_key(n_per_class, repeat, selection))
         if stored is not None:
             return dict(stored)
+        if selection is not None:
+            from fewlabel.pipeline.selection_draws import add_selection_draw
+
+            return dict(add_selection_draw(data, selection, n_per_class, repeat, seed, embedding))
         return dict(pipeline.add_draw(data, n_per_class, repeat, seed, count=count))
+
+    def selection_embedding(self, data: Any, device: str) -> tuple[Any, str]:
+        """The pool's embedding the selection rules pick from (``pipeline.selection_draws``)."""
+        from fewlabel.pipeline.selection_draws import pool_embedding
+
+        return pool_embedding(data, device)
 
     def save_plan(self, data: Any, path: Path) -> None:
         data.plan.save(path)
@@ -213,6 +225,7 @@ class CellTask:
     backend: Any
     threads: int | None = None  # torch threads in the worker; None = leave as is
     shared_data: Any = None  # a Ray object-store reference to the driver's prepared data, or None
+    row_extra: dict[str, Any] = field(default_factory=dict)  # what the row adds: selection, classes covered
 
 
 @dataclass
@@ -320,7 +333,7 @@ def base_row(task: CellTask) -> dict[str, Any]:
     cell = task.cell
     return {"strategy": cell.strategy, "n_per_class": cell.n_per_class, "repeat": cell.repeat,
             "seed": task.seed, "draw_seed": task.draw_seed, "config_hash": task.config_hash,
-            "worker": f"{socket.gethostname()}:{os.getpid()}"}
+            "worker": f"{socket.gethostname()}:{os.getpid()}", **task.row_extra}
 
 
 def run_cell(task: CellTask) -> CellOutput:

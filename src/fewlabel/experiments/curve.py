@@ -52,10 +52,13 @@ from fewlabel.experiments.executors import Executor, RayExecutor, make_executor
 from fewlabel.experiments.grid import (
     Cell,
     CurveConfig,
+    arm_parts,
     draw_seed,
     parse_names,
+    parse_selection,
     parse_sizes,
     pretrain_seed,
+    selection_seed,
     train_seed,
 )
 from fewlabel.experiments.progress import Log, Progress, cell_line, duration
@@ -117,7 +120,9 @@ def format_table(rows: Iterable[dict[str, Any]], metrics: Sequence[str] = ("roc_
     rows = list(rows)
     by_metric = {m: {(s["strategy"], s["n_per_class"]): s for s in summarise(rows, m)} for m in metrics}
     keys = sorted({k for table in by_metric.values() for k in table}, key=lambda k: (k[0], k[1]))
-    head = f"{'strategy':<14}{'n':>5}{'reps':>6}" + "".join(f"{m + ' median [IQR]':>30}" for m in metrics)
+    width = max([14, *(len(str(k[0])) + 2 for k in keys)])  # arms such as imagenet@typiclust
+    head = (f"{'strategy':<{width}}{'n':>5}{'reps':>6}"
+            + "".join(f"{m + ' median [IQR]':>30}" for m in metrics))
     lines = [head, "-" * len(head)]
     for key in keys:
         first = next(t[key] for t in by_metric.values() if key in t)
@@ -125,7 +130,8 @@ def format_table(rows: Iterable[dict[str, Any]], metrics: Sequence[str] = ("roc_
         for m in metrics:
             s = by_metric[m].get(key)
             cells.append(f"{s['median']:.3f} [{s['q1']:.3f}, {s['q3']:.3f}]" if s else "-")
-        lines.append(f"{key[0]:<14}{key[1]:>5}{first['n_repeats']:>6}" + "".join(f"{c:>30}" for c in cells))
+        lines.append(f"{key[0]:<{width}}{key[1]:>5}{first['n_repeats']:>6}"
+                     + "".join(f"{c:>30}" for c in cells))
     return "\n".join(lines)
 
 
@@ -134,30 +140,58 @@ def _stderr(line: str) -> None:
 
 
 def _make_draws(out: Path, data: Any, config: CurveConfig, backend: Any, log: Log,
-                grown: bool = False) -> dict[tuple[int, int], dict[str, Any]]:
-    """Every (size, repeat) draw, kept in the run's plan (``plan.json``). A resumed run follows the
-    stored draws; a new run draws them once and saves the plan before any cell starts."""
+                grown: bool = False) -> dict[tuple[str | None, int, int], dict[str, Any]]:
+    """Every (rule, size, repeat) draw, kept in the run's plan (``plan.json``); rule None is the
+    class-stratified draw. A resumed run follows the stored draws; a new run draws them once and saves
+    the plan before any cell starts. The pool is embedded only when a selection draw is missing."""
     path = out / PLAN_FILE
     resumed = path.exists()
-    draws: dict[tuple[int, int], dict[str, Any]] = {}
+    draws: dict[tuple[str | None, int, int], dict[str, Any]] = {}
+    embedded: list[Any] = []
+
+    def embedding() -> Any:
+        if not embedded:
+            log("selection: embedding the training pool (never the test set) ...")
+            embedded.append(backend.selection_embedding(data, str(config.finetune.get("device") or "auto")))
+            log(f"selection: {embedded[0][1]}")
+        return embedded[0]
+
     for r in range(config.repeats):
-        seed = draw_seed(config.seed, r)
-        for n in config.sizes:
-            entry = backend.draw(data, n, r, seed, config.count)
-            if entry.get("draw_seed") != seed:
-                raise ConfigMismatchError(f"the stored plan drew repeat {r} with another seed; use a new "
-                                          "--out", path=path)
-            draws[(n, r)] = {"repeat": r, "n_per_class": n, "draw_seed": seed, "ids": list(entry["labelled"]),
-                             "train": list(entry["train"]), "val": list(entry["val"]),
-                             **({"skipped": entry["skipped"]} if "skipped" in entry else {})}
-    too_big = sorted({n for (n, _), d in draws.items() if "skipped" in d})
-    for n in too_big:
-        reason = next(d["skipped"] for (m, _), d in draws.items() if m == n and "skipped" in d)
-        log(f"note: n={n} per class cannot be drawn ({reason}); those cells are recorded as skipped")
-    if not resumed or grown:
+        for rule in (None, *config.selection):
+            seed = draw_seed(config.seed, r) if rule is None else selection_seed(config.seed, r)
+            for n in config.sizes:
+                picked = {} if rule is None else {"selection": rule, "embedding": embedding}
+                entry = backend.draw(data, n, r, seed, config.count, **picked)
+                if entry.get("draw_seed") != seed:
+                    raise ConfigMismatchError(f"the stored plan drew repeat {r} with another seed; use a "
+                                              "new --out", path=path)
+                draws[(rule, n, r)] = {"repeat": r, "n_per_class": n, "draw_seed": seed,
+                                       "ids": list(entry["labelled"]), "train": list(entry["train"]),
+                                       "val": list(entry["val"]), "chosen": entry.get("chosen"),
+                                       **({"skipped": entry["skipped"]} if "skipped" in entry else {})}
+    too_big = sorted({(rule or "", n) for (rule, n, _), d in draws.items() if "skipped" in d})
+    for rule, n in too_big:
+        reason = next(d["skipped"] for (m_rule, m, _), d in draws.items()
+                      if (m_rule or "", m) == (rule, n) and "skipped" in d)
+        by = f" by {rule}" if rule else ""
+        log(f"note: n={n} per class cannot be drawn{by} ({reason}); those cells are recorded as skipped")
+    if not resumed or grown or embedded:
         backend.save_plan(data, path)  # a grown run's plan gains the new draws; the old are unchanged
     return draws
 
+
+def _draw_of(draws: dict[tuple[str | None, int, int], dict[str, Any]], cell: Cell) -> dict[str, Any]:
+    return draws[(arm_parts(cell.strategy)[1], cell.n_per_class, cell.repeat)]
+
+
+def _row_extra(cell: Cell, draw: dict[str, Any]) -> dict[str, Any]:
+    """What a selection arm's row adds: its rule and how many classes its picks reached."""
+    rule = arm_parts(cell.strategy)[1]
+    if rule is None:
+        return {}
+    chosen = draw.get("chosen") or {}
+    return {"selection": rule, "classes_covered": chosen.get("classes_covered"),
+            "budget": chosen.get("budget")}
 
 
 def _failed_output(task: CellTask, error: BaseException | str) -> CellOutput:
@@ -222,6 +256,7 @@ def run_curve(
     prep_cpus: int | None = None,
     keep_models: str = "first",
     pretrain_per_repeat: bool = False,
+    selection: str | Sequence[str] | None = None,
     progress: bool | None = None,
     log: Log | None = _stderr,
     command: str | None = None,
@@ -244,7 +279,9 @@ def run_curve(
     None = 0.25 when the cluster has GPUs, else 0. ``backend`` replaces
     the pipeline (tests). ``pretrain_per_repeat``: each repeat prepares its own encoder (own seed),
     so the spread of gan / ssl / segmentation includes the pretraining's variance (costs one
-    preparation per repeat).
+    preparation per repeat). ``selection``: rules of ``pipeline.selection`` (``random``, ``typiclust``,
+    ``probcover``) whose picks of ``n × classes`` pool images, chosen without labels, train every
+    strategy beside its class-stratified draw (arms ``<strategy>@<rule>``; ``pipeline.selection_draws``).
     Every setting is checked before anything is loaded or written.
     Raises ``ConfigMismatchError`` when ``out`` holds a run of another configuration.
     """
@@ -262,6 +299,10 @@ def run_curve(
         raise ValueError(f"keep_models must be one of {KEEP_MODELS}, got {keep_models!r}")
     if count not in ("images", "groups"):
         raise ValueError(f"count must be 'images' or 'groups', got {count!r}")
+    selection = parse_selection(selection)
+    if selection and count != "images":
+        raise ValueError("selection rules pick images (a budget of n x classes images): they cannot count "
+                         "groups; leave --count at images")
     known = getattr(backend, "strategies", strategy_registry.NAMES)
     unknown = [s for s in strategies if s not in known]
     if unknown:
@@ -343,7 +384,7 @@ def run_curve(
         strategy_specs=strategy_specs,
         sizes=sizes, repeats=int(repeats), test_size=test_size, seed=int(seed),
         image_size=tuple(image_size) if image_size is not None else None, count=count,
-        finetune=finetune_config, pretrain_per_repeat=bool(pretrain_per_repeat),
+        finetune=finetune_config, pretrain_per_repeat=bool(pretrain_per_repeat), selection=selection,
         masks=masks is not None, group_pattern=group_pattern, drop_classes=tuple(drop_classes),
         data=data_args["data"], unlabelled=data_args["unlabelled"], masks_dir=data_args["masks"],
     )
@@ -387,12 +428,12 @@ def _run_cells(out: Path, store: ResultStore, info: dict[str, Any], config: Curv
     if resumed:
         say(f"resuming: {resumed} of {len(cells)} cells already done")
     for cell in cells:  # sizes a class cannot supply: a row that says so, once
-        d = draws[(cell.n_per_class, cell.repeat)]
+        d = _draw_of(draws, cell)
         if "skipped" in d and cell not in done:
             store.add({"strategy": cell.strategy, "n_per_class": cell.n_per_class, "repeat": cell.repeat,
                        "seed": train_seed(config.seed, cell.repeat, cell.n_per_class),
                        "draw_seed": d["draw_seed"], "status": "skipped", "error": d["skipped"],
-                       "config_hash": config_hash})
+                       "config_hash": config_hash, **_row_extra(cell, d)})
     done = store.done_keys()
     pending = [c for c in cells if c not in done]
     ran = 0
@@ -416,16 +457,16 @@ def _run_cells(out: Path, store: ResultStore, info: dict[str, Any], config: Curv
             bar.restart_clock()
             tasks, ready = [], []
             for cell in pending:
-                d = draws[(cell.n_per_class, cell.repeat)]
+                d = _draw_of(draws, cell)
                 key = prep_key(config, cell.strategy, cell.repeat)
                 task = CellTask(
                     cell=cell, seed=train_seed(config.seed, cell.repeat, cell.n_per_class),
                     draw_seed=d["draw_seed"], labelled_ids=tuple(d["ids"]), train_ids=tuple(d["train"]),
-                    val_ids=tuple(d["val"]), spec=specs.get(key, config.strategy_specs[cell.strategy]),
+                    val_ids=tuple(d["val"]), spec=specs.get(key, config.spec_of(cell.strategy)),
                     finetune=config.finetune, data_args=data_args, fingerprint=fingerprint,
                     config_hash=config_hash,
                     keep_model=keep_models == "all" or (keep_models == "first" and cell.repeat == 0),
-                    backend=backend, threads=cpus_per_cell)
+                    backend=backend, threads=cpus_per_cell, row_extra=_row_extra(cell, d))
                 (tasks if key in prep_errors else ready).append(task)
             for task in tasks:  # a strategy whose preparation failed: its cells fail with that reason
                 reason = prep_errors[prep_key(config, task.cell.strategy, task.cell.repeat)]
@@ -507,8 +548,10 @@ def _trains_on_pool(task: CellTask) -> bool:
     return bool(task.spec.get("semi")) or float(per_label) > 0
 
 
-def prep_key(config: CurveConfig, strategy: str, repeat: int) -> str:
-    """Which preparation a cell uses: one per strategy, or one per strategy and repeat."""
+def prep_key(config: CurveConfig, arm: str, repeat: int) -> str:
+    """Which preparation a cell uses: one per strategy, or one per strategy and repeat (the arms of a
+    strategy share it: a selection rule changes the labelled images, not the encoder)."""
+    strategy = arm_parts(arm)[0]
     entry = strategy_registry.REGISTRY.get(strategy)
     if config.pretrain_per_repeat and entry is not None and entry.prepare:
         return f"{strategy}@r{repeat}"
@@ -521,9 +564,10 @@ def _prepare(out: Path, ex: Executor, config: CurveConfig, data_args: dict[str, 
     """Prepare every strategy (or strategy and repeat) that has cells left, once per run; returns the
     prepared specs and errors, keyed by ``prep_key``."""
     keys: dict[str, tuple[str, int | None]] = {}
-    for c in sorted(pending, key=lambda c: (config.strategies.index(c.strategy), c.repeat)):
+    for c in sorted(pending, key=lambda c: (config.strategies.index(arm_parts(c.strategy)[0]), c.repeat)):
         key = prep_key(config, c.strategy, c.repeat)
-        keys.setdefault(key, (c.strategy, c.repeat if key != c.strategy else None))
+        strategy = arm_parts(c.strategy)[0]
+        keys.setdefault(key, (strategy, c.repeat if key != strategy else None))
     cache_dir = out / "pretrained"
     cache_dir.mkdir(parents=True, exist_ok=True)
     specs: dict[str, dict[str, Any]] = {}

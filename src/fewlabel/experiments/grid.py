@@ -1,8 +1,10 @@
 """The learning-curve grid: its configuration (with a stable hash), its cells and their seeds.
 
-A run is strategy × labelled-set size × repeat on one fixed test set. ``CurveConfig`` holds everything
-that changes the numbers; its ``config_hash()`` decides whether a RUN_DIR may be resumed, and
-``differences()`` names what differs when it may not.
+A run is arm × labelled-set size × repeat on one fixed test set. An arm is a strategy trained on the
+class-stratified random draw (the arm is named by the strategy alone), or a strategy trained on the
+images a selection rule picked from the pool without labels (``imagenet@typiclust``: ``arm_name``).
+``CurveConfig`` holds everything that changes the numbers; its ``config_hash()`` decides whether a
+RUN_DIR may be resumed, and ``differences()`` names what differs when it may not.
 
 Seeds (all derived, stable across Python versions and machines):
   * the test hold-out uses the base ``seed`` itself;
@@ -39,6 +41,7 @@ HASHED_FIELDS = (
     "count",
     "finetune",
     "pretrain_per_repeat",
+    "selection",
 )
 
 # The grid: a run may add sizes or repeats to these (``CurveConfig.grows``), never drop one.
@@ -61,7 +64,37 @@ _FIELD_LABELS = {
     "count": "count",
     "finetune": "finetune",
     "pretrain_per_repeat": "pretraining per repeat",
+    "selection": "selection rules",
 }
+
+# Selection rules a curve can run beside the class-stratified draw (``pipeline.selection``): each
+# picks ``n × classes`` images of the pool from an embedding, blind to labels.
+SELECTION_RULES = ("random", "typiclust", "probcover")
+ARM_SEPARATOR = "@"
+
+
+def arm_name(strategy: str, rule: str | None) -> str:
+    """``imagenet`` (the class-stratified draw) or ``imagenet@typiclust`` (a selection rule's picks)."""
+    return strategy if rule is None else f"{strategy}{ARM_SEPARATOR}{rule}"
+
+
+def arm_parts(arm: str) -> tuple[str, str | None]:
+    """(strategy, selection rule or None) of an arm name."""
+    strategy, _, rule = arm.partition(ARM_SEPARATOR)
+    return strategy, rule or None
+
+
+def parse_selection(text: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"random,typiclust"`` → ("random", "typiclust"); a clear ValueError on an unknown rule."""
+    names = parse_names(text or ())
+    unknown = [n for n in names if n not in SELECTION_RULES]
+    if unknown:
+        raise ValueError(f"selection rule {', '.join(unknown)} is unknown; choose from "
+                         f"{', '.join(SELECTION_RULES)} (the class-stratified random draw always runs as "
+                         "the reference)")
+    if len(set(names)) != len(names):
+        raise ValueError(f"selection rules repeat a name: {','.join(names)}")
+    return names
 
 
 def derive_seed(*parts: Any) -> int:
@@ -78,6 +111,12 @@ def draw_seed(seed: int, repeat: int) -> int:
 def pretrain_seed(seed: int, repeat: int | None) -> int:
     """Seed of a strategy's preparation: the base seed when one preparation serves every repeat."""
     return seed if repeat is None else derive_seed(seed, "pretrain", repeat)
+
+
+def selection_seed(seed: int, repeat: int) -> int:
+    """Seed of the selection rules in one repeat (k-means start, δ's pair sample, the random picks);
+    the same for every rule and size, so repeats vary the selector and rules stay paired."""
+    return derive_seed(seed, "select", repeat)
 
 
 def train_seed(seed: int, repeat: int, n_per_class: int) -> int:
@@ -123,6 +162,8 @@ class CurveConfig:
     # Each repeat prepares its own encoder (own pretraining seed): the spread of pretrained
     # strategies then includes the pretraining's own variance, not only the labelled draw's.
     pretrain_per_repeat: bool = False
+    # Selection rules whose picks train each strategy beside its class-stratified draw (arms).
+    selection: tuple[str, ...] = ()
     # Informational only (not hashed).
     data: str = ""
     unlabelled: str | None = None
@@ -132,6 +173,7 @@ class CurveConfig:
         self.strategies = tuple(self.strategies)
         self.sizes = tuple(sorted({int(n) for n in self.sizes}))
         self.drop_classes = tuple(sorted(self.drop_classes))
+        self.selection = parse_selection(self.selection)
         if isinstance(self.image_size, list):
             self.image_size = tuple(self.image_size)
         if not self.strategies:
@@ -161,9 +203,18 @@ class CurveConfig:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
+    @property
+    def arms(self) -> tuple[str, ...]:
+        """Each strategy on the class-stratified draw, then on each selection rule's picks."""
+        return tuple(arm_name(s, rule) for s in self.strategies for rule in (None, *self.selection))
+
+    def spec_of(self, arm: str) -> dict[str, Any]:
+        """The strategy spec an arm trains with (the selection rule changes the images, not the spec)."""
+        return self.strategy_specs[arm_parts(arm)[0]]
+
     def cells(self) -> list[Cell]:
-        """Every cell, repeat-major then size then strategy: a stopped run has whole repeats first."""
-        return [Cell(s, n, r) for r in range(self.repeats) for n in self.sizes for s in self.strategies]
+        """Every cell, repeat-major then size then arm: a stopped run has whole repeats first."""
+        return [Cell(a, n, r) for r in range(self.repeats) for n in self.sizes for a in self.arms]
 
     def extends(self, stored: Mapping[str, Any]) -> bool:
         """Whether this configuration is the stored one (``to_dict()`` of a run), perhaps with sizes
@@ -173,7 +224,7 @@ class CurveConfig:
         fine-tuning setting was added, which then held its default.)"""
         mine = self.hashed()
         theirs = _hashed_form({name: stored.get(name) for name in HASHED_FIELDS})
-        if any(mine[n] != theirs[n] for n in HASHED_FIELDS if n not in GRID_FIELDS):
+        if any(mine.get(n) != theirs.get(n) for n in HASHED_FIELDS if n not in GRID_FIELDS):
             return False
         try:
             old_sizes, old_repeats = {int(v) for v in theirs["sizes"] or ()}, int(theirs["repeats"] or 0)
@@ -188,8 +239,8 @@ class CurveConfig:
         theirs = _hashed_form({name: stored.get(name) for name in HASHED_FIELDS})
         out: list[str] = []
         for name in HASHED_FIELDS:
-            if mine[name] != theirs[name]:
-                out.extend(_describe(_FIELD_LABELS[name], theirs[name], mine[name]))
+            if mine.get(name) != theirs.get(name):
+                out.extend(_describe(_FIELD_LABELS[name], theirs.get(name), mine.get(name)))
         named = set(self.finetune.get("explicit") or ())
         if any(line.startswith("finetune ") and line.split()[1] in named and " (default) vs " in line
                for line in out):
@@ -266,6 +317,8 @@ def _hashed_form(fields: dict[str, Any]) -> dict[str, Any]:
     setting added to ``FinetuneConfig`` later (at a default that keeps the old behaviour) leaves the
     configuration of earlier runs as it was, while a changed default still shows as a difference."""
     out = canonical(fields)
+    if not out.get("selection"):
+        out.pop("selection", None)  # a run without selection arms hashes as before they existed
     from fewlabel.training.recipe import FinetuneConfig  # here: grid stays light to import
 
     defaults = canonical(FinetuneConfig().to_dict())

@@ -1,0 +1,173 @@
+"""Benchmark: which images to label. Selection rules against random draws of the same size, with the
+default training recipe, on one run's paired draws.
+
+    .venv/bin/python benchmarks/selection.py --dataset pbc [--sizes 1,2,5,10] [--repeats 5] [--quick]
+
+One ``fewlabel curve`` run folder (``--out``, resumable and growable like any curve) with the house
+default strategy (``imagenet``) and ``--selection random,typiclust,probcover``: at each size ``n`` the
+budget is ``n × classes`` labelled images in total, and every arm trains with the same recipe and seed
+and is scored on the same test set:
+
+  stratified  today's draw: ``n`` random images of every class (an oracle: it needs the labels first)
+  random      ``n × classes`` images drawn uniformly from the pool, blind to labels
+  typiclust   the rule's picks from the pool's ImageNet embedding, blind to labels (likewise probcover)
+
+Repeats vary the draw and the selector's seed (k-means start, δ's pair sample). Prints per size × arm:
+median accuracy / ROC-AUC, the classes the labelled set reached (min-max over repeats) and the paired
+mean difference of each rule to class-agnostic random and to the stratified oracle with the package's
+cluster-bootstrap 95 % CI (test groups × repeats; no verdict below 5 repeats).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _paired import difference_cell, paired_to_reference
+
+from _common import REPO, dataset_or_exit, print_table, use_shared_imagenet_weights
+
+STRATEGY = "imagenet"
+RULES = ("random", "typiclust", "probcover")
+
+DATASETS: dict[str, dict[str, Any]] = {
+    # PBC-8: 200 images per class; 20 test images per class keep 80 cells affordable on a CPU.
+    "pbc": {"folder": "pbc_leukocytes_8class", "subdir": "", "test_size": 20},
+    # BCCD: basophil dropped (2 images), smears as groups (a patient never spans the split).
+    "bccd": {"folder": "bccd_wbc_fewshot", "subdir": "labelled", "test_size": 0.25,
+             "group_pattern": r"(BloodImage_\d+)", "drop_classes": ["basophil"]},
+}
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="pbc")
+    ap.add_argument("--rules", default=",".join(RULES), help="selection rules beside the stratified draw")
+    ap.add_argument("--sizes", default="1,2,5,10", help="labels per class: a budget of n x classes images")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--test-size", type=float, default=None,
+                    help="test images per class (>= 1) or fraction (< 1); default: the data set's")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cpus-per-cell", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="default runs/selection_<dataset>[_quick]")
+    ap.add_argument("--table-only", action="store_true", help="print the table from finished cells")
+    ap.add_argument("--quick", action="store_true",
+                    help="proves the script runs (size 1, 1 repeat, 3 epochs, 48 px input, 3 test images "
+                         "per class); says nothing about the rules")
+    return ap.parse_args()
+
+
+class ArmView:
+    """One arm of a run, as ``_paired.paired_to_reference`` reads a run: its rows and probabilities."""
+
+    def __init__(self, view: Any, arm: str) -> None:
+        self.view, self.arm = view, arm
+
+    def test_truth(self) -> Any:
+        return self.view.test_truth()
+
+    def rows(self, status: str | None = None) -> list[dict[str, Any]]:
+        return [r for r in self.view.rows(status=status) if r["strategy"] == self.arm]
+
+    def probas(self, rows: Iterable[Mapping[str, Any]], n_test: int) -> Any:
+        return self.view.probas(rows, n_test)
+
+
+def label(arm: str) -> str:
+    return arm.partition("@")[2] or "stratified"
+
+
+def classes_reached(plan: Any, arm: str, n: int) -> str:
+    """Classes the arm's labelled sets reached at size n (min-max over repeats): a selection draw
+    records it; a stratified draw holds n >= 1 of every class."""
+    rule = arm.partition("@")[2] or None
+    draws = [d for d in plan.draws.values()
+             if d.get("selection") == rule and int(d["n_per_class"]) == n and "skipped" not in d]
+    if not draws:
+        return "—"
+    total = len(plan.classes)
+    counts = [int(d["chosen"]["classes_covered"]) if rule else total for d in draws]
+    lo, hi = min(counts), max(counts)
+    return f"{lo}/{total}" if lo == hi else f"{lo}–{hi}/{total}"
+
+
+def main() -> int:
+    args = parse_args()
+    proto = DATASETS[args.dataset]
+    root = dataset_or_exit(proto["folder"])
+    use_shared_imagenet_weights()
+    from fewlabel.experiments import RunView, run_curve
+
+    data = root / proto["subdir"] if proto["subdir"] else root
+    sizes, repeats = args.sizes, args.repeats
+    test_size: float | int = proto["test_size"]
+    if args.test_size is not None:
+        test_size = int(args.test_size) if args.test_size >= 1 else float(args.test_size)
+    options: dict[str, Any] = {}
+    finetune: dict[str, Any] = {}
+    if args.quick:
+        sizes, repeats = "1", 1
+        test_size = 3 if args.dataset == "pbc" else test_size
+        options = {STRATEGY: {"encoder_kwargs": {"input_size": 48}}}
+        finetune = {"max_epochs": 3}
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    out = args.out or REPO / "runs" / f"selection_{args.dataset}{'_quick' if args.quick else ''}"
+    data_args: dict[str, Any] = {"test_size": test_size, "seed": args.seed}
+    for key in ("group_pattern", "drop_classes"):
+        if proto.get(key):
+            data_args[key] = proto[key]
+    reductions = [f"test {test_size}{' per class' if isinstance(test_size, int) else ''}", f"sizes {sizes}",
+                  f"{repeats} repeats", f"seed {args.seed}", "quick: 48 px input, 3 epochs" if args.quick
+                  else "the default recipe as it is"]
+    print(f"selection {args.dataset}: {data} -> {out}\n" + "; ".join(reductions), flush=True)
+    if not args.table_only:
+        run_curve(data, out, strategies=[STRATEGY], sizes=sizes, repeats=repeats, selection=rules,
+                  finetune=finetune, strategy_options=options or None, cpus_per_cell=args.cpus_per_cell,
+                  command=" ".join(sys.argv), **data_args)
+    print_comparison(RunView(out), rules, args.dataset, reductions)
+    return 0
+
+
+def print_comparison(view: Any, rules: list[str], dataset: str, reductions: list[str]) -> None:
+    plan = view.plan
+    rows = view.rows(status="ok")
+    truth = view.test_truth()
+    if not rows or truth is None:
+        print("no finished cells yet")
+        return
+    arms = [STRATEGY, *(f"{STRATEGY}@{r}" for r in rules)]
+    runs = {a: ArmView(view, a) for a in arms}
+    cells = {a: {(int(r["n_per_class"]), int(r["repeat"])): r for r in runs[a].rows("ok")} for a in arms}
+    vs_random, _ = paired_to_reference(runs, cells, f"{STRATEGY}@random") if "random" in rules else ({}, "")
+    vs_oracle, caption = paired_to_reference(runs, cells, STRATEGY)
+    table = []
+    for n in sorted({n for by in cells.values() for n, _ in by}):
+        for arm in arms:
+            keys = sorted(k for k in cells[arm] if k[0] == n)
+            if not keys:
+                continue
+            acc = [float(cells[arm][k]["accuracy"]) for k in keys]
+            auc = [float(cells[arm][k]["roc_auc"]) for k in keys]
+            row = [str(n), label(arm), str(len(keys)), f"{np.median(acc):.3f}", f"{np.median(auc):.3f}",
+                   classes_reached(plan, arm, n)]
+            for differences, reference in ((vs_random, f"{STRATEGY}@random"), (vs_oracle, STRATEGY)):
+                for metric in ("accuracy", "roc_auc"):
+                    row.append(difference_cell(differences.get((arm, n, metric)), arm == reference)
+                               if differences or arm == reference else "—")
+            table.append(row)
+    print(f"\n{dataset}: " + "; ".join(reductions))
+    print_table(["n/class", "labelled by", "reps", "acc (median)", "AUC (median)", "classes reached",
+                 "Δacc vs random", "ΔAUC vs random", "Δacc vs stratified", "ΔAUC vs stratified"], table)
+    print(caption)
+    embedding = next((d["chosen"].get("embedding") for d in plan.draws.values() if d.get("chosen")
+                      and d["chosen"].get("embedding")), None)
+    if embedding:
+        print(f"selection embedding (first draw): {embedding}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

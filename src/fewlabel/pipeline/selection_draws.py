@@ -1,0 +1,87 @@
+"""Labelled sets that a selection rule picks for a learning curve, blind to labels and to the test set.
+
+A curve with selection arms (``fewlabel curve --selection typiclust,probcover,random``) trains each
+strategy, beside its class-stratified random draw, on the images a rule of ``pipeline.selection``
+picks from the training pool. For a size of ``n`` per class the budget is ``n × classes`` images in
+total (what the stratified draw labels), chosen cold at each size: the set a user of
+``fewlabel suggest --budget`` would label first. The rule sees:
+
+* the embedding of the pool (``pool_embedding``): the pooled features of the ImageNet MobileNetV2 (the
+  ``probe`` strategy's encoder, its 160-px input), averaged over the 8 flips / quarter turns and read
+  from the feature cache, as ``suggest`` embeds by default. Only pool images are embedded: no test
+  image (nor a copy, which the split merged into its group) can be picked or shape the clusters;
+* the budget and the repeat's selection seed. Never a label: the labels of the picks are read only
+  afterwards, to split them into training and validation (as an expert's labels would be) and to count
+  the classes they reach, recorded with the draw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fewlabel.data import splits
+from fewlabel.pipeline.data import PreparedData
+from fewlabel.pipeline.encoders import default_spec
+from fewlabel.pipeline.feature_cache import FeatureCache
+from fewlabel.pipeline.frozen import frozen_encoder
+from fewlabel.pipeline.selection import select
+
+Embedding = tuple[np.ndarray, str]
+
+
+def pool_embedding(data: PreparedData, device: str = "auto") -> Embedding:
+    """(rows in ``data.pool_ids`` order, the embedding in words) of the pool (module docstring)."""
+    from fewlabel.settings import select_device
+    from fewlabel.training.compute import channels_last_on, resolve_precision
+
+    notes: list[str] = []
+    net, _ = frozen_encoder(default_spec("probe"), data, notes)
+    net.eval()
+    dev = select_device(device)
+    cache = FeatureCache(net, data.preprocess.to_dict(), data.image_size, views=True, device=dev,
+                         precision=resolve_precision("auto", dev), channels_last=channels_last_on(dev))
+    feats, stats = cache.features(data, list(data.pool_ids))
+    line = (f"ImageNet MobileNetV2 pooled features of the {len(data.pool_ids)} pool images "
+            f"({feats.shape[-1]}-d, mean of {cache.n_views} flips/turns, {cache.precision}; "
+            f"{stats.computed} computed, {stats.cached} from the feature cache)")
+    return feats.mean(1), line
+
+
+def add_selection_draw(data: PreparedData, rule: str, n_per_class: int, repeat: int, seed: int,
+                       embedding: Callable[[], Embedding]) -> dict[str, Any]:
+    """The picks of ``rule`` for a budget of ``n_per_class × classes`` images, recorded in the plan
+    (labelled ids in the order the rule ranks them, their training / validation split, how they were
+    chosen, classes covered); returns the plan's entry. A budget larger than the pool is recorded as
+    skipped. ``embedding`` is called only when a draw is made (the pool is embedded once a run)."""
+    pool = list(data.pool_ids)
+    classes = data.num_classes
+    budget = int(n_per_class) * classes
+    if budget > len(pool):
+        data.plan.add_draw(n_per_class, repeat, seed, labelled=[], train=[], val=[], selection=rule,
+                           chosen={"rule": rule, "budget": budget},
+                           skipped=f"a budget of {budget} images ({n_per_class} x {classes} classes) is more "
+                                   f"than the {len(pool)} images of the training pool")
+        return data.plan.draw(n_per_class, repeat, rule)
+    x, line = embedding()
+    picked = select(rule, x, labelled=(), budget=budget, seed=seed)
+    labelled = [pool[r] for r in picked.rows]
+    # The picks are labelled now (by the data's labels, as an expert would): split them as any draw.
+    train, val = splits.nested_validation(data.catalog, pool, labelled, seed=seed)
+    labels = np.asarray(data.catalog.labels(labelled))
+    counts = np.bincount(labels, minlength=classes)
+    chosen = {"rule": rule, "budget": budget, "seed": int(seed), "embedding": line,
+              "params": {k: v for k, v in picked.params.items() if k != "cluster_sizes"},
+              "classes_covered": int((counts > 0).sum()), "classes": classes,
+              "per_class": {name: int(c) for name, c in zip(data.class_names, counts, strict=True)}}
+    data.plan.add_draw(n_per_class, repeat, seed, labelled=labelled, train=train, val=val, selection=rule,
+                       chosen=chosen)
+    return data.plan.draw(n_per_class, repeat, rule)
+
+
+def covered_classes(entry: dict[str, Any]) -> int | None:
+    """Classes a draw reaches (a selection draw records it; a stratified draw reaches every class)."""
+    chosen = entry.get("chosen") or {}
+    return int(chosen["classes_covered"]) if "classes_covered" in chosen else None

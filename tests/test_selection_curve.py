@@ -1,0 +1,185 @@
+"""Selection rules as a learning-curve axis: ``curve --selection`` trains every strategy on the rules'
+picks beside the class-stratified draw, blind to labels and to the test set, paired and resumable."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fewlabel.experiments import run_curve
+from fewlabel.experiments.grid import CurveConfig, arm_name, arm_parts, parse_selection
+from fewlabel.pipeline import prepare_data
+from fewlabel.pipeline.selection_draws import add_selection_draw, pool_embedding
+
+from factory import fake_imagenet_file, make_class_folder, make_manifest, run_cli
+
+CLASSES = {"a": 12, "b": 12, "c": 12}
+RULES = ("random", "typiclust", "probcover")
+FAST = {"max_epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A torchvision-shaped ImageNet file (the selection embedding's encoder) and one feature cache for
+    the module: features are keyed by content, so the tests share what they computed."""
+    root = tmp_path_factory.mktemp("imagenet")
+    fake_imagenet_file(root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def imagenet_and_cache(shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FEWLABEL_IMAGENET_WEIGHTS", str(next(shared.glob("mobilenet_v2-*.pth"))))
+    monkeypatch.setenv("FEWLABEL_CACHE", str(shared / "cache"))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_class_folder(tmp_path_factory.mktemp("sel") / "cells", CLASSES, size=(32, 32), seed=3)
+
+
+def curve(data: Path, out: Path, lines: list[str] | None = None, **kw: object):
+    args = {"strategies": ["scratch"], "sizes": [1, 2], "repeats": 2, "selection": RULES, "test_size": 3,
+            "finetune": FAST, "log": (lines.append if lines is not None else None), **kw}
+    return run_curve(data, out, **args)
+
+
+@pytest.fixture(scope="module")
+def run(folder: Path, shared: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, list[str]]:
+    """One curve with every rule (size 2, 2 repeats): its folder, result and log."""
+    out = tmp_path_factory.mktemp("selrun") / "run"
+    lines: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEWLABEL_IMAGENET_WEIGHTS", str(next(shared.glob("mobilenet_v2-*.pth"))))
+        mp.setenv("FEWLABEL_CACHE", str(shared / "cache"))
+        result = curve(folder, out, lines, sizes=[2])
+    return out, result, lines
+
+
+def test_every_rule_is_an_arm_with_its_budget_recorded_and_no_test_image(run: tuple) -> None:
+    out, result, _ = run
+    arms = {r["strategy"] for r in result.rows}
+    assert arms == {"scratch", *(f"scratch@{r}" for r in RULES)}
+    assert result.counts["ok"] == 4 * 2 and result.ok
+    plan = json.loads((out / "plan.json").read_text())
+    test = set(plan["test"]["ids"])
+    selected = [d for d in plan["draws"].values() if "selection" in d]
+    assert len(selected) == len(RULES) * 2
+    for d in selected:
+        assert len(d["labelled"]) == d["n_per_class"] * len(CLASSES) == d["chosen"]["budget"]
+        assert not test & set(d["labelled"]) and set(d["train"]) | set(d["val"]) == set(d["labelled"])
+        assert 1 <= d["chosen"]["classes_covered"] <= len(CLASSES)
+        assert sum(d["chosen"]["per_class"].values()) == d["chosen"]["budget"]
+        assert "pool images" in d["chosen"]["embedding"]
+    # rows say which rule labelled them and how many classes its picks reached
+    for row in result.rows:
+        rule = arm_parts(row["strategy"])[1]
+        extra = row.get("extra") or {}
+        if rule is None:
+            assert "selection" not in extra
+        else:
+            key = f"{rule}:n{row['n_per_class']}_r{row['repeat']}"
+            assert extra["selection"] == rule
+            assert extra["classes_covered"] == plan["draws"][key]["chosen"]["classes_covered"]
+
+
+def test_arms_are_paired_the_same_test_set_and_training_seed(run: tuple) -> None:
+    out, result, _ = run
+    seeds: dict[tuple[int, int], set[int]] = {}
+    for row in result.rows:
+        seeds.setdefault((row["n_per_class"], row["repeat"]), set()).add(row["seed"])
+        proba = np.load(out / row["proba_path"])
+        assert proba.shape == (result.rows[0]["n_test"], len(CLASSES))
+    assert all(len(s) == 1 for s in seeds.values())
+
+
+def test_repeats_vary_the_selector_and_a_seed_repeats_its_picks(run: tuple, folder: Path,
+                                                                 tmp_path: Path) -> None:
+    """Each size is picked cold, so a run of sizes 1 and 2 makes the same picks at 2."""
+    one = json.loads((run[0] / "plan.json").read_text())["draws"]
+    curve(folder, tmp_path / "two", sizes=[1, 2], strategies=["knn"])
+    two = json.loads((tmp_path / "two" / "plan.json").read_text())["draws"]
+    for rule in RULES:
+        assert one[f"{rule}:n2_r0"]["labelled"] == two[f"{rule}:n2_r0"]["labelled"]
+    assert one["random:n2_r0"]["labelled"] != one["random:n2_r1"]["labelled"]
+    assert one["random:n2_r0"]["draw_seed"] != one["random:n2_r1"]["draw_seed"]
+
+
+def test_a_resumed_run_follows_its_picks_without_embedding_again(run: tuple, folder: Path) -> None:
+    out, _, first = run
+    assert any("embedding the training pool" in line for line in first)
+    before = (out / "plan.json").read_text()
+    again: list[str] = []
+    result = curve(folder, out, lines=again, sizes=[2])
+    assert result.ran == 0 and not any("embedding" in line for line in again)
+    assert (out / "plan.json").read_text() == before
+
+
+def test_the_rules_never_see_a_label(tmp_path: Path) -> None:
+    """The same images with the training pool's labels shuffled: the same embedding, the same picks."""
+    manifest = make_manifest(tmp_path / "m", CLASSES, size=(32, 32), splits=True)
+    with manifest.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    pool = [r for r in rows if r["split"] != "test"]
+    shuffled = [r["label"] for r in pool]
+    np.random.default_rng(0).shuffle(shuffled)
+    assert shuffled != [r["label"] for r in pool]
+    for r, new in zip(pool, shuffled, strict=True):
+        r["label"] = new
+    other = manifest.with_name("shuffled.csv")
+    with other.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    picks = []
+    for path in (manifest, other):
+        data = prepare_data(path, seed=0)
+        x, _ = pool_embedding(data, "cpu")  # the second reads the first's features: same images
+        entry = add_selection_draw(data, "typiclust", 2, 0, 7, lambda x=x: (x, "test embedding"))
+        picks.append(entry["labelled"])
+        assert not set(entry["labelled"]) & set(data.test_ids)
+    assert picks[0] == picks[1]
+
+
+def test_a_budget_beyond_the_pool_is_a_skipped_row_that_says_so(tmp_path: Path) -> None:
+    small = make_class_folder(tmp_path / "small", {"a": 6, "b": 3}, size=(32, 32))
+    result = run_curve(small, tmp_path / "run", strategies=["scratch"], sizes=[1, 3, 4], repeats=1,
+                       selection=["random"], test_size=1, finetune=FAST, log=None)
+    status = {(r["strategy"], r["n_per_class"]): r for r in result.rows}
+    # 3 per class: class b has 2 in the pool (stratified skipped), 6 of 7 pool images can be picked
+    assert status[("scratch", 3)]["status"] == "skipped" and status[("scratch@random", 3)]["status"] == "ok"
+    assert status[("scratch@random", 4)]["status"] == "skipped"
+    assert "budget of 8 images" in status[("scratch@random", 4)]["error"]
+    assert "7 images of the training pool" in status[("scratch@random", 4)]["error"]
+
+
+def test_selection_is_refused_in_one_line_where_it_cannot_run(folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="selection rule oracle is unknown; choose from random"):
+        parse_selection("typiclust,oracle")
+    with pytest.raises(ValueError, match="cannot count groups"):
+        curve(folder, tmp_path / "run", count="groups")
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_names_the_bad_rule(folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_cli("curve", folder, "--out", tmp_path / "run", "--selection", "best")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--selection rule best is unknown" in err[0]
+
+
+def test_a_run_without_selection_keeps_its_configuration_hash() -> None:
+    base = {"data_fingerprint": "d", "strategies": ("scratch",), "strategy_specs": {"scratch": {}},
+            "sizes": (1, 2), "repeats": 2}
+    plain, empty = CurveConfig(**base), CurveConfig(**base, selection=())
+    assert "selection" not in plain.hashed() and plain.config_hash() == empty.config_hash()
+    chosen = CurveConfig(**base, selection=("typiclust",))
+    assert chosen.config_hash() != plain.config_hash()
+    assert chosen.arms == ("scratch", "scratch@typiclust")
+    assert any(line.startswith("selection rules") for line in chosen.differences(plain.to_dict()))
+    assert not chosen.extends(plain.to_dict())
+    assert arm_parts(arm_name("imagenet+ssl", "probcover")) == ("imagenet+ssl", "probcover")
