@@ -194,9 +194,11 @@ def test_a_section_in_the_list_is_on_the_page_and_one_left_out_is_not(tmp_path: 
     assert '<h2 id="probe">Probe of scratch by ROC-AUC</h2>' in html and '<a href="#probe">Probe</a>' in html
     assert '<p class="probe">8 cells finished; &lt;script&gt;alert(1)&lt;/script&gt;</p>' in html
 
-    # The page is SECTIONS, in order; a section whose build gives None (no unfinished cell) is left off.
+    # The page is SECTIONS, in order; a section whose build gives None (no unfinished cell, no selection
+    # rule) is left off.
     page = render(report_context(root, n_boot=50))
-    assert re.findall(r'<h2 id="(\w+)"', page) == [s.anchor for s in SECTIONS if s.anchor != "failed"]
+    assert re.findall(r'<h2 id="(\w+)"', page) == [s.anchor for s in SECTIONS
+                                                    if s.anchor not in ("failed", "selection")]
     assert "probe" not in page and "Confusion matrices" in page and 'href="#confusion"' in page
     ctx = report_context(root, n_boot=50, sections=[s for s in SECTIONS if s.anchor != "confusion"])
     without = render(ctx)

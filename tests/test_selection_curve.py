@@ -183,3 +183,25 @@ def test_a_run_without_selection_keeps_its_configuration_hash() -> None:
     assert any(line.startswith("selection rules") for line in chosen.differences(plain.to_dict()))
     assert not chosen.extends(plain.to_dict())
     assert arm_parts(arm_name("imagenet+ssl", "probcover")) == ("imagenet+ssl", "probcover")
+
+
+def test_the_report_shows_each_rule_against_random_with_the_classes_it_reached(run: tuple) -> None:
+    from fewlabel.report.html import report_context
+
+    out, result, _ = run
+    values = report_context(out, n_boot=200)["sections"]["selection"]["values"]
+    [block] = values["selection_blocks"]
+    assert block["reference"] == "scratch@random"
+    [table] = block["tables"]
+    assert table["budget"] == 2 * len(CLASSES)
+    lines = {line["arm"]: line for line in table["lines"]}
+    assert set(lines) == {"scratch", *(f"scratch@{r}" for r in RULES)}
+    assert lines["scratch@random"]["reference"] and lines["scratch"]["classes"] == "3 of 3"
+    plan = json.loads((out / "plan.json").read_text())["draws"]
+    reached = [plan[f"typiclust:n2_r{r}"]["chosen"]["classes_covered"] for r in (0, 1)]
+    expect = (f"{min(reached)} of 3" if min(reached) == max(reached)
+              else f"{min(reached)}–{max(reached)} of 3")
+    assert lines["scratch@typiclust"]["classes"] == expect
+    # two repeats: a difference, never a verdict
+    difference = lines["scratch@typiclust"]["difference"]
+    assert difference["few"] and not difference["above"]

@@ -77,20 +77,19 @@ class PipelineBackend:
         ``selection``, the picks of that rule (``embedding()`` gives the pool's embedding)."""
         from fewlabel import pipeline
         from fewlabel.data.plan import draw_key
+        from fewlabel.pipeline import selection_draws
 
         stored = data.plan.draws.get(draw_key(n_per_class, repeat, selection))
         if stored is not None:
             return dict(stored)
         if selection is not None:
-            from fewlabel.pipeline.selection_draws import add_selection_draw
-
-            return dict(add_selection_draw(data, selection, n_per_class, repeat, seed, embedding))
+            return dict(selection_draws.add_selection_draw(data, selection, n_per_class, repeat, seed,
+                                                           embedding))
         return dict(pipeline.add_draw(data, n_per_class, repeat, seed, count=count))
 
     def selection_embedding(self, data: Any, device: str) -> tuple[Any, str]:
         """The pool's embedding the selection rules pick from (``pipeline.selection_draws``)."""
         from fewlabel.pipeline.selection_draws import pool_embedding
-
         return pool_embedding(data, device)
 
     def save_plan(self, data: Any, path: Path) -> None:
@@ -181,12 +180,10 @@ def dataset_summary(data: Any) -> dict[str, Any]:
         "counts": counts(pool_ids + test_ids),
         "pool_counts": counts(pool_ids),
         "test_counts": counts(test_ids),
-        "n_pool": len(pool_ids),
-        "n_test": len(test_ids),
+        "n_pool": len(pool_ids), "n_test": len(test_ids),
         "groups": len(set(catalog.groups(pool_ids + test_ids))),
         "test_groups": len(set(catalog.groups(test_ids))),
-        "image_size": list(pre_dict.get("size") or []),
-        "channels": pre_dict.get("channels"),
+        "image_size": list(pre_dict.get("size") or []), "channels": pre_dict.get("channels"),
         "spatial_dims": pre_dict.get("spatial_dims"),
         "n_unlabelled": len(pool_cat.samples) if pool_cat is not None else 0,
         # What pretraining may use: the unlabelled pool minus every image of a test group.
@@ -225,7 +222,7 @@ class CellTask:
     backend: Any
     threads: int | None = None  # torch threads in the worker; None = leave as is
     shared_data: Any = None  # a Ray object-store reference to the driver's prepared data, or None
-    row_extra: dict[str, Any] = field(default_factory=dict)  # what the row adds: selection, classes covered
+    row_extra: dict[str, Any] = field(default_factory=dict)  # a selection arm's rule and classes reached
 
 
 @dataclass

@@ -49,6 +49,14 @@ class ReportData:
     seed: int = 0
 
 
+def configured_arms(config: Mapping[str, Any]) -> list[str]:
+    """The run's arms in its order: each strategy, then the strategy on each selection rule's picks."""
+    from fewlabel.experiments.grid import arm_name
+
+    rules = [None, *(config.get("selection") or [])]
+    return [arm_name(str(s), rule) for s in config.get("strategies") or [] for rule in rules]
+
+
 def point_at(points: list[CurvePoint], n: int) -> CurvePoint | None:
     """The point of a curve at ``n`` labelled images per class, if that size finished."""
     return next((p for p in points if p.n_per_class == n), None)
@@ -105,7 +113,7 @@ def analyse(view: RunView, metric: str = "roc_auc", target: float = 0.90, baseli
     config = run.get("config") or {}
     dataset = run.get("dataset") or {}
     classes = [str(c) for c in dataset.get("classes") or config.get("class_names") or []]
-    order = list(config.get("strategies") or [])
+    order = configured_arms(config)
     strategies = order + sorted({str(r["strategy"]) for r in rows} - set(order))
     cmaps = {m: curves(rows, m, n_boot=n_boot, seed=seed) for m in METRICS}
     for cm in cmaps.values():  # a strategy with no successful cell still gets a (blank) line

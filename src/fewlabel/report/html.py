@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from fewlabel.errors import FewlabelError, one_line
 from fewlabel.experiments.run_view import RunView
 from fewlabel.fileio import atomic_write_text, check_output_file
-from fewlabel.report.analysis import METRICS, ReportData, analyse
+from fewlabel.report.analysis import METRICS, ReportData, analyse, configured_arms
 from fewlabel.report.curves import METRIC_LABELS
 from fewlabel.report.sections import SECTIONS, Section
 
@@ -43,7 +43,7 @@ def _page(data: ReportData) -> dict[str, Any]:
         "bootstrap": None if rb is None else {"source": rb.source, "n_boot": rb.plan.n_boot,
                                               "n_groups": rb.plan.n_groups, "repeats": rb.slots},
         "n_rows": len(rows), "n_ok": sum(r.get("status") == "ok" for r in rows),
-        "expected_cells": (len(config.get("strategies") or []) * len(config.get("sizes") or [])
+        "expected_cells": (len(configured_arms(config)) * len(config.get("sizes") or [])
                            * int(config.get("repeats") or 0)) or None,
         "started": run.get("created"), "updated": run.get("updated"),
     }

@@ -17,6 +17,7 @@ from fewlabel.report.sections import (
     patients,
     per_size,
     reproduce,
+    selection,
     unfinished,
     versus_baseline,
 )
@@ -27,6 +28,7 @@ SECTIONS: tuple[Section, ...] = (
     dataset.SECTION,
     learning_curves.SECTION,
     labels_needed.SECTION,
+    selection.SECTION,
     per_size.SECTION,
     patients.SECTION,
     versus_baseline.SECTION,
