@@ -113,6 +113,13 @@ def test_curve_takes_a_vit_checkpoint_for_probe_and_foundation(tmp_path: Path, c
     assert {specs[s]["encoder_weights"] for s in ("probe", "foundation")} == {str(weights.resolve())}
     assert specs["probe"]["encoder"] == "vit"
     capsys.readouterr()
+    # another checkpoint under the same path is another run: refused, never resumed into this one
+    write_timm(RefViT("timm", dim=64, heads=1, hidden=128, patch=16, img=32, ls=True, seed=1),
+               tmp_path / "vit.safetensors", heads=None)
+    assert run_cli("curve", data, "--out", run, "--strategies", "probe,foundation", "--sizes", "2",
+                   "--repeats", "1", "--test-size", "2", "--encoder", "vit", "--encoder-weights", weights,
+                   "--set", "max_epochs=1", "--set", "ensemble=1", "--quiet") == 2
+    assert "encoder weights file (sha256)" in capsys.readouterr().err
     # a run none of whose strategies takes an encoder file: the flags would change nothing
     assert run_cli("curve", data, "--out", tmp_path / "r2", "--strategies", "scratch", "--encoder-weights",
                    weights) == 2

@@ -219,6 +219,21 @@ def _spec(backend: Any, name: str, pretrain: dict[str, Any] | None,
     return check(spec) if check is not None else spec
 
 
+def _weights_digests(specs: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """sha256 of each strategy's own ``encoder_weights`` file (a checkpoint the user named)."""
+    from fewlabel.fileio import file_sha256, missing_file_reason
+
+    out: dict[str, str] = {}
+    for name, spec in specs.items():
+        path = spec.get("encoder_weights")
+        if path:
+            reason = missing_file_reason(path)
+            if reason is not None:
+                raise FewlabelError(f"encoder weights of {name}: {reason}", path=path)
+            out[name] = file_sha256(path)
+    return out
+
+
 def _resolved(path: str | Path) -> str:
     """The absolute path run.json records; a symlink loop or a dangling link is the user's to fix,
     named in one line (``Path.resolve`` would raise a bare RuntimeError on a loop)."""
@@ -378,6 +393,7 @@ def run_curve(
         raise FewlabelError(f"strategy {needs_masks[0]} needs masks: pass --masks DIR (a tree mirroring the "
                             "images) or use the images/ + masks/ layout", path=data)
     config = CurveConfig(
+        weights_sha256=_weights_digests(strategy_specs),
         data_fingerprint=fingerprint_of(prepared) or "",
         unlabelled_fingerprint=_unlabelled_fingerprint(prepared),
         strategies=strategies,

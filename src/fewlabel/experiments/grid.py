@@ -42,6 +42,7 @@ HASHED_FIELDS = (
     "finetune",
     "pretrain_per_repeat",
     "selection",
+    "weights_sha256",
 )
 
 # The grid: a run may add sizes or repeats to these (``CurveConfig.grows``), never drop one.
@@ -65,6 +66,7 @@ _FIELD_LABELS = {
     "finetune": "finetune",
     "pretrain_per_repeat": "pretraining per repeat",
     "selection": "selection rules",
+    "weights_sha256": "encoder weights file (sha256)",
 }
 
 # Selection rules a curve can run beside the class-stratified draw (``pipeline.selection``): each
@@ -164,6 +166,9 @@ class CurveConfig:
     pretrain_per_repeat: bool = False
     # Selection rules whose picks train each strategy beside its class-stratified draw (arms).
     selection: tuple[str, ...] = ()
+    # Per strategy, the content of the ``encoder_weights`` file it was given: the path alone is in its
+    # spec, and the same path holding another checkpoint must not resume the run.
+    weights_sha256: dict[str, str] = field(default_factory=dict)
     # Informational only (not hashed).
     data: str = ""
     unlabelled: str | None = None
@@ -317,8 +322,9 @@ def _hashed_form(fields: dict[str, Any]) -> dict[str, Any]:
     setting added to ``FinetuneConfig`` later (at a default that keeps the old behaviour) leaves the
     configuration of earlier runs as it was, while a changed default still shows as a difference."""
     out = canonical(fields)
-    if not out.get("selection"):
-        out.pop("selection", None)  # a run without selection arms hashes as before they existed
+    for optional in ("selection", "weights_sha256"):
+        if not out.get(optional):
+            out.pop(optional, None)  # a run without them hashes as before they existed
     from fewlabel.training.recipe import FinetuneConfig  # here: grid stays light to import
 
     defaults = canonical(FinetuneConfig().to_dict())
