@@ -86,6 +86,7 @@ CASES = [
     (["pretrain", "segmentation", "{data}", "--out", "{out}.safetensors", "--steps", "0"], "--steps"),
     (["demo", "--out", "{out}", "--seed", "-1"], "--seed"),
     (["report", "{out}", "--examples", "0"], "--examples"),
+    (["report", "{out}", "--check-images", "-1"], "--check-images"),
     (["report", "{out}", "--target", "5"], "--target"),
 ]
 

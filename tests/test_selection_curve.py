@@ -205,3 +205,15 @@ def test_the_report_shows_each_rule_against_random_with_the_classes_it_reached(r
     # two repeats: a difference, never a verdict
     difference = lines["scratch@typiclust"]["difference"]
     assert difference["few"] and not difference["above"]
+
+
+def test_the_report_explains_every_arm_and_can_skip_the_checks(run: tuple, tmp_path: Path) -> None:
+    from fewlabel.report import build_report
+
+    out, _, _ = run
+    path = build_report(out, tmp_path / "report.html", n_boot=100, check_per_class=0)
+    index = json.loads((out / "explanations" / "index.json").read_text())
+    assert index["check_images"] == 0 and not index["errors"]
+    assert {c["strategy"] for c in index["cells"]} == {"scratch", *(f"scratch@{r}" for r in RULES)}
+    assert all(not c.get("checks") for c in index["cells"])
+    assert 'id="selection"' in path.read_text()

@@ -111,6 +111,7 @@ RULES: dict[str, _Rule] = {
     "cpus_per_cell": _between(1, MAX_WORKERS),
     "gpus_per_cell": _between(0, MAX_GPUS_PER_CELL),
     "examples": _between(1, MAX_EXAMPLES),
+    "check_images": _between(0, MAX_EXAMPLES),
     "target": (lambda v: 0 < v <= 1, "be in (0, 1] (the metrics run from 0 to 1)"),
 }
 

@@ -29,6 +29,9 @@ def report(
     baseline: str = typer.Option("scratch", help="Strategy every other one is compared with, paired."),
     explain: bool = typer.Option(True, "--explain/--no-explain", help="Compute the explanation figures."),
     examples: int = typer.Option(2, help="Test images per class in the explanation grids."),
+    check_images: int = typer.Option(8, help="Test images per class the explanation checks run on (their "
+                                     "intervals are over these images; 0 = no checks, the grids only: "
+                                     "the checks cost several times the grids)."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out file (the "
                                    "default RUN_DIR/report.html is the report's own and always replaced)."),
@@ -37,11 +40,12 @@ def report(
     from fewlabel.report import build_report
     from fewlabel.settings import check_options
 
-    check_options({"--target": target, "--examples": examples})
+    check_options({"--target": target, "--examples": examples, "--check-images": check_images})
 
     # build_report checks the output (report.html of the run, or outside the run folder) before any work
     path = build_report(run_dir, out, metric=metric, target=target, baseline=baseline, explain=explain,
-                        n_per_class=examples, log=None if quiet else _err, overwrite=overwrite)
+                        n_per_class=examples, check_per_class=check_images, log=None if quiet else _err,
+                        overwrite=overwrite)
     typer.echo(str(path))
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from fewlabel import strategies as strategy_registry
 from fewlabel.errors import one_line
+from fewlabel.experiments.grid import arm_parts
 from fewlabel.experiments.run_view import EXPLAIN_INDEX, RunView, TestSet
 from fewlabel.explain.attributions import METHODS, attribute, lrp_notes, unsupported
 from fewlabel.explain.embedding import extract_features, tsne_embedding
@@ -147,7 +148,8 @@ def explain_run(run_dir: str | Path, n_per_class: int = 2, methods: Sequence[str
             continue
         t0 = time.perf_counter()
         try:
-            entry_of = strategy_registry.REGISTRY.get(strategy)
+            # an arm (imagenet@typiclust) is its strategy's model on other labelled images
+            entry_of = strategy_registry.REGISTRY.get(arm_parts(strategy)[0])
             region = entry_of is not None and entry_of.input == "region"
             if region:
                 # Its classifier sees U-Net crops: the maps are computed over the crop of each image.

@@ -100,11 +100,12 @@ def render(context: Mapping[str, Any]) -> str:
 def build_report(run_dir: str | Path, out: str | Path | None = None, *, metric: str = "roc_auc",
                  target: float = 0.90, baseline: str = "scratch", explain: bool = True, n_per_class: int = 2,
                  n_boot: int = 2000, seed: int = 0, log: Callable[[str], None] | None = None,
-                 overwrite: bool = True) -> Path:
+                 overwrite: bool = True, check_per_class: int | None = None) -> Path:
     """Write ``RUN_DIR/report.html`` (or ``out``) atomically and return its path.
 
     With ``explain`` the explanation figures are computed first (cells already explained are reused);
     if that fails the report is still written, with the reason in place of the figures.
+    ``check_per_class``: test images per class of the explanation checks (None: the default; 0: none).
     ``RUN_DIR/report.html`` is the report's own file and is replaced on every call; any other ``out``
     must lie outside the run folder, and an existing one is replaced only with ``overwrite``.
     """
@@ -123,7 +124,9 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, *, metric: 
         from fewlabel.explain.run import explain_run
 
         try:
-            index = explain_run(run_dir, n_per_class=n_per_class, seed=seed, log=log)
+            checks = {} if check_per_class is None else {"checks": check_per_class > 0,
+                                                         "check_per_class": max(check_per_class, 0)}
+            index = explain_run(run_dir, n_per_class=n_per_class, seed=seed, log=log, **checks)
         except Exception as exc:  # figures are optional; the numbers must still be reported
             error = one_line(exc)
             if log:
