@@ -207,6 +207,26 @@ def test_the_report_shows_each_rule_against_random_with_the_classes_it_reached(r
     assert difference["few"] and not difference["above"]
 
 
+def test_the_fewest_labels_sentence_names_a_clear_winner_only_when_intervals_part() -> None:
+    from types import SimpleNamespace
+
+    from fewlabel.report.sections.selection import fewest_labels
+
+    def need(n, low, high):
+        return SimpleNamespace(n=n, low=low, high=high)
+
+    data = SimpleNamespace(targets={"a@random": need(8, 6, 11), "a@typiclust": need(3, 2, 4),
+                                    "a@probcover": need(5, 4.5, 7)})
+    arms = ["a@random", "a@typiclust", "a@probcover"]
+    assert "a@typiclust needs the fewest" in fewest_labels(data, arms)
+    assert "a clear difference" in fewest_labels(data, arms)
+    data.targets["a@probcover"] = need(5, 3.5, 7)  # overlaps typiclust's 2-4
+    assert "not a clear difference" in fewest_labels(data, arms)
+    data.targets["a@probcover"] = need(3, 2, 5)
+    assert "need the fewest labels alike" in fewest_labels(data, arms)
+    assert fewest_labels(SimpleNamespace(targets={"a@random": need(3, 2, 4)}), arms) is None
+
+
 def test_the_report_explains_every_arm_and_can_skip_the_checks(run: tuple, tmp_path: Path) -> None:
     from fewlabel.report import build_report
 

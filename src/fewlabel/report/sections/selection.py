@@ -50,6 +50,24 @@ def _difference(data: ReportData, arm: str, reference: str, n: int) -> dict[str,
             "below": bool(not res["few_pairs"] and res["ci_high"] < 0)}
 
 
+def fewest_labels(data: ReportData, arms: list[str]) -> str | None:
+    """One sentence: which label-blind arm needs the fewest labels for the target (point estimates),
+    and whether its interval clears the others' or overlaps them; None when fewer than two have one."""
+    found = [(arm, t) for arm in arms if (t := data.targets.get(arm)) is not None and t.n is not None]
+    if len(found) < 2:
+        return None
+    found.sort(key=lambda item: item[1].n)
+    (best, need), others = found[0], found[1:]
+    tied = [arm for arm, t in others if t.n == need.n]
+    if tied:
+        return (f"{', '.join([best, *tied])} need the fewest labels alike (about {need.n:.3g} per class): "
+                "no difference on this run.")
+    clear = need.high is not None and all(t.low is not None and need.high < t.low for _, t in others)
+    return (f"Of the arms that choose without labels, {best} needs the fewest: about {need.n:.3g} per class. "
+            + ("Its interval lies below every other arm's: a clear difference on this run."
+               if clear else "Its interval overlaps another arm's: not a clear difference on this run."))
+
+
 def build(data: ReportData) -> dict[str, Any] | None:
     rules = [str(r) for r in data.config.get("selection") or []]
     if not rules:
@@ -72,7 +90,8 @@ def build(data: ReportData) -> dict[str, Any] | None:
                     "difference": _difference(data, arm, reference, n), "reference": arm == reference})
             tables.append({"n_per_class": n, "budget": n * n_classes, "lines": lines})
         needs = [{"arm": arm, "text": data.targets[arm].text} for arm in arms if arm in data.targets]
-        blocks.append({"strategy": strategy, "reference": reference, "tables": tables, "needs": needs})
+        blocks.append({"strategy": strategy, "reference": reference, "tables": tables, "needs": needs,
+                       "fewest": fewest_labels(data, arms[1:])})
     return {"selection_blocks": blocks, "selection_rules": rules,
             "embedded_rules": [r for r in rules if r != "random"], "min_verdict": MIN_REPEATS_FOR_VERDICT,
             "n_classes": n_classes}
