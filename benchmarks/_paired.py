@@ -10,12 +10,14 @@ import numpy as np
 
 
 def draws_of(run: Any) -> dict[tuple[int, Any], list[str]]:
-    """Labelled ids per (size, repeat) of a ``RunView``'s plan (the class-stratified draws; a selection
-    rule's picks are left out), and the test ids under key (0, "test")."""
+    """Labelled ids per (size, repeat) of a ``RunView``'s plan (a selection rule's picks under (size,
+    (repeat, rule))), and the test ids under key (0, "test")."""
     plan = run.plan
-    draws: dict[tuple[int, Any], list[str]] = {
-        (int(d["n_per_class"]), int(d["repeat"])): list(d["labelled"]) for d in plan.draws.values()
-        if "selection" not in d}
+    draws: dict[tuple[int, Any], list[str]] = {}
+    for d in plan.draws.values():
+        repeat = int(d["repeat"])
+        draws[(int(d["n_per_class"]), repeat if "selection" not in d else (repeat, d["selection"]))] = list(
+            d["labelled"])
     draws[(0, "test")] = list(plan.test_ids)
     return draws
 

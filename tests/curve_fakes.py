@@ -184,7 +184,7 @@ class FakeBackend:
         return {"max_epochs": 3, **overrides}
 
     def summary(self, data: FakeData) -> dict[str, Any]:
-        from fewlabel.experiments.cell import dataset_summary
+        from fewlabel.experiments.run_folder import dataset_summary
 
         return dataset_summary(data)
 

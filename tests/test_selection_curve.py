@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fewlabel.errors import FewlabelError
 from fewlabel.experiments import run_curve
 from fewlabel.experiments.grid import CurveConfig, arm_name, arm_parts, parse_selection
 from fewlabel.pipeline import prepare_data
@@ -75,7 +76,10 @@ def test_every_rule_is_an_arm_with_its_budget_recorded_and_no_test_image(run: tu
         assert not test & set(d["labelled"]) and set(d["train"]) | set(d["val"]) == set(d["labelled"])
         assert 1 <= d["chosen"]["classes_covered"] <= len(CLASSES)
         assert sum(d["chosen"]["per_class"].values()) == d["chosen"]["budget"]
-        assert "pool images" in d["chosen"]["embedding"]
+        # random draws by row: no embedding; the rules embed the pool (never the test set), in fp32
+        expect = "none: uniform" if d["selection"] == "random" else f"the {len(plan['pool'])} pool images"
+        assert expect in d["chosen"]["embedding"]
+        assert d["selection"] == "random" or "fp32" in d["chosen"]["embedding"]
     # rows say which rule labelled them and how many classes its picks reached
     for row in result.rows:
         rule = arm_parts(row["strategy"])[1]
@@ -237,3 +241,67 @@ def test_the_report_explains_every_arm_and_can_skip_the_checks(run: tuple, tmp_p
     assert {c["strategy"] for c in index["cells"]} == {"scratch", *(f"scratch@{r}" for r in RULES)}
     assert all(not c.get("checks") for c in index["cells"])
     assert 'id="selection"' in path.read_text()
+
+
+def test_runs_written_before_these_settings_resume_under_their_old_hash() -> None:
+    """Golden hashes of the configuration before selection rules and weight digests existed: such runs
+    keep their hash, and a run that named --encoder-weights resumes (it gains the file's digest)."""
+    base = {"data_fingerprint": "c-0123456789abcdef", "strategies": ("probe",), "sizes": (2, 5), "repeats": 3}
+    plain = CurveConfig(**base, strategy_specs={"probe": {"name": "probe", "encoder": "vit"}})
+    assert plain.config_hash() == "a541ddaabf89c484"
+    specs = {"probe": {"name": "probe", "encoder": "vit", "encoder_weights": "/w/vit.pth"}}
+    before = CurveConfig(**base, strategy_specs=specs).to_dict()
+    before.pop("weights_sha256")
+    before.pop("selection")
+    now = CurveConfig(**base, strategy_specs=specs, weights_sha256={"probe": "ab" * 32})
+    assert CurveConfig(**base, strategy_specs=specs).config_hash() == "b63c0302dad46a2c"
+    assert now.extends(before) and not now.differences(before)
+    # once recorded, another file is another run
+    other = CurveConfig(**base, strategy_specs=specs, weights_sha256={"probe": "cd" * 32})
+    assert not other.extends(now.to_dict())
+
+
+def test_the_rules_order_names_one_run() -> None:
+    assert parse_selection("probcover, typiclust,random") == ("random", "typiclust", "probcover")
+
+
+def test_random_needs_no_embedding_and_an_embedding_rule_is_refused_on_volumes_before_any_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    volumes = make_class_folder(tmp_path / "vol", {"a": 5, "b": 5}, size=(8, 16, 16), fmt="npy")
+    monkeypatch.setenv("FEWLABEL_IMAGENET_WEIGHTS", str(tmp_path / "missing.pth"))  # none to load
+    out = tmp_path / "run"
+    with pytest.raises(FewlabelError, match="3D volumes: use --selection random"):
+        run_curve(volumes, out, strategies=["scratch"], sizes=[1], repeats=1, selection=["typiclust"],
+                  test_size=1, finetune=FAST, log=None)
+    assert not out.exists() or not any(out.iterdir())
+    result = run_curve(volumes, out, strategies=["scratch"], sizes=[1], repeats=1, selection=["random"],
+                       test_size=1, finetune=FAST, log=None)
+    assert result.ok and {r["strategy"] for r in result.rows} == {"scratch", "scratch@random"}
+    [draw] = [d for d in json.loads((out / "plan.json").read_text())["draws"].values() if "selection" in d]
+    assert draw["chosen"]["embedding"].startswith("none")
+
+
+def test_a_class_no_pick_reached_trains_scores_and_is_reported(tmp_path: Path) -> None:
+    """A rare class (2 of 42 pool images) that random picks of 3 miss: the cell still trains and scores
+    every class, and the report counts the classes reached."""
+    from fewlabel.report.html import report_context
+
+    rare = make_class_folder(tmp_path / "rare", {"a": 21, "b": 21, "c": 3}, size=(32, 32))
+    out = tmp_path / "run"
+    result = run_curve(rare, out, strategies=["scratch"], sizes=[1], repeats=3, selection=["random"],
+                       test_size=1, finetune=FAST, log=None)
+    plan = json.loads((out / "plan.json").read_text())["draws"]
+    missed = [d for d in plan.values() if d.get("selection") and d["chosen"]["classes_covered"] < 3]
+    assert missed and all(0 in d["chosen"]["per_class"].values() for d in missed)
+    rows = {(r["strategy"], r["repeat"]): r for r in result.rows}
+    for d in missed:
+        row = rows[("scratch@random", d["repeat"])]
+        assert row["status"] == "ok" and np.isfinite(row["roc_auc"]) and np.isfinite(row["accuracy"])
+        assert np.load(out / row["proba_path"]).shape[1] == 3
+    values = report_context(out, n_boot=100)["sections"]["selection"]["values"]
+    [table] = values["selection_blocks"][0]["tables"]
+    line = next(x for x in table["lines"] if x["arm"] == "scratch@random")
+    assert line["classes"].startswith(f"{min(d['chosen']['classes_covered'] for d in missed)}")
+    # the baseline comparison and the brief answer keep to the stratified draw
+    ctx = report_context(out, n_boot=100)
+    assert all("@" not in p["strategy"] for p in ctx["sections"]["paired"]["values"]["paired"])

@@ -158,49 +158,15 @@ class PipelineBackend:
         return jsonable(resolved(config).to_dict())
 
     def summary(self, data: Any) -> dict[str, Any]:
+        from fewlabel.experiments.run_folder import dataset_summary
+
         return dataset_summary(data)
 
+    def check_selection(self, data: Any) -> None:
+        """Refuse, before anything is written, data the selection rules' embedding cannot read."""
+        from fewlabel.pipeline.selection_draws import check_embeddable
 
-def dataset_summary(data: Any) -> dict[str, Any]:
-    """Classes and counts (all / pool / test), groups, image size and channels, for run.json."""
-    catalog = data.catalog
-    names = list(data.class_names)
-    pool_ids, test_ids = list(data.pool_ids), list(data.test_ids)
-
-    def counts(ids: list[str]) -> dict[str, int]:
-        labels = np.asarray(catalog.labels(ids)) if ids else np.zeros(0, int)
-        return {name: int((labels == k).sum()) for k, name in enumerate(names)}
-
-    pre = getattr(data, "preprocess", None)
-    pre_dict = pre.to_dict() if hasattr(pre, "to_dict") else {}
-    pool_cat = getattr(data, "unlabelled", None)
-    return {
-        "root": str(getattr(catalog, "root", "")),
-        "classes": names,
-        "counts": counts(pool_ids + test_ids),
-        "pool_counts": counts(pool_ids),
-        "test_counts": counts(test_ids),
-        "n_pool": len(pool_ids), "n_test": len(test_ids),
-        "groups": len(set(catalog.groups(pool_ids + test_ids))),
-        "test_groups": len(set(catalog.groups(test_ids))),
-        "image_size": list(pre_dict.get("size") or []), "channels": pre_dict.get("channels"),
-        "spatial_dims": pre_dict.get("spatial_dims"),
-        "n_unlabelled": len(pool_cat.samples) if pool_cat is not None else 0,
-        # What pretraining may use: the unlabelled pool minus every image of a test group.
-        "n_unlabelled_usable": (len(data.pool_without_test_groups())
-                                if pool_cat is not None and hasattr(data, "pool_without_test_groups") else 0),
-        # Unlabelled images left out of pretraining because they meet the test set (group or content).
-        "pretrain_pool_dropped": _dropped(data),
-        "duplicates_merged": len(getattr(getattr(data, "plan", None), "merged", []) or []),
-        "preprocess": jsonable(pre_dict),
-    }
-
-
-def _dropped(data: Any) -> dict[str, int]:
-    plan = getattr(data, "plan", None)
-    entry = (getattr(plan, "pretrain_pools", None) or {}).get("unlabelled") or {}
-    return {"test_group": int(entry.get("dropped_test_group", 0)),
-            "test_content": int(entry.get("dropped_test_content", 0))}
+        check_embeddable(data)
 
 
 @dataclass(frozen=True)

@@ -392,6 +392,8 @@ def run_curve(
         # Checked before anything is written: otherwise every segmentation cell would fail the same way.
         raise FewlabelError(f"strategy {needs_masks[0]} needs masks: pass --masks DIR (a tree mirroring the "
                             "images) or use the images/ + masks/ layout", path=data)
+    if any(rule != "random" for rule in selection) and hasattr(backend, "check_selection"):
+        backend.check_selection(prepared)  # before run.json: a refused run leaves nothing behind
     config = CurveConfig(
         weights_sha256=_weights_digests(strategy_specs),
         data_fingerprint=fingerprint_of(prepared) or "",

@@ -72,6 +72,8 @@ _FIELD_LABELS = {
 # Selection rules a curve can run beside the class-stratified draw (``pipeline.selection``): each
 # picks ``n × classes`` images of the pool from an embedding, blind to labels.
 SELECTION_RULES = ("random", "typiclust", "probcover")
+# Also the separator of a per-repeat preparation key (``ssl@r0``, ``curve.prep_key``); no rule is named
+# r<digits>, and preparation keys are never read back as arms.
 ARM_SEPARATOR = "@"
 
 
@@ -96,7 +98,7 @@ def parse_selection(text: str | Iterable[str] | None) -> tuple[str, ...]:
                          "the reference)")
     if len(set(names)) != len(names):
         raise ValueError(f"selection rules repeat a name: {','.join(names)}")
-    return names
+    return tuple(r for r in SELECTION_RULES if r in names)  # one order: the same rules, the same run
 
 
 def derive_seed(*parts: Any) -> int:
@@ -229,7 +231,7 @@ class CurveConfig:
         fine-tuning setting was added, which then held its default.)"""
         mine = self.hashed()
         theirs = _hashed_form({name: stored.get(name) for name in HASHED_FIELDS})
-        if any(mine.get(n) != theirs.get(n) for n in HASHED_FIELDS if n not in GRID_FIELDS):
+        if any(mine.get(n) != theirs.get(n) for n in _compared(stored) if n not in GRID_FIELDS):
             return False
         try:
             old_sizes, old_repeats = {int(v) for v in theirs["sizes"] or ()}, int(theirs["repeats"] or 0)
@@ -243,7 +245,7 @@ class CurveConfig:
         mine = self.hashed()
         theirs = _hashed_form({name: stored.get(name) for name in HASHED_FIELDS})
         out: list[str] = []
-        for name in HASHED_FIELDS:
+        for name in _compared(stored):
             if mine.get(name) != theirs.get(name):
                 out.extend(_describe(_FIELD_LABELS[name], theirs.get(name), mine.get(name)))
         named = set(self.finetune.get("explicit") or ())
@@ -252,6 +254,16 @@ class CurveConfig:
             out.append("(a setting you give now wins over the strategy's recipe even at its default value; "
                        "leave it out to resume)")
         return out
+
+
+# Recorded only since a later version: a run written before it has no value to compare, and resumes
+# (its configuration is then rewritten with the value, under ``earlier_hashes``).
+_RECORDED_LATER = ("weights_sha256",)
+
+
+def _compared(stored: Mapping[str, Any]) -> tuple[str, ...]:
+    """The hashed fields a stored configuration can be compared on."""
+    return tuple(n for n in HASHED_FIELDS if n not in _RECORDED_LATER or n in stored)
 
 
 def _fmt(value: Any) -> str:

@@ -4,7 +4,8 @@ The driver (``curve``) decides what runs; this module keeps the folder consisten
 to the process: one driver at a time (``run_lock``), a foreign folder never written into
 (``check_out_dir``), files renamed into place whole (``write_cell_files``), leftovers of a killed run
 swept (``cleanup_partial``), and the preparations a run used pinned in ``run.json``
-(``pinned_preparation``). See ``store.py`` for the layout.
+(``pinned_preparation``); ``dataset_summary`` is what ``run.json`` says of the data. See ``store.py``
+for the layout.
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fewlabel.errors import ConfigMismatchError, DiskFullError, FewlabelError, is_disk_full
 from fewlabel.experiments.grid import Cell, CurveConfig
 from fewlabel.experiments.store import RUN_FILE, ResultStore, atomic_write_json, read_json
 from fewlabel.fileio import fsync_dir
+from fewlabel.jsonable import jsonable
 
 _OWN_FILES = {".lock"}  # what may be in RUN_DIR before run.json is written
 
@@ -208,3 +212,45 @@ def finish_run_json(out: Path, info: dict[str, Any], store: ResultStore, total: 
     info["status"] = {**counts, "total": total, "pending": total - sum(counts.values())}
     info["updated"] = _now()
     atomic_write_json(out / RUN_FILE, info)
+
+
+def dataset_summary(data: Any) -> dict[str, Any]:
+    """Classes and counts (all / pool / test), groups, image size and channels, for run.json."""
+    catalog = data.catalog
+    names = list(data.class_names)
+    pool_ids, test_ids = list(data.pool_ids), list(data.test_ids)
+
+    def counts(ids: list[str]) -> dict[str, int]:
+        labels = np.asarray(catalog.labels(ids)) if ids else np.zeros(0, int)
+        return {name: int((labels == k).sum()) for k, name in enumerate(names)}
+
+    pre = getattr(data, "preprocess", None)
+    pre_dict = pre.to_dict() if hasattr(pre, "to_dict") else {}
+    pool_cat = getattr(data, "unlabelled", None)
+    return {
+        "root": str(getattr(catalog, "root", "")),
+        "classes": names,
+        "counts": counts(pool_ids + test_ids),
+        "pool_counts": counts(pool_ids),
+        "test_counts": counts(test_ids),
+        "n_pool": len(pool_ids), "n_test": len(test_ids),
+        "groups": len(set(catalog.groups(pool_ids + test_ids))),
+        "test_groups": len(set(catalog.groups(test_ids))),
+        "image_size": list(pre_dict.get("size") or []), "channels": pre_dict.get("channels"),
+        "spatial_dims": pre_dict.get("spatial_dims"),
+        "n_unlabelled": len(pool_cat.samples) if pool_cat is not None else 0,
+        # What pretraining may use: the unlabelled pool minus every image of a test group.
+        "n_unlabelled_usable": (len(data.pool_without_test_groups())
+                                if pool_cat is not None and hasattr(data, "pool_without_test_groups") else 0),
+        # Unlabelled images left out of pretraining because they meet the test set (group or content).
+        "pretrain_pool_dropped": _dropped(data),
+        "duplicates_merged": len(getattr(getattr(data, "plan", None), "merged", []) or []),
+        "preprocess": jsonable(pre_dict),
+    }
+
+
+def _dropped(data: Any) -> dict[str, int]:
+    plan = getattr(data, "plan", None)
+    entry = (getattr(plan, "pretrain_pools", None) or {}).get("unlabelled") or {}
+    return {"test_group": int(entry.get("dropped_test_group", 0)),
+            "test_content": int(entry.get("dropped_test_content", 0))}

@@ -43,6 +43,7 @@ from fewlabel.experiments.cell import (
     seed_all,
     set_threads,
 )
+from fewlabel.experiments.grid import arm_parts
 
 MODES = ("auto", "on", "off", "measure")
 MAX_STACK = 64  # cells per stack: enough to fill a GPU with small CNNs, bounded memory
@@ -77,7 +78,9 @@ def stacking_enabled(mode: str, executor: Any = None, device: str = "auto") -> b
 def _stack_key(task: CellTask) -> str | None:
     if not isinstance(task.backend, PipelineBackend):  # a test's fake pipeline: nothing to stack
         return None
-    return json.dumps([task.cell.strategy, task.spec, task.finetune], sort_keys=True, default=str)
+    # by strategy, not arm: a selection rule changes only the labelled images, which stacks may differ in
+    return json.dumps([arm_parts(task.cell.strategy)[0], task.spec, task.finetune], sort_keys=True,
+                      default=str)
 
 
 def plan_stacks(tasks: Sequence[CellTask], mode: str = "auto",

@@ -6,10 +6,12 @@ picks from the training pool. For a size of ``n`` per class the budget is ``n ×
 total (what the stratified draw labels), chosen cold at each size: the set a user of
 ``fewlabel suggest --budget`` would label first. The rule sees:
 
-* the embedding of the pool (``pool_embedding``): the pooled features of the ImageNet MobileNetV2 (the
-  ``probe`` strategy's encoder, its 160-px input), averaged over the 8 flips / quarter turns and read
-  from the feature cache, as ``suggest`` embeds by default. Only pool images are embedded: no test
-  image (nor a copy, which the split merged into its group) can be picked or shape the clusters;
+* the embedding of the pool (``pool_embedding``; ``typiclust`` and ``probcover``): the pooled features of
+  the ImageNet MobileNetV2 (the ``probe`` strategy's encoder, its 160-px input), averaged over the flips
+  / quarter turns (8 views of a square image, 4 otherwise) and read from the feature cache, as
+  ``suggest`` embeds by default. Always in fp32: bf16 where a CPU or GPU offers it would make the picks
+  depend on the machine. Only pool images are embedded: no test image (nor a copy, which the split
+  merged into its group) can be picked or shape the clusters. ``random`` needs no embedding;
 * the budget and the repeat's selection seed. Never a label: the labels of the picks are read only
   afterwards, to split them into training and validation (as an expert's labels would be) and to count
   the classes they reach, recorded with the draw.
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from fewlabel.data import splits
+from fewlabel.errors import FewlabelError
 from fewlabel.pipeline.data import PreparedData
 from fewlabel.pipeline.encoders import default_spec
 from fewlabel.pipeline.feature_cache import FeatureCache
@@ -32,17 +35,29 @@ from fewlabel.pipeline.selection import select
 Embedding = tuple[np.ndarray, str]
 
 
+def check_embeddable(data: PreparedData) -> None:
+    """Refuse, in one line, data the embedding cannot read: 3D volumes (ImageNet weights are 2D), or
+    no ImageNet weights file to load."""
+    from fewlabel.models.imagenet import find_imagenet_weights
+
+    if data.spatial_dims != 2:
+        raise FewlabelError("selection rules typiclust and probcover embed images with the 2D ImageNet "
+                            "encoder; these are 3D volumes: use --selection random", path=data.catalog.root)
+    find_imagenet_weights()
+
+
 def pool_embedding(data: PreparedData, device: str = "auto") -> Embedding:
     """(rows in ``data.pool_ids`` order, the embedding in words) of the pool (module docstring)."""
     from fewlabel.settings import select_device
-    from fewlabel.training.compute import channels_last_on, resolve_precision
+    from fewlabel.training.compute import channels_last_on
 
+    check_embeddable(data)
     notes: list[str] = []
     net, _ = frozen_encoder(default_spec("probe"), data, notes)
     net.eval()
     dev = select_device(device)
     cache = FeatureCache(net, data.preprocess.to_dict(), data.image_size, views=True, device=dev,
-                         precision=resolve_precision("auto", dev), channels_last=channels_last_on(dev))
+                         precision="fp32", channels_last=channels_last_on(dev))
     feats, stats = cache.features(data, list(data.pool_ids))
     line = (f"ImageNet MobileNetV2 pooled features of the {len(data.pool_ids)} pool images "
             f"({feats.shape[-1]}-d, mean of {cache.n_views} flips/turns, {cache.precision}; "
@@ -65,7 +80,8 @@ def add_selection_draw(data: PreparedData, rule: str, n_per_class: int, repeat: 
                            skipped=f"a budget of {budget} images ({n_per_class} x {classes} classes) is more "
                                    f"than the {len(pool)} images of the training pool")
         return data.plan.draw(n_per_class, repeat, rule)
-    x, line = embedding()
+    # random draws by row alone: it needs no embedding (nor the weights one is made with)
+    x, line = (np.zeros((len(pool), 1)), "none: uniform over the pool") if rule == "random" else embedding()
     picked = select(rule, x, labelled=(), budget=budget, seed=seed)
     labelled = [pool[r] for r in picked.rows]
     # The picks are labelled now (by the data's labels, as an expert would): split them as any draw.

@@ -57,6 +57,14 @@ def configured_arms(config: Mapping[str, Any]) -> list[str]:
     return [arm_name(str(s), rule) for s in config.get("strategies") or [] for rule in rules]
 
 
+def stratified_arms(arms: list[str]) -> list[str]:
+    """The strategies on the class-stratified draw: the family compared with the baseline (selection
+    arms are compared among themselves, in their own section)."""
+    from fewlabel.experiments.grid import arm_parts
+
+    return [a for a in arms if arm_parts(a)[1] is None]
+
+
 def point_at(points: list[CurvePoint], n: int) -> CurvePoint | None:
     """The point of a curve at ``n`` labelled images per class, if that size finished."""
     return next((p for p in points if p.n_per_class == n), None)
@@ -102,7 +110,7 @@ def _bootstrap_answers(rb: RunBootstrap, cmap: dict[str, list[CurvePoint]], stra
         est = estimate_need(curve, target, chance=chance)
         targets[s] = est
         fits[s] = fit_of(est) if est.how == "extrapolated" else None
-    return fits, targets, cluster_paired_table(rb, baseline)
+    return fits, targets, cluster_paired_table(rb, baseline, only=stratified_arms(strategies))
 
 
 def analyse(view: RunView, metric: str = "roc_auc", target: float = 0.90, baseline: str = "scratch",
@@ -127,7 +135,8 @@ def analyse(view: RunView, metric: str = "roc_auc", target: float = 0.90, baseli
     else:  # older runs without per-image test results: statistics over repeats only
         fits = {s: fit_power_law(pts) for s, pts in cmaps[metric].items()}
         targets = {s: size_to_target(pts, target, fits[s]) for s, pts in cmaps[metric].items() if pts}
-        paired = holm_by_size(paired_table(rows, metric, baseline=baseline, n_boot=n_boot, seed=seed))
+        paired = holm_by_size(paired_table(rows, metric, baseline=baseline, n_boot=n_boot, seed=seed,
+                                           only=stratified_arms(strategies)))
     n_test = dataset.get("n_test") or next((r.get("n_test") for r in rows if r.get("n_test")), None)
     return ReportData(
         view=view, info=run, rows=rows, config=config, dataset=dataset, classes=classes,

@@ -9,7 +9,7 @@ difference, two-sided Wilcoxon signed-rank p).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from fewlabel.evaluate.compare import paired_difference
@@ -29,12 +29,14 @@ def _values(rows: Iterable[Mapping[str, Any]], metric: str) -> dict[tuple[str, i
 
 
 def paired_table(rows: Iterable[Mapping[str, Any]], metric: str = "roc_auc", baseline: str = "scratch",
-                 n_boot: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+                 n_boot: int = 2000, seed: int = 0,
+                 only: Collection[str] | None = None) -> list[dict[str, Any]]:
     """One entry per (strategy != baseline, size) where both ran: ``strategy, n_per_class, n,
     mean_diff, median_diff, ci_low, ci_high, p_value, few_pairs`` (True when Wilcoxon cannot reach
-    p < 0.05 with so few pairs; the numbers are reported anyway)."""
+    p < 0.05 with so few pairs; the numbers are reported anyway). ``only``: the strategies compared
+    (the family Holm adjusts over); default every one."""
     values = _values(rows, metric)
-    strategies = sorted({s for s, _ in values if s != baseline})
+    strategies = sorted({s for s, _ in values if s != baseline and (only is None or s in only)})
     table = []
     for strategy in strategies:
         for n in sorted({size for s, size in values if s == strategy}):
@@ -62,14 +64,15 @@ def holm_by_size(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return table
 
 
-def cluster_paired_table(rb: Any, baseline: str = "scratch", ci: float = 0.95) -> list[dict[str, Any]]:
+def cluster_paired_table(rb: Any, baseline: str = "scratch", ci: float = 0.95,
+                         only: Collection[str] | None = None) -> list[dict[str, Any]]:
     """Like ``paired_table`` but from the run's shared bootstrap (``report.run_data.RunBootstrap``):
     difference of means over repeats with a CI and p-value from test groups × repeats resampled
     paired; plus Holm-adjusted p-values over the strategies at each size."""
     from fewlabel.evaluate.cluster_bootstrap import paired_summary
 
     table = []
-    strategies = sorted({s for s, _ in rb.cells if s != baseline})
+    strategies = sorted({s for s, _ in rb.cells if s != baseline and (only is None or s in only)})
     for strategy in strategies:
         for n in sorted(size for s, size in rb.cells if s == strategy):
             base = rb.cells.get((baseline, n))

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fewlabel.evaluate.cluster_bootstrap import MIN_REPEATS_FOR_VERDICT
+from fewlabel.experiments.grid import arm_parts
 from fewlabel.report.analysis import ReportData, point_at
 from fewlabel.report.curves import METRIC_LABELS, CurvePoint
 from fewlabel.report.formatting import num, pvalue
@@ -31,7 +32,7 @@ def _test_cis(rows: list[dict], metric: str) -> dict[tuple[str, int], tuple[floa
 
 def _pretrain_note(config: Mapping[str, Any], strategies: list[str]) -> str | None:
     # every strategy with a preparation step (gan, ssl, segmentation, segmentation+region, imagenet+ssl)
-    pretrained = [s for s in strategies if s in PREPARED]
+    pretrained = [s for s in strategies if arm_parts(s)[0] in PREPARED]  # arms share the preparation
     if not pretrained or config.get("pretrain_per_repeat"):
         return None
     return (f"The {', '.join(pretrained)} rows rest on ONE pretraining run each: repeats vary the labelled "
@@ -115,8 +116,10 @@ def _summary_sentences(cmap: dict[str, list[CurvePoint]], targets: dict[str, Any
 
 
 def build(data: ReportData) -> dict[str, Any]:
+    # The brief answers which strategy, on the usual random draw; selection arms have their own section.
+    stratified = {s: pts for s, pts in data.cmaps[data.metric].items() if arm_parts(s)[1] is None}
     return {"summary": _summary_sentences(
-        data.cmaps[data.metric], data.targets, data.paired, data.metric, data.target, data.n_test,
+        stratified, data.targets, data.paired, data.metric, data.target, data.n_test,
         data.synthetic, _test_cis(data.rows, data.metric), baseline=data.baseline,
         pretrain_note=_pretrain_note(data.config, data.strategies))}
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
+from fewlabel.experiments.grid import arm_parts
 from fewlabel.report.analysis import ReportData
 from fewlabel.report.sections.section import Section, fragment
 
@@ -34,9 +35,12 @@ def _command(run: Mapping[str, Any]) -> str:
 
 def _seeds(run: Mapping[str, Any], rows: list[dict]) -> dict[str, Any]:
     config = run.get("config") or {}
-    per = sorted({(int(r["repeat"]), int(r["n_per_class"]), r.get("seed"), r.get("draw_seed")) for r in rows})
+    # one line per draw: a selection arm's picks have their own seed (the rule's), said by its name
+    per = sorted({(int(r["repeat"]), int(r["n_per_class"]), r.get("seed"), r.get("draw_seed"),
+                   arm_parts(str(r["strategy"]))[1] or "") for r in rows})
     return {"base": config.get("seed", run.get("seed")), "repeats": config.get("repeats"),
-            "cells": [{"repeat": r, "n_per_class": n, "train_seed": s, "draw_seed": d} for r, n, s, d in per]}
+            "cells": [{"repeat": r, "n_per_class": n, "train_seed": s, "draw_seed": d, "drawn_by": by}
+                      for r, n, s, d, by in per]}
 
 
 def build(data: ReportData) -> dict[str, Any]:
