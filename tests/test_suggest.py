@@ -302,3 +302,14 @@ def test_bccd_cold_start_with_imagenet_features(shared_dir: Path, tmp_path: Path
     picks = resolved(out, rows(out / "suggestions.csv"))
     assert len(picks) == 16 and len({p.parent.name for p in picks}) >= 3
     assert len(rows(out / "test_sample.csv")) == 35  # 10 % of 342, rounded up
+
+
+def test_an_encoder_prepared_on_the_pool_embeds_it(pool: Path, tmp_path: Path) -> None:
+    """SimCLR on the unlabelled pool (``fewlabel pretrain ssl``), then its encoder file as the embedding."""
+    encoder = tmp_path / "ssl.safetensors"
+    assert run_cli("pretrain", "ssl", pool, "--out", encoder, "--steps", 2, "--image-size", 32) == 0
+    out = tmp_path / "to_label"
+    assert run_cli("suggest", pool, "--budget", BUDGET, "--out", out, "--encoder", "convnet",
+                   "--encoder-weights", encoder) == 0
+    chosen = json.loads((out / "selection.json").read_text())
+    assert "ssl.safetensors" in chosen["embedding_line"] and len(rows(out / "suggestions.csv")) == BUDGET
