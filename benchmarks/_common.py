@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,3 +45,32 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     print("-|-".join("-" * w for w in widths))
     for r in rows:
         print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
+
+
+def add_run_options(ap: argparse.ArgumentParser, name: str) -> None:
+    """The options of every benchmark made of curve run folders: test set, seed, threads, folder."""
+    ap.add_argument("--test-size", type=float, default=None,
+                    help="test images per class (>= 1) or fraction (< 1); default: the data set's")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cpus-per-cell", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help=f"default runs/{name}_<dataset>[_quick]")
+    ap.add_argument("--table-only", action="store_true", help="print the table from finished cells")
+
+
+def open_dataset(proto: dict[str, Any]) -> tuple[Path, Path]:
+    """(the data set's folder, its labelled images) in ../shared (the benchmark exits when absent),
+    with ../shared's ImageNet weights in use."""
+    root = dataset_or_exit(proto["folder"])
+    use_shared_imagenet_weights()
+    return root, (root / proto["subdir"] if proto["subdir"] else root)
+
+
+def test_size_of(given: float | None, default: float | int) -> float | int:
+    """``--test-size`` as the curve reads it: >= 1 images per class, < 1 a fraction."""
+    if given is None:
+        return default
+    return int(given) if given >= 1 else float(given)
+
+
+def test_words(test_size: float | int) -> str:
+    return f"test {test_size}{' per class' if isinstance(test_size, int) else ''}"

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from _paired import difference_cell, draws_of, paired_to_reference
 
-from _common import REPO, dataset_or_exit, print_table, use_shared_imagenet_weights
+from _common import REPO, add_run_options, open_dataset, print_table, test_size_of, test_words
 
 # The compute the default used before the levers (fp32, NCHW, independent members): base settings.
 BEFORE_COMPUTE = {"precision": "fp32", "ensemble_mode": "independent", "channels_last": False}
@@ -60,12 +60,7 @@ def parse_args() -> argparse.Namespace:
                     help=f"from {', '.join(ARMS)} ({REFERENCE} always runs)")
     ap.add_argument("--sizes", default=None, help="labelled images per class (default: the data set's)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--test-size", type=float, default=None,
-                    help="test images per class (>= 1) or fraction (< 1); default: the data set's")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cpus-per-cell", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=None, help="default runs/cpu_speed_<dataset>[_quick]")
-    ap.add_argument("--table-only", action="store_true", help="print the table from finished cells")
+    add_run_options(ap, "cpu_speed")
     ap.add_argument("--quick", action="store_true",
                     help="proves the script runs (size 2, 1 repeat, 3 epochs, 48 px input, 3 test images "
                          "per class); says nothing about the methods")
@@ -83,17 +78,13 @@ def arm_settings(arm: str, quick: bool) -> tuple[dict[str, Any], dict[str, Any]]
 def main() -> int:
     args = parse_args()
     proto = DATASETS[args.dataset]
-    root = dataset_or_exit(proto["folder"])
-    use_shared_imagenet_weights()
+    root, data = open_dataset(proto)
     from fewlabel.experiments import RunView, run_curve
     from fewlabel.experiments.grid import parse_sizes
 
-    data = root / proto["subdir"] if proto["subdir"] else root
     sizes = list(parse_sizes(args.sizes or proto["sizes"]))
     repeats = args.repeats
-    test_size: float | int = proto["test_size"]
-    if args.test_size is not None:
-        test_size = int(args.test_size) if args.test_size >= 1 else float(args.test_size)
+    test_size = test_size_of(args.test_size, proto["test_size"])
     if args.quick:
         sizes, repeats = [2], 1
         test_size = 3 if args.dataset == "pbc" else test_size
@@ -107,7 +98,7 @@ def main() -> int:
     for key in ("group_pattern", "drop_classes"):
         if proto.get(key):
             data_args[key] = proto[key]
-    reductions = [f"test {test_size}{' per class' if isinstance(test_size, int) else ''}",
+    reductions = [test_words(test_size),
                   f"sizes {','.join(map(str, sizes))}", f"{repeats} repeats",
                   f"{args.cpus_per_cell} threads a cell"]
     print(f"cpu_speed {args.dataset}: {data} -> {out}\n" + "; ".join(reductions), flush=True)

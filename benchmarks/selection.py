@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from _paired import difference_cell, paired_to_reference
 
-from _common import REPO, dataset_or_exit, print_table, use_shared_imagenet_weights
+from _common import REPO, add_run_options, open_dataset, print_table, test_size_of, test_words
 
 STRATEGY = "imagenet"
 RULES = ("random", "typiclust", "probcover")
@@ -49,12 +48,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--rules", default=",".join(RULES), help="selection rules beside the stratified draw")
     ap.add_argument("--sizes", default="1,2,5,10", help="labels per class: a budget of n x classes images")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--test-size", type=float, default=None,
-                    help="test images per class (>= 1) or fraction (< 1); default: the data set's")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--cpus-per-cell", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=None, help="default runs/selection_<dataset>[_quick]")
-    ap.add_argument("--table-only", action="store_true", help="print the table from finished cells")
+    add_run_options(ap, "selection")
     ap.add_argument("--quick", action="store_true",
                     help="proves the script runs (size 1, 1 repeat, 3 epochs, 48 px input, 3 test images "
                          "per class, PBC-8 cut to 3 classes); says nothing about the rules")
@@ -98,15 +92,11 @@ def classes_reached(plan: Any, arm: str, n: int) -> str:
 def main() -> int:
     args = parse_args()
     proto = DATASETS[args.dataset]
-    root = dataset_or_exit(proto["folder"])
-    use_shared_imagenet_weights()
+    root, data = open_dataset(proto)
     from fewlabel.experiments import RunView, run_curve
 
-    data = root / proto["subdir"] if proto["subdir"] else root
     sizes, repeats = args.sizes, args.repeats
-    test_size: float | int = proto["test_size"]
-    if args.test_size is not None:
-        test_size = int(args.test_size) if args.test_size >= 1 else float(args.test_size)
+    test_size = test_size_of(args.test_size, proto["test_size"])
     options: dict[str, Any] = {}
     finetune: dict[str, Any] = {}
     quick_drop: list[str] = []
@@ -127,7 +117,7 @@ def main() -> int:
         data_args["drop_classes"] = sorted({*data_args.get("drop_classes", []), *quick_drop})
     recipe = ("quick: 48 px input, 3 epochs" + (", PBC-8 cut to 3 classes" if quick_drop else "")
               if args.quick else "the default recipe as it is")
-    reductions = [f"test {test_size}{' per class' if isinstance(test_size, int) else ''}", f"sizes {sizes}",
+    reductions = [test_words(test_size), f"sizes {sizes}",
                   f"{repeats} repeats", f"seed {args.seed}", recipe]
     print(f"selection {args.dataset}: {data} -> {out}\n" + "; ".join(reductions), flush=True)
     if not args.table_only:

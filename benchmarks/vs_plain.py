@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from _paired import difference_cell, draws_of, paired_to_reference
 
-from _common import REPO, dataset_or_exit, print_table, use_shared_imagenet_weights
+from _common import REPO, add_run_options, open_dataset, print_table, test_size_of, test_words
 
 # The plain script's recipe, as FinetuneConfig fields (AdamW with weight decay 0 is Adam).
 PLAIN_FINETUNE: dict[str, Any] = {
@@ -128,17 +128,12 @@ def parse_args() -> argparse.Namespace:
                     help=f"from {', '.join(ARMS)}; the table compares every finished arm with plain")
     ap.add_argument("--sizes", default=None, help="labelled images per class (default: the data set's)")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--test-size", type=float, default=None,
-                    help="test images per class (>= 1) or fraction (< 1); default: the protocol's")
     ap.add_argument("--max-epochs", type=int, default=None,
                     help="caps every arm's epochs (a reduction, printed with the table)")
     ap.add_argument("--image-size", type=int, default=None, help="data size (default: native)")
     ap.add_argument("--device", default=None, help="auto | cpu | cuda")
-    ap.add_argument("--cpus-per-cell", type=int, default=2)
     ap.add_argument("--pretrain-steps", type=int, default=None, help="gan / ssl pretraining steps")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=None, help="default runs/vs_plain_<dataset>[_quick]")
-    ap.add_argument("--table-only", action="store_true", help="print the table from finished cells")
+    add_run_options(ap, "vs_plain")
     ap.add_argument("--quick", action="store_true",
                     help="proves the script runs (sizes 2, 1 repeat, 2 epochs, 32 px, 48 px input, "
                          "5 test images per class); says nothing about the methods")
@@ -190,17 +185,13 @@ def arm_schedule(arm: str, data_mean: list[float], data_std: list[float], max_ep
 def main() -> int:
     args = parse_args()
     proto = DATASETS[args.dataset]
-    root = dataset_or_exit(proto["folder"])
-    use_shared_imagenet_weights()
+    root, data = open_dataset(proto)
     from fewlabel.experiments import RunView, run_curve
     from fewlabel.pipeline import prepare_data
 
-    data = root / proto["subdir"] if proto["subdir"] else root
     sizes = args.sizes or proto["sizes"]
     repeats, max_epochs, image_size = args.repeats, args.max_epochs, args.image_size
-    test_size: float | int = proto["test_size"]
-    if args.test_size is not None:
-        test_size = int(args.test_size) if args.test_size >= 1 else float(args.test_size)
+    test_size = test_size_of(args.test_size, proto["test_size"])
     if args.quick:
         sizes, repeats, max_epochs, image_size = "2", 1, 2, 32
         test_size = 5 if args.dataset == "pbc" else test_size
@@ -219,7 +210,7 @@ def main() -> int:
         return 2
     # plain is the reference of the table; it runs only when named (arms may run in parallel processes)
     table_arms = ["plain", *[a for a in arms if a != "plain"]]
-    reductions = [f"test {test_size}{' per class' if isinstance(test_size, int) else ''}",
+    reductions = [test_words(test_size),
                   f"sizes {sizes}", f"{repeats} repeats",
                   f"epochs capped at {max_epochs}" if max_epochs else "epochs as each recipe says",
                   f"data at {image_size or 'native'} px"]
