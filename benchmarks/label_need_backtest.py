@@ -139,8 +139,11 @@ def main() -> int:
                     "pbc 10, bccd 4)")
     ap.add_argument("--analyse-only", action="store_true", help="no training: analyse existing folders")
     ap.add_argument("--run-only", action="store_true", help="run the curves, analyse nothing")
-    ap.add_argument("--quick", action="store_true", help="tiny grid: proves the script runs")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny grid (sizes 1,2,3,5, 2 repeats, seed 0, 3 epochs): proves the script runs")
     args = ap.parse_args()
+    if args.quick:
+        args.seeds, args.max_epochs = "0", 3
     if not SHARED_DATASETS.is_dir():
         print(f"skipped: {SHARED_DATASETS} is not present")
         return 0

@@ -29,16 +29,18 @@ def main() -> None:
     ap.add_argument("--strategies", default="scratch:convnet,scratch:schouten5,imagenet:mobilenet_v2")
     ap.add_argument("--max-epochs", type=int, default=60)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--quick", action="store_true", help="sizes 5,20; one seed; 10 epochs")
+    ap.add_argument("--quick", action="store_true",
+                    help="proves the script runs: size 2, one seed, 3 epochs, 5 test images per class")
     args = ap.parse_args()
+    test_size = 100  # the protocol's test set: 100 images per class
     if args.quick:
-        args.sizes, args.seeds, args.max_epochs = "5,20", "0", 10
+        args.sizes, args.seeds, args.max_epochs, test_size = "2", "0", 3, 5
     sizes = [int(s) for s in args.sizes.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     data_dir = dataset_or_exit("pbc_leukocytes_8class")
     use_shared_imagenet_weights()
     t0 = time.perf_counter()
-    data = prepare_data(data_dir, test_size=100, seed=0)
+    data = prepare_data(data_dir, test_size=test_size, seed=0)
     print(f"data: {len(data.pool_ids)} pool / {len(data.test_ids)} test images, "
           f"{data.num_classes} classes, size {data.image_size}, device "
           f"{'cuda' if torch.cuda.is_available() and args.device != 'cpu' else 'cpu'} "
