@@ -41,11 +41,11 @@ def main() -> int:
     ap.add_argument("--max-stack", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true",
-                    help="scratch + imagenet, sizes 2,5, 4 repeats, 3 epochs, 32 px, 10 test images per "
+                    help="scratch + imagenet, size 2, 2 repeats, 3 epochs, 32 px, 10 test images per "
                          "class: proves the script runs, says little about a full sweep")
     args = ap.parse_args()
     if args.quick:
-        args.strategies, args.sizes, args.repeats = "scratch,imagenet", "2,5", 4
+        args.strategies, args.sizes, args.repeats = "scratch,imagenet", "2", 2
         args.max_epochs = args.max_epochs or 3
         args.image_size = args.image_size or 32
         args.test_size = 10
