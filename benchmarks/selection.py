@@ -75,20 +75,6 @@ def label(arm: str) -> str:
     return arm.partition("@")[2] or "stratified"
 
 
-def classes_reached(plan: Any, arm: str, n: int) -> str:
-    """Classes the arm's labelled sets reached at size n (min-max over repeats): a selection draw
-    records it; a stratified draw holds n >= 1 of every class."""
-    rule = arm.partition("@")[2] or None
-    draws = [d for d in plan.draws.values()
-             if d.get("selection") == rule and int(d["n_per_class"]) == n and "skipped" not in d]
-    if not draws:
-        return "—"
-    total = len(plan.classes)
-    counts = [int(d["chosen"]["classes_covered"]) if rule else total for d in draws]
-    lo, hi = min(counts), max(counts)
-    return f"{lo}/{total}" if lo == hi else f"{lo}–{hi}/{total}"
-
-
 def main() -> int:
     args = parse_args()
     proto = DATASETS[args.dataset]
@@ -130,6 +116,8 @@ def main() -> int:
 
 def print_comparison(view: Any, rules: list[str], dataset: str, reductions: list[str]) -> None:
     plan = view.plan
+    from fewlabel.report.sections.selection import classes_reached
+
     rows = view.rows(status="ok")
     truth = view.test_truth()
     if not rows or truth is None:
@@ -149,7 +137,7 @@ def print_comparison(view: Any, rules: list[str], dataset: str, reductions: list
             acc = [float(cells[arm][k]["accuracy"]) for k in keys]
             auc = [float(cells[arm][k]["roc_auc"]) for k in keys]
             row = [str(n), label(arm), str(len(keys)), f"{np.median(acc):.3f}", f"{np.median(auc):.3f}",
-                   classes_reached(plan, arm, n)]
+                   classes_reached(rows, arm, n, len(plan.classes))]
             for differences, reference in ((vs_random, f"{STRATEGY}@random"), (vs_oracle, STRATEGY)):
                 for metric in ("accuracy", "roc_auc"):
                     row.append(difference_cell(differences.get((arm, n, metric)), arm == reference)

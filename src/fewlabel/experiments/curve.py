@@ -169,10 +169,11 @@ def _make_draws(out: Path, data: Any, config: CurveConfig, backend: Any, log: Lo
                                        "ids": list(entry["labelled"]), "train": list(entry["train"]),
                                        "val": list(entry["val"]), "chosen": entry.get("chosen"),
                                        **({"skipped": entry["skipped"]} if "skipped" in entry else {})}
-    too_big = sorted({(rule or "", n) for (rule, n, _), d in draws.items() if "skipped" in d})
-    for rule, n in too_big:
-        reason = next(d["skipped"] for (m_rule, m, _), d in draws.items()
-                      if (m_rule or "", m) == (rule, n) and "skipped" in d)
+    too_big: dict[tuple[str, int], str] = {}  # the first reason of each (rule, size) that cannot be drawn
+    for (rule, n, _), d in draws.items():
+        if "skipped" in d:
+            too_big.setdefault((rule or "", n), d["skipped"])
+    for (rule, n), reason in sorted(too_big.items()):
         by = f" by {rule}" if rule else ""
         log(f"note: n={n} per class cannot be drawn{by} ({reason}); those cells are recorded as skipped")
     if not resumed or grown or embedded:

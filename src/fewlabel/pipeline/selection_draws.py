@@ -96,8 +96,3 @@ def add_selection_draw(data: PreparedData, rule: str, n_per_class: int, repeat: 
                        chosen=chosen)
     return data.plan.draw(n_per_class, repeat, rule)
 
-
-def covered_classes(entry: dict[str, Any]) -> int | None:
-    """Classes a draw reaches (a selection draw records it; a stratified draw reaches every class)."""
-    chosen = entry.get("chosen") or {}
-    return int(chosen["classes_covered"]) if "classes_covered" in chosen else None
