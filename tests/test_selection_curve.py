@@ -231,6 +231,7 @@ def test_the_fewest_labels_sentence_names_a_clear_winner_only_when_intervals_par
     assert fewest_labels(SimpleNamespace(targets={"a@random": need(3, 2, 4)}), arms) is None
 
 
+@pytest.mark.slow  # explanations of every arm: ~3 s, kept out of the 2-minute fast suite
 def test_the_report_explains_every_arm_and_can_skip_the_checks(run: tuple, tmp_path: Path) -> None:
     from fewlabel.report import build_report
 
@@ -298,10 +299,10 @@ def test_a_class_no_pick_reached_trains_scores_and_is_reported(tmp_path: Path) -
         row = rows[("scratch@random", d["repeat"])]
         assert row["status"] == "ok" and np.isfinite(row["roc_auc"]) and np.isfinite(row["accuracy"])
         assert np.load(out / row["proba_path"]).shape[1] == 3
-    values = report_context(out, n_boot=100)["sections"]["selection"]["values"]
+    ctx = report_context(out, n_boot=100)
+    values = ctx["sections"]["selection"]["values"]
     [table] = values["selection_blocks"][0]["tables"]
     line = next(x for x in table["lines"] if x["arm"] == "scratch@random")
     assert line["classes"].startswith(f"{min(d['chosen']['classes_covered'] for d in missed)}")
     # the baseline comparison and the brief answer keep to the stratified draw
-    ctx = report_context(out, n_boot=100)
     assert all("@" not in p["strategy"] for p in ctx["sections"]["paired"]["values"]["paired"])
