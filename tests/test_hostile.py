@@ -294,6 +294,22 @@ def test_a_data_path_that_loops_is_one_line_not_a_crash(tmp_path: Path, capfd, c
     assert "symlink loop" in _one_line(err, "loop")
 
 
+@pytest.mark.parametrize("command", ["curve", "train", "predict"])
+def test_weights_or_a_model_folder_that_loops_is_named_as_a_loop(tmp_path: Path, capfd, command: str) -> None:
+    data = make_class_folder(tmp_path / "data", {"a": 4, "b": 4}, size=(16, 16), seed=0)
+    loop = tmp_path / "w.safetensors"
+    loop.symlink_to("w.safetensors")
+    (tmp_path / "model").symlink_to("model")
+    args = {"curve": ["curve", data, "--out", tmp_path / "r", "--strategies", "probe", "--sizes", "2",
+                      "--encoder-weights", loop],
+            "train": ["train", data, "--strategy", "convnet", "--encoder-weights", loop,
+                      "--out", tmp_path / "m"],
+            "predict": ["predict", tmp_path / "model", data, "--out", tmp_path / "p.csv"]}
+    code, err = _cli(capfd, *args[command])
+    assert code == USAGE
+    assert "symlink loop" in _one_line(err, "model" if command == "predict" else "w.safetensors")
+
+
 def test_markup_and_control_characters_in_class_names(tmp_path: Path, capfd) -> None:
     files = tmp_path / "files"
     lines = ["path,label"]

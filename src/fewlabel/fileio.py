@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -372,10 +373,29 @@ def special_kind(path: str | Path) -> str | None:
         return None
 
 
+def dangling_link_reason(path: str | Path) -> str | None:
+    """Why a symlink cannot be followed ("symlink loop", "broken symlink"), or None.
+
+    Why: a symlink loop or a link to nowhere raises ELOOP/ENOENT from deep inside a reader, and
+    ``is_file`` calls both "missing"; callers name the real problem.
+    """
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop (the link leads back to itself)"
+        return "broken symlink (its target does not exist)"
+    return None
+
+
 def missing_file_reason(path: str | Path) -> str | None:
-    """Why ``path`` is not a regular file to read (a special file is named as one, never opened), or
-    None when it is one."""
+    """Why ``path`` is not a regular file to read (a special file is named as one, never opened; a
+    symlink loop or broken link as such), or None when it is one."""
     kind = special_kind(Path(path))
     if kind is not None:
         return f"is {kind}, not a file (never opened)"
-    return None if Path(path).is_file() else "file does not exist"
+    if Path(path).is_file():
+        return None
+    return dangling_link_reason(path) or "file does not exist"

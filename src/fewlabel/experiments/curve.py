@@ -238,11 +238,11 @@ def _weights_digests(specs: dict[str, dict[str, Any]]) -> dict[str, str]:
 def _resolved(path: str | Path) -> str:
     """The absolute path run.json records; a symlink loop or a dangling link is the user's to fix,
     named in one line (``Path.resolve`` would raise a bare RuntimeError on a loop)."""
-    from fewlabel.data.readers import dangling_reason
+    from fewlabel.fileio import dangling_link_reason
 
-    reason = dangling_reason(path)
+    reason = dangling_link_reason(path)
     if reason is not None:
-        raise FewlabelError(reason.split(",")[0].split(" (")[0] + ": cannot read it", path=path)
+        raise FewlabelError(reason.split(" (")[0] + ": cannot read it", path=path)
     return str(Path(path).resolve())
 
 

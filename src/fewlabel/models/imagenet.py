@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from fewlabel.errors import FewlabelError, ModelFileError
-from fewlabel.fileio import file_sha256, special_kind
+from fewlabel.fileio import dangling_link_reason, file_sha256, special_kind
 from fewlabel.models.encoder import Encoder
 
 FILENAME = "mobilenet_v2-b0353104.pth"
@@ -66,7 +66,8 @@ def _resolve(candidate: Path, origin: str) -> Path:
             raise ModelFileError(f"folder ({origin}) holds no {FILENAME}", candidate)
         return inner
     if not candidate.is_file():
-        raise ModelFileError(f"ImageNet weight file ({origin}) does not exist", candidate)
+        missing = f"ImageNet weight file ({origin}) does not exist"
+        raise ModelFileError(dangling_link_reason(candidate) or missing, candidate)
     return candidate
 
 

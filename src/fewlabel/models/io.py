@@ -38,7 +38,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from fewlabel.errors import FewlabelError, ModelFileError
-from fewlabel.fileio import atomic_path, atomic_write_text, file_sha256, read_json, special_kind
+from fewlabel.fileio import (
+    atomic_path,
+    atomic_write_text,
+    dangling_link_reason,
+    file_sha256,
+    read_json,
+    special_kind,
+)
 from fewlabel.models.encoder import Encoder, create_encoder
 from fewlabel.models.heads import Classifier, Ensemble
 
@@ -96,7 +103,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
     if kind is not None:
         raise ModelFileError(f"is {kind}, not a weights file (never opened)", path)
     if not path.is_file():
-        raise ModelFileError("file does not exist", path)
+        raise ModelFileError(dangling_link_reason(path) or "file does not exist", path)
     try:
         with safe_open(str(path), framework="pt") as fh:
             metadata = fh.metadata() or {}
@@ -364,7 +371,7 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     """``config.json`` of a model folder, checked for the fields fewlabel needs."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ModelFileError("model folder does not exist", directory)
+        raise ModelFileError(dangling_link_reason(directory) or "model folder does not exist", directory)
     cfg_path = directory / CONFIG_FILE
     kind = special_kind(cfg_path)
     if kind is not None:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from fewlabel.errors import FewlabelError, ModelFileError
-from fewlabel.fileio import file_sha256, read_json, special_kind
+from fewlabel.fileio import dangling_link_reason, file_sha256, read_json, special_kind
 from fewlabel.models.imagenet import adapt_input_conv, read_state_dict
 from fewlabel.models.vit import (
     DEFAULT_INPUT_SIZE,
@@ -135,7 +135,7 @@ def resolve_weights(source: str | Path) -> Path:
             f"is not a file or folder here, and fewlabel never downloads weights: on a machine with "
             f"internet run `hf download {text} --local-dir DIR` (or save_pretrained(DIR)), copy DIR here "
             f"and pass DIR/model.safetensors (not in the Hugging Face cache {hf_cache_dir()} either)", text)
-    raise ModelFileError("weights file does not exist", path)
+    raise ModelFileError(dangling_link_reason(path) or "weights file does not exist", path)
 
 
 def is_fewlabel_file(path: str | Path) -> bool:

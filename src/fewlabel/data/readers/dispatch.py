@@ -41,6 +41,7 @@ from fewlabel.errors import (
     UnknownFormatError,
     UnreadableFileError,
 )
+from fewlabel.fileio import dangling_link_reason
 
 #: Format name → its reader. A new format is one module with a ``Reader`` and one line here.
 READERS: dict[str, Reader] = {
@@ -121,22 +122,9 @@ def collect_image_paths(inputs: list[str | Path]) -> tuple[list[Path], list[tupl
 
 
 def dangling_reason(path: str | Path) -> str | None:
-    """Why a symlink cannot be followed ("symlink loop", "broken symlink"), or None.
-
-    Why: a symlink loop or a link to nowhere raises ELOOP/ENOENT from deep inside a reader; callers
-    skip such entries with a note, and readers name the problem.
-    """
-    import errno
-
-    if not os.path.islink(path):
-        return None
-    try:
-        os.stat(path)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            return "symlink loop (the link leads back to itself), not an image"
-        return "broken symlink (its target does not exist)"
-    return None
+    """Why a symlink cannot be followed, worded for an image (see ``fileio.dangling_link_reason``)."""
+    reason = dangling_link_reason(path)
+    return None if reason is None else (reason + ", not an image" if "loop" in reason else reason)
 
 
 def skip_reason(path: str | Path) -> str | None:
