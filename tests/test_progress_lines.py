@@ -96,3 +96,26 @@ def test_curve_heartbeat_stays_silent_when_quiet(monkeypatch, enabled, log) -> N
     time.sleep(0.15)
     bar.close()
     assert not lines
+
+
+def test_a_step_is_said_only_when_it_is_slow() -> None:
+    from fewlabel.experiments.progress import said_if_slow
+
+    said: list[str] = []
+    with said_if_slow(said.append, "opening fast ...", after_s=0.5):
+        pass
+    with said_if_slow(said.append, "opening slow ...", after_s=0.05):
+        time.sleep(0.3)
+    time.sleep(0.6)  # the fast block's timer would have fired by now had it not been cancelled
+    assert said == ["opening slow ..."]
+
+
+def test_a_curve_refused_at_once_prints_one_line(tmp_path: Path, capfd) -> None:
+    data = tmp_path / "d"
+    (data / "a").mkdir(parents=True)
+    (data / "b").mkdir()
+    (data / "a" / "1.png").write_bytes(b"not a png")
+    code = run_cli("curve", data, "--out", tmp_path / "r", "--strategies", "scratch", "--sizes", "2")
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert not (tmp_path / "r" / "run.json").exists()

@@ -61,7 +61,7 @@ from fewlabel.experiments.grid import (
     selection_seed,
     train_seed,
 )
-from fewlabel.experiments.progress import Log, Progress, cell_line, duration
+from fewlabel.experiments.progress import Log, Progress, cell_line, duration, said_if_slow
 from fewlabel.experiments.run_folder import (
     check_out_dir,
     cleanup_partial,
@@ -348,12 +348,11 @@ def run_curve(
     }
     if drop_classes:
         data_args["drop_classes"] = sorted(drop_classes)
-    say(f"opening {data} ...")
     plan_path = out / PLAN_FILE
     # A resumed run follows its saved plan: the test set and draws are read, never drawn again.
-    prepared = backend.prepare_data(**dict(data_args), **({"plan": str(plan_path.resolve())}
-                                                         if (out / RUN_FILE).exists() and plan_path.exists()
-                                                         else {}))
+    resumed = {"plan": str(plan_path.resolve())} if (out / RUN_FILE).exists() and plan_path.exists() else {}
+    with said_if_slow(say, f"opening {data} ..."):
+        prepared = backend.prepare_data(**dict(data_args), **resumed)
     for line in getattr(prepared, "reading_notes", ()):  # what the readers did: EXIF, frames, scale
         say(line)
     plan = getattr(prepared, "plan", None)

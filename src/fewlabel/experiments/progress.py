@@ -6,17 +6,34 @@ thread says the run is alive whenever ``quiet_s`` seconds pass without a line.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from fewlabel.training.heartbeat import LINE_EVERY_S, duration, progress_mode, time_left
 
 Log = Callable[[str], None]
 
-__all__ = ["Log", "Progress", "cell_line", "duration"]
+__all__ = ["Log", "Progress", "cell_line", "duration", "said_if_slow"]
+
+
+@contextlib.contextmanager
+def said_if_slow(log: Log, line: str, after_s: float = 3.0) -> Iterator[None]:
+    """``line`` is logged only when the block is still running after ``after_s`` seconds.
+
+    Why: a refusal found at once (unreadable data, a bad option) stays the one line it is, while a
+    slow step (decoding a large data set) still says what the program is doing.
+    """
+    timer = threading.Timer(after_s, log, args=(line,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 class Progress:
