@@ -206,6 +206,24 @@ def test_explain_refuses_what_predict_refuses(tmp_path: Path, capfd) -> None:
     assert (out / "g_saliency.png").is_file()
 
 
+def test_a_model_trained_at_a_small_input_accepts_images_like_its_training_images(tmp_path: Path,
+                                                                                   capfd) -> None:
+    import fewlabel
+    from fewlabel.training.finetune import FinetuneConfig
+
+    data = make_class_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(48, 48), seed=0)
+    fast = FinetuneConfig(max_epochs=1, batch_size=8, min_steps_per_epoch=1, augment="none", progress=False)
+    fewlabel.train(data, tmp_path / "m", strategy="scratch", labels_per_class=3, seed=0, finetune=fast,
+                   image_size=16)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["trained_sizes"] == [[48, 48], [48, 48]]
+    code, err = _cli(capfd, "predict", tmp_path / "m", data, "--out", tmp_path / "p.csv")
+    assert code == 0, err  # 48-px images, a 16-px input: the training images themselves
+    tiny = tmp_path / "tiny"
+    write_png(tiny / "t.png", np.zeros((1, 16, 16), np.uint8))
+    code, err = _cli(capfd, "predict", tmp_path / "m", tiny, "--out", tmp_path / "q.csv")
+    assert code == PROBLEMS and "size 16×16, the training images were 48×48" in err
+
+
 def test_explain_on_an_empty_folder_writes_nothing(tmp_path: Path, capfd) -> None:
     model = _model(tmp_path / "m")
     (tmp_path / "empty").mkdir()

@@ -149,7 +149,8 @@ class Model:
         for p in paths:
             try:
                 array, meta = read_image(p)
-                warning = screen_image(meta, self.preprocess, allow_mismatch)  # raises when refused
+                warning = screen_image(meta, self.preprocess, allow_mismatch,  # raises when refused
+                                       self.config.get("trained_sizes"))
                 if warning:
                     warnings.append((str(p), warning))
                 arrays.append(self.preprocess.apply(array, meta))

@@ -20,6 +20,7 @@ from fewlabel.data import catalog as catalog_mod
 from fewlabel.data import reader_notes, readers, splits, tensors
 from fewlabel.data.copies import merge_duplicates
 from fewlabel.data.identity import file_key, file_keys, identity_keys, pixel_key
+from fewlabel.data.mismatch import size_range_of
 from fewlabel.data.plan import SplitPlan
 from fewlabel.errors import ConfigMismatchError, FewlabelError
 
@@ -56,6 +57,9 @@ class PreparedData:
     shared: tuple[dict[str, int], np.ndarray] | None = None
     # What the readers did that the user should hear of ("note: …" / "warning: …", ``reader_notes``).
     reading_notes: list[str] = field(default_factory=list)
+    # The training pool's smallest and largest native sides per axis (``data.mismatch.size_range_of``):
+    # what a saved model calls "images like the training images" in size.
+    pool_size_range: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
     def pool_ids(self) -> list[str]:
@@ -354,7 +358,7 @@ def prepare_data(
                     "masks": str(Path(masks).resolve()) if masks is not None else None})
     return PreparedData(catalog=catalog, preprocess=preprocess, plan=plan, content_keys=keys,
                         unlabelled=pool_catalog, original_groups=original, unlabelled_keys=pool_keys,
-                        reading_notes=said)
+                        reading_notes=said, pool_size_range=size_range_of(metas[i] for i in pool_ids))
 
 
 def add_draw(data: PreparedData, n_per_class: int | None, repeat: int, draw_seed: int,

@@ -182,6 +182,7 @@ def model_config(data: PreparedData, spec: StrategySpec, cell: CellResult, seed:
     return {
         "format": "fewlabel-model", "fewlabel_version": __version__,
         "class_names": data.class_names, "preprocess": data.preprocess.to_dict(),
+        "trained_sizes": None if data.pool_size_range is None else [list(s) for s in data.pool_size_range],
         "strategy": spec.to_dict(), "finetune": cell.finetune_config.to_dict(), "seed": seed,
         "data_fingerprint": data.fingerprint(), "data_root": str(data.catalog.root),
         "n_train": len(cell.train_ids), "n_val": len(cell.val_ids),
