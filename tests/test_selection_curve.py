@@ -306,3 +306,45 @@ def test_a_class_no_pick_reached_trains_scores_and_is_reported(tmp_path: Path) -
     assert line["classes"].startswith(f"{min(d['chosen']['classes_covered'] for d in missed)}")
     # the baseline comparison and the brief answer keep to the stratified draw
     assert all("@" not in p["strategy"] for p in ctx["sections"]["paired"]["values"]["paired"])
+
+
+def _encoder_file(path: Path, seen: list[str]) -> Path:
+    from fewlabel.models.encoder import create_encoder
+    from fewlabel.models.io import save_encoder
+
+    enc = create_encoder(name="convnet", in_channels=1, spatial_dims=2, width=4, depth=2)
+    return save_encoder(path, enc, {"method": "ssl", "seen_files": seen})
+
+
+def test_the_pool_can_be_embedded_by_the_user_s_encoder_never_one_that_saw_a_test_image(
+        folder: Path, tmp_path: Path) -> None:
+    own = _encoder_file(tmp_path / "own.safetensors", seen=[])
+    out = tmp_path / "run"
+    result = curve(folder, out, sizes=[1], repeats=1, selection=["typiclust"], selection_encoder="convnet",
+                   selection_encoder_weights=own)
+    assert result.ok
+    draws = json.loads((out / "plan.json").read_text())["draws"]
+    [chosen] = [d["chosen"] for d in draws.values() if d.get("selection") == "typiclust"]
+    assert chosen["embedding"].startswith("convnet from own.safetensors")
+    config = CurveConfig.from_dict(json.loads((out / "run.json").read_text())["config"])
+    assert config.selection_embedding["sha256"] and config.selection_weights == str(own.resolve())
+    imagenet_twin = CurveConfig.from_dict({**config.to_dict(), "selection_embedding": {}})
+    assert imagenet_twin.config_hash() != config.config_hash()  # another embedding is another run
+    # an encoder that saw a test image could pull the picks toward the test set: refused before run.json
+    data = prepare_data(folder, test_size=3, seed=0)
+    leaked = _encoder_file(tmp_path / "leaked.safetensors", seen=[data.content_keys[data.test_ids[0]]])
+    with pytest.raises(FewlabelError, match="trained on 1 of the test images"):
+        curve(folder, tmp_path / "refused", sizes=[1], repeats=1, selection=["typiclust"],
+              selection_encoder="convnet", selection_encoder_weights=leaked)
+    assert not (tmp_path / "refused" / "run.json").exists()
+    with pytest.raises(FewlabelError, match="name one of them in --selection"):
+        curve(folder, tmp_path / "r2", sizes=[1], repeats=1, selection=["random"],
+              selection_encoder_weights=own)
+
+
+def test_cli_takes_the_selection_encoder(folder: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_cli("curve", folder, "--out", tmp_path / "run", "--selection", "probcover",
+                   "--selection-encoder-weights", tmp_path / "none.safetensors")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "none.safetensors" in err[0] and "does not exist" in err[0]

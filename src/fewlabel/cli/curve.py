@@ -58,6 +58,11 @@ def curve(
                                   "comma-separated: random (class-agnostic), typiclust, probcover. Each "
                                   "picks n x classes pool images without labels; every strategy trains on "
                                   "them too (arms <strategy>@<rule>, the same test set: paired)."),
+    selection_encoder_weights: Path = typer.Option(
+        None, help="Embed the pool for typiclust / probcover with this encoder file (a `fewlabel pretrain` "
+        "file, a ViT checkpoint) instead of the ImageNet MobileNetV2; refused if it saw a test image."),
+    selection_encoder: str = typer.Option(None, help="Architecture of --selection-encoder-weights, as the "
+                                          "probe's --encoder (convnet, schouten, vit)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or per-cell lines."),
 ) -> None:
     """Run a learning curve: one fixed test set, nested labelled draws shared by all strategies,
@@ -92,7 +97,8 @@ def curve(
             pretrain=parse_settings(pretrain_settings, "--pretrain"), executor=executor, workers=workers,
             ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
             keep_models=keep_models, pretrain_per_repeat=pretrain_per_repeat, strategy_options=options,
-            selection=selection, progress=False if quiet else None,
+            selection=selection, selection_encoder=selection_encoder,
+            selection_encoder_weights=selection_encoder_weights, progress=False if quiet else None,
             log=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),
         )
     except KeyboardInterrupt:

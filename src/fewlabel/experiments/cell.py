@@ -87,10 +87,12 @@ class PipelineBackend:
                                                            embedding))
         return dict(pipeline.add_draw(data, n_per_class, repeat, seed, count=count))
 
-    def selection_embedding(self, data: Any, device: str) -> tuple[Any, str]:
-        """The pool's embedding the selection rules pick from (``pipeline.selection_draws``)."""
+    def selection_embedding(self, data: Any, device: str, source: dict[str, Any] | None = None
+                            ) -> tuple[Any, str]:
+        """The pool's embedding the selection rules pick from (``pipeline.selection_draws``): the
+        ImageNet encoder's, or ``source``'s ({"encoder", "weights"})."""
         from fewlabel.pipeline.selection_draws import pool_embedding
-        return pool_embedding(data, device)
+        return pool_embedding(data, device, source)
 
     def save_plan(self, data: Any, path: Path) -> None:
         data.plan.save(path)
@@ -162,11 +164,11 @@ class PipelineBackend:
 
         return dataset_summary(data)
 
-    def check_selection(self, data: Any) -> None:
+    def check_selection(self, data: Any, source: dict[str, Any] | None = None) -> None:
         """Refuse, before anything is written, data the selection rules' embedding cannot read."""
         from fewlabel.pipeline.selection_draws import check_embeddable
 
-        check_embeddable(data)
+        check_embeddable(data, source)
 
 
 @dataclass(frozen=True)

@@ -152,7 +152,10 @@ def _make_draws(out: Path, data: Any, config: CurveConfig, backend: Any, log: Lo
     def embedding() -> Any:
         if not embedded:
             log("selection: embedding the training pool (never the test set) ...")
-            embedded.append(backend.selection_embedding(data, str(config.finetune.get("device") or "auto")))
+            named = config.selection_embedding
+            source = {"encoder": named.get("encoder"), "weights": config.selection_weights} if named else None
+            device = str(config.finetune.get("device") or "auto")
+            embedded.append(backend.selection_embedding(data, device, source))
             log(f"selection: {embedded[0][1]}")
         return embedded[0]
 
@@ -235,6 +238,31 @@ def _weights_digests(specs: dict[str, dict[str, Any]]) -> dict[str, str]:
     return out
 
 
+def _selection_source(selection: tuple[str, ...], encoder: str | None,
+                      weights: str | Path | None) -> dict[str, Any] | None:
+    """{"encoder", "weights" (absolute path), "sha256"} of the encoder the selection rules embed with,
+    or None for the ImageNet default; refused in one line when no rule embeds or the file is unusable."""
+    from fewlabel.fileio import file_sha256, missing_file_reason
+
+    if encoder is None and weights is None:
+        return None
+    if not any(rule != "random" for rule in selection):
+        raise FewlabelError("--selection-encoder / --selection-encoder-weights set the embedding of "
+                            "typiclust and probcover; name one of them in --selection")
+    if weights is None:
+        raise FewlabelError("--selection-encoder needs --selection-encoder-weights (the checkpoint to embed "
+                            "the pool with); without both, the ImageNet MobileNetV2 embeds it")
+    reason = missing_file_reason(weights)
+    if reason is not None:
+        raise FewlabelError(f"selection encoder weights {reason}", path=weights)
+    return {"encoder": encoder, "weights": _resolved(weights), "sha256": file_sha256(weights)}
+
+
+def _selection_hashed(source: dict[str, Any] | None) -> dict[str, Any]:
+    """What of the selection encoder changes the picks: its architecture and its file's content."""
+    return {} if source is None else {"encoder": source["encoder"], "sha256": source["sha256"]}
+
+
 def _resolved(path: str | Path) -> str:
     """The absolute path run.json records; a symlink loop or a dangling link is the user's to fix,
     named in one line (``Path.resolve`` would raise a bare RuntimeError on a loop)."""
@@ -273,6 +301,8 @@ def run_curve(
     keep_models: str = "first",
     pretrain_per_repeat: bool = False,
     selection: str | Sequence[str] | None = None,
+    selection_encoder: str | None = None,
+    selection_encoder_weights: str | Path | None = None,
     progress: bool | None = None,
     log: Log | None = _stderr,
     command: str | None = None,
@@ -298,6 +328,8 @@ def run_curve(
     preparation per repeat). ``selection``: rules of ``pipeline.selection`` (``random``, ``typiclust``,
     ``probcover``) whose picks of ``n × classes`` pool images, chosen without labels, train every
     strategy beside its class-stratified draw (arms ``<strategy>@<rule>``; ``pipeline.selection_draws``).
+    ``selection_encoder_weights`` (with ``selection_encoder``, its architecture as the probe's
+    ``--encoder``): the encoder file typiclust / probcover embed the pool with instead of ImageNet's.
     Every setting is checked before anything is loaded or written.
     Raises ``ConfigMismatchError`` when ``out`` holds a run of another configuration.
     """
@@ -319,6 +351,7 @@ def run_curve(
     if selection and count != "images":
         raise ValueError("selection rules pick images (a budget of n x classes images): they cannot count "
                          "groups; leave --count at images")
+    selection_source = _selection_source(selection, selection_encoder, selection_encoder_weights)
     known = getattr(backend, "strategies", strategy_registry.NAMES)
     unknown = [s for s in strategies if s not in known]
     if unknown:
@@ -393,7 +426,8 @@ def run_curve(
         raise FewlabelError(f"strategy {needs_masks[0]} needs masks: pass --masks DIR (a tree mirroring the "
                             "images) or use the images/ + masks/ layout", path=data)
     if any(rule != "random" for rule in selection) and hasattr(backend, "check_selection"):
-        backend.check_selection(prepared)  # before run.json: a refused run leaves nothing behind
+        # before run.json: a refused run leaves nothing behind
+        backend.check_selection(prepared, selection_source)
     config = CurveConfig(
         weights_sha256=_weights_digests(strategy_specs),
         data_fingerprint=fingerprint_of(prepared) or "",
@@ -403,6 +437,8 @@ def run_curve(
         sizes=sizes, repeats=int(repeats), test_size=test_size, seed=int(seed),
         image_size=tuple(image_size) if image_size is not None else None, count=count,
         finetune=finetune_config, pretrain_per_repeat=bool(pretrain_per_repeat), selection=selection,
+        selection_embedding=_selection_hashed(selection_source),
+        selection_weights=None if selection_source is None else selection_source["weights"],
         masks=masks is not None, group_pattern=group_pattern, drop_classes=tuple(drop_classes),
         data=data_args["data"], unlabelled=data_args["unlabelled"], masks_dir=data_args["masks"],
     )

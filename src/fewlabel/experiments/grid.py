@@ -43,6 +43,7 @@ HASHED_FIELDS = (
     "pretrain_per_repeat",
     "selection",
     "weights_sha256",
+    "selection_embedding",
 )
 
 # The grid: a run may add sizes or repeats to these (``CurveConfig.grows``), never drop one.
@@ -67,6 +68,7 @@ _FIELD_LABELS = {
     "pretrain_per_repeat": "pretraining per repeat",
     "selection": "selection rules",
     "weights_sha256": "encoder weights file (sha256)",
+    "selection_embedding": "selection encoder",
 }
 
 # Selection rules a curve can run beside the class-stratified draw (``pipeline.selection``): each
@@ -171,10 +173,14 @@ class CurveConfig:
     # Per strategy, the content of the ``encoder_weights`` file it was given: the path alone is in its
     # spec, and the same path holding another checkpoint must not resume the run.
     weights_sha256: dict[str, str] = field(default_factory=dict)
+    # The encoder the selection rules embed the pool with, when not the ImageNet default: its name
+    # (None: the probe's) and the content of its weights file (the path is informational, below).
+    selection_embedding: dict[str, Any] = field(default_factory=dict)
     # Informational only (not hashed).
     data: str = ""
     unlabelled: str | None = None
     masks_dir: str | None = None
+    selection_weights: str | None = None
 
     def __post_init__(self) -> None:
         self.strategies = tuple(self.strategies)
@@ -334,7 +340,7 @@ def _hashed_form(fields: dict[str, Any]) -> dict[str, Any]:
     setting added to ``FinetuneConfig`` later (at a default that keeps the old behaviour) leaves the
     configuration of earlier runs as it was, while a changed default still shows as a difference."""
     out = canonical(fields)
-    for optional in ("selection", "weights_sha256"):
+    for optional in ("selection", "weights_sha256", "selection_embedding"):
         if not out.get(optional):
             out.pop(optional, None)  # a run without them hashes as before they existed
     from fewlabel.training.recipe import FinetuneConfig  # here: grid stays light to import

@@ -7,11 +7,13 @@ total (what the stratified draw labels), chosen cold at each size: the set a use
 ``fewlabel suggest --budget`` would label first. The rule sees:
 
 * the embedding of the pool (``pool_embedding``; ``typiclust`` and ``probcover``): the pooled features of
-  the ImageNet MobileNetV2 (the ``probe`` strategy's encoder, its 160-px input), averaged over the flips
-  / quarter turns (8 views of a square image, 4 otherwise) and read from the feature cache, as
-  ``suggest`` embeds by default. Always in fp32: bf16 where a CPU or GPU offers it would make the picks
-  depend on the machine. Only pool images are embedded: no test image (nor a copy, which the split
-  merged into its group) can be picked or shape the clusters. ``random`` needs no embedding;
+  the ImageNet MobileNetV2 (the ``probe`` strategy's encoder, its 160-px input), or of the encoder the
+  user names (``--selection-encoder-weights``: a ``fewlabel pretrain`` file, a ViT checkpoint; refused
+  if it saw a test image), averaged over the flips / quarter turns (8 views of a square image, 4
+  otherwise) and read from the feature cache, as ``suggest`` embeds. Always in fp32: bf16 where a CPU
+  or GPU offers it would make the picks depend on the machine. Only pool images are embedded: no test
+  image (nor a copy, which the split merged into its group) can be picked or shape the clusters.
+  ``random`` needs no embedding;
 * the budget and the repeat's selection seed. Never a label: the labels of the picks are read only
   afterwards, to split them into training and validation (as an expert's labels would be) and to count
   the classes they reach, recorded with the draw.
@@ -20,6 +22,7 @@ total (what the stratified draw labels), chosen cold at each size: the set a use
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,31 +38,49 @@ from fewlabel.pipeline.selection import select
 Embedding = tuple[np.ndarray, str]
 
 
-def check_embeddable(data: PreparedData) -> None:
-    """Refuse, in one line, data the embedding cannot read: 3D volumes (ImageNet weights are 2D), or
-    no ImageNet weights file to load."""
+def check_embeddable(data: PreparedData, source: dict[str, Any] | None = None) -> None:
+    """Refuse, in one line, data the embedding cannot read: with the default ImageNet encoder, 3D
+    volumes (its weights are 2D) or no ImageNet weights file to load; with an encoder the user named
+    (``source``), what its own checks refuse (another dimensionality, a test image it saw)."""
     from fewlabel.models.imagenet import find_imagenet_weights
 
+    if source:
+        frozen_encoder(embedding_spec(source), data, [])  # built once here, refused before run.json
+        return
     if data.spatial_dims != 2:
         raise FewlabelError("selection rules typiclust and probcover embed images with the 2D ImageNet "
-                            "encoder; these are 3D volumes: use --selection random", path=data.catalog.root)
+                            "encoder; these are 3D volumes: use --selection random or name an encoder "
+                            "with --selection-encoder-weights", path=data.catalog.root)
     find_imagenet_weights()
 
 
-def pool_embedding(data: PreparedData, device: str = "auto") -> Embedding:
+def embedding_spec(source: dict[str, Any] | None) -> Any:
+    """The frozen encoder the pool is embedded with: the probe's (ImageNet MobileNetV2), or the
+    encoder / checkpoint of ``source`` ({"encoder": name or None, "weights": path}) as the probe
+    strategy would load it, checked for what it saw as any encoder a curve is given."""
+    if not source:
+        return default_spec("probe")
+    return default_spec("probe", source.get("encoder") or None, encoder_weights=str(source["weights"]))
+
+
+def pool_embedding(data: PreparedData, device: str = "auto",
+                   source: dict[str, Any] | None = None) -> Embedding:
     """(rows in ``data.pool_ids`` order, the embedding in words) of the pool (module docstring)."""
     from fewlabel.settings import select_device
     from fewlabel.training.compute import channels_last_on
 
-    check_embeddable(data)
+    check_embeddable(data, source)
     notes: list[str] = []
-    net, _ = frozen_encoder(default_spec("probe"), data, notes)
+    net, _ = frozen_encoder(embedding_spec(source), data, notes)
     net.eval()
     dev = select_device(device)
     cache = FeatureCache(net, data.preprocess.to_dict(), data.image_size, views=True, device=dev,
                          precision="fp32", channels_last=channels_last_on(dev))
     feats, stats = cache.features(data, list(data.pool_ids))
-    line = (f"ImageNet MobileNetV2 pooled features of the {len(data.pool_ids)} pool images "
+    name = ("ImageNet MobileNetV2" if not source else
+            f"{getattr(net, 'config', {}).get('name', source.get('encoder') or 'encoder')} from "
+            f"{Path(source['weights']).name}")
+    line = (f"{name} pooled features of the {len(data.pool_ids)} pool images "
             f"({feats.shape[-1]}-d, mean of {cache.n_views} flips/turns, {cache.precision}; "
             f"{stats.computed} computed, {stats.cached} from the feature cache)")
     return feats.mean(1), line
