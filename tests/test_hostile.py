@@ -310,6 +310,15 @@ def test_weights_or_a_model_folder_that_loops_is_named_as_a_loop(tmp_path: Path,
     assert "symlink loop" in _one_line(err, "model" if command == "predict" else "w.safetensors")
 
 
+def test_a_weights_folder_is_named_as_a_folder(tmp_path: Path, capfd) -> None:
+    data = make_class_folder(tmp_path / "data", {"a": 4, "b": 4}, size=(16, 16), seed=0)
+    (tmp_path / "weights").mkdir()
+    code, err = _cli(capfd, "curve", data, "--out", tmp_path / "r", "--strategies", "probe", "--sizes", "2",
+                     "--encoder", "vit", "--encoder-weights", tmp_path / "weights")
+    assert code == USAGE
+    assert "is a folder, not a file" in _one_line(err, "weights")
+
+
 def test_markup_and_control_characters_in_class_names(tmp_path: Path, capfd) -> None:
     files = tmp_path / "files"
     lines = ["path,label"]

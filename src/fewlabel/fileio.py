@@ -398,4 +398,6 @@ def missing_file_reason(path: str | Path) -> str | None:
         return f"is {kind}, not a file (never opened)"
     if Path(path).is_file():
         return None
+    if Path(path).is_dir():
+        return "is a folder, not a file: name the file inside it"
     return dangling_link_reason(path) or "file does not exist"
