@@ -235,7 +235,8 @@ def test_cli(data, tmp_path, monkeypatch, capsys):
     code = _cli(["curve", str(data), "--out", str(tmp_path / "r2"), "--strategies", "scratch", "--sizes", "2",
                  "--repeats", "1", "-q"])
     assert code == 1
-    assert "1 cell(s) failed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "1 cell(s) failed (first: scratch n=2 r=0: ValueError: loss is NaN at epoch 2" in err
 
 
 def test_process_pool_gives_the_same_rows(data, tmp_path):
@@ -344,3 +345,15 @@ def test_settings_a_curve_is_given_reach_the_fine_tuning_as_named():
         backend.check_spec({"name": "imagenet", "finetune": {"explicit": ["lr"]}})
     with pytest.raises(FewlabelError, match="unknown fine-tuning setting.*lrr"):
         backend.finetune_config({"explicit": ["lrr"]})
+
+
+def test_another_encoder_for_a_strategy_starts_from_its_own_settings() -> None:
+    from fewlabel.experiments.cell import PipelineBackend
+    from fewlabel.experiments.curve import _spec
+
+    backend = PipelineBackend()
+    assert backend.strategy_spec("probe")["encoder_kwargs"] == {"input_size": 160}
+    # the probe's 160-px MobileNetV2 input is not a convnet setting (it would fail every cell)
+    assert _spec(backend, "probe", None, {"probe": {"encoder": "convnet"}})["encoder_kwargs"] == {}
+    kept = _spec(backend, "probe", None, {"probe": {"encoder": "vit", "encoder_kwargs": {"input_size": 112}}})
+    assert kept["encoder_kwargs"] == {"input_size": 112}

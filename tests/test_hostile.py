@@ -294,7 +294,7 @@ def test_a_data_path_that_loops_is_one_line_not_a_crash(tmp_path: Path, capfd, c
     assert "symlink loop" in _one_line(err, "loop")
 
 
-@pytest.mark.parametrize("command", ["curve", "train", "predict"])
+@pytest.mark.parametrize("command", ["curve", "train", "predict", "explain"])
 def test_weights_or_a_model_folder_that_loops_is_named_as_a_loop(tmp_path: Path, capfd, command: str) -> None:
     data = make_class_folder(tmp_path / "data", {"a": 4, "b": 4}, size=(16, 16), seed=0)
     loop = tmp_path / "w.safetensors"
@@ -304,10 +304,19 @@ def test_weights_or_a_model_folder_that_loops_is_named_as_a_loop(tmp_path: Path,
                       "--encoder-weights", loop],
             "train": ["train", data, "--strategy", "convnet", "--encoder-weights", loop,
                       "--out", tmp_path / "m"],
-            "predict": ["predict", tmp_path / "model", data, "--out", tmp_path / "p.csv"]}
+            "predict": ["predict", tmp_path / "model", data, "--out", tmp_path / "p.csv"],
+            "explain": ["explain", tmp_path / "model", data, "--out", tmp_path / "maps"]}
     code, err = _cli(capfd, *args[command])
     assert code == USAGE
-    assert "symlink loop" in _one_line(err, "model" if command == "predict" else "w.safetensors")
+    assert "symlink loop" in _one_line(err, "model" if command in ("predict", "explain") else "w.safetensors")
+
+
+def test_a_model_folder_that_is_a_file_is_named_as_one(tmp_path: Path, capfd) -> None:
+    data = make_class_folder(tmp_path / "data", {"a": 4, "b": 4}, size=(16, 16), seed=0)
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    code, err = _cli(capfd, "predict", tmp_path / "model.safetensors", data, "--out", tmp_path / "p.csv")
+    assert code == USAGE
+    assert "is a file, not a model folder" in _one_line(err, "model.safetensors")
 
 
 def test_a_weights_folder_is_named_as_a_folder(tmp_path: Path, capfd) -> None:
@@ -648,3 +657,38 @@ def test_kill_9_of_curve_keeps_finished_cells(tmp_path: Path) -> None:
     assert run_cli(*args) == 0
     final = rows()
     assert len(final) == 9 and all(final[k] == v for k, v in seen.items())
+
+
+def test_an_encoder_file_a_curve_cannot_use_is_refused_before_the_run_starts(tmp_path: Path, capfd) -> None:
+    from fewlabel.models.encoder import create_encoder
+    from fewlabel.models.io import save_encoder
+
+    data = make_class_folder(tmp_path / "data", {"a": 4, "b": 4}, size=(16, 16), seed=0)
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    convnet = save_encoder(tmp_path / "own.safetensors", create_encoder(name="convnet", in_channels=1,
+                                                                         spatial_dims=2, width=4, depth=2),
+                           {"seen_files": []})
+    for weights, encoder, problem in ((garbage, "convnet", "not a safetensors file"),
+                                      (convnet, "vit", "holds a convnet encoder, not vit")):
+        out = tmp_path / f"run_{weights.stem}"
+        code, err = _cli(capfd, "curve", data, "--out", out, "--strategies", "probe", "--sizes", "2",
+                         "--encoder", encoder, "--encoder-weights", weights, "-q")
+        assert code == USAGE
+        assert problem in _one_line(err, weights.name)
+        assert not (out / "run.json").exists()  # refused before anything is written, not cell by cell
+
+
+def test_a_fewlabel_encoder_file_names_its_own_architecture(tmp_path: Path, capfd) -> None:
+    from fewlabel.models.encoder import create_encoder
+    from fewlabel.models.io import save_encoder
+
+    data = make_class_folder(tmp_path / "data", {"a": 4, "b": 4}, size=(16, 16), seed=0)
+    own = save_encoder(tmp_path / "own.safetensors", create_encoder(name="convnet", in_channels=1,
+                                                                     spatial_dims=2, width=4, depth=2),
+                       {"seen_files": []})
+    code, err = _cli(capfd, "train", data, "--strategy", "probe", "--encoder-weights", own, "--out",
+                     tmp_path / "m", "--max-epochs", "1")
+    assert code == 0, err
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["strategy"]["encoder"] == "convnet"  # not the probe's MobileNetV2 it never built

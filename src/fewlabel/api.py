@@ -36,7 +36,7 @@ from fewlabel.pipeline import (
     prepare_strategy,
 )
 from fewlabel.pipeline import region as region_input
-from fewlabel.pipeline.encoders import StrategySpec
+from fewlabel.pipeline.encoders import StrategySpec, encoder_for_file
 from fewlabel.training.finetune import FinetuneConfig, predict_proba
 
 
@@ -237,8 +237,10 @@ def train(
     if why is not None:  # said before minutes of loading images, not after
         raise ModelFileError(f"encoder weights {why}", encoder_weights)
 
+    architecture = encoder_for_file(encoder, encoder_weights)  # a fewlabel file names its own
+
     def make_spec(strategy: str) -> StrategySpec:
-        spec = default_spec(strategy, encoder)
+        spec = default_spec(strategy, architecture)
         if semi:
             spec.semi = True
         if encoder_weights is not None:

@@ -112,7 +112,11 @@ def curve(
     typer.echo(f"results: {result.results_csv}")
     typer.echo(f"next: fewlabel report {out}")
     if result.failed:
-        typer.echo(f"{len(result.failed)} cell(s) failed; run the same command again to retry them", err=True)
+        first = result.failed[0]
+        why = (f" (first: {first.get('strategy')} n={first.get('n_per_class')} r={first.get('repeat')}: "
+               f"{first.get('error') or 'no reason recorded'})")
+        typer.echo(f"{len(result.failed)} cell(s) failed{why}; run the same command again to retry them "
+                   f"(every error: the error column of {result.results_csv})", err=True)
         # SystemExit, not typer.Exit: click (standalone_mode=False in cli.main) returns an Exit's code
         # instead of exiting, and the code would be lost.
         raise SystemExit(1)
@@ -139,6 +143,9 @@ def encoder_options(strategies: str | None, encoder: str | None, weights: Path |
     why = None if weights is None else missing_file_reason(weights)
     if why is not None:
         raise FewlabelError(f"encoder weights {why}", path=weights)
+    from fewlabel.pipeline.encoders import encoder_for_file
+
+    encoder = encoder_for_file(encoder, weights)  # a fewlabel file names its own architecture
     given = {k: v for k, v in (("encoder", encoder), ("encoder_weights", None if weights is None
                                                         else str(weights.resolve()))) if v is not None}
     return {name: dict(given) for name in takers}

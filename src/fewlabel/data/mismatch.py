@@ -85,7 +85,7 @@ def describe_mismatch(meta: Any, preprocess: Any,
 
 
 def screen_image(meta: Any, preprocess: Any, allow_mismatch: bool = False,
-                 trained_sizes: Sequence[Sequence[int]] | None = None) -> str | None:
+                 trained_sizes: Sequence[Sequence[int]] | None = None, verb: str = "score") -> str | None:
     """``predict``'s and ``explain``'s rule for one image: None when it is like the training images;
     when it is not, a ``DataError`` naming the file, or with ``allow_mismatch`` the warning to show
     beside its result."""
@@ -93,6 +93,6 @@ def screen_image(meta: Any, preprocess: Any, allow_mismatch: bool = False,
     if mismatch is None:
         return None
     if not allow_mismatch:
-        raise DataError(f"unlike the training images ({mismatch}); pass --allow-mismatch to score it anyway",
+        raise DataError(f"unlike the training images ({mismatch}); pass --allow-mismatch to {verb} it anyway",
                         path=meta.path)
     return f"unlike the training images ({mismatch})"

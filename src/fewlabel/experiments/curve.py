@@ -214,7 +214,10 @@ def _spec(backend: Any, name: str, pretrain: dict[str, Any] | None,
     spec = dict(backend.strategy_spec(name))
     if pretrain and strategy_registry.REGISTRY.get(name, strategy_registry.REGISTRY["scratch"]).prepare:
         spec["pretrain"] = {**(spec.get("pretrain") or {}), **pretrain}
-    for key, value in ((options or {}).get(name) or {}).items():
+    given = (options or {}).get(name) or {}
+    if given.get("encoder") not in (None, spec.get("encoder")) and "encoder_kwargs" not in given:
+        spec["encoder_kwargs"] = {}  # another architecture: its own defaults (as ``default_spec``)
+    for key, value in given.items():
         if key not in spec:
             raise FewlabelError(f"strategy {name} has no setting {key!r}; it has {', '.join(sorted(spec))}")
         merge = isinstance(spec[key], dict) and isinstance(value, dict)  # nested settings: update, keep rest
@@ -255,7 +258,10 @@ def _selection_source(selection: tuple[str, ...], encoder: str | None,
     reason = missing_file_reason(weights)
     if reason is not None:
         raise FewlabelError(f"selection encoder weights {reason}", path=weights)
-    return {"encoder": encoder, "weights": _resolved(weights), "sha256": file_sha256(weights)}
+    from fewlabel.pipeline.encoders import encoder_for_file
+
+    return {"encoder": encoder_for_file(encoder, weights), "weights": _resolved(weights),
+            "sha256": file_sha256(weights)}
 
 
 def _selection_hashed(source: dict[str, Any] | None) -> dict[str, Any]:
@@ -425,6 +431,8 @@ def run_curve(
         # Checked before anything is written: otherwise every segmentation cell would fail the same way.
         raise FewlabelError(f"strategy {needs_masks[0]} needs masks: pass --masks DIR (a tree mirroring the "
                             "images) or use the images/ + masks/ layout", path=data)
+    if hasattr(backend, "check_encoder_files"):
+        backend.check_encoder_files(prepared, strategy_specs)  # before run.json, as the selection's
     if any(rule != "random" for rule in selection) and hasattr(backend, "check_selection"):
         # before run.json: a refused run leaves nothing behind
         backend.check_selection(prepared, selection_source)

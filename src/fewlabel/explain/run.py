@@ -301,6 +301,7 @@ def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: s
     from fewlabel.models.io import read_model_config
     from fewlabel.pipeline.region import crop_images, folder_unet
 
+    config = read_model_config(model_dir)  # a model folder that is none is said first, in one line
     # The overlays are images: in the model's training data they would become training images.
     trained_on = _training_data(model_dir)
     check_output_dir(out, "explanation folder (--out)", inputs=(model_dir, *images, *trained_on))
@@ -312,7 +313,6 @@ def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: s
     why = unsupported(classifier, method)
     if why is not None:
         raise FewlabelError(f"--method {method}: {why}", path=model_dir)
-    config = read_model_config(model_dir)
     unet = folder_unet(model_dir, config)  # None: the model sees whole images
     trained_sizes = config.get("trained_sizes")
     if target is not None and not isinstance(target, int):
@@ -331,14 +331,14 @@ def explain_files(model_dir: str | Path, images: Sequence[str | Path], method: s
     if not paths:
         raise NoImagesError("no image files found; nothing written", path=", ".join(map(str, images)))
     for path in paths:  # from the headers, so a refused image leaves no file of the others behind
-        screen_image(read_meta(path), pre, allow_mismatch, trained_sizes)
+        screen_image(read_meta(path), pre, allow_mismatch, trained_sizes, verb="explain")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
     used: set[str] = set()
     for path in paths:
         array, meta = read_image(path)
-        warning = screen_image(meta, pre, allow_mismatch, trained_sizes)  # decoded, as `predict` checks it
+        warning = screen_image(meta, pre, allow_mismatch, trained_sizes, verb="explain")  # the decoded image
         x = pre.apply(array, meta)[None].astype(np.float32)
         if unet is not None:  # a region model: explained on the crop it classifies
             x = np.stack(crop_images(unet, [str(path)], x, pre)[0]).astype(np.float32)

@@ -371,7 +371,12 @@ def read_model_config(directory: str | Path) -> dict[str, Any]:
     """``config.json`` of a model folder, checked for the fields fewlabel needs."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ModelFileError(dangling_link_reason(directory) or "model folder does not exist", directory)
+        kind = special_kind(directory)
+        reason = (f"is {kind}, not a model folder (never opened)" if kind is not None
+                  else "is a file, not a model folder (a folder of config.json and model.safetensors)"
+                  if directory.is_file() else None)
+        raise ModelFileError(reason or dangling_link_reason(directory) or "model folder does not exist",
+                             directory)
     cfg_path = directory / CONFIG_FILE
     kind = special_kind(cfg_path)
     if kind is not None:

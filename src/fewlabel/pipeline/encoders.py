@@ -75,8 +75,10 @@ def check_encoder_file(path: str | Path, meta: dict[str, Any], data: PreparedDat
             "--trust-encoder if you know it never saw this data", path=path)
     overlap = set(seen) & data.test_file_keys
     if overlap:
+        # the record holds a file key and a pixel key per image: count images, not keys
+        images = sum(1 for i in data.test_ids if data.seen_keys_of([i]) & overlap)
         raise FewlabelError(
-            f"this encoder was trained on {len(overlap)} of the test images (or copies of them); pretrain "
+            f"this encoder was trained on {images} of the test images (or copies of them); pretrain "
             "again with --plan <the plan.json of this run> (or --holdout-from <this data> with the same "
             "--seed, --test-size, --count, --group-pattern) so the test images stay unseen", path=path)
 
@@ -114,11 +116,13 @@ def build_encoder(spec: StrategySpec, data: PreparedData, seed: int = 0,
     # A ViT starts from a checkpoint the user holds (DINOv2, timm, Hugging Face), read by the encoder's
     # own loader; a fewlabel file (an earlier fine-tune) goes the fewlabel way below.
     foundation = entry.pretrained_weights and spec.encoder == "vit"
-    if foundation and not _fewlabel_file(spec.encoder_weights):
+    ours = _fewlabel_file(spec.encoder_weights)
+    if foundation and not ours:
         return foundation_encoder(spec, data, notes), []
-    if spec.encoder_weights and (not entry.pretrained_weights or foundation):
+    if spec.encoder_weights and (not entry.pretrained_weights or foundation or ours):
         from fewlabel.models.io import load_encoder
 
+        encoder_for_file(spec.encoder, spec.encoder_weights)  # the file builds its own architecture
         encoder, meta = load_encoder(spec.encoder_weights)
         check_encoder_file(spec.encoder_weights, meta, data, trust=spec.trust_encoder)
         if encoder.in_channels != data.channels or encoder.spatial_dims != data.spatial_dims:
@@ -137,6 +141,21 @@ def build_encoder(spec: StrategySpec, data: PreparedData, seed: int = 0,
                              image_size=data.image_size, pretrained=entry.init,
                              weights_path=spec.encoder_weights if entry.init else None, **spec.encoder_kwargs)
     return encoder, []
+
+
+def encoder_for_file(given: str | None, weights: str | Path | None) -> str | None:
+    """The architecture to name for ``weights``: a fewlabel file's own (it rebuilds what it recorded),
+    else ``given``. A name that differs from the file's is refused in one line: the run would record
+    one architecture and train another."""
+    if not weights or not _fewlabel_file(str(weights)):
+        return given
+    from fewlabel.models.io import read_header
+
+    recorded = str(read_header(weights)["encoder"]["name"])
+    if given is not None and given != recorded:
+        raise FewlabelError(f"this fewlabel file holds a {recorded} encoder, not {given}: pass --encoder "
+                            f"{recorded} (or leave --encoder out)", path=weights)
+    return recorded
 
 
 def _fewlabel_file(path: str | None) -> bool:

@@ -51,7 +51,7 @@ from fewlabel.data.tensors import Preprocess, fit_preprocess, load_images
 from fewlabel.errors import DataError, FewlabelError
 from fewlabel.fileio import atomic_write_json, atomic_write_text, check_output_dir
 from fewlabel.pipeline.contact_sheet import Tile, write_contact_sheet
-from fewlabel.pipeline.encoders import default_spec
+from fewlabel.pipeline.encoders import default_spec, encoder_for_file
 from fewlabel.pipeline.feature_cache import FeatureCache
 from fewlabel.pipeline.frozen import frozen_encoder
 from fewlabel.pipeline.selection import RULES, Selection, select
@@ -172,7 +172,8 @@ def embed(inputs: Inputs, encoder: str | None, encoder_weights: str | Path | Non
     pool = inputs.pool
     pre = fit_preprocess(pool, pool.ids, image_size=image_size)  # the pool alone: the same every round
     images = _Images(pool, pre)
-    spec = default_spec("probe", encoder, encoder_weights=str(encoder_weights) if encoder_weights else None,
+    weights = str(encoder_weights) if encoder_weights else None
+    spec = default_spec("probe", encoder_for_file(encoder, weights), encoder_weights=weights,
                         trust_encoder=True)  # what an encoder saw cannot bias a choice that uses no label
     notes: list[str] = []
     net, _ = frozen_encoder(spec, images, notes)  # type: ignore[arg-type]  # reads what _Images holds
