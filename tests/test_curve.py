@@ -357,3 +357,15 @@ def test_another_encoder_for_a_strategy_starts_from_its_own_settings() -> None:
     assert _spec(backend, "probe", None, {"probe": {"encoder": "convnet"}})["encoder_kwargs"] == {}
     kept = _spec(backend, "probe", None, {"probe": {"encoder": "vit", "encoder_kwargs": {"input_size": 112}}})
     assert kept["encoder_kwargs"] == {"input_size": 112}
+
+
+def test_a_refused_resume_names_what_blocks_it_not_the_sizes_it_may_add() -> None:
+    from fewlabel.experiments.grid import CurveConfig
+
+    base = {"data_fingerprint": "d", "strategies": ("scratch",), "strategy_specs": {"scratch": {}},
+            "repeats": 2}
+    stored = CurveConfig(**base, sizes=(1,)).to_dict()
+    grown_other_seed = CurveConfig(**base, sizes=(1, 2), seed=3)
+    assert not grown_other_seed.extends(stored)
+    assert grown_other_seed.differences(stored) == ["seed 0 vs 3"]
+    assert CurveConfig(**base, sizes=(2,)).differences(stored) == ["sizes 1 vs 2"]  # 1 dropped: blocks

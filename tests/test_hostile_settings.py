@@ -185,8 +185,13 @@ def test_predict_with_only_unreadable_files_writes_no_csv(tmp_path: Path, capfd)
     out = tmp_path / "p.csv"
     code, err = _cli(capfd, "predict", model, junk, "--out", out)
     assert code == PROBLEMS
-    assert "x.png" in err and "no image could be scored" in err.strip().splitlines()[-1]
+    assert "no image could be scored" in _one_line(err, "x.png")  # one file, one problem: one line
     assert not out.exists()
+    (junk / "y.png").write_bytes(b"nor this")
+    code, err = _cli(capfd, "predict", model, junk, "--out", out)
+    lines = err.strip().splitlines()
+    assert code == PROBLEMS and "2 file(s) could not be scored" in lines[0] and "x.png" in err
+    assert "no image could be scored" in lines[-1] and not out.exists()
 
 
 def test_explain_refuses_what_predict_refuses(tmp_path: Path, capfd) -> None:

@@ -37,6 +37,7 @@ from fewlabel.pipeline import (
 )
 from fewlabel.pipeline import region as region_input
 from fewlabel.pipeline.encoders import StrategySpec, encoder_for_file
+from fewlabel.pipeline.fit import check_given_encoder
 from fewlabel.training.finetune import FinetuneConfig, predict_proba
 
 
@@ -283,6 +284,7 @@ def train(
     if strategy_registry.get(strategy).prepare and not spec.encoder_weights:
         spec = prepare_strategy(spec, prepared, cache_dir or default_cache_dir() / "pretrained", seed=seed,
                                 progress=progress)
+    check_given_encoder(spec, prepared)  # a refused file is the one line said, before "compute: ..."
     concrete = finetune_config_for(spec, config)
     members = concrete.ensemble or 1
     print(compute_line(concrete, members), file=sys.stderr, flush=True)

@@ -100,6 +100,11 @@ def predict(
     check_output_file(out, "prediction CSV (--out)", overwrite=overwrite, inputs=(model_dir, *paths))
     model = api.load_model(model_dir, device=device)
     result = model.predict(list(paths), allow_mismatch=allow_mismatch)
+    if not result.paths and len(result.errors) == 1:  # one file, one problem: one line
+        path, problem = result.errors[0]
+        typer.echo(printable(f"error: {path}: {problem}; no image could be scored, {out} was not written"),
+                   err=True)
+        raise typer.Exit(1)
     if result.errors:
         typer.echo(f"{len(result.errors)} file(s) could not be scored:", err=True)
         for path, problem in result.errors:

@@ -169,15 +169,10 @@ class PipelineBackend:
         cannot load, holds another architecture, does not fit the data or saw a test image is refused
         before anything is written, not cell by cell."""
         from fewlabel import pipeline
-        from fewlabel.pipeline.encoders import build_encoder
-        from fewlabel.pipeline.frozen import FROZEN_STRATEGIES, frozen_encoder
+        from fewlabel.pipeline.fit import check_given_encoder
 
         for spec in specs.values():
-            if spec.get("encoder_weights"):
-                strategy = pipeline.StrategySpec.from_dict(dict(spec))
-                # as the cell will build it: a frozen strategy's encoder, or the fine-tuned one
-                build = frozen_encoder if strategy.name in FROZEN_STRATEGIES else build_encoder
-                build(strategy, data, notes=[])
+            check_given_encoder(pipeline.StrategySpec.from_dict(dict(spec)), data)
 
     def check_selection(self, data: Any, source: dict[str, Any] | None = None) -> None:
         """Refuse, before anything is written, data the selection rules' embedding cannot read."""

@@ -68,7 +68,7 @@ _FIELD_LABELS = {
     "pretrain_per_repeat": "pretraining per repeat",
     "selection": "selection rules",
     "weights_sha256": "encoder weights file (sha256)",
-    "selection_embedding": "selection encoder",
+    "selection_embedding": "selection's",
 }
 
 # Selection rules a curve can run beside the class-stratified draw (``pipeline.selection``): each
@@ -252,7 +252,8 @@ class CurveConfig:
         theirs = _hashed_form({name: stored.get(name) for name in HASHED_FIELDS})
         out: list[str] = []
         for name in _compared(stored):
-            if mine.get(name) != theirs.get(name):
+            grows = name in GRID_FIELDS and _grows(theirs, mine, name)
+            if mine.get(name) != theirs.get(name) and not grows:
                 out.extend(_describe(_FIELD_LABELS[name], theirs.get(name), mine.get(name)))
         named = set(self.finetune.get("explicit") or ())
         if any(line.startswith("finetune ") and line.split()[1] in named and " (default) vs " in line
@@ -265,6 +266,17 @@ class CurveConfig:
 # Recorded only since a later version: a run written before it has no value to compare, and resumes
 # (its configuration is then rewritten with the value, under ``earlier_hashes``).
 _RECORDED_LATER = ("weights_sha256",)
+
+
+def _grows(theirs: Mapping[str, Any], mine: Mapping[str, Any], name: str) -> bool:
+    """Whether ``mine`` only adds to the stored grid field (sizes added, repeats raised): allowed, so
+    not named among the differences that block a resume."""
+    try:
+        if name == "sizes":
+            return {int(v) for v in theirs.get(name) or ()} <= {int(v) for v in mine.get(name) or ()}
+        return int(theirs.get(name) or 0) <= int(mine.get(name) or 0)
+    except (TypeError, ValueError):
+        return False
 
 
 def _compared(stored: Mapping[str, Any]) -> tuple[str, ...]:

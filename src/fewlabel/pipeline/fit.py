@@ -16,7 +16,13 @@ from fewlabel.evaluate.metrics import classification_metrics, group_metrics
 from fewlabel.models.heads import Classifier
 from fewlabel.pipeline.data import PreparedData, check_draw
 from fewlabel.pipeline.encoders import StrategySpec, build_encoder
-from fewlabel.pipeline.frozen import FROZEN_STRATEGIES, curve_only_reason, fit_frozen, frozen_recipe
+from fewlabel.pipeline.frozen import (
+    FROZEN_STRATEGIES,
+    curve_only_reason,
+    fit_frozen,
+    frozen_encoder,
+    frozen_recipe,
+)
 from fewlabel.pipeline.region import region_arrays, region_note
 from fewlabel.training.compute import resolved
 from fewlabel.training.finetune import FinetuneConfig, finetune, predict_proba
@@ -172,6 +178,16 @@ def fit_cell(data: PreparedData, labelled_ids: list[str], spec: StrategySpec, se
                                       data.num_classes, inputs.encoder, config, seed=seed,
                                       x_unlabelled=inputs.x_pool)
     return score_cell(data, inputs, classifier, fit_result, config, seed, time.perf_counter() - t0)
+
+
+def check_given_encoder(spec: StrategySpec, data: PreparedData) -> None:
+    """Build once, as the fit will, the encoder of a strategy given a file (``encoder_weights``): one
+    that cannot load, holds another architecture, does not fit the data or saw a test image is refused
+    before any work is said to start or written."""
+    if not spec.encoder_weights:
+        return
+    build = frozen_encoder if spec.name in FROZEN_STRATEGIES else build_encoder
+    build(spec, data, notes=[])
 
 
 def model_config(data: PreparedData, spec: StrategySpec, cell: CellResult, seed: int) -> dict[str, Any]:
