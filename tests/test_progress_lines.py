@@ -119,3 +119,14 @@ def test_a_curve_refused_at_once_prints_one_line(tmp_path: Path, capfd) -> None:
     err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert not (tmp_path / "r" / "run.json").exists()
+
+
+def test_a_refused_resume_is_one_line(tmp_path: Path, capfd) -> None:
+    data = make_class_folder(tmp_path / "cells", classes={"a": 6, "b": 6}, size=(16, 16), seed=0)
+    out = tmp_path / "r"
+    base = ["curve", data, "--out", out, "--strategies", "scratch", "--sizes", "1", "--max-epochs", "1"]
+    assert run_cli(*base) == 0
+    capfd.readouterr()
+    code = run_cli(*base[:-2], "--max-epochs", "2")  # another configuration in the same folder
+    err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and "another configuration" in err[0], err

@@ -241,6 +241,21 @@ def _weights_digests(specs: dict[str, dict[str, Any]]) -> dict[str, str]:
     return out
 
 
+def _say_compute(say: Log, finetune_config: dict[str, Any], specs: dict[str, dict[str, Any]]) -> None:
+    """How the cells will compute (device, precision, members: ``compute_line``), and on a CPU a note
+    for each strategy whose members are trained one by one."""
+    from fewlabel.training.compute import compute_line
+    from fewlabel.training.recipe import recipe_over  # here: the driver stays light to import
+
+    members = {name: int(recipe_over(finetune_config, spec.get("finetune") or {}).get("ensemble") or 1)
+               for name, spec in specs.items()}
+    say(compute_line(finetune_config, max(members.values())))
+    if finetune_config.get("device") == "cpu" and finetune_config.get("ensemble_mode") != "snapshot":
+        for name, count in members.items():
+            if count > 1:
+                say(strategy_registry.ensemble_note(name, count))
+
+
 def _selection_source(selection: tuple[str, ...], encoder: str | None,
                       weights: str | Path | None) -> dict[str, Any] | None:
     """{"encoder", "weights" (absolute path), "sha256"} of the encoder the selection rules embed with,
@@ -413,18 +428,6 @@ def run_curve(
         strategy_specs = {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}
         say(strategy_registry.default_note(name, reason).replace("--strategy", "--strategies")
             + ("" if name == "scratch" else "; scratch runs beside it as the reference"))
-    from fewlabel.training.compute import compute_line
-    from fewlabel.training.recipe import recipe_over  # here: the driver stays light to import
-
-    most = max(int(recipe_over(finetune_config, strategy_specs[name].get("finetune") or {}).get("ensemble")
-                   or 1) for name in strategies)
-    say(compute_line(finetune_config, most))
-    if finetune_config.get("device") == "cpu" and finetune_config.get("ensemble_mode") != "snapshot":
-        for name in strategies:
-            members = recipe_over(finetune_config, strategy_specs[name].get("finetune") or {}).get(
-                "ensemble") or 1
-            if members > 1:
-                say(strategy_registry.ensemble_note(name, int(members)))
     needs_masks = [s for s in strategies if s in strategy_registry.REGISTRY
                    and strategy_registry.REGISTRY[s].needs == "masks"]
     if needs_masks and not getattr(prepared.catalog, "has_masks", True):
@@ -458,6 +461,8 @@ def run_curve(
     with run_lock(out):
         info = open_run(out, config, config_hash, command, backend.summary(prepared), data_args,
                          executor_info)
+        # Said once every check has passed (a refused resume included): a refusal stays one line.
+        _say_compute(say, finetune_config, strategy_specs)
         draws = _make_draws(out, prepared, config, backend, say, grown=bool(info.get("earlier_hashes")))
         store = ResultStore(out)
         try:
