@@ -12,7 +12,8 @@ import pytest
 
 from fewlabel.errors import FewlabelError
 from fewlabel.experiments import run_curve
-from fewlabel.experiments.grid import CurveConfig, arm_name, arm_parts, parse_selection
+from fewlabel.experiments.arms import arm_name, arm_parts, parse_selection
+from fewlabel.experiments.grid import CurveConfig
 from fewlabel.pipeline import prepare_data
 from fewlabel.pipeline.selection_draws import add_selection_draw, pool_embedding
 

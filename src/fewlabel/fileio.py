@@ -374,19 +374,15 @@ def special_kind(path: str | Path) -> str | None:
 
 
 def dangling_link_reason(path: str | Path) -> str | None:
-    """Why a symlink cannot be followed ("symlink loop", "broken symlink"), or None.
-
-    Why: a symlink loop or a link to nowhere raises ELOOP/ENOENT from deep inside a reader, and
-    ``is_file`` calls both "missing"; callers name the real problem.
-    """
-    if not os.path.islink(path):
-        return None
+    """Why a symlink cannot be followed ("symlink loop", "broken symlink"), or None. Why: a reader
+    raises ELOOP/ENOENT from deep inside, and ``is_file`` calls both "missing"."""
     try:
         os.stat(path)
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
+        if os.path.islink(path) and exc.errno == errno.ELOOP:
             return "symlink loop (the link leads back to itself)"
-        return "broken symlink (its target does not exist)"
+        if os.path.islink(path):
+            return "broken symlink (its target does not exist)"
     return None
 
 

@@ -70,7 +70,8 @@ def curve(
     from fewlabel.cli.common import image_size_value, parse_settings, test_size_value
     from fewlabel.errors import FewlabelError
     from fewlabel.experiments import run_curve
-    from fewlabel.experiments.grid import parse_selection, parse_sizes
+    from fewlabel.experiments.arms import parse_selection
+    from fewlabel.experiments.grid import parse_sizes
     from fewlabel.settings import check_options
 
     try:

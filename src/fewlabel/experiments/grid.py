@@ -2,7 +2,7 @@
 
 A run is arm × labelled-set size × repeat on one fixed test set. An arm is a strategy trained on the
 class-stratified random draw (the arm is named by the strategy alone), or a strategy trained on the
-images a selection rule picked from the pool without labels (``imagenet@typiclust``: ``arm_name``).
+images a selection rule picked from the pool without labels (``imagenet@typiclust``: ``experiments.arms``).
 ``CurveConfig`` holds everything that changes the numbers; its ``config_hash()`` decides whether a
 RUN_DIR may be resumed, and ``differences()`` names what differs when it may not.
 
@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+from fewlabel.experiments.arms import arm_name, arm_parts, parse_selection
 from fewlabel.jsonable import jsonable
 
 # Fields of CurveConfig that change results: the config hash covers exactly these.
@@ -70,38 +71,6 @@ _FIELD_LABELS = {
     "weights_sha256": "encoder weights file (sha256)",
     "selection_embedding": "selection's",
 }
-
-# Selection rules a curve can run beside the class-stratified draw (``pipeline.selection``): each
-# picks ``n × classes`` images of the pool from an embedding, blind to labels.
-SELECTION_RULES = ("random", "typiclust", "probcover")
-# Also the separator of a per-repeat preparation key (``ssl@r0``, ``curve.prep_key``); no rule is named
-# r<digits>, and preparation keys are never read back as arms.
-ARM_SEPARATOR = "@"
-
-
-def arm_name(strategy: str, rule: str | None) -> str:
-    """``imagenet`` (the class-stratified draw) or ``imagenet@typiclust`` (a selection rule's picks)."""
-    return strategy if rule is None else f"{strategy}{ARM_SEPARATOR}{rule}"
-
-
-def arm_parts(arm: str) -> tuple[str, str | None]:
-    """(strategy, selection rule or None) of an arm name."""
-    strategy, _, rule = arm.partition(ARM_SEPARATOR)
-    return strategy, rule or None
-
-
-def parse_selection(text: str | Iterable[str] | None) -> tuple[str, ...]:
-    """``"random,typiclust"`` → ("random", "typiclust"); a clear ValueError on an unknown rule."""
-    names = parse_names(text or ())
-    unknown = [n for n in names if n not in SELECTION_RULES]
-    if unknown:
-        raise ValueError(f"selection rule {', '.join(unknown)} is unknown; choose from "
-                         f"{', '.join(SELECTION_RULES)} (the class-stratified random draw always runs as "
-                         "the reference)")
-    if len(set(names)) != len(names):
-        raise ValueError(f"selection rules repeat a name: {','.join(names)}")
-    return tuple(r for r in SELECTION_RULES if r in names)  # one order: the same rules, the same run
-
 
 def derive_seed(*parts: Any) -> int:
     """A seed in [0, 2**31) from its parts, by SHA-256: stable everywhere, unlike ``hash()``."""

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fewlabel.errors import one_line
+from fewlabel.experiments.arms import arm_parts
 from fewlabel.experiments.cell import (
     CellOutput,
     CellTask,
@@ -43,7 +44,6 @@ from fewlabel.experiments.cell import (
     seed_all,
     set_threads,
 )
-from fewlabel.experiments.grid import arm_parts
 
 MODES = ("auto", "on", "off", "measure")
 MAX_STACK = 64  # cells per stack: enough to fill a GPU with small CNNs, bounded memory

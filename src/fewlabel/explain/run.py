@@ -17,7 +17,7 @@ import numpy as np
 
 from fewlabel import strategies as strategy_registry
 from fewlabel.errors import one_line
-from fewlabel.experiments.grid import arm_parts
+from fewlabel.experiments.arms import arm_parts
 from fewlabel.experiments.run_view import EXPLAIN_INDEX, RunView, TestSet
 from fewlabel.explain.attributions import METHODS, attribute, lrp_notes, unsupported
 from fewlabel.explain.embedding import extract_features, tsne_embedding

@@ -51,7 +51,7 @@ class ReportData:
 
 def configured_arms(config: Mapping[str, Any]) -> list[str]:
     """The run's arms in its order: each strategy, then the strategy on each selection rule's picks."""
-    from fewlabel.experiments.grid import arm_name
+    from fewlabel.experiments.arms import arm_name
 
     rules = [None, *(config.get("selection") or [])]
     return [arm_name(str(s), rule) for s in config.get("strategies") or [] for rule in rules]
@@ -60,7 +60,7 @@ def configured_arms(config: Mapping[str, Any]) -> list[str]:
 def stratified_arms(arms: list[str]) -> list[str]:
     """The strategies on the class-stratified draw: the family compared with the baseline (selection
     arms are compared among themselves, in their own section)."""
-    from fewlabel.experiments.grid import arm_parts
+    from fewlabel.experiments.arms import arm_parts
 
     return [a for a in arms if arm_parts(a)[1] is None]
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fewlabel.evaluate.cluster_bootstrap import MIN_REPEATS_FOR_VERDICT
-from fewlabel.experiments.grid import arm_parts
+from fewlabel.experiments.arms import arm_parts
 from fewlabel.report.analysis import ReportData, point_at
 from fewlabel.report.curves import METRIC_LABELS, CurvePoint
 from fewlabel.report.formatting import num, pvalue

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from importlib import metadata
 from typing import Any
 
-from fewlabel.experiments.grid import arm_parts
+from fewlabel.experiments.arms import arm_parts
 from fewlabel.report.analysis import ReportData
 from fewlabel.report.sections.section import Section, fragment
 

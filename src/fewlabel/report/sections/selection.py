@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from fewlabel.evaluate.cluster_bootstrap import MIN_REPEATS_FOR_VERDICT, paired_summary
-from fewlabel.experiments.grid import arm_name, arm_parts
+from fewlabel.experiments.arms import arm_name, arm_parts
 from fewlabel.report.analysis import ReportData, point_at
 from fewlabel.report.formatting import num
 from fewlabel.report.sections.section import Section, fragment
