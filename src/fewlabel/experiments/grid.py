@@ -208,11 +208,7 @@ class CurveConfig:
         theirs = _hashed_form({name: stored.get(name) for name in HASHED_FIELDS})
         if any(mine.get(n) != theirs.get(n) for n in _compared(stored) if n not in GRID_FIELDS):
             return False
-        try:
-            old_sizes, old_repeats = {int(v) for v in theirs["sizes"] or ()}, int(theirs["repeats"] or 0)
-        except (TypeError, ValueError):
-            return False
-        return old_sizes <= set(mine["sizes"]) and old_repeats <= int(mine["repeats"])
+        return all(_grows(theirs, mine, name) for name in GRID_FIELDS)
 
     def differences(self, stored: Mapping[str, Any]) -> list[str]:
         """What differs between a stored config (``to_dict()`` of another run) and this one, as
@@ -238,8 +234,8 @@ _RECORDED_LATER = ("weights_sha256",)
 
 
 def _grows(theirs: Mapping[str, Any], mine: Mapping[str, Any], name: str) -> bool:
-    """Whether ``mine`` only adds to the stored grid field (sizes added, repeats raised): allowed, so
-    not named among the differences that block a resume."""
+    """Whether ``mine`` only adds to the stored grid field (sizes added, repeats raised): how a run may
+    grow (``extends``), so never named among the differences that block a resume."""
     try:
         if name == "sizes":
             return {int(v) for v in theirs.get(name) or ()} <= {int(v) for v in mine.get(name) or ()}

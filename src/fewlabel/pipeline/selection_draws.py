@@ -69,7 +69,8 @@ def pool_embedding(data: PreparedData, device: str = "auto",
     from fewlabel.settings import select_device
     from fewlabel.training.compute import channels_last_on
 
-    check_embeddable(data, source)
+    if not source:
+        check_embeddable(data)  # a named encoder is checked as it is built, just below
     notes: list[str] = []
     net, _ = frozen_encoder(embedding_spec(source), data, notes)
     net.eval()

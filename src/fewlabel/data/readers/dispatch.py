@@ -124,7 +124,8 @@ def collect_image_paths(inputs: list[str | Path]) -> tuple[list[Path], list[tupl
 def dangling_reason(path: str | Path) -> str | None:
     """Why a symlink cannot be followed, worded for an image (see ``fileio.dangling_link_reason``)."""
     reason = dangling_link_reason(path)
-    return None if reason is None else (reason + ", not an image" if "loop" in reason else reason)
+    return None if reason is None else (reason + ", not an image" if reason.startswith("symlink loop")
+                                        else reason)
 
 
 def skip_reason(path: str | Path) -> str | None:
