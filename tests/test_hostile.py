@@ -692,3 +692,15 @@ def test_a_fewlabel_encoder_file_names_its_own_architecture(tmp_path: Path, capf
     assert code == 0, err
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["strategy"]["encoder"] == "convnet"  # not the probe's MobileNetV2 it never built
+
+
+def test_a_damaged_safetensors_file_for_the_imagenet_encoder_says_what_is_wrong(tmp_path: Path,
+                                                                                 capfd) -> None:
+    data = make_class_folder(tmp_path / "data", {"a": 4, "b": 4}, size=(16, 16), seed=0)
+    damaged = tmp_path / "enc.safetensors"
+    damaged.write_bytes(b"\x00" * 64)
+    code, err = _cli(capfd, "train", data, "--strategy", "probe", "--encoder-weights", damaged,
+                     "--out", tmp_path / "m")
+    assert code == USAGE
+    line = _one_line(err, "enc.safetensors")
+    assert "not a safetensors file" in line and "sha256 prefix" not in line

@@ -135,6 +135,8 @@ def build_encoder(spec: StrategySpec, data: PreparedData, seed: int = 0,
     if entry.init == "imagenet" and data.spatial_dims != 2:
         raise FewlabelError("ImageNet weights exist for 2D images only; use scratch, segmentation or "
                             "ssl for 3D volumes")
+    if spec.encoder_weights and str(spec.encoder_weights).endswith(".safetensors"):
+        _refuse_unreadable_safetensors(spec.encoder_weights)  # not a torchvision .pth: say what it is
     # Published weights come through the encoder registry: fetched into the torch hub cache when
     # online; offline, a one-line error that says where to put the file.
     encoder = create_encoder(spec.encoder, in_channels=data.channels, spatial_dims=data.spatial_dims,
@@ -156,6 +158,19 @@ def encoder_for_file(given: str | None, weights: str | Path | None) -> str | Non
         raise FewlabelError(f"this fewlabel file holds a {recorded} encoder, not {given}: pass --encoder "
                             f"{recorded} (or leave --encoder out)", path=weights)
     return recorded
+
+
+def _refuse_unreadable_safetensors(path: str) -> None:
+    """A ``.safetensors`` file given where published (torchvision ``.pth``) weights load is a fewlabel
+    file that cannot be read, or a checkpoint of another kind: its own problem, in one line."""
+    from fewlabel.models.io import read_header
+
+    try:
+        read_header(path)
+    except FewlabelError as exc:
+        foreign = "without a fewlabel header" in exc.problem  # readable, but not ours: a ViT's, perhaps
+        hint = "; a ViT checkpoint needs --encoder vit" if foreign else ""
+        raise FewlabelError(exc.problem + hint, path=path) from None
 
 
 def _fewlabel_file(path: str | None) -> bool:
