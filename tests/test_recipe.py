@@ -262,3 +262,41 @@ def test_train_set_at_a_default_value_beats_the_recipe(tmp_path):
                      for d in ("named", "recipe"))
     assert named["weight_decay"] == 1e-4 and recipe["weight_decay"] == 0.0
     assert named["lr"] == recipe["lr"] == 1e-4 and named["ensemble"] == 1
+
+
+def test_input_size_sets_the_side_a_resizing_encoder_computes_at(tmp_path, capsys):
+    """``--input-size 40``: the model records it (so ``predict`` resizes the same way) and scores its
+    test set; an encoder that does not resize, or a side too small, is refused in one line before
+    anything is written (train and curve alike)."""
+    import json
+
+    from fewlabel import strategies
+
+    from factory import make_class_folder, run_cli
+
+    data = make_class_folder(tmp_path / "data", {"a": 6, "b": 6}, size=(16, 16), channels=3, seed=0)
+    common = ["--labels-per-class", "2", "--set", "max_epochs=1", "--set", "ensemble=1",
+              "--set", "progress=false", "--device", "cpu"]
+    assert run_cli("train", "--strategy", "scratch_mobilenet", data, "--out", tmp_path / "m",
+                   "--input-size", "40", *common) == 0
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["encoder"]["input_size"] == 40
+    assert run_cli("predict", tmp_path / "m", data / "a", "--out", tmp_path / "p.csv") == 0
+    capsys.readouterr()
+
+    no = tmp_path / "no"
+    refusals = [("train", "--strategy", "scratch", data, "--out", no, "--input-size", "40", *common),
+                ("curve", data, "--out", no, "--strategies", "scratch", "--sizes", "2", "--input-size", "40"),
+                ("train", "--strategy", "scratch_mobilenet", data, "--out", no, "--input-size", "8", *common)]
+    for args in refusals:
+        assert run_cli(*args) != 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--input-size" in err and "Traceback" not in err, err
+        assert not no.exists()
+
+    specs = {"scratch": {"encoder": "convnet", "encoder_kwargs": {}},
+             "imagenet": {"encoder": "mobilenet_v2", "encoder_kwargs": {"input_size": 160, "width": 1}}}
+    sized = strategies.with_input_size(specs, 224)
+    assert sized["imagenet"]["encoder_kwargs"] == {"input_size": 224, "width": 1}
+    assert sized["scratch"] == specs["scratch"] and specs["imagenet"]["encoder_kwargs"]["input_size"] == 160
+    assert strategies.with_input_size(specs, None) is specs

@@ -207,6 +207,7 @@ def train(
     finetune: FinetuneConfig | None = None, cache_dir: str | Path | None = None,
     drop_classes: list[str] | tuple[str, ...] = (), test_split: str = "auto",
     plan: str | Path | None = None, trust_encoder: bool = False, pretrain: dict[str, Any] | None = None,
+    input_size: int | None = None,
 ) -> Model:
     """Hold out a group-aware test set, draw ``labels_per_class`` labelled images per class from
     the rest, prepare the encoder by ``strategy``, fine-tune, evaluate on the test set.
@@ -219,6 +220,8 @@ def train(
     drawing a new test set, so this model is tested on exactly that run's test images.
     ``trust_encoder``: accept an ``encoder_weights`` file that records nothing of the images it saw.
     ``pretrain``: settings of the strategy's preparation (``PretrainConfig`` fields, e.g. ``{"steps": 300}``).
+    ``input_size``: the side an encoder that resizes its input (MobileNetV2, ViT) computes at, e.g.
+    224 instead of the imagenet strategy's 160 (a one-line error for an encoder that does not resize).
     With ``out``: writes the model folder, ``metrics.json`` and ``plan.json`` there.
     """
     from fewlabel.data.plan import PLAN_FILE
@@ -229,7 +232,7 @@ def train(
 
     # Settings with no meaning fail before anything is read or written (a seed past 2**32 would
     # otherwise fail deep in torch, a pretraining typo only after the data are open).
-    check_options({"seed": seed, "labels_per_class": labels_per_class})
+    check_options({"seed": seed, "labels_per_class": labels_per_class, "input_size": input_size})
     pretrain = validated(PretrainConfig, dict(pretrain), "pretraining") if pretrain else None
     if out is not None:  # never inside the data: a model folder there would be read as a class
         check_output_dir(out, "model folder (out)", inputs=(data, masks, unlabelled, plan, encoder_weights),
@@ -249,6 +252,9 @@ def train(
         spec.trust_encoder = trust_encoder
         if pretrain:
             spec.pretrain = dict(pretrain)
+        if input_size is not None:
+            spec = StrategySpec.from_dict(strategy_registry.with_input_size({strategy: spec.to_dict()},
+                                                                            input_size)[strategy])
         return spec
 
     if strategy is None and encoder == "vit":  # a checkpoint of the user's: fine-tune it, say so

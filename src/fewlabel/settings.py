@@ -107,6 +107,8 @@ RULES: dict[str, _Rule] = {
     "depth": _between(1, MAX_DEPTH),
     "repeats": _between(1, MAX_REPEATS),
     "labels_per_class": _between(1, MAX_PER_CLASS),
+    # MobileNetV2 halves its input five times; past 1024 px a step costs 20x a 224-px one
+    "input_size": _between(32, 1024),
     "workers": _between(1, MAX_WORKERS),
     "cpus_per_cell": _between(1, MAX_WORKERS),
     "gpus_per_cell": _between(0, MAX_GPUS_PER_CELL),

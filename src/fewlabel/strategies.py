@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fewlabel.errors import FewlabelError
+from fewlabel.settings import check_options
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ _IMAGENET_FINETUNE = {"lr": 1e-4, "encoder_lr": 1e-4, "weight_decay": 0.0, "augm
 # about half (a third in bf16 on a CPU), and tens of labelled images rarely carry detail that only
 # 224 px would keep (benchmarks/cpu_speed.py measures what it costs, beside 224).
 _IMAGENET_INPUT = {"input_size": 160}
+# Encoders that resize each image inside ``forward`` to an ``input_size`` setting (their input adapter),
+# so the side they compute at is chosen apart from the images' own size.
+RESIZING_ENCODERS = ("mobilenet_v2", "vit")
 # ViTs at 224 px, a multiple of the patch sizes 8, 14 and 16 (DINOv2 files hold a 518-px grid, resized).
 _FOUNDATION_INPUT = {"input_size": 224}
 # A head on frozen features (``pipeline.frozen``): views to learn from and to score over, one head,
@@ -154,3 +158,20 @@ def get(name: str) -> Strategy:
         return REGISTRY[name]
     except KeyError:
         raise FewlabelError(f"unknown strategy {name!r}; choose from {', '.join(NAMES)}") from None
+
+
+def with_input_size(specs: dict[str, dict[str, Any]], input_size: int | None) -> dict[str, dict[str, Any]]:
+    """``specs`` (strategy name -> spec dict) with ``input_size`` set on every strategy whose encoder
+    resizes its input (``RESIZING_ENCODERS``); the others keep the images' own size. A one-line error
+    when none of them resizes: the setting would change nothing."""
+    if input_size is None:
+        return specs
+    check_options({"--input-size": input_size})
+    takers = [name for name, spec in specs.items() if spec.get("encoder") in RESIZING_ENCODERS]
+    if not takers:
+        raise FewlabelError(f"--input-size is the side a resizing encoder ({', '.join(RESIZING_ENCODERS)}) "
+                            f"scales each image to; {', '.join(specs)} computes at the images' own size "
+                            "(resize the images with --image-size)")
+    sized = {"input_size": int(input_size)}
+    return {name: {**spec, "encoder_kwargs": {**(spec.get("encoder_kwargs") or {}), **sized}}
+            if name in takers else spec for name, spec in specs.items()}

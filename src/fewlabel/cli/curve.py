@@ -39,6 +39,8 @@ def curve(
     encoder: str = typer.Option(None, help="Encoder of foundation / probe / knn (e.g. vit)."),
     encoder_weights: Path = typer.Option(None, help="Checkpoint of foundation / probe / knn (a ViT: timm, "
                                          "DINOv2 or Hugging Face)."),
+    input_size: int = typer.Option(None, help="Side every resizing encoder (MobileNetV2, ViT) scales each "
+                                   "image to, e.g. 224; default: each strategy's (imagenet: 160)."),
     device: str = typer.Option(None, help="auto | cpu | cuda (fine-tuning device)."),
     settings: list[str] = typer.Option(None, "--set", help="Fine-tuning setting KEY=VALUE (repeatable), "
                                        "e.g. --set batch_size=32."),
@@ -81,7 +83,7 @@ def curve(
         raise FewlabelError(f"--{exc}") from None
     check_options({"--seed": seed, "--repeats": repeats, "--workers": workers,
                    "--cpus-per-cell": cpus_per_cell, "--gpus-per-cell": gpus_per_cell,
-                   "--max-epochs": max_epochs})
+                   "--max-epochs": max_epochs, "--input-size": input_size})
     # --out (a link, a special file, inside the data, unwritable) is checked by run_curve before any work
     finetune = parse_settings(settings, "--set")
     if max_epochs is not None:
@@ -98,6 +100,7 @@ def curve(
             pretrain=parse_settings(pretrain_settings, "--pretrain"), executor=executor, workers=workers,
             ray_address=ray_address, cpus_per_cell=cpus_per_cell, gpus_per_cell=gpus_per_cell,
             keep_models=keep_models, pretrain_per_repeat=pretrain_per_repeat, strategy_options=options,
+            input_size=input_size,
             selection=selection, selection_encoder=selection_encoder,
             selection_encoder_weights=selection_encoder_weights, progress=False if quiet else None,
             log=None if quiet else (lambda line: print(line, file=sys.stderr, flush=True)),

@@ -36,6 +36,8 @@ def train(
     unlabelled: Path = typer.Option(None, help="Folder of unlabelled images (pretraining / --semi)."),
     image_size: str = typer.Option(None, help="Resize: one side (64) or one per axis "
                                   "(36,64,64); default: the most common size."),
+    input_size: int = typer.Option(None, help="Side the encoder resizes each image to (MobileNetV2, "
+                                   "ViT), e.g. 224; default: the strategy's (imagenet: 160)."),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     drop_class: list[str] = typer.Option(None, "--drop-class", help="Leave a class out (repeatable)."),
     test_split: str = typer.Option("auto", help="auto: the data's own test split (manifest/.npz) if "
@@ -57,7 +59,8 @@ def train(
     from fewlabel.settings import check_options, validated
     from fewlabel.training.finetune import FinetuneConfig
 
-    check_options({"--seed": seed, "--labels-per-class": labels_per_class, "--max-epochs": max_epochs})
+    check_options({"--seed": seed, "--labels-per-class": labels_per_class, "--max-epochs": max_epochs,
+                   "--input-size": input_size})
     pretrain = validated(PretrainConfig, parse_settings(pretrain_settings, "--pretrain"), "pretraining")
     # Before any work: an unwritable --out must not be found out after an hour of training.
     check_output_dir(out, "model folder (--out)", markers=MODEL_FILES, overwrite=overwrite,
@@ -72,7 +75,7 @@ def train(
                       group_pattern=group_pattern, masks=masks, encoder_weights=encoder_weights, semi=semi,
                       unlabelled=unlabelled, image_size=image_size_value(image_size), device=device,
                       drop_classes=tuple(drop_class or ()), test_split=test_split, plan=plan,
-                      trust_encoder=trust_encoder, pretrain=pretrain,
+                      trust_encoder=trust_encoder, pretrain=pretrain, input_size=input_size,
                       finetune=finetune)
     for note in model.metrics.get("notes") or []:
         typer.echo(f"note: {note}", err=True)

@@ -313,6 +313,7 @@ def run_curve(
     finetune: dict[str, Any] | None = None,
     pretrain: dict[str, Any] | None = None,
     strategy_options: dict[str, dict[str, Any]] | None = None,
+    input_size: int | None = None,
     executor: str | Executor = "local",
     workers: int = 1,
     ray_address: str | None = None,
@@ -387,7 +388,8 @@ def run_curve(
     command = command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
     finetune_config = backend.finetune_config(dict(finetune or {}))
-    strategy_specs = {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}
+    strategy_specs = strategy_registry.with_input_size(
+        {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}, input_size)
     check_output_dir(out, "run folder (--out)", inputs=(data, unlabelled, masks))
     check_out_dir(out)
     data_args: dict[str, Any] = {
@@ -425,7 +427,8 @@ def run_curve(
         stray = sorted(set(strategy_options or {}) - set(strategies))
         if stray:
             raise FewlabelError(f"strategy_options name {', '.join(stray)}, which this curve does not run")
-        strategy_specs = {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}
+        strategy_specs = strategy_registry.with_input_size(
+            {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}, input_size)
         say(strategy_registry.default_note(name, reason).replace("--strategy", "--strategies")
             + ("" if name == "scratch" else "; scratch runs beside it as the reference"))
     needs_masks = [s for s in strategies if s in strategy_registry.REGISTRY
