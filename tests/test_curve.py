@@ -108,6 +108,31 @@ def test_another_configuration_is_refused_and_named(data, tmp_path):
     assert len(RunView(out).rows()) == 4  # nothing was mixed in
 
 
+class _ResizingBackend(FakeBackend):
+    """imagenet's encoder resizes its input (as MobileNetV2 does); the others compute at the data's size."""
+
+    def strategy_spec(self, name):
+        encoder = "mobilenet_v2" if name == "imagenet" else "fake"
+        return {**super().strategy_spec(name), "encoder": encoder, "encoder_kwargs": {"input_size": 160}}
+
+
+def test_input_size_reaches_the_default_strategies_and_is_part_of_the_configuration(data, tmp_path):
+    """With the strategies left to the data (scratch + imagenet), ``input_size`` reaches imagenet only,
+    is recorded in run.json, and a resume at another size is refused instead of mixing the two."""
+    out = tmp_path / "run"
+    args = {"sizes": [2], "repeats": 1, "backend": _ResizingBackend(), "log": None, "progress": False}
+    run_curve(data, out, None, input_size=64, **args)
+    specs = json.loads((out / "run.json").read_text())["config"]["strategy_specs"]
+    assert set(specs) == {"scratch", "imagenet"}
+    assert specs["imagenet"]["encoder_kwargs"]["input_size"] == 64
+    assert specs["scratch"]["encoder_kwargs"]["input_size"] == 160  # not a resizing encoder: untouched
+    with pytest.raises(ConfigMismatchError):
+        run_curve(data, out, None, input_size=96, **args)
+    with pytest.raises(FewlabelError, match="--input-size .* scratch computes at the images' own size"):
+        run_curve(data, tmp_path / "other", "scratch", input_size=64, **args)
+    assert not (tmp_path / "other").exists()
+
+
 def test_a_run_grows_by_sizes_and_repeats_and_keeps_its_cells(data, tmp_path):
     out = tmp_path / "run"
     first = _run(data, out, sizes=[2, 5], repeats=1)

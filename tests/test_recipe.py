@@ -287,7 +287,11 @@ def test_input_size_sets_the_side_a_resizing_encoder_computes_at(tmp_path, capsy
     no = tmp_path / "no"
     refusals = [("train", "--strategy", "scratch", data, "--out", no, "--input-size", "40", *common),
                 ("curve", data, "--out", no, "--strategies", "scratch", "--sizes", "2", "--input-size", "40"),
-                ("train", "--strategy", "scratch_mobilenet", data, "--out", no, "--input-size", "8", *common)]
+                ("train", "--strategy", "scratch_mobilenet", data, "--out", no, "--input-size", "8", *common),
+                ("train", "--encoder", "convnet", data, "--out", no, "--input-size", "40", *common),
+                # a file fewlabel wrote rebuilds its encoder at the size it was trained at
+                ("train", "--strategy", "probe", "--encoder-weights", tmp_path / "m" / "model.safetensors",
+                 data, "--out", no, "--input-size", "64", *common)]
     for args in refusals:
         assert run_cli(*args) != 0
         err = capsys.readouterr().err.strip()

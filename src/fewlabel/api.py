@@ -242,6 +242,10 @@ def train(
         raise ModelFileError(f"encoder weights {why}", encoder_weights)
 
     architecture = encoder_for_file(encoder, encoder_weights)  # a fewlabel file names its own
+    if input_size is not None and strategy is None and architecture is not None:
+        # the strategy is chosen by the data later; a named encoder that does not resize is refused now
+        named = {f"--encoder {architecture}": {"encoder": architecture}}
+        strategy_registry.with_input_size(named, input_size)
 
     def make_spec(strategy: str) -> StrategySpec:
         spec = default_spec(strategy, architecture)

@@ -195,6 +195,10 @@ def foundation_encoder(spec: StrategySpec, data: PreparedData, notes: list[str] 
     encoder = load_vit_encoder(spec.encoder_weights, in_channels=data.channels, **spec.encoder_kwargs)
     if notes is not None:
         notes.append(describe(encoder))
+        asked = spec.encoder_kwargs.get("input_size")
+        if asked is not None and encoder.input_size != int(asked):  # a ViT sees whole patches only
+            notes.append(f"input size {asked} px rounded to {encoder.input_size} px (whole "
+                         f"{encoder.config.get('patch_size')}-px patches)")
     return encoder
 
 
