@@ -282,6 +282,11 @@ def test_input_size_sets_the_side_a_resizing_encoder_computes_at(tmp_path, capsy
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["encoder"]["input_size"] == 40
     assert run_cli("predict", tmp_path / "m", data / "a", "--out", tmp_path / "p.csv") == 0
+    # that model as the probe's encoder: the file rebuilds it at 40 px, and the record says no other size
+    assert run_cli("train", "--strategy", "probe", "--encoder-weights", tmp_path / "m" / "model.safetensors",
+                   data, "--out", tmp_path / "probe", *common) == 0
+    probe = json.loads((tmp_path / "probe" / "config.json").read_text())
+    assert probe["encoder"]["input_size"] == 40 and probe["strategy"]["encoder_kwargs"] == {}
     capsys.readouterr()
 
     no = tmp_path / "no"

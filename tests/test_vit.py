@@ -141,8 +141,10 @@ def test_input_adapter_and_default_size(tmp_path: Path) -> None:
     enc = load_vit_encoder(path, in_channels=3)
     assert enc.config["input_size"] == 224  # the default, a multiple of the 8-px patch
     assert tuple(enc.forward_features(torch.randn(1, 3, 40, 40))[-1].shape) == (1, 32, 28, 28)
-    enc = load_vit_encoder(path, input_size=100)  # rounded to whole patches
-    assert enc.config["input_size"] == 96
+    assert load_vit_encoder(path, input_size=96).config["input_size"] == 96
+    with pytest.raises(FewlabelError, match="input size 100 px is not a multiple of this ViT's 8-px patches: "
+                       "use 96 or 104"):
+        load_vit_encoder(path, input_size=100)  # refused, not rounded: a record never says 100 for 96
     with pytest.raises(FewlabelError, match="depth is the file's own"):
         load_vit_encoder(path, depth=3)
 

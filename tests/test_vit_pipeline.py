@@ -82,6 +82,12 @@ def test_foundation_without_weights_is_one_line(tmp_path: Path, capsys: pytest.C
     assert run_cli("train", data, "--out", tmp_path / "m", "--strategy", "foundation") != 0
     err = [line for line in capsys.readouterr().err.splitlines() if "--encoder-weights" in line]
     assert len(err) == 1 and "checkpoint you hold" in err[0]
+    # a curve refuses it before its folder is written, not with a failed cell per draw
+    assert run_cli("curve", data, "--out", tmp_path / "run", "--strategies", "foundation", "--sizes", "2",
+                   "--repeats", "1", "-q") != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint you hold" in err[0], err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_fine_tuned_vit_seeds_another_run_the_fewlabel_way(tmp_path: Path) -> None:

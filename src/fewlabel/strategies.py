@@ -180,7 +180,8 @@ def with_input_size(specs: dict[str, dict[str, Any]], input_size: int | None) ->
     takers = [name for name, spec in specs.items() if spec.get("encoder") in RESIZING_ENCODERS]
     if not takers:
         raise FewlabelError(f"--input-size is the side a resizing encoder ({', '.join(RESIZING_ENCODERS)}) "
-                            f"scales each image to; {', '.join(specs)} computes at the images' own size "
+                            f"scales each image to; {', '.join(specs)} "
+                            f"compute{'s' if len(specs) == 1 else ''} at the images' own size "
                             "(resize the images with --image-size)")
     sized = {"input_size": int(input_size)}
     return {name: {**spec, "encoder_kwargs": {**(spec.get("encoder_kwargs") or {}), **sized}}

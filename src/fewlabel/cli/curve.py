@@ -39,8 +39,9 @@ def curve(
     encoder: str = typer.Option(None, help="Encoder of foundation / probe / knn (e.g. vit)."),
     encoder_weights: Path = typer.Option(None, help="Checkpoint of foundation / probe / knn (a ViT: timm, "
                                          "DINOv2 or Hugging Face)."),
-    input_size: int = typer.Option(None, help="Side every resizing encoder (MobileNetV2, ViT) scales each "
-                                   "image to, e.g. 224; default: each strategy's (imagenet: 160)."),
+    input_size: int = typer.Option(None, help="Side the strategies' resizing encoders (MobileNetV2, ViT) "
+                                   "scale each image to, e.g. 224; default: each strategy's (imagenet: 160). "
+                                   "The selection rules' embedding keeps its own."),
     device: str = typer.Option(None, help="auto | cpu | cuda (fine-tuning device)."),
     settings: list[str] = typer.Option(None, "--set", help="Fine-tuning setting KEY=VALUE (repeatable), "
                                        "e.g. --set batch_size=32."),

@@ -105,11 +105,12 @@ class PipelineBackend:
     def check_spec(self, spec: dict[str, Any]) -> dict[str, Any]:
         """A strategy spec with its fine-tuning and pretraining overrides checked (keys and values)."""
         from fewlabel import pipeline
+        from fewlabel.pipeline.encoders import settled_by_file
         from fewlabel.pretrain.common import PretrainConfig
         from fewlabel.settings import validated
         from fewlabel.training.finetune import FinetuneConfig
 
-        checked = pipeline.StrategySpec.from_dict(dict(spec)).to_dict()
+        checked = settled_by_file(pipeline.StrategySpec.from_dict(dict(spec))).to_dict()
         checked["finetune"] = validated(FinetuneConfig, dict(checked.get("finetune") or {}), "fine-tuning")
         if "explicit" in checked["finetune"]:  # the user's settings say what they named, never a recipe
             raise FewlabelError("a strategy's fine-tuning recipe cannot set explicit")

@@ -381,8 +381,10 @@ def load_vit_encoder(source: str | Path, in_channels: int = 3, num_heads: int | 
         first = "sum over RGB" if in_channels == 1 else f"RGB repeated cyclically x 3/{in_channels}"
     patch = config["patch_size"]
     size = kwargs.pop("input_size", DEFAULT_INPUT_SIZE)
-    if size is not None:
-        size = max(patch, round(int(size) / patch) * patch)
+    if size is not None and int(size) % patch:  # refused, not rounded: the run records the size asked for
+        low = max(patch, int(size) // patch * patch)
+        raise FewlabelError(f"input size {size} px is not a multiple of this ViT's {patch}-px patches: use "
+                            f"{low} or {low + patch} (--input-size)")
     record = {"file": os.path.abspath(ckpt.path), "sha256": file_sha256(ckpt.path), "format": ckpt.format,
               "num_heads_from": heads_from, "patch_embedding": first, "dropped": ckpt.dropped,
               "note": PRETRAINING_NOTE}

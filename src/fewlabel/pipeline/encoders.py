@@ -145,6 +145,15 @@ def build_encoder(spec: StrategySpec, data: PreparedData, seed: int = 0,
     return encoder, []
 
 
+def settled_by_file(spec: StrategySpec) -> StrategySpec:
+    """``spec`` with no encoder settings of its own when its encoder file is one fewlabel wrote: the
+    file rebuilds the encoder it recorded (its input size included), so the record must not claim
+    the strategy's defaults."""
+    if spec.encoder_kwargs and _fewlabel_file(spec.encoder_weights):
+        return dataclasses.replace(spec, encoder_kwargs={})
+    return spec
+
+
 def encoder_for_file(given: str | None, weights: str | Path | None) -> str | None:
     """The architecture to name for ``weights``: a fewlabel file's own (it rebuilds what it recorded),
     else ``given``. A name that differs from the file's is refused in one line: the run would record
@@ -195,10 +204,6 @@ def foundation_encoder(spec: StrategySpec, data: PreparedData, notes: list[str] 
     encoder = load_vit_encoder(spec.encoder_weights, in_channels=data.channels, **spec.encoder_kwargs)
     if notes is not None:
         notes.append(describe(encoder))
-        asked = spec.encoder_kwargs.get("input_size")
-        if asked is not None and encoder.input_size != int(asked):  # a ViT sees whole patches only
-            notes.append(f"input size {asked} px rounded to {encoder.input_size} px (whole "
-                         f"{encoder.config.get('patch_size')}-px patches)")
     return encoder
 
 

@@ -184,7 +184,9 @@ def check_given_encoder(spec: StrategySpec, data: PreparedData) -> None:
     """Build once, as the fit will, the encoder of a strategy given a file (``encoder_weights``): one
     that cannot load, holds another architecture, does not fit the data or saw a test image is refused
     before any work is said to start or written."""
-    if not spec.encoder_weights:
+    # a ViT starts from a checkpoint the user holds: none given is refused here too, not cell by cell
+    needs_file = spec.encoder == "vit" and strategy_registry.get(spec.name).pretrained_weights
+    if not spec.encoder_weights and not needs_file:
         return
     build = frozen_encoder if spec.name in FROZEN_STRATEGIES else build_encoder
     build(spec, data, notes=[])
