@@ -58,6 +58,13 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "scratch": ("scratch", {}),
     # the house default, whatever it is now (3 members, TTA, every label training for 30 epochs)
     "imagenet": ("imagenet", {}),
+    # the house default with its 3 members fine-tuned one after another (own seeds) on a CPU too, not
+    # snapshots of one run; pinned to the recipe it was measured with
+    "imagenet_independent": ("imagenet", {"finetune": {"ensemble": 3, "tta": True, "hold_out": False,
+                                                       "max_epochs": 30, "ensemble_mode": "independent"}}),
+    # the same at 20 epochs a member
+    "imagenet_independent20": ("imagenet", {"finetune": {"ensemble": 3, "tta": True, "hold_out": False,
+                                                         "max_epochs": 20, "ensemble_mode": "independent"}}),
     # the house default before that: one model, no TTA
     "imagenet_single": ("imagenet", {}),
     "gan": ("gan", {}),

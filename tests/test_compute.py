@@ -45,9 +45,11 @@ def test_resolved_config_is_concrete_and_said_in_one_line(monkeypatch):
     monkeypatch.setenv(compute.NATIVE_BF16_ENV, "1")
     config = compute.resolved(FinetuneConfig(device="auto", ensemble=3))
     assert (config.device, config.precision, config.ensemble_mode, config.channels_last) == (
-        "cpu", "bf16", "snapshot", True)
+        "cpu", "bf16", "independent", True)
     line = compute.compute_line(config, 3)
-    assert line.startswith("compute: cpu, bf16") and "snapshots of one run" in line and "\n" not in line
+    assert line.startswith("compute: cpu, bf16") and "one by one" in line and "\n" not in line
+    asked = compute.resolved(FinetuneConfig(device="cpu", ensemble=3, ensemble_mode="snapshot"))
+    assert "snapshots of one run" in compute.compute_line(asked, 3)
     explicit = compute.resolved(FinetuneConfig(precision="fp32", ensemble_mode="independent",
                                                channels_last=False))
     assert (explicit.precision, explicit.ensemble_mode, explicit.channels_last) == (
@@ -159,7 +161,8 @@ def test_stacking_refuses_what_it_would_compute_otherwise(monkeypatch):
     monkeypatch.setenv(compute.NATIVE_BF16_ENV, "1")
     assert "bf16 autocast on a CPU" in unstackable_reason(compute.resolved(FinetuneConfig(device="cpu")))
     monkeypatch.setenv(compute.NATIVE_BF16_ENV, "0")
-    snapshot = compute.resolved(FinetuneConfig(ensemble=3, hold_out=False, max_epochs=30))
+    snapshot = compute.resolved(FinetuneConfig(ensemble=3, hold_out=False, max_epochs=30,
+                                               ensemble_mode="snapshot"))
     assert "snapshot" in unstackable_reason(snapshot)
     independent = compute.resolved(FinetuneConfig(ensemble=3, ensemble_mode="independent", max_epochs=30))
     assert unstackable_reason(independent) is None

@@ -225,10 +225,10 @@ def test_a_users_setting_wins_over_the_strategys_recipe():
     assert house.ensemble == 3 and house.tta is True
     mine = pipeline.finetune_config_for(spec, FinetuneConfig(ensemble=1, tta=False))
     assert mine.ensemble == 1 and mine.tta is False
-    # every drawn label trains for a fixed 30 epochs; a user's hold-out (the default value, named) wins
-    assert house.hold_out is False and house.max_epochs == 30
+    # every drawn label trains for a fixed 20 epochs; a user's hold-out (the default value, named) wins
+    assert house.hold_out is False and house.max_epochs == 20
     held = pipeline.finetune_config_for(spec, FinetuneConfig(hold_out=True, explicit=("hold_out",)))
-    assert held.hold_out is True and held.max_epochs == 30
+    assert held.hold_out is True and held.max_epochs == 20
 
 
 def test_a_setting_the_user_named_wins_even_at_its_default():

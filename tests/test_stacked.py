@@ -205,7 +205,7 @@ def test_the_imagenet_recipe_levers_stack_and_match_one_at_a_time(tmp_path, monk
     from factory import make_class_folder
 
     data = make_class_folder(tmp_path / "data", classes={"a": 12, "b": 12}, size=(16, 16), separable=False)
-    # independent members, as a GPU trains them (a CPU's default snapshots run as one model: not stacked)
+    # independent members (the default; snapshots of one run would train as one model: not stacked)
     recipe = {"max_epochs": 9, "epochs_without_validation": 3, "ensemble": 2, "tta": True,
               "augment": "dihedral", "hold_out": False, "min_steps_per_epoch": 2,
               "ensemble_mode": "independent"}

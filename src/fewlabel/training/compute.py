@@ -5,9 +5,11 @@ configuration is hashed, so the run says what its numbers came from and never mi
 * ``precision``: ``auto`` is bf16 autocast on a GPU with bf16 (else fp16 with loss scaling) and on a
   CPU that computes bf16 natively (AVX512-BF16 or AMX: about twice the speed of fp32 for a
   MobileNetV2 step), else fp32. A CPU without native bf16 would emulate it slower than fp32.
-* ``ensemble_mode``: ``auto`` takes an ensemble's members as snapshots of one run on a CPU (the
-  fine-tune's schedule, then a short restarted cycle per further member: ``recipe.SnapshotTask``),
-  and trains them independently on a GPU, where they train side by side in one stacked module.
+* ``ensemble_mode``: ``auto`` trains an ensemble's members independently, each from its own seed (on a
+  GPU side by side in one stacked module, on a CPU one after another). ``snapshot`` takes them from
+  one run instead (its schedule, then a short restarted cycle per further member:
+  ``recipe.SnapshotTask``): cheaper, but on the few labels fewlabel is for its members differ too
+  little, and it lost accuracy on a data set it was not chosen on (benchmarks/cpu_speed.py).
 * 2D batches and convolution weights go channels-last on a CPU: oneDNN's convolutions are faster in
   that layout, fp32 included. Only the rounding changes.
 """
@@ -86,12 +88,12 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def resolve_ensemble_mode(mode: str, device: str | torch.device) -> str:
-    """``mode`` made concrete: ``independent`` or ``snapshot`` (``auto``: snapshot on a CPU)."""
+    """``mode`` made concrete: ``independent`` or ``snapshot`` (``auto``: independent on every device;
+    ``device`` is kept so a rule by device stays a one-line change)."""
     if mode not in ENSEMBLE_MODES:
         raise FewlabelError(f"ensemble_mode must be one of {', '.join(ENSEMBLE_MODES)}, not {mode!r}")
-    if mode == "auto":
-        return "independent" if _device(device).type == "cuda" else "snapshot"
-    return mode
+    del device
+    return "independent" if mode == "auto" else mode
 
 
 def channels_last_on(device: torch.device) -> bool:

@@ -54,8 +54,8 @@ class FinetuneConfig:
     # How the hardware is used (``training.compute``): "auto" is made concrete before a run is hashed.
     precision: str = "auto"  # "auto" | "fp32" | "bf16" | "fp16" (autocast)
     channels_last: bool | None = None  # 2D batches channels-last; None: on a CPU (layout only, not hashed)
-    # How ensemble members are made: "independent" fine-tunes, or "snapshot"s of one run with a cyclic
-    # schedule (one run's cost); "auto": snapshots on a CPU, independent members stacked on a GPU.
+    # How ensemble members are made: "independent" fine-tunes (stacked on a GPU), or "snapshot"s of one
+    # run with a cyclic schedule (one run's cost, less diverse members); "auto": independent.
     ensemble_mode: str = "auto"
     progress: bool | None = None
     # FixMatch (semi-supervised) settings; used when semi=True and unlabelled images are given.
