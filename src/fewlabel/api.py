@@ -36,7 +36,7 @@ from fewlabel.pipeline import (
     prepare_strategy,
 )
 from fewlabel.pipeline import region as region_input
-from fewlabel.pipeline.encoders import StrategySpec, encoder_for_file, settled_by_file
+from fewlabel.pipeline.encoders import StrategySpec, encoder_for_file, settled_by_file, with_input_size
 from fewlabel.pipeline.fit import check_given_encoder
 from fewlabel.training.finetune import FinetuneConfig, predict_proba
 
@@ -258,8 +258,7 @@ def train(
             spec.pretrain = dict(pretrain)
         spec = settled_by_file(spec)
         if input_size is not None:
-            spec = StrategySpec.from_dict(strategy_registry.with_input_size({strategy: spec.to_dict()},
-                                                                            input_size)[strategy])
+            spec = StrategySpec.from_dict(with_input_size({strategy: spec.to_dict()}, input_size)[strategy])
         return spec
 
     if strategy is None and encoder == "vit":  # a checkpoint of the user's: fine-tune it, say so

@@ -171,14 +171,6 @@ def with_input_size(specs: dict[str, dict[str, Any]], input_size: int | None) ->
     check_options({"--input-size": input_size})
     if not specs:  # the strategies are chosen by the data, once they are open: checked then
         return specs
-    for spec in specs.values():
-        weights = spec.get("encoder_weights")
-        if weights and spec.get("encoder") in RESIZING_ENCODERS:
-            from fewlabel.models.vit_io import is_fewlabel_file
-
-            if is_fewlabel_file(weights):  # its encoder is rebuilt from the file, at the file's size
-                raise FewlabelError("--input-size cannot change an encoder file fewlabel wrote: it computes "
-                                    "at the size it was trained at; leave --input-size out", path=weights)
     takers = [name for name, spec in specs.items() if spec.get("encoder") in RESIZING_ENCODERS]
     if not takers:
         raise FewlabelError(f"--input-size is the side a resizing encoder ({', '.join(RESIZING_ENCODERS)}) "

@@ -226,6 +226,15 @@ def _spec(backend: Any, name: str, pretrain: dict[str, Any] | None,
     return check(spec) if check is not None else spec
 
 
+def _with_input_size(specs: dict[str, dict[str, Any]], input_size: int | None) -> dict[str, dict[str, Any]]:
+    """``input_size`` on the specs whose encoder resizes (``pipeline.encoders.with_input_size``)."""
+    if input_size is None or not specs:
+        return specs
+    from fewlabel.pipeline.encoders import with_input_size  # here: the driver stays light to import
+
+    return with_input_size(specs, input_size)
+
+
 def _weights_digests(specs: dict[str, dict[str, Any]]) -> dict[str, str]:
     """sha256 of each strategy's own ``encoder_weights`` file (a checkpoint the user named)."""
     from fewlabel.fileio import file_sha256, missing_file_reason
@@ -364,7 +373,7 @@ def run_curve(
     sizes = parse_sizes(sizes)
     # Before anything is read: 10**20 repeats would never finish listing its cells.
     check_options({"seed": seed, "repeats": repeats, "workers": workers, "cpus_per_cell": cpus_per_cell,
-                   "gpus_per_cell": gpus_per_cell})
+                   "gpus_per_cell": gpus_per_cell, "input_size": input_size})
     if keep_models not in KEEP_MODELS:
         raise ValueError(f"keep_models must be one of {KEEP_MODELS}, got {keep_models!r}")
     if count not in ("images", "groups"):
@@ -388,7 +397,7 @@ def run_curve(
     command = command if command is not None else shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
     finetune_config = backend.finetune_config(dict(finetune or {}))
-    strategy_specs = strategy_registry.with_input_size(
+    strategy_specs = _with_input_size(
         {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}, input_size)
     check_output_dir(out, "run folder (--out)", inputs=(data, unlabelled, masks))
     check_out_dir(out)
@@ -427,7 +436,7 @@ def run_curve(
         stray = sorted(set(strategy_options or {}) - set(strategies))
         if stray:
             raise FewlabelError(f"strategy_options name {', '.join(stray)}, which this curve does not run")
-        strategy_specs = strategy_registry.with_input_size(
+        strategy_specs = _with_input_size(
             {s: _spec(backend, s, pretrain, strategy_options) for s in strategies}, input_size)
         say(strategy_registry.default_note(name, reason).replace("--strategy", "--strategies")
             + ("" if name == "scratch" else "; scratch runs beside it as the reference"))

@@ -154,6 +154,17 @@ def settled_by_file(spec: StrategySpec) -> StrategySpec:
     return spec
 
 
+def with_input_size(specs: dict[str, dict[str, Any]], input_size: int | None) -> dict[str, dict[str, Any]]:
+    """``strategies.with_input_size``, refusing first an encoder file fewlabel wrote: it rebuilds the
+    encoder it recorded, at the size it was trained at, whatever the run would record."""
+    for spec in specs.values() if input_size is not None else ():
+        weights = spec.get("encoder_weights")
+        if spec.get("encoder") in strategy_registry.RESIZING_ENCODERS and _fewlabel_file(weights):
+            raise FewlabelError("--input-size cannot change an encoder file fewlabel wrote: it computes at "
+                                "the size it was trained at; leave --input-size out", path=weights)
+    return strategy_registry.with_input_size(specs, input_size)
+
+
 def encoder_for_file(given: str | None, weights: str | Path | None) -> str | None:
     """The architecture to name for ``weights``: a fewlabel file's own (it rebuilds what it recorded),
     else ``given``. A name that differs from the file's is refused in one line: the run would record
