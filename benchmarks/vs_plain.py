@@ -56,7 +56,7 @@ AT_224 = {"input_size": 224}
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "plain": ("imagenet", {"encoder_kwargs": {**AT_224, "imagenet_norm": True}, "finetune": PLAIN_FINETUNE}),
     "scratch": ("scratch", {}),
-    # the house default, whatever it is now (3 members, TTA, every label training for 30 epochs)
+    # the house default, whatever it is now (3 independent members x 20 epochs, TTA, every label training)
     "imagenet": ("imagenet", {}),
     # the house default with its 3 members fine-tuned one after another (own seeds) on a CPU too, not
     # snapshots of one run; pinned to the recipe it was measured with

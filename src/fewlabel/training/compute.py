@@ -122,7 +122,7 @@ def resolved(config: Any) -> Any:
 
 def compute_line(config: Any, members: int = 1) -> str:
     """One line (``config``: a ``FinetuneConfig`` or its dict) that says how fine-tuning runs here:
-    ``compute: cpu, bf16 (this CPU computes bf16 natively), 3 members as snapshots of one run``."""
+    ``compute: cpu, bf16 (this CPU computes bf16 natively), 3 members trained one by one``."""
     get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
     device, precision = str(get("device", "cpu")), str(get("precision", "fp32"))
     forced = os.environ.get(NATIVE_BF16_ENV, "").strip() in ("0", "1")
