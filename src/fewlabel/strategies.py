@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fewlabel.errors import FewlabelError
-from fewlabel.settings import check_options
 
 
 @dataclass(frozen=True)
@@ -166,11 +165,9 @@ def get(name: str) -> Strategy:
 def with_input_size(specs: dict[str, dict[str, Any]], input_size: int | None) -> dict[str, dict[str, Any]]:
     """``specs`` (strategy name -> spec dict) with ``input_size`` set on every strategy whose encoder
     resizes its input (``RESIZING_ENCODERS``); the others keep the images' own size. A one-line error
-    when none of them resizes: the setting would change nothing."""
-    if input_size is None:
-        return specs
-    check_options({"--input-size": input_size})
-    if not specs:  # the strategies are chosen by the data, once they are open: checked then
+    when none of them resizes: the setting would change nothing. Its range is checked by the callers
+    (``settings.check_options``), before any data are read."""
+    if input_size is None or not specs:  # no specs yet: the data choose the strategies, checked then
         return specs
     takers = [name for name, spec in specs.items() if spec.get("encoder") in RESIZING_ENCODERS]
     if not takers:
